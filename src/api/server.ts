@@ -1,0 +1,239 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { hostname } from 'node:os';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import {
+  decodeResource,
+  isWeftError,
+  MESH_TYPE,
+  prefixViolations,
+  toWire,
+  WeftError,
+  type Logger,
+  type ResourceRegistry,
+  type ResourceType,
+  type Violation,
+} from '../core/index.js';
+import type { Store, WriteOp } from '../store/index.js';
+
+export interface ApiOptions {
+  store: Store;
+  registry: ResourceRegistry;
+  logger: Logger;
+  bodyLimitBytes: number;
+  /** When set, every request that changes state must carry `Authorization: Bearer <token>`. */
+  adminToken?: string;
+  info: { version: string; instanceId: string };
+}
+
+const MAX_PAGE = 1000;
+const DEFAULT_PAGE = 100;
+
+function tokenMatches(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function expectedVersion(req: FastifyRequest): string | undefined {
+  const h = req.headers['if-match'];
+  if (typeof h !== 'string' || h === '*' || h === '') return undefined;
+  return h.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
+}
+
+function parseTagFilter(raw: unknown): { tags: Record<string, string>; violations: Violation[] } {
+  const tags: Record<string, string> = {};
+  const violations: Violation[] = [];
+  const list = raw === undefined ? [] : Array.isArray(raw) ? raw : [raw];
+  for (const t of list as string[]) {
+    const i = t.indexOf(':');
+    if (i <= 0) violations.push({ field: 'tag', message: `"${t}" must be KEY:VALUE, e.g. kuma.io/service:web` });
+    else tags[t.slice(0, i)] = t.slice(i + 1);
+  }
+  return { tags, violations };
+}
+
+/** Maps framework errors to the catalogue so every error body has the same shape. */
+function toWeftError(err: unknown): WeftError {
+  if (err instanceof WeftError) return err;
+  const e = err as { statusCode?: number; code?: string; message?: string };
+  if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new WeftError('payload_too_large', 'the request body is larger than the configured limit (api.bodyLimitBytes)');
+  if (e.statusCode === 415 || e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new WeftError('unsupported_media_type', 'send the body as application/json or application/yaml');
+  if (e.statusCode === 400) return new WeftError('malformed_body', `the request body cannot be parsed: ${e.message ?? 'unknown error'}`);
+  return new WeftError('internal', 'internal error', [], { cause: err });
+}
+
+/**
+ * The Kuma-style HTTP API (port 5681). Kuma's paths: `/meshes/{mesh}`, `/meshes/{mesh}/{plural}`,
+ * `/meshes/{mesh}/{plural}/{name}` and `/{plural}` across meshes; plus `POST /_apply`, which applies
+ * many resources in one atomic write. `If-Match: "<version>"` makes PUT and DELETE conditional; GET
+ * and PUT return the version as an ETag.
+ */
+export function buildApi(opts: ApiOptions): FastifyInstance {
+  const { store, registry, logger } = opts;
+  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: opts.bodyLimitBytes });
+
+  const yamlParser = (_req: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void) => {
+    try {
+      done(null, parseYaml(body));
+    } catch (err) {
+      const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : '';
+      done(new WeftError('malformed_body', `the YAML body cannot be parsed${where}: ${(err as Error).message.split('\n')[0]}`));
+    }
+  };
+  app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser(['application/yaml', 'application/x-yaml', 'text/yaml'], { parseAs: 'string' }, yamlParser);
+
+  app.setErrorHandler((err, req, reply) => {
+    const we = toWeftError(err);
+    if (we.code === 'internal') req.log.error({ err, url: req.url, method: req.method }, 'request failed');
+    void reply.status(we.status).send(we.toJSON());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send(new WeftError('not_found', `no endpoint ${req.method} ${req.url.split('?')[0]}`).toJSON());
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    req.log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
+  });
+
+  if (opts.adminToken !== undefined) {
+    const token = opts.adminToken;
+    app.addHook('onRequest', async (req) => {
+      if (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') return;
+      const h = req.headers.authorization;
+      const given = typeof h === 'string' && h.startsWith('Bearer ') ? h.slice(7) : undefined;
+      if (given === undefined || !tokenMatches(given, token)) {
+        throw new WeftError('unauthorized', given === undefined ? 'this API is not bound to loopback only: send the admin token as "Authorization: Bearer <token>"' : 'the admin token is wrong');
+      }
+    });
+  }
+
+  const meshScoped = (plural: string): ResourceType<unknown> => {
+    const def = registry.byPlural(plural);
+    if (!def || def.scope !== 'mesh') {
+      const known = registry.all().filter((t) => t.scope === 'mesh').map((t) => t.plural).join(', ');
+      throw new WeftError('not_found', `no resource type "${plural}"; known: ${known}`);
+    }
+    return def;
+  };
+
+  async function listResponse(req: FastifyRequest, type: string, mesh: string | undefined) {
+    const q = req.query as Record<string, unknown>;
+    const violations: Violation[] = [];
+    let limit = DEFAULT_PAGE;
+    if (q.size !== undefined) {
+      limit = Number(q.size);
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) violations.push({ field: 'size', message: `must be 1-${MAX_PAGE}` });
+    }
+    const { tags, violations: tagViolations } = parseTagFilter(q.tag);
+    violations.push(...tagViolations);
+    if (violations.length > 0) throw new WeftError('invalid_resource', 'invalid list parameters', violations);
+    const page = await store.list(type, {
+      mesh,
+      tags,
+      nameContains: typeof q.name === 'string' ? q.name : undefined,
+      limit,
+      after: typeof q.offset === 'string' ? q.offset : undefined,
+    });
+    let next: string | null = null;
+    if (page.next) {
+      const u = new URL(req.url, 'http://x');
+      u.searchParams.set('offset', page.next);
+      u.searchParams.set('size', String(limit));
+      next = u.pathname + u.search;
+    }
+    return { total: page.total, items: page.items.map(toWire), next };
+  }
+
+  async function getOne(reply: FastifyReply, type: string, mesh: string, name: string) {
+    const r = await store.get({ type, mesh, name });
+    if (!r) throw new WeftError('not_found', mesh === '' ? `${type} "${name}" not found` : `${type} "${name}" not found in mesh "${mesh}"`);
+    void reply.header('etag', `"${r.version}"`);
+    return toWire(r);
+  }
+
+  async function put(req: FastifyRequest, reply: FastifyReply, def: ResourceType<unknown>, mesh: string, name: string) {
+    const body = req.body as Record<string, unknown> | undefined;
+    // Kuma lets the URL carry mesh and name; a body that omits them takes them from there.
+    const withDefaults = body && typeof body === 'object' && !Array.isArray(body) ? { type: def.name, ...(def.scope === 'mesh' ? { mesh } : {}), name, ...body } : body;
+    const { resource } = decodeResource(withDefaults, registry, { type: def.name, mesh: def.scope === 'mesh' ? mesh : undefined, name });
+    const dryRun = (req.query as Record<string, unknown>).dryRun === 'true';
+    const [result] = await store.write([{ op: 'upsert', resource, expectedVersion: expectedVersion(req) }], { dryRun });
+    void reply.status(result!.outcome === 'created' ? 201 : 200).header('etag', `"${result!.resource!.version}"`);
+    return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: toWire(result!.resource!) };
+  }
+
+  async function del(req: FastifyRequest, type: string, mesh: string, name: string) {
+    await store.delete({ type, mesh, name }, expectedVersion(req));
+    return {};
+  }
+
+  app.get('/', async () => ({
+    product: 'Weft',
+    tagline: 'Weft',
+    version: opts.info.version,
+    instanceId: opts.info.instanceId,
+    hostname: hostname(),
+    store: { type: store.engine },
+  }));
+
+  app.get('/_resources', async () => ({
+    resources: registry.all().map((t) => ({ name: t.name, path: t.plural, scope: t.scope, aliases: t.aliases })),
+  }));
+
+  app.get('/meshes', async (req) => listResponse(req, MESH_TYPE, undefined));
+  app.get<{ Params: { mesh: string } }>('/meshes/:mesh', async (req, reply) => getOne(reply, MESH_TYPE, '', req.params.mesh));
+  app.put<{ Params: { mesh: string } }>('/meshes/:mesh', async (req, reply) => put(req, reply, registry.get(MESH_TYPE)!, '', req.params.mesh));
+  app.delete<{ Params: { mesh: string } }>('/meshes/:mesh', async (req) => del(req, MESH_TYPE, '', req.params.mesh));
+
+  app.get<{ Params: { mesh: string; plural: string } }>('/meshes/:mesh/:plural', async (req) => listResponse(req, meshScoped(req.params.plural).name, req.params.mesh));
+  app.get<{ Params: { mesh: string; plural: string; name: string } }>('/meshes/:mesh/:plural/:name', async (req, reply) =>
+    getOne(reply, meshScoped(req.params.plural).name, req.params.mesh, req.params.name),
+  );
+  app.put<{ Params: { mesh: string; plural: string; name: string } }>('/meshes/:mesh/:plural/:name', async (req, reply) =>
+    put(req, reply, meshScoped(req.params.plural), req.params.mesh, req.params.name),
+  );
+  app.delete<{ Params: { mesh: string; plural: string; name: string } }>('/meshes/:mesh/:plural/:name', async (req) =>
+    del(req, meshScoped(req.params.plural).name, req.params.mesh, req.params.name),
+  );
+  app.get<{ Params: { plural: string } }>('/:plural', async (req) => listResponse(req, meshScoped(req.params.plural).name, undefined));
+
+  /**
+   * Applies many resources at once: all are validated first (every violation of every item is
+   * reported), then written in one transaction, so a failure leaves nothing half-written.
+   */
+  app.post('/_apply', async (req) => {
+    const body = req.body as { resources?: unknown; dryRun?: unknown } | undefined;
+    if (!body || typeof body !== 'object' || !Array.isArray(body.resources)) {
+      throw new WeftError('invalid_resource', 'the body must be {"resources": [...]}', [{ field: 'resources', message: 'must be a list' }]);
+    }
+    const ops: WriteOp[] = [];
+    const violations: Violation[] = [];
+    let firstCode: WeftError['code'] | undefined;
+    const messages: string[] = [];
+    body.resources.forEach((item, i) => {
+      try {
+        ops.push({ op: 'upsert', resource: decodeResource(item, registry).resource });
+      } catch (err) {
+        if (!isWeftError(err)) throw err;
+        firstCode ??= err.code;
+        messages.push(`resources[${i}]: ${err.message}`);
+        violations.push(...prefixViolations(`resources[${i}]`, err.violations));
+      }
+    });
+    if (firstCode) throw new WeftError(firstCode, messages.join('; '), violations);
+    try {
+      const results = await store.write(ops, { dryRun: body.dryRun === true });
+      return { dryRun: body.dryRun === true, results: results.map((r) => ({ ...r.key, outcome: r.outcome, version: r.resource?.version })) };
+    } catch (err) {
+      if (isWeftError(err) && err.index !== undefined) {
+        const e = new WeftError(err.code, `resources[${err.index}]: ${err.message}`, prefixViolations(`resources[${err.index}]`, err.violations));
+        e.index = err.index;
+        throw e;
+      }
+      throw err;
+    }
+  });
+
+  return app;
+}

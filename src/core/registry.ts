@@ -1,0 +1,147 @@
+import type { z } from 'zod';
+import type { Resource } from './resource.js';
+import { MESH_TYPE } from './resource.js';
+import { meshSpec, enabledMtlsBackend, type MeshSpec } from './resources/mesh.js';
+import { dataplaneSpec, dataplaneTagSets, dataplaneServices, type DataplaneSpec } from './resources/dataplane.js';
+import { trafficPermissionSpec, type TrafficPermissionSpec } from './resources/traffic-permission.js';
+import { meshTrafficPermissionBody, type MeshTrafficPermissionBody, type TargetRef } from './resources/mesh-traffic-permission.js';
+
+export interface Column<S> {
+  header: string;
+  value(r: Resource<S>): string;
+}
+
+/**
+ * Everything the control plane needs to know about a resource type. Adding a type (every future
+ * Mesh* policy) is one of these declarations plus one `register` line.
+ */
+export interface ResourceType<S = unknown> {
+  /** `type:` as written in YAML. */
+  readonly name: string;
+  /** URL segment in the HTTP API, as Kuma spells it. */
+  readonly plural: string;
+  /** Other names weftctl accepts (singular, short forms). */
+  readonly aliases: readonly string[];
+  readonly scope: 'global' | 'mesh';
+  /** Schema of the body (all fields but metadata); gives the TypeScript type and the defaults. */
+  readonly schema: z.ZodType<S>;
+  /** Tag sets the `tag` filter of list calls matches against. */
+  readonly tagSets?: (spec: S) => Record<string, string>[];
+  /** Extra table columns for `weftctl get`. */
+  readonly columns?: readonly Column<S>[];
+}
+
+export function defineType<S>(def: ResourceType<S>): ResourceType<S> {
+  return Object.freeze(def);
+}
+
+export class ResourceRegistry {
+  private readonly byName = new Map<string, ResourceType<unknown>>();
+  private readonly byAnyName = new Map<string, ResourceType<unknown>>();
+
+  register<S>(def: ResourceType<S>): this {
+    const t = def as unknown as ResourceType<unknown>;
+    if (this.byName.has(def.name)) throw new Error(`resource type ${def.name} registered twice`);
+    this.byName.set(def.name, t);
+    for (const n of [def.name, def.plural, ...def.aliases]) {
+      const k = n.toLowerCase();
+      const prev = this.byAnyName.get(k);
+      if (prev && prev !== t) throw new Error(`name "${n}" is used by both ${prev.name} and ${def.name}`);
+      this.byAnyName.set(k, t);
+    }
+    return this;
+  }
+
+  /** By exact `type:` name. */
+  get(name: string): ResourceType<unknown> | undefined {
+    return this.byName.get(name);
+  }
+
+  /** By URL segment. */
+  byPlural(plural: string): ResourceType<unknown> | undefined {
+    const t = this.byAnyName.get(plural.toLowerCase());
+    return t && t.plural === plural ? t : undefined;
+  }
+
+  /** By any name a user may type: type name, plural or alias, any case. */
+  resolve(anyName: string): ResourceType<unknown> | undefined {
+    return this.byAnyName.get(anyName.toLowerCase());
+  }
+
+  all(): ResourceType<unknown>[] {
+    return [...this.byName.values()];
+  }
+}
+
+function describeTargetRef(ref: TargetRef): string {
+  if (ref.name) return `${ref.kind}/${ref.name}`;
+  if (ref.tags) return `${ref.kind}[${Object.entries(ref.tags).map(([k, v]) => `${k}=${v}`).join(',')}]`;
+  return ref.kind;
+}
+
+export const MeshType = defineType<MeshSpec>({
+  name: MESH_TYPE,
+  plural: 'meshes',
+  aliases: ['mesh'],
+  scope: 'global',
+  schema: meshSpec,
+  columns: [
+    {
+      header: 'MTLS',
+      value: (r) => {
+        const b = enabledMtlsBackend(r.spec);
+        return b ? `${b.type}/${b.name} (${b.mode})` : 'off';
+      },
+    },
+  ],
+});
+
+export const DataplaneType = defineType<DataplaneSpec>({
+  name: 'Dataplane',
+  plural: 'dataplanes',
+  aliases: ['dataplane', 'dp', 'dps'],
+  scope: 'mesh',
+  schema: dataplaneSpec,
+  tagSets: dataplaneTagSets,
+  columns: [
+    { header: 'ADDRESS', value: (r) => r.spec.networking.advertisedAddress ?? r.spec.networking.address },
+    { header: 'SERVICES', value: (r) => dataplaneServices(r.spec).join(',') },
+  ],
+});
+
+export const TrafficPermissionType = defineType<TrafficPermissionSpec>({
+  name: 'TrafficPermission',
+  plural: 'traffic-permissions',
+  aliases: ['traffic-permission', 'trafficpermission', 'trafficpermissions', 'tp'],
+  scope: 'mesh',
+  schema: trafficPermissionSpec,
+  columns: [
+    { header: 'SOURCES', value: (r) => r.spec.sources.map((s) => s.match['kuma.io/service'] ?? '?').join(',') },
+    { header: 'DESTINATIONS', value: (r) => r.spec.destinations.map((d) => d.match['kuma.io/service'] ?? '?').join(',') },
+  ],
+});
+
+export const MeshTrafficPermissionType = defineType<MeshTrafficPermissionBody>({
+  name: 'MeshTrafficPermission',
+  plural: 'meshtrafficpermissions',
+  aliases: ['meshtrafficpermission', 'mtp', 'mtps'],
+  scope: 'mesh',
+  schema: meshTrafficPermissionBody,
+  columns: [
+    { header: 'TARGETREF', value: (r) => describeTargetRef(r.spec.spec.targetRef) },
+    { header: 'FROM', value: (r) => r.spec.spec.from.map((f) => `${describeTargetRef(f.targetRef)}:${f.default.action}`).join(',') },
+  ],
+});
+
+/** The registry of the types this control plane serves. */
+export function defaultRegistry(): ResourceRegistry {
+  return new ResourceRegistry().register(MeshType).register(DataplaneType).register(TrafficPermissionType).register(MeshTrafficPermissionType);
+}
+
+/** Flattened `key=value` strings of a resource's tag sets, for the store's tag index. */
+export function indexTags(def: ResourceType<unknown> | undefined, spec: unknown): string[] {
+  if (!def?.tagSets) return [];
+  const out = new Set<string>();
+  for (const set of def.tagSets(spec)) for (const [k, v] of Object.entries(set)) out.add(`${k}=${v}`);
+  return [...out].sort();
+}

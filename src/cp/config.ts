@@ -1,0 +1,149 @@
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { isPlainObject, validate, WeftError, type Violation } from '../core/index.js';
+
+const listenPort = z.number().int().min(0, 'must be 0-65535').max(65535, 'must be 0-65535');
+
+/**
+ * The control plane's configuration: one schema with its defaults, read once from a YAML file and
+ * WEFT_* environment variables (which win), validated, then frozen. docs/configuration.md lists
+ * every setting; a test keeps it complete.
+ */
+export const configSchema = z
+  .strictObject({
+    /** Where the embedded store, the admin token and other local state live. */
+    dataDir: z.string().min(1).default(join(homedir(), '.weft')),
+    store: z
+      .strictObject({
+        type: z.enum(['embedded', 'postgres']).default('embedded'),
+        postgres: z
+          .strictObject({
+            url: z.string().min(1).optional(),
+            poolSize: z.number().int().min(1).max(1000).default(10),
+          })
+          .default({ poolSize: 10 }),
+      })
+      .default({ type: 'embedded', postgres: { poolSize: 10 } }),
+    api: z
+      .strictObject({
+        address: z.string().min(1).default('127.0.0.1'),
+        port: listenPort.default(5681),
+        bodyLimitBytes: z.number().int().min(1024).default(1024 * 1024),
+        /** `auto`: writes need the admin token unless the API is bound to loopback only. */
+        auth: z.enum(['auto', 'always']).default('auto'),
+      })
+      .default({ address: '127.0.0.1', port: 5681, bodyLimitBytes: 1024 * 1024, auth: 'auto' }),
+    diagnostics: z
+      .strictObject({
+        address: z.string().min(1).default('127.0.0.1'),
+        port: listenPort.default(5680),
+      })
+      .default({ address: '127.0.0.1', port: 5680 }),
+    xds: z
+      .strictObject({
+        address: z.string().min(1).default('0.0.0.0'),
+        port: listenPort.default(5678),
+      })
+      .default({ address: '0.0.0.0', port: 5678 }),
+    log: z
+      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') })
+      .default({ level: 'info' }),
+    defaults: z
+      .strictObject({
+        /** Kuma creates a `default` mesh at start; set true to skip that. */
+        skipMeshCreation: z.boolean().default(false),
+      })
+      .default({ skipMeshCreation: false }),
+  });
+
+export type Config = z.infer<typeof configSchema>;
+
+type EnvKind = 'string' | 'number' | 'boolean';
+
+/** Every environment variable the control plane reads, and the setting it sets. */
+export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: EnvKind }>> = {
+  WEFT_DATA_DIR: { path: ['dataDir'], kind: 'string' },
+  WEFT_STORE_TYPE: { path: ['store', 'type'], kind: 'string' },
+  WEFT_STORE_POSTGRES_URL: { path: ['store', 'postgres', 'url'], kind: 'string' },
+  WEFT_STORE_POSTGRES_POOL_SIZE: { path: ['store', 'postgres', 'poolSize'], kind: 'number' },
+  WEFT_API_ADDRESS: { path: ['api', 'address'], kind: 'string' },
+  WEFT_API_PORT: { path: ['api', 'port'], kind: 'number' },
+  WEFT_API_BODY_LIMIT_BYTES: { path: ['api', 'bodyLimitBytes'], kind: 'number' },
+  WEFT_API_AUTH: { path: ['api', 'auth'], kind: 'string' },
+  WEFT_DIAGNOSTICS_ADDRESS: { path: ['diagnostics', 'address'], kind: 'string' },
+  WEFT_DIAGNOSTICS_PORT: { path: ['diagnostics', 'port'], kind: 'number' },
+  WEFT_XDS_ADDRESS: { path: ['xds', 'address'], kind: 'string' },
+  WEFT_XDS_PORT: { path: ['xds', 'port'], kind: 'number' },
+  WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
+  WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
+};
+
+/** The variable naming the config file. */
+export const CONFIG_FILE_ENV = 'WEFT_CONFIG_FILE';
+
+function setPath(target: Record<string, unknown>, path: readonly string[], value: unknown): void {
+  let cur = target;
+  for (const key of path.slice(0, -1)) {
+    if (!isPlainObject(cur[key])) cur[key] = {};
+    cur = cur[key] as Record<string, unknown>;
+  }
+  cur[path[path.length - 1]!] = value;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** Reads the file (if any) and the environment, validates, and returns a frozen config. */
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): Readonly<Config> {
+  const env = opts.env ?? process.env;
+  const file = opts.file ?? env[CONFIG_FILE_ENV];
+  let raw: Record<string, unknown> = {};
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new WeftError('invalid_config', `cannot read config file ${file}: ${(err as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text) ?? {};
+    } catch (err) {
+      throw new WeftError('invalid_config', `config file ${file} is not valid YAML: ${(err as Error).message}`);
+    }
+    if (!isPlainObject(parsed)) throw new WeftError('invalid_config', `config file ${file} must hold a mapping`);
+    raw = parsed;
+  }
+  const violations: Violation[] = [];
+  for (const [name, { path, kind }] of Object.entries(ENV_VARS)) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    if (kind === 'number') {
+      const n = Number(value);
+      if (!Number.isFinite(n)) violations.push({ field: name, message: `must be a number (got "${value}")` });
+      else setPath(raw, path, n);
+    } else if (kind === 'boolean') {
+      if (value !== 'true' && value !== 'false') violations.push({ field: name, message: `must be true or false (got "${value}")` });
+      else setPath(raw, path, value === 'true');
+    } else setPath(raw, path, value);
+  }
+  const res = validate(configSchema, raw);
+  if (!res.ok) violations.push(...res.violations);
+  // Checked on the raw input so it is reported together with any other problem.
+  const store = isPlainObject(raw.store) ? raw.store : {};
+  if (store.type === 'postgres' && !(isPlainObject(store.postgres) && store.postgres.url)) {
+    violations.push({ field: 'store.postgres.url', message: 'required when store.type is postgres' });
+  }
+  if (violations.length > 0 || !res.ok) {
+    throw new WeftError('invalid_config', `invalid configuration${file ? ` (file ${file} and WEFT_* environment)` : ' (WEFT_* environment)'}`, violations);
+  }
+  return deepFreeze(res.value);
+}

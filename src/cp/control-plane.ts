@@ -1,0 +1,120 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { createDiagnosticsServer, buildApi } from '../api/index.js';
+import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
+import { instrumentStore, openStore, type Store } from '../store/index.js';
+import { ensureAdminToken, isLoopback } from './admin-token.js';
+import type { Config } from './config.js';
+
+export interface ControlPlane {
+  readonly instanceId: string;
+  readonly store: Store;
+  /** `http://host:port` of the HTTP API and of the diagnostics server, as actually bound. */
+  readonly apiUrl: string;
+  readonly diagnosticsUrl: string;
+  /** Stops accepting requests, lets running ones finish, then closes the store. Idempotent. */
+  close(): Promise<void>;
+}
+
+function urlOf(server: { address(): AddressInfo | string | null }): string {
+  const a = server.address() as AddressInfo;
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+  return `http://${host}:${a.port}`;
+}
+
+function listen(server: Server, port: number, address: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, address, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * The composition root of weft-cp: opens the store, makes sure the default mesh exists, and
+ * starts the HTTP API and the diagnostics server.
+ */
+export async function startControlPlane(config: Readonly<Config>, logger: Logger): Promise<ControlPlane> {
+  const instanceId = `${VERSION}-${randomUUID().slice(0, 8)}`;
+  const registry = defaultRegistry();
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const raw = await openStore(config.store.type === 'embedded' ? { type: 'embedded', dataDir: config.dataDir } : { type: 'postgres', url: config.store.postgres.url!, poolSize: config.store.postgres.poolSize }, {
+    registry,
+    onListenerError: (err) => logger.error({ err }, 'store watcher failed'),
+    onFeedState: (state, err) => (state === 'lost' ? logger.warn({ err }, 'store change feed lost; reconnecting') : logger.info('store change feed reconnected')),
+  });
+  const store = instrumentStore(raw, metrics);
+  logger.info({ engine: store.engine, dataDir: config.dataDir }, 'store open');
+
+  if (!config.defaults.skipMeshCreation) {
+    try {
+      await store.create({ type: MESH_TYPE, mesh: '', name: 'default', labels: {}, spec: {} });
+      logger.info('created mesh "default"');
+    } catch (err) {
+      if (!isWeftError(err, 'already_exists')) throw err;
+    }
+  }
+
+  const admin = ensureAdminToken(config.dataDir);
+  if (admin.created) logger.info({ path: admin.path }, 'admin token written');
+  const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
+
+  const api = buildApi({
+    store,
+    registry,
+    logger: logger.child({ server: 'api' }),
+    bodyLimitBytes: config.api.bodyLimitBytes,
+    adminToken: needsToken ? admin.token : undefined,
+    info: { version: VERSION, instanceId },
+  });
+  let serving = false;
+  const diagnostics = createDiagnosticsServer({
+    metrics,
+    readiness: async () => {
+      if (!serving) return 'starting';
+      await store.ping();
+      return undefined;
+    },
+  });
+
+  try {
+    await api.listen({ port: config.api.port, host: config.api.address });
+    await listen(diagnostics, config.diagnostics.port, config.diagnostics.address);
+  } catch (err) {
+    await api.close();
+    diagnostics.close();
+    await store.close();
+    throw err;
+  }
+  const apiUrl = urlOf(api.server);
+  const diagnosticsUrl = urlOf(diagnostics);
+  serving = true;
+  logger.info({ url: apiUrl, adminTokenRequired: needsToken }, 'HTTP API listening');
+  logger.info({ url: diagnosticsUrl }, 'diagnostics listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    instanceId,
+    store,
+    apiUrl,
+    diagnosticsUrl,
+    close() {
+      closing ??= (async () => {
+        serving = false;
+        await api.close();
+        await new Promise<void>((resolve) => diagnostics.close(() => resolve()));
+        await store.close();
+        logger.info('control plane stopped');
+      })();
+      return closing;
+    },
+  };
+}
