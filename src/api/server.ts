@@ -78,7 +78,7 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
       done(null, parseYaml(body));
     } catch (err) {
       const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : '';
-      done(new WeftError('malformed_body', `the YAML body cannot be parsed${where}: ${(err as Error).message.split('\n')[0]}`));
+      done(new WeftError('malformed_body', `the YAML body cannot be parsed${where}: ${(err as Error).message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`));
     }
   };
   app.removeContentTypeParser('text/plain');

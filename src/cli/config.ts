@@ -32,6 +32,6 @@ export function resolveConnection(flags: { cpAddress?: string; authTokenFile?: s
     file = res.value;
   }
   const tokenFile = flags.authTokenFile ?? file.authTokenFile;
-  const authToken = tokenFile ? readFileSync(tokenFile, 'utf8').trim() : (env.WEFTCTL_AUTH_TOKEN ?? file.authToken);
-  return { cpAddress: flags.cpAddress ?? env.WEFTCTL_CP_ADDRESS ?? file.cpAddress ?? DEFAULT_CP_ADDRESS, authToken };
+  const authToken = tokenFile ? readFileSync(tokenFile, 'utf8').trim() : (env.WEFTCTL_AUTH_TOKEN || file.authToken);
+  return { cpAddress: flags.cpAddress || env.WEFTCTL_CP_ADDRESS || file.cpAddress || DEFAULT_CP_ADDRESS, authToken };
 }

@@ -41,11 +41,11 @@ interface Document {
 function parseDocuments(text: string, source: string): Document[] {
   const docs: Document[] = [];
   const problems: string[] = [];
-  parseAllDocuments(text, { prettyErrors: false }).forEach((doc, i) => {
+  parseAllDocuments(text).forEach((doc, i) => {
     const line = doc.contents?.range ? text.slice(0, doc.contents.range[0]).split('\n').length : 1;
     for (const e of doc.errors) {
       const pos = e.linePos?.[0];
-      problems.push(`${source}: document ${i + 1}${pos ? `, line ${pos.line}, column ${pos.col}` : ''}: ${e.message.split('\n')[0]}`);
+      problems.push(`${source}: document ${i + 1}${pos ? `, line ${pos.line}, column ${pos.col}` : ''}: ${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`);
     }
     if (doc.errors.length > 0) return;
     const value: unknown = doc.toJS();
