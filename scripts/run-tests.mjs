@@ -22,5 +22,5 @@ if (selected.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.WEFT_TEST_CONCURRENCY ?? '2';
-const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, ...selected], { stdio: 'inherit' });
+const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...selected], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

@@ -14,6 +14,7 @@ import {
   type ResourceType,
   type Violation,
 } from '../core/index.js';
+import type { ProxyStatus } from '../ads/index.js';
 import type { Store, WriteOp } from '../store/index.js';
 
 export interface ApiOptions {
@@ -24,6 +25,8 @@ export interface ApiOptions {
   /** When set, every request that changes state must carry `Authorization: Bearer <token>`. */
   adminToken?: string;
   info: { version: string; instanceId: string };
+  /** xDS status of a proxy by node id (`<mesh>.<name>`), when an ADS server runs. */
+  xdsStatus?: (nodeId: string) => ProxyStatus | undefined;
 }
 
 const MAX_PAGE = 1000;
@@ -196,6 +199,21 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
   app.delete<{ Params: { mesh: string; plural: string; name: string } }>('/meshes/:mesh/:plural/:name', async (req) =>
     del(req, meshScoped(req.params.plural).name, req.params.mesh, req.params.name),
   );
+  /** Kuma's dataplane insight, in short: is the proxy connected, what it took, what it refused. */
+  const insight = (mesh: string, name: string) => {
+    const st = opts.xdsStatus?.(`${mesh}.${name}`);
+    return st ? { ...st, online: st.connected } : { online: false, connected: false, nodeId: `${mesh}.${name}`, types: {} };
+  };
+  app.get<{ Params: { mesh: string; name: string } }>('/meshes/:mesh/dataplanes/:name/_status', async (req) => {
+    const r = await store.get({ type: 'Dataplane', mesh: req.params.mesh, name: req.params.name });
+    if (!r) throw new WeftError('not_found', `Dataplane "${req.params.name}" not found in mesh "${req.params.mesh}"`);
+    return insight(req.params.mesh, req.params.name);
+  });
+  app.get<{ Params: { mesh: string } }>('/meshes/:mesh/dataplanes+insights', async (req) => {
+    const page = await listResponse(req, 'Dataplane', req.params.mesh);
+    return { ...page, items: page.items.map((dp) => ({ dataplane: dp, status: insight(String(dp.mesh), String(dp.name)) })) };
+  });
+
   app.get<{ Params: { plural: string } }>('/:plural', async (req) => listResponse(req, meshScoped(req.params.plural).name, undefined));
 
   /**

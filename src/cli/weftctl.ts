@@ -4,7 +4,7 @@ import { parseAllDocuments, stringify } from 'yaml';
 import { defaultRegistry, isPlainObject, VERSION, type ResourceType, type Violation } from '../core/index.js';
 import { ApiClient, ApiError } from './client.js';
 import { resolveConnection } from './config.js';
-import { resourceTable, yamlDocuments } from './output.js';
+import { age, resourceTable, table, yamlDocuments } from './output.js';
 import { parsePairs, renderTemplate } from './template.js';
 
 /** An error weftctl reports before or without talking to the control plane. */
@@ -170,7 +170,63 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       out(`${label(def.name, def.scope === 'mesh' ? opts.mesh : undefined, name)} deleted\n`);
     });
 
+  const inspect = program.command('inspect').description('show the live state of resources');
+  inspect
+    .command('dataplanes')
+    .description('dataplanes with their xDS status: connected, what each took and refused')
+    .option('-m, --mesh <mesh>', 'mesh of the dataplanes', 'default')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'yaml', 'json']).default('table'))
+    .action(async (opts: { mesh: string; output: string }) => {
+      const c = client();
+      type Row = { dataplane: Record<string, unknown>; status: InsightStatus };
+      const rows: Row[] = [];
+      let next: string | null = `/meshes/${encodeURIComponent(opts.mesh)}/dataplanes+insights?size=1000`;
+      while (next) {
+        const page: { body: { items: Row[]; next: string | null } } = await c.request('GET', next);
+        rows.push(...page.body.items);
+        next = page.body.next;
+      }
+      if (opts.output === 'json') return out(`${JSON.stringify({ total: rows.length, items: rows }, null, 2)}\n`);
+      if (opts.output === 'yaml') return out(stringify({ total: rows.length, items: rows }));
+      if (rows.length === 0) return err(`no dataplanes in mesh "${opts.mesh}"\n`);
+      out(insightTable(rows));
+    });
+
   return program;
+}
+
+interface InsightStatus {
+  connected: boolean;
+  connectedSince?: string;
+  disconnectedAt?: string;
+  controlPlaneInstance?: string;
+  types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string } }>;
+}
+
+/** One line per dataplane: ONLINE, since when, per xDS type whether the last response was taken. */
+function insightTable(rows: { dataplane: Record<string, unknown>; status: InsightStatus }[]): string {
+  const types = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
+  const head = ['MESH', 'NAME', 'STATUS', 'SINCE', 'CP', ...types, 'LAST NACK'];
+  const body = rows.map(({ dataplane, status }) => {
+    const since = status.connected ? status.connectedSince : status.disconnectedAt;
+    const cell = (t: string) => {
+      const s = status.types[t];
+      if (!s?.lastSentVersion) return '-';
+      return s.lastAckedVersion === s.lastSentVersion ? 'ACK' : s.lastNack ? 'NACK' : 'sent';
+    };
+    const nacks = Object.entries(status.types).filter(([, s]) => s.lastNack);
+    const lastNack = nacks.sort((a, b) => (a[1].lastNack!.at < b[1].lastNack!.at ? 1 : -1))[0];
+    return [
+      String(dataplane.mesh),
+      String(dataplane.name),
+      status.connected ? 'Online' : 'Offline',
+      since ? age(since) : '-',
+      status.controlPlaneInstance ?? '-',
+      ...types.map(cell),
+      lastNack ? `${lastNack[0]}: ${lastNack[1].lastNack!.message.slice(0, 80)}` : '-',
+    ];
+  });
+  return table([head, ...body]);
 }
 
 /** Runs weftctl; resolves to the exit status. */

@@ -46,8 +46,12 @@ export const configSchema = z
       .strictObject({
         address: z.string().min(1).default('0.0.0.0'),
         port: listenPort.default(5678),
+        /** Until dataplane tokens land: serve any node id, to loopback peers only. Off by default. */
+        allowUnauthenticatedLoopback: z.boolean().default(false),
+        /** Wait after a proxy rejects (NACKs) config before sending that type again. */
+        nackBackoffMs: z.number().int().min(0).max(600_000).default(5000),
       })
-      .default({ address: '0.0.0.0', port: 5678 }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000 }),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') })
       .default({ level: 'info' }),
@@ -77,6 +81,8 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_DIAGNOSTICS_PORT: { path: ['diagnostics', 'port'], kind: 'number' },
   WEFT_XDS_ADDRESS: { path: ['xds', 'address'], kind: 'string' },
   WEFT_XDS_PORT: { path: ['xds', 'port'], kind: 'number' },
+  WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: { path: ['xds', 'allowUnauthenticatedLoopback'], kind: 'boolean' },
+  WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
 };

@@ -3,6 +3,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
+import { AdsServer, loopbackOnlyAuthenticator, refuseAllAuthenticator, SnapshotCache } from '../ads/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
@@ -15,6 +16,10 @@ export interface ControlPlane {
   /** `http://host:port` of the HTTP API and of the diagnostics server, as actually bound. */
   readonly apiUrl: string;
   readonly diagnosticsUrl: string;
+  /** host:port of the ADS server, as bound. */
+  readonly xdsAddress: string;
+  readonly snapshots: SnapshotCache;
+  readonly ads: AdsServer;
   /** Stops accepting requests, lets running ones finish, then closes the store. Idempotent. */
   close(): Promise<void>;
 }
@@ -67,6 +72,17 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   if (admin.created) logger.info({ path: admin.path }, 'admin token written');
   const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
 
+  const snapshots = new SnapshotCache();
+  const ads = new AdsServer({
+    cache: snapshots,
+    authenticator: config.xds.allowUnauthenticatedLoopback ? loopbackOnlyAuthenticator : refuseAllAuthenticator,
+    logger: logger.child({ server: 'ads' }),
+    metrics,
+    instanceId,
+    nackBackoffMs: config.xds.nackBackoffMs,
+  });
+  if (config.xds.allowUnauthenticatedLoopback) logger.warn('xDS accepts unauthenticated proxies from loopback (xds.allowUnauthenticatedLoopback)');
+
   const api = buildApi({
     store,
     registry,
@@ -74,6 +90,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     bodyLimitBytes: config.api.bodyLimitBytes,
     adminToken: needsToken ? admin.token : undefined,
     info: { version: VERSION, instanceId },
+    xdsStatus: (nodeId) => ads.status.get(nodeId),
   });
   let serving = false;
   const diagnostics = createDiagnosticsServer({
@@ -85,20 +102,25 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     },
   });
 
+  let xdsPort: number;
   try {
+    xdsPort = await ads.listen(config.xds.address, config.xds.port);
     await api.listen({ port: config.api.port, host: config.api.address });
     await listen(diagnostics, config.diagnostics.port, config.diagnostics.address);
   } catch (err) {
+    ads.destroy();
     await api.close();
     diagnostics.close();
     await store.close();
     throw err;
   }
+  const xdsAddress = `${config.xds.address.includes(':') ? `[${config.xds.address}]` : config.xds.address}:${xdsPort}`;
   const apiUrl = urlOf(api.server);
   const diagnosticsUrl = urlOf(diagnostics);
   serving = true;
   logger.info({ url: apiUrl, adminTokenRequired: needsToken }, 'HTTP API listening');
   logger.info({ url: diagnosticsUrl }, 'diagnostics listening');
+  logger.info({ address: xdsAddress }, 'ADS listening');
 
   let closing: Promise<void> | undefined;
   return {
@@ -106,9 +128,13 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     store,
     apiUrl,
     diagnosticsUrl,
+    xdsAddress,
+    snapshots,
+    ads,
     close() {
       closing ??= (async () => {
         serving = false;
+        await ads.close();
         await api.close();
         await new Promise<void>((resolve) => diagnostics.close(() => resolve()));
         await store.close();

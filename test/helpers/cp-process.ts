@@ -17,7 +17,7 @@ export interface CpProcess {
  * it to log where its servers listen. Pass ports 0 in env to get free ones.
  */
 export function spawnControlPlane(env: Record<string, string>, command: string[] = [process.execPath, binPath('weft-cp'), 'run'], opts: { cwd?: string; detached?: boolean } = {}): Promise<CpProcess> {
-  const child = spawn(command[0]!, command.slice(1), { env: { ...process.env, ...env }, cwd: opts.cwd, detached: opts.detached, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command[0]!, command.slice(1), { env: { ...process.env, WEFT_XDS_PORT: '0', ...env }, cwd: opts.cwd, detached: opts.detached, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: string[] = [];
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -13,7 +13,7 @@ export interface TestControlPlane extends ControlPlane {
 /** A real control plane in this process: real sockets on port 0, a temp data dir. */
 export async function startTestControlPlane(env: Record<string, string> = {}): Promise<TestControlPlane> {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-cp-'));
-  const config = loadConfig({ env: { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', ...env } });
+  const config = loadConfig({ env: { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_PORT: '0', ...env } });
   const cp = await startControlPlane(config, createLogger('weft-cp', process.env.WEFT_TEST_LOG_LEVEL ?? 'silent'));
   return Object.assign(Object.create(cp) as ControlPlane, cp, {
     dataDir,

@@ -1,0 +1,193 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Registry } from 'prom-client';
+import type { Logger } from '../core/index.js';
+import type { SnapshotCache } from './cache.js';
+import { messageType, TO_OBJECT } from './protos.js';
+import { XdsStatus } from './status.js';
+import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type Variant } from './stream.js';
+
+/** Decides who is on the other end of a new stream, from its metadata and peer address. */
+export interface Authenticator {
+  /** Returns the identity, or throws StreamError (UNAUTHENTICATED) with the reason. */
+  authenticate(ctx: { metadata: grpc.Metadata; peer: string }): Identity;
+}
+
+/** True for a gRPC peer string of a loopback address ("127.0.0.1:5", "[::1]:5", "ipv4:127.0.0.1:5"). */
+export function isLoopbackPeer(peer: string): boolean {
+  const p = peer.replace(/^ipv[46]:/, '');
+  return /^127\.\d+\.\d+\.\d+:\d+$/.test(p) || /^\[::1\]:\d+$/.test(p) || /^\[::ffff:127\.\d+\.\d+\.\d+\]:\d+$/.test(p);
+}
+
+/**
+ * Until dataplane tokens exist: accept any node id, but only from loopback. Off unless the
+ * operator turns it on (`xds.allowUnauthenticatedLoopback`).
+ */
+export const loopbackOnlyAuthenticator: Authenticator = {
+  authenticate({ peer }) {
+    if (!isLoopbackPeer(peer)) throw new StreamError(GRPC_UNAUTHENTICATED, `unauthenticated xDS is allowed from loopback only, not from ${peer}`);
+    return { kind: 'unauthenticated' };
+  },
+};
+
+/** Refuses everyone: the default until a token authenticator is configured. */
+export const refuseAllAuthenticator: Authenticator = {
+  authenticate() {
+    throw new StreamError(GRPC_UNAUTHENTICATED, 'this control plane accepts no xDS clients: dataplane token authentication is not configured and unauthenticated loopback mode is off');
+  },
+};
+
+export interface AdsServerOptions {
+  cache: SnapshotCache;
+  authenticator: Authenticator;
+  logger: Logger;
+  metrics: Registry;
+  instanceId: string;
+  /** Wait after a NACK before sending that type again (Kuma: 5 s). */
+  nackBackoffMs?: number;
+}
+
+const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
+
+function codec(name: string) {
+  const type = messageType(name);
+  return {
+    serialize: (obj: object) => Buffer.from(type.encode(type.fromObject(obj)).finish()),
+    deserialize: (buf: Buffer) => type.toObject(type.decode(buf), TO_OBJECT),
+  };
+}
+
+/**
+ * The ADS gRPC server (port 5678): StreamAggregatedResources (state of the world) and
+ * DeltaAggregatedResources (incremental). It knows nothing of translation: it serves whatever the
+ * snapshot cache holds for a stream's node id.
+ */
+export class AdsServer {
+  readonly status: XdsStatus;
+  private readonly server: grpc.Server;
+  private readonly streams = new Map<AdsStream, grpc.ServerDuplexStream<unknown, unknown>>();
+  private closing?: Promise<void>;
+
+  constructor(private readonly opts: AdsServerOptions) {
+    this.status = new XdsStatus(opts.instanceId, opts.metrics);
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    const req = codec('envoy.service.discovery.v3.DiscoveryRequest');
+    const res = codec('envoy.service.discovery.v3.DiscoveryResponse');
+    const dreq = codec('envoy.service.discovery.v3.DeltaDiscoveryRequest');
+    const dres = codec('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+    const definition: grpc.ServiceDefinition = {
+      StreamAggregatedResources: {
+        path: `${PATH}/StreamAggregatedResources`,
+        requestStream: true,
+        responseStream: true,
+        requestSerialize: req.serialize,
+        requestDeserialize: req.deserialize,
+        responseSerialize: res.serialize,
+        responseDeserialize: res.deserialize,
+      },
+      DeltaAggregatedResources: {
+        path: `${PATH}/DeltaAggregatedResources`,
+        requestStream: true,
+        responseStream: true,
+        requestSerialize: dreq.serialize,
+        requestDeserialize: dreq.deserialize,
+        responseSerialize: dres.serialize,
+        responseDeserialize: dres.deserialize,
+      },
+    };
+    this.server.addService(definition, {
+      StreamAggregatedResources: (call: grpc.ServerDuplexStream<DiscoveryRequest, object>) => this.serve('sotw', call),
+      DeltaAggregatedResources: (call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, object>) => this.serve('delta', call),
+    });
+  }
+
+  private serve(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>): void {
+    const log = this.opts.logger;
+    const fail = (err: StreamError) => {
+      call.emit('error', { code: err.grpcCode, details: err.message });
+    };
+    if (this.closing) return fail(new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
+    let identity: Identity;
+    try {
+      identity = this.opts.authenticator.authenticate({ metadata: call.metadata, peer: call.getPeer() });
+    } catch (err) {
+      if (!(err instanceof StreamError)) throw err;
+      log.warn({ peer: call.getPeer(), reason: err.message }, 'xDS stream refused');
+      return fail(err);
+    }
+    const stream = new AdsStream({
+      variant,
+      cache: this.opts.cache,
+      identity,
+      controlPlaneId: this.opts.instanceId,
+      nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
+      hooks: this.status,
+      send: (r) => call.write(r),
+    });
+    this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
+    const end = () => {
+      stream.close();
+      this.streams.delete(stream);
+    };
+    call.on('data', (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
+      try {
+        stream.handle(req);
+      } catch (err) {
+        if (err instanceof StreamError) {
+          log.warn({ peer: call.getPeer(), nodeId: stream.nodeId ?? req.node?.id, reason: err.message }, 'xDS stream closed');
+          fail(err);
+        } else {
+          log.error({ err, nodeId: stream.nodeId }, 'xDS stream failed');
+          call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error' });
+        }
+        end();
+      }
+    });
+    call.on('end', () => {
+      end();
+      call.end();
+    });
+    call.on('cancelled', end);
+    call.on('error', end);
+    call.on('close', end);
+  }
+
+  /** Binds and starts serving; resolves to the bound port. */
+  listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+    const host = address.includes(':') ? `[${address}]` : address;
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(`${host}:${port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+    });
+  }
+
+  /** Number of open streams. */
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /**
+   * Stops accepting streams and ends the open ones with UNAVAILABLE, so proxies reconnect to
+   * another replica at once instead of waiting out a timeout. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      for (const [stream, call] of this.streams) {
+        call.emit('error', { code: GRPC_UNAVAILABLE, details: 'control plane is shutting down; reconnect to another replica' });
+        stream.close();
+      }
+      this.streams.clear();
+      const timer = setTimeout(() => this.server.forceShutdown(), 5000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return this.closing;
+  }
+
+  /** Stops now. */
+  destroy(): void {
+    for (const s of this.streams.keys()) s.close();
+    this.streams.clear();
+    this.server.forceShutdown();
+  }
+}

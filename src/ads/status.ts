@@ -1,0 +1,128 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { SHORT_NAME, type TypeUrl } from './protos.js';
+import type { StreamHooks, Variant } from './stream.js';
+
+export interface TypeStatus {
+  lastSentVersion?: string;
+  lastSentAt?: string;
+  lastAckedVersion?: string;
+  lastAckedAt?: string;
+  lastNack?: { version: string; message: string; at: string };
+  responses: number;
+  acks: number;
+  nacks: number;
+}
+
+export interface ProxyStatus {
+  nodeId: string;
+  connected: boolean;
+  connectedSince?: string;
+  disconnectedAt?: string;
+  variant?: Variant;
+  controlPlaneInstance: string;
+  /** Keyed by CDS, EDS, LDS, RDS, SDS. */
+  types: Record<string, TypeStatus>;
+}
+
+/**
+ * Per-proxy xDS status (Kuma's dataplane insight) and the Prometheus metrics of the ADS server.
+ * It is the StreamHooks implementation the server passes to every stream.
+ */
+export class XdsStatus implements StreamHooks {
+  private readonly proxies = new Map<string, ProxyStatus & { streams: number }>();
+  private readonly connected: Gauge<'variant'>;
+  private readonly responses: Counter<'type' | 'variant'>;
+  private readonly acks: Counter<'type'>;
+  private readonly nacks: Counter<'type'>;
+  private readonly ignored: Counter<'reason'>;
+  private readonly delivery: Histogram<'type'>;
+
+  constructor(
+    private readonly instanceId: string,
+    registry: Registry,
+  ) {
+    this.connected = new Gauge({ name: 'weft_xds_connected_proxies', help: 'Proxies with an open ADS stream.', labelNames: ['variant'], registers: [registry] });
+    this.responses = new Counter({ name: 'weft_xds_responses_total', help: 'xDS responses sent.', labelNames: ['type', 'variant'], registers: [registry] });
+    this.acks = new Counter({ name: 'weft_xds_acks_total', help: 'xDS responses acknowledged.', labelNames: ['type'], registers: [registry] });
+    this.nacks = new Counter({ name: 'weft_xds_nacks_total', help: 'xDS responses rejected by a proxy.', labelNames: ['type'], registers: [registry] });
+    this.ignored = new Counter({ name: 'weft_xds_ignored_requests_total', help: 'xDS requests ignored (stale nonce, unknown type).', labelNames: ['reason'], registers: [registry] });
+    this.delivery = new Histogram({
+      name: 'weft_xds_delivery_seconds',
+      help: 'Time from the committed change a snapshot answers to the proxy ACK of it.',
+      labelNames: ['type'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    });
+  }
+
+  private entry(nodeId: string): ProxyStatus & { streams: number } {
+    let p = this.proxies.get(nodeId);
+    if (!p) this.proxies.set(nodeId, (p = { nodeId, connected: false, controlPlaneInstance: this.instanceId, types: {}, streams: 0 }));
+    return p;
+  }
+
+  private type(nodeId: string, typeUrl: TypeUrl): TypeStatus {
+    const p = this.entry(nodeId);
+    const k = SHORT_NAME[typeUrl];
+    return (p.types[k] ??= { responses: 0, acks: 0, nacks: 0 });
+  }
+
+  onConnect(nodeId: string, variant: Variant): void {
+    const p = this.entry(nodeId);
+    p.streams++;
+    p.connected = true;
+    p.variant = variant;
+    p.connectedSince = new Date().toISOString();
+    p.disconnectedAt = undefined;
+    this.connected.inc({ variant });
+  }
+
+  onDisconnect(nodeId: string, variant: Variant): void {
+    const p = this.entry(nodeId);
+    p.streams = Math.max(0, p.streams - 1);
+    if (p.streams === 0) {
+      p.connected = false;
+      p.disconnectedAt = new Date().toISOString();
+    }
+    this.connected.dec({ variant });
+  }
+
+  onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant): void {
+    const t = this.type(nodeId, typeUrl);
+    t.lastSentVersion = version;
+    t.lastSentAt = new Date().toISOString();
+    t.responses++;
+    this.responses.inc({ type: SHORT_NAME[typeUrl], variant });
+  }
+
+  onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void {
+    const t = this.type(nodeId, typeUrl);
+    t.lastAckedVersion = version;
+    t.lastAckedAt = new Date().toISOString();
+    t.acks++;
+    this.acks.inc({ type: SHORT_NAME[typeUrl] });
+    if (changeTime > 0) this.delivery.observe({ type: SHORT_NAME[typeUrl] }, Math.max(0, Date.now() - changeTime) / 1000);
+  }
+
+  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void {
+    const t = this.type(nodeId, typeUrl);
+    t.lastNack = { version, message, at: new Date().toISOString() };
+    t.nacks++;
+    this.nacks.inc({ type: SHORT_NAME[typeUrl] });
+  }
+
+  onIgnored(_nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void {
+    this.ignored.inc({ reason });
+  }
+
+  get(nodeId: string): ProxyStatus | undefined {
+    const p = this.proxies.get(nodeId);
+    if (!p) return undefined;
+    const { streams: _s, ...rest } = p;
+    return structuredClone(rest);
+  }
+
+  all(): ProxyStatus[] {
+    return [...this.proxies.keys()].map((k) => this.get(k)!);
+  }
+}

@@ -1,0 +1,432 @@
+import { createHash } from 'node:crypto';
+import type { EncodedResource, Snapshot, SnapshotCache } from './cache.js';
+import { isTypeUrl, RESPONSE_ORDER, TypeUrl } from './protos.js';
+
+export interface Node {
+  id?: string;
+  cluster?: string;
+  [k: string]: unknown;
+}
+
+export interface DiscoveryRequest {
+  version_info?: string;
+  node?: Node;
+  resource_names?: string[];
+  type_url?: string;
+  response_nonce?: string;
+  error_detail?: { code?: number; message?: string } | null;
+}
+
+export interface DeltaDiscoveryRequest {
+  node?: Node;
+  type_url?: string;
+  resource_names_subscribe?: string[];
+  resource_names_unsubscribe?: string[];
+  initial_resource_versions?: Record<string, string>;
+  response_nonce?: string;
+  error_detail?: { code?: number; message?: string } | null;
+}
+
+interface Any {
+  type_url: string;
+  value: Uint8Array;
+}
+
+export interface DiscoveryResponse {
+  version_info: string;
+  resources: Any[];
+  type_url: string;
+  nonce: string;
+  control_plane: { identifier: string };
+}
+
+export interface DeltaDiscoveryResponse {
+  system_version_info: string;
+  resources: { name: string; version: string; resource: Any }[];
+  type_url: string;
+  removed_resources: string[];
+  nonce: string;
+  control_plane: { identifier: string };
+}
+
+export type Variant = 'sotw' | 'delta';
+
+/** Who the transport says is on the other end; checked against `node.id` on the first request. */
+export type Identity = { kind: 'dataplane'; mesh: string; name: string } | { kind: 'unauthenticated' };
+
+/** Ends the stream with a gRPC status. */
+export class StreamError extends Error {
+  constructor(
+    readonly grpcCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const GRPC_INVALID_ARGUMENT = 3;
+export const GRPC_PERMISSION_DENIED = 7;
+export const GRPC_UNAVAILABLE = 14;
+export const GRPC_UNAUTHENTICATED = 16;
+
+/**
+ * What the stream tells the rest of the control plane. The snapshot cache knows nothing of
+ * streams and streams nothing of translation; these callbacks sit between them and feed status
+ * and metrics. They must not throw.
+ */
+export interface StreamHooks {
+  onConnect(nodeId: string, variant: Variant): void;
+  onDisconnect(nodeId: string, variant: Variant): void;
+  onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, resources: number): void;
+  onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void;
+  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void;
+  onIgnored(nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void;
+}
+
+interface TypeState {
+  readonly typeUrl: TypeUrl;
+  subscribed: Set<string>;
+  wildcard: boolean;
+  /** The client named resources explicitly at least once (then an empty list means none). */
+  explicit: boolean;
+  lastNonce?: string;
+  /** Version of the last response and the change time of the snapshot it came from. */
+  sentVersion?: string;
+  sentChangeTime: number;
+  inFlight: boolean;
+  ackedVersion?: string;
+  backoffUntil: number;
+  /** SotW: the resources the last response carried. Delta: unused. */
+  sent: Map<string, EncodedResource>;
+  /** Delta: what the client holds, name to version. */
+  clientHas: Map<string, string>;
+  /** Delta: subscribed names that do not exist and the client was told so. */
+  toldMissing: Set<string>;
+  /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
+  forced: Set<string>;
+}
+
+export interface StreamOptions {
+  variant: Variant;
+  cache: SnapshotCache;
+  identity: Identity;
+  controlPlaneId: string;
+  nackBackoffMs: number;
+  hooks: StreamHooks;
+  send(response: DiscoveryResponse | DeltaDiscoveryResponse): void;
+  now?: () => number;
+}
+
+let streamCounter = 0;
+
+function setVersion(resources: Iterable<EncodedResource>): string {
+  const parts = [...resources].map((r) => `${r.name}=${r.version}`).sort();
+  return createHash('sha256').update(parts.join(',')).digest('base64url').slice(0, 22);
+}
+
+/**
+ * One ADS stream, state of the world or incremental. Feed it requests with `handle`; it answers
+ * through `send` whenever the proxy's snapshot or subscriptions call for it, following
+ * ../shared/XDS-RULES.md (rule numbers in the comments).
+ */
+export class AdsStream {
+  readonly id = `${process.pid.toString(36)}-${(++streamCounter).toString(36)}`;
+  nodeId?: string;
+  private node?: Node;
+  private snapshot?: Snapshot;
+  private readonly types = new Map<TypeUrl, TypeState>();
+  private nonceCounter = 0;
+  private unwatch?: () => void;
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: StreamOptions) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Processes one request. Throws StreamError when the stream must end. */
+  handle(req: DiscoveryRequest | DeltaDiscoveryRequest): void {
+    if (this.closed) return;
+    // Rule 2: node is guaranteed only on the first request; remember it.
+    if (!this.node) this.start(req.node);
+    const typeUrl = req.type_url ?? '';
+    if (!isTypeUrl(typeUrl)) {
+      this.opts.hooks.onIgnored(this.nodeId, 'unknown_type');
+      return;
+    }
+    let state = this.types.get(typeUrl);
+    const first = !state;
+    if (!state) {
+      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new Map(), toldMissing: new Set(), forced: new Set() };
+      this.types.set(typeUrl, state);
+    }
+    if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
+    else this.handleDelta(state, req as DeltaDiscoveryRequest, first);
+    this.pump();
+  }
+
+  private start(node: Node | undefined): void {
+    const id = node?.id;
+    if (!id) throw new StreamError(GRPC_INVALID_ARGUMENT, 'the first request must carry node.id ("<mesh>.<name>")');
+    const dot = id.indexOf('.');
+    if (dot <= 0 || dot === id.length - 1) throw new StreamError(GRPC_INVALID_ARGUMENT, `node.id "${id}" is not "<mesh>.<dataplane name>"`);
+    const ident = this.opts.identity;
+    if (ident.kind === 'dataplane') {
+      const mesh = id.slice(0, dot);
+      const name = id.slice(dot + 1);
+      if (mesh !== ident.mesh || name !== ident.name) {
+        throw new StreamError(GRPC_PERMISSION_DENIED, `node.id "${id}" does not match the token, which is for dataplane "${ident.name}" in mesh "${ident.mesh}"`);
+      }
+    }
+    this.node = node;
+    this.nodeId = id;
+    this.opts.hooks.onConnect(id, this.opts.variant);
+    this.snapshot = this.opts.cache.get(id);
+    this.unwatch = this.opts.cache.watch(id, (s) => {
+      this.snapshot = s;
+      this.pump();
+    });
+  }
+
+  // ---- state of the world ----------------------------------------------------------------
+
+  private handleSotw(state: TypeState, req: DiscoveryRequest, first: boolean): void {
+    const nonce = req.response_nonce ?? '';
+    if (nonce !== '') {
+      // Rule 1 and 11: a nonce we did not send last on this stream for this type is stale.
+      if (nonce !== state.lastNonce) {
+        this.opts.hooks.onIgnored(this.nodeId, 'stale_nonce');
+        return;
+      }
+      this.ackOrNack(state, req.error_detail, req.version_info ?? '');
+    }
+    this.subscribe(state, req.resource_names ?? []);
+    // Rule 3: after a reconnect the client says which version it holds; do not resend it.
+    if (first && nonce === '' && req.version_info) {
+      const desired = this.desiredSotw(state);
+      if (setVersion(desired.values()) === req.version_info) {
+        state.sent = desired;
+        state.sentVersion = req.version_info;
+        state.ackedVersion = req.version_info;
+      }
+    }
+  }
+
+  /** Rule 13: `*` or a legacy empty first list means all; after explicit names, empty means none. */
+  private subscribe(state: TypeState, names: string[]): void {
+    if (names.includes('*')) {
+      state.wildcard = true;
+      state.subscribed = new Set(names.filter((n) => n !== '*'));
+    } else if (names.length === 0) {
+      state.wildcard = !state.explicit;
+      state.subscribed = new Set();
+    } else {
+      state.wildcard = false;
+      state.explicit = true;
+      state.subscribed = new Set(names);
+    }
+  }
+
+  private ackOrNack(state: TypeState, error: DiscoveryRequest['error_detail'], version: string): void {
+    state.inFlight = false;
+    const nodeId = this.nodeId!;
+    // Rule 4 and 5: a NACK is known by error_detail, never by comparing versions.
+    if (error && (error.message || error.code)) {
+      state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+      this.opts.hooks.onNack(nodeId, state.typeUrl, state.sentVersion ?? version, error.message ?? `code ${error.code}`);
+    } else {
+      state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
+      this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
+    }
+  }
+
+  private current(typeUrl: TypeUrl): ReadonlyMap<string, EncodedResource> {
+    return this.snapshot?.resources.get(typeUrl) ?? new Map();
+  }
+
+  /** True while the proxy has not taken the listeners and routes of the current snapshot. */
+  private routingPending(): boolean {
+    for (const t of [TypeUrl.Listener, TypeUrl.RouteConfiguration]) {
+      const s = this.types.get(t);
+      if (!s) continue;
+      if (s.inFlight) return true;
+      if (this.opts.variant === 'sotw' ? setVersion(this.desiredSotw(s).values()) !== s.sentVersion : this.deltaChanges(s).some) return true;
+    }
+    return false;
+  }
+
+  private desiredSotw(state: TypeState): Map<string, EncodedResource> {
+    const all = this.current(state.typeUrl);
+    const out = new Map<string, EncodedResource>();
+    for (const [name, r] of all) if (state.wildcard || state.subscribed.has(name)) out.set(name, r);
+    // Rule 8: keep clusters and endpoints the proxy's routes may still use until it has the new routes.
+    if ((state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached) {
+      for (const [name, r] of state.sent) if (!out.has(name) && (state.wildcard || state.subscribed.has(name))) out.set(name, r);
+    }
+    return out;
+  }
+
+  private routingPendingCached = false;
+
+  // ---- incremental ------------------------------------------------------------------------
+
+  private handleDelta(state: TypeState, req: DeltaDiscoveryRequest, first: boolean): void {
+    const nonce = req.response_nonce ?? '';
+    if (nonce !== '') {
+      // Rule 18: ACK/NACK only for our latest nonce, but subscription changes count regardless.
+      if (nonce === state.lastNonce) this.ackOrNack(state, req.error_detail, '');
+      else this.opts.hooks.onIgnored(this.nodeId, 'stale_nonce');
+    }
+    const sub = req.resource_names_subscribe ?? [];
+    const unsub = req.resource_names_unsubscribe ?? [];
+    const initial = first ? (req.initial_resource_versions ?? {}) : {};
+    if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
+    for (const name of sub) {
+      if (name === '*') {
+        state.wildcard = true;
+        continue;
+      }
+      state.explicit = true;
+      state.subscribed.add(name);
+      // Rule 19: a (re)subscribed name is sent even if we think the client has it...
+      if (initial[name] === undefined) state.clientHas.delete(name);
+      state.toldMissing.delete(name);
+    }
+    for (const name of unsub) {
+      // Rule 21: unsubscribing a name the client never had is harmless.
+      if (name === '*') state.wildcard = false;
+      state.subscribed.delete(name);
+      state.clientHas.delete(name);
+      state.toldMissing.delete(name);
+    }
+    // Rule 20: ...unless it came with the version the client already holds after a reconnect.
+    for (const [name, version] of Object.entries(initial)) state.clientHas.set(name, version);
+  }
+
+  private wants(state: TypeState, name: string): boolean {
+    return state.wildcard || state.subscribed.has(name);
+  }
+
+  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[] } {
+    const all = this.current(state.typeUrl);
+    const send: EncodedResource[] = [];
+    const removed: string[] = [];
+    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
+    for (const [name, r] of all) {
+      if (!this.wants(state, name)) continue;
+      if (state.clientHas.get(name) !== r.version || state.forced.has(name)) send.push(r);
+    }
+    // Rule 17: deletions and names that do not exist go in removed_resources.
+    for (const name of state.clientHas.keys()) if (!all.has(name) && !keepOld) removed.push(name);
+    for (const name of state.subscribed) if (!all.has(name) && !state.clientHas.has(name) && !state.toldMissing.has(name)) removed.push(name);
+    return { some: send.length > 0 || removed.length > 0, send, removed };
+  }
+
+  // ---- sending ----------------------------------------------------------------------------
+
+  /** Sends, in CDS, EDS, LDS, RDS, SDS order (rule 8), whatever changed (rule 6). */
+  private pump(): void {
+    if (this.closed || !this.nodeId) return;
+    const now = this.now();
+    let wakeAt = Infinity;
+    this.routingPendingCached = false;
+    this.routingPendingCached = this.routingPending();
+    for (const typeUrl of RESPONSE_ORDER) {
+      const state = this.types.get(typeUrl);
+      if (!state) continue;
+      if (now < state.backoffUntil) {
+        wakeAt = Math.min(wakeAt, state.backoffUntil);
+        continue;
+      }
+      if (this.opts.variant === 'sotw') this.sendSotw(state);
+      else this.sendDelta(state);
+    }
+    clearTimeout(this.timer);
+    if (wakeAt !== Infinity) {
+      this.timer = setTimeout(() => this.pump(), wakeAt - now);
+      this.timer.unref();
+    }
+  }
+
+  private nextNonce(): string {
+    return `${this.id}-${(++this.nonceCounter).toString(36)}`;
+  }
+
+  private sendSotw(state: TypeState): void {
+    const desired = this.desiredSotw(state);
+    const version = setVersion(desired.values());
+    const forced = [...state.forced].some((n) => desired.has(n));
+    if (version === state.sentVersion && !forced) return;
+    if (!this.snapshot) return;
+    this.markClusterChanges(state, desired.values(), (n) => state.sent.get(n)?.version);
+    const nonce = this.nextNonce();
+    // Rule 14: LDS and CDS carry the full set; so do the others here, which the protocol allows.
+    const res: DiscoveryResponse = {
+      version_info: version,
+      resources: [...desired.values()].map((r) => ({ type_url: state.typeUrl, value: r.bytes })),
+      type_url: state.typeUrl,
+      nonce,
+      control_plane: { identifier: this.opts.controlPlaneId },
+    };
+    this.record(state, nonce, version);
+    state.sent = desired;
+    state.forced.clear();
+    this.opts.send(res);
+    this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);
+  }
+
+  private sendDelta(state: TypeState): void {
+    if (!this.snapshot) return;
+    const { some, send, removed } = this.deltaChanges(state);
+    if (!some) return;
+    this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
+    const nonce = this.nextNonce();
+    const res: DeltaDiscoveryResponse = {
+      system_version_info: this.snapshot.version,
+      // Rule 16: each resource carries its own version, a content hash.
+      resources: send.map((r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } })),
+      type_url: state.typeUrl,
+      removed_resources: removed,
+      nonce,
+      control_plane: { identifier: this.opts.controlPlaneId },
+    };
+    for (const r of send) state.clientHas.set(r.name, r.version);
+    for (const n of removed) {
+      state.clientHas.delete(n);
+      if (state.subscribed.has(n)) state.toldMissing.add(n);
+    }
+    state.forced.clear();
+    this.record(state, nonce, this.snapshot.version);
+    this.opts.send(res);
+    this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
+  }
+
+  /** Rule 9: a changed Cluster needs its ClusterLoadAssignment again, even if unchanged. */
+  private markClusterChanges(state: TypeState, sending: Iterable<EncodedResource>, had: (name: string) => string | undefined): void {
+    if (state.typeUrl !== TypeUrl.Cluster) return;
+    const eds = this.types.get(TypeUrl.ClusterLoadAssignment);
+    if (!eds) return;
+    for (const c of sending) if (had(c.name) !== c.version) for (const ref of c.refs) eds.forced.add(ref);
+  }
+
+  private record(state: TypeState, nonce: string, version: string): void {
+    state.lastNonce = nonce;
+    state.sentVersion = version;
+    state.inFlight = true;
+    state.sentChangeTime = this.snapshot?.changeTime ?? this.now();
+  }
+
+  /** What this stream has sent and had acknowledged, per type (for status pages and tests). */
+  typeStatus(): { typeUrl: TypeUrl; sentVersion?: string; ackedVersion?: string; wildcard: boolean; subscribed: string[] }[] {
+    return [...this.types.values()].map((s) => ({ typeUrl: s.typeUrl, sentVersion: s.sentVersion, ackedVersion: s.ackedVersion, wildcard: s.wildcard, subscribed: [...s.subscribed] }));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.unwatch?.();
+    if (this.nodeId) this.opts.hooks.onDisconnect(this.nodeId, this.opts.variant);
+  }
+}

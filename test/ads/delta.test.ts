@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import { TypeUrl } from '../../src/ads/index.js';
+import { adsSuite, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
+
+const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
+let n = 0;
+const nodeId = () => `default.delta-${++n}`;
+const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
+
+describe('ADS incremental (delta)', () => {
+  const suite = adsSuite('delta', { nackBackoffMs: 400 });
+  const connect = suite.connect;
+  let ads: TestAds;
+  before(() => {
+    ads = suite.ads();
+  });
+
+  it('rules 13 and 16: a wildcard subscription gets every resource, each with its content-hash version', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: CDS });
+    const r = await c.next(CDS);
+    assert.deepEqual(names(r), ['api', 'web']);
+    const snap = ads.cache.get(id)!;
+    for (const res of r.resources) assert.equal(res.version, snap.resources.get(CDS)!.get(res.name)!.version);
+    assert.equal(r.version, snap.version, 'system_version_info is the snapshot version (for debugging)');
+  });
+
+  it('rules 6 and 16: only changed resources are sent, and nothing in answer to an ACK', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
+    c.ack(await c.next(EDS));
+    assert.ok(await c.quiet(200, EDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]], api: [['10.0.0.2', 80]] }));
+    const r = await c.next(EDS);
+    assert.deepEqual(names(r), ['web'], 'only the changed assignment');
+  });
+
+  it('rule 17: deletions and names that do not exist go in removed_resources', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: CDS, resource_names_subscribe: ['*'] });
+    c.ack(await c.next(CDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const r = await c.next(CDS);
+    assert.deepEqual(r.removed, ['api']);
+    assert.deepEqual(names(r), []);
+    c.ack(r);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web', 'ghost'] });
+    const e = await c.next(EDS);
+    assert.deepEqual(names(e), ['web']);
+    assert.deepEqual(e.removed, ['ghost'], 'a subscribed name that does not exist is reported as removed');
+    c.ack(e);
+    assert.ok(await c.quiet(200, EDS), 'and only once');
+  });
+
+  it('rule 18: subscription changes count even with a stale nonce; such ACKs do not', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    const first = await c.next(EDS);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.7', 80]], api: [['10.0.0.2', 80]] }));
+    await c.next(EDS);
+    c.delta({ type_url: EDS, response_nonce: first.nonce, resource_names_subscribe: ['api'] });
+    const r = await c.next(EDS);
+    assert.deepEqual(names(r), ['api']);
+    assert.equal(ads.server.status.get(id)!.types.EDS!.lastAckedVersion, undefined, 'the stale nonce was no ACK');
+  });
+
+  it('rule 19: a name subscribed again is sent again even if the client should have it', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.ack(await c.next(EDS));
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    assert.deepEqual(names(await c.next(EDS)), ['web']);
+  });
+
+  it('rule 20: after a reconnect, resources whose version the client already holds are skipped', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const first = connect(id);
+    first.delta({ type_url: CDS, resource_names_subscribe: ['*'] });
+    const r = await first.next(CDS);
+    first.close();
+    const web = r.resources.find((x) => x.name === 'web')!;
+    const again = connect(id);
+    again.delta({ type_url: CDS, resource_names_subscribe: ['*'], initial_resource_versions: { web: web.version!, api: 'stale-version', gone: 'x' } });
+    const r2 = await again.next(CDS);
+    assert.deepEqual(names(r2), ['api'], 'web matched and was skipped; api was outdated');
+    assert.deepEqual(r2.removed, ['gone'], 'a held resource that no longer exists is removed');
+  });
+
+  it('rule 21: unsubscribing a name the client never had is harmless', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.ack(await c.next(EDS));
+    c.delta({ type_url: EDS, resource_names_unsubscribe: ['never-had'] });
+    assert.ok(await c.quiet(200, EDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.5', 80]] }));
+    assert.deepEqual(names(await c.next(EDS)), ['web'], 'the stream still works');
+  });
+
+  it('rules 5 and 9: a NACK is recorded; an updated cluster brings its endpoints again', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: CDS });
+    c.ack(await c.next(CDS));
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    const e = await c.next(EDS);
+    c.nack(e, 'endpoint rejected');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(ads.server.status.get(id)!.types.EDS!.lastNack?.message, 'endpoint rejected');
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[CDS] = [{ ...(set[CDS]![0] as object), connect_timeout: { seconds: 7 } }];
+    ads.cache.set(id, set);
+    c.ack(await c.next(CDS));
+    const again = await c.next(EDS, 3000);
+    assert.deepEqual(names(again), ['web'], 'EDS resent for the updated cluster, after the backoff');
+  });
+
+  it('rule 8: clusters, then endpoints, listeners and routes', async () => {
+    const id = nodeId();
+    const c = connect(id);
+    c.delta({ type_url: CDS });
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.delta({ type_url: LDS });
+    c.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
+    await new Promise((r) => setTimeout(r, 100));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const order = [];
+    for (let i = 0; i < 4; i++) order.push((await c.next()).typeUrl);
+    assert.deepEqual(order, [CDS, EDS, LDS, RDS]);
+  });
+});

@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { after, before, describe, it } from 'node:test';
+import { isLoopbackPeer, refuseAllAuthenticator, StreamError, TypeUrl, type Authenticator } from '../../src/ads/index.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
+import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
+
+/** Stands in for dataplane tokens (a later issue): the `x-dataplane` header names the identity. */
+const headerAuthenticator: Authenticator = {
+  authenticate({ metadata }) {
+    const v = metadata.get('x-dataplane')[0];
+    if (typeof v !== 'string') throw new StreamError(grpc.status.UNAUTHENTICATED, 'no x-dataplane header');
+    const [mesh, name] = v.split('/');
+    return { kind: 'dataplane', mesh: mesh!, name: name! };
+  },
+};
+
+describe('ADS server: identity', () => {
+  let ads: TestAds;
+  const clients: XdsTestClient[] = [];
+  const client = (...args: ConstructorParameters<typeof XdsTestClient>) => {
+    const c = new XdsTestClient(...args);
+    clients.push(c);
+    return c;
+  };
+  before(async () => {
+    ads = await startTestAds({ authenticator: headerAuthenticator });
+  });
+  after(async () => {
+    clients.forEach((c) => c.close());
+    await ads.stop();
+  });
+
+  it('serves a proxy whose node.id matches its identity', async () => {
+    ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = client(ads.address, 'sotw', { id: 'default.web-1' }, { metadata: { 'x-dataplane': 'default/web-1' } });
+    c.subscribe(TypeUrl.Cluster, []);
+    assert.equal((await c.next(TypeUrl.Cluster)).resources.length, 1);
+    c.close();
+  });
+
+  it("closes with PERMISSION_DENIED when a proxy asks for another dataplane's config", async () => {
+    ads.cache.set('default.db-1', meshSet({ db: [['10.0.0.1', 5432]] }));
+    const c = client(ads.address, 'delta', { id: 'default.db-1' }, { metadata: { 'x-dataplane': 'default/web-1' } });
+    c.delta({ type_url: TypeUrl.Cluster });
+    const status = await c.closed;
+    assert.equal(status.code, grpc.status.PERMISSION_DENIED);
+    assert.match(status.details, /node.id "default.db-1" does not match the token, which is for dataplane "web-1" in mesh "default"/);
+    assert.equal(c.received.length, 0, 'nothing of db-1 was sent');
+  });
+
+  it('closes with UNAUTHENTICATED without credentials, and INVALID_ARGUMENT without a node id', async () => {
+    const anon = client(ads.address, 'sotw', { id: 'default.web-1' });
+    anon.subscribe(TypeUrl.Cluster, []);
+    assert.equal((await anon.closed).code, grpc.status.UNAUTHENTICATED);
+    const noId = client(ads.address, 'sotw', {}, { metadata: { 'x-dataplane': 'default/web-1' } });
+    noId.subscribe(TypeUrl.Cluster, []);
+    const s = await noId.closed;
+    assert.equal(s.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(s.details, /node\.id/);
+  });
+});
+
+describe('ADS server: defaults and robustness', () => {
+  it('refuses every stream by default, saying why', async (t) => {
+    const ads = await startTestAds({ authenticator: refuseAllAuthenticator });
+    t.after(() => ads.server.destroy());
+    const c = new XdsTestClient(ads.address, 'sotw', { id: 'default.web-1' });
+    t.after(() => c.close());
+    c.subscribe(TypeUrl.Cluster, []);
+    const s = await c.closed;
+    assert.equal(s.code, grpc.status.UNAUTHENTICATED);
+    assert.match(s.details, /token authentication is not configured/);
+    await ads.stop();
+  });
+
+  it('allows unauthenticated streams from loopback peers only', () => {
+    assert.ok(isLoopbackPeer('127.0.0.1:5000'));
+    assert.ok(isLoopbackPeer('ipv4:127.0.0.1:5000'));
+    assert.ok(isLoopbackPeer('[::1]:5000'));
+    assert.ok(!isLoopbackPeer('10.0.0.1:5000'));
+    assert.ok(!isLoopbackPeer('[2001:db8::1]:5000'));
+  });
+
+  it('survives garbage, unknown types and a NACK storm without hurting other proxies', async (t) => {
+    const ads = await startTestAds();
+    t.after(() => ads.server.destroy());
+    ads.cache.set('default.good', meshSet({ web: [['10.0.0.1', 80]] }));
+    ads.cache.set('default.noisy', meshSet({ web: [['10.0.0.1', 80]] }));
+    const good = new XdsTestClient(ads.address, 'sotw', { id: 'default.good' });
+    t.after(() => good.close());
+    good.subscribe(TypeUrl.Cluster, []);
+    good.ack(await good.next(TypeUrl.Cluster));
+
+    // Bytes that are no DiscoveryRequest.
+    const raw = new grpc.Client(ads.address, grpc.credentials.createInsecure());
+    t.after(() => raw.close());
+    const garbage = raw.makeBidiStreamRequest('/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources', (b: Buffer) => b, (b: Buffer) => b);
+    const garbageStatus = new Promise<grpc.StatusObject>((resolve) => garbage.on('status', resolve));
+    garbage.on('error', () => {});
+    garbage.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02]));
+    assert.notEqual((await garbageStatus).code, grpc.status.OK);
+    raw.close();
+
+    // Unknown type URL: ignored, the stream lives.
+    const noisy = new XdsTestClient(ads.address, 'sotw', { id: 'default.noisy' });
+    t.after(() => noisy.close());
+    noisy.subscribe('type.googleapis.com/envoy.config.nonsense.v3.Thing', []);
+    noisy.subscribe(TypeUrl.Cluster, []);
+    const r = await noisy.next(TypeUrl.Cluster);
+    for (let i = 0; i < 200; i++) noisy.nack(r, `storm ${i}`);
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(noisy.received.length, 1, 'a NACK storm gets no responses back');
+
+    ads.cache.set('default.good', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const after = await good.next(TypeUrl.Cluster);
+    assert.equal(after.resources.length, 2, 'the good proxy still gets its updates');
+    const metrics = await ads.metrics.metrics();
+    assert.match(metrics, /weft_xds_ignored_requests_total\{reason="unknown_type"\} 1/);
+    assert.match(metrics, /weft_xds_nacks_total\{type="CDS"\} 200/);
+    assert.match(metrics, /weft_xds_connected_proxies\{variant="sotw"\} 2/);
+    assert.match(metrics, /weft_xds_delivery_seconds_count\{type="CDS"\} [1-9]/);
+    good.close();
+    noisy.close();
+    await ads.stop();
+  });
+
+  it('on shutdown, ends open streams with UNAVAILABLE so proxies go to another replica', async (t) => {
+    const ads = await startTestAds();
+    t.after(() => ads.server.destroy());
+    ads.cache.set('default.web', meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = new XdsTestClient(ads.address, 'delta', { id: 'default.web' });
+    t.after(() => c.close());
+    c.delta({ type_url: TypeUrl.Cluster });
+    await c.next(TypeUrl.Cluster);
+    const t0 = Date.now();
+    await ads.server.close();
+    const s = await c.closed;
+    assert.equal(s.code, grpc.status.UNAVAILABLE);
+    assert.match(s.details, /shutting down/);
+    assert.ok(Date.now() - t0 < 3000);
+    const late = new XdsTestClient(ads.address, 'sotw', { id: 'default.web' });
+    t.after(() => late.close());
+    late.subscribe(TypeUrl.Cluster, []);
+    assert.notEqual((await late.closed).code, grpc.status.OK, 'no new streams after close');
+  });
+});

@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { buildSnapshot, checkResource, InconsistentSnapshotError, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { cla, cluster, listener, meshSet, route } from '../helpers/xds-fixtures.js';
+
+function problems(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof InconsistentSnapshotError, String(err));
+    return err.problems.map((p) => `${p.name}${p.field ? ` ${p.field}` : ''}: ${p.message}`);
+  }
+  assert.fail('expected the snapshot to be refused');
+}
+
+describe('snapshot checks before publishing', () => {
+  it('rule 7: refuses duplicate resource names within a type', () => {
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[TypeUrl.Cluster] = [cluster('web'), cluster('web')];
+    assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)), ['web: duplicate name in one snapshot']);
+  });
+
+  it('rule 10: every EDS name is used by a cluster and every cluster has its endpoints', () => {
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[TypeUrl.Cluster] = [cluster('web'), cluster('api')];
+    set[TypeUrl.ClusterLoadAssignment] = [cla('web', []), cla('orphan', [])];
+    assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)).sort(), [
+      'api: refers to ClusterLoadAssignment "api", which the snapshot lacks',
+      'orphan: is not used by any CDS resource',
+    ]);
+  });
+
+  it('rule 10: every RDS name is used by a listener and every listener route config exists', () => {
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[TypeUrl.Listener] = [listener('a', 1, 'missing-routes')];
+    set[TypeUrl.RouteConfiguration] = [route('unused', 'web')];
+    assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)).sort(), [
+      'a: refers to RouteConfiguration "missing-routes", which the snapshot lacks',
+      'unused: is not used by any LDS resource',
+    ]);
+  });
+
+  it("rule 10: every resource passes Envoy's (validate.rules), and unknown fields are caught", () => {
+    const set = meshSet({ web: [['10.0.0.1', 70000]] });
+    set[TypeUrl.Cluster] = [cluster('web', { lb_polcy: 'ROUND_ROBIN' })];
+    const bad = route('http-routes', 'web');
+    bad.virtual_hosts[0]!.domains = [];
+    set[TypeUrl.RouteConfiguration] = [bad];
+    assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)).sort(), [
+      'http-routes virtual_hosts[0].domains: must have at least 1 item(s)',
+      'web endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: must be at most 65535',
+      'web lb_polcy: unknown field of Cluster',
+    ]);
+  });
+
+  it('checks validate.rules in nested typed_config and required oneofs', () => {
+    const l = listener('x', 1, 'r') as { filter_chains: { filters: { typed_config: Record<string, unknown> }[] }[] };
+    const tc = l.filter_chains[0]!.filters[0]!.typed_config;
+    tc.stat_prefix = '';
+    delete tc.rds;
+    assert.deepEqual(checkResource(TypeUrl.Listener, l).map((v) => `${v.field}: ${v.message}`).sort(), [
+      'filter_chains[0].filters[0].typed_config.route_specifier: one of rds, route_config, scoped_routes is required',
+      'filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty',
+    ]);
+    assert.deepEqual(checkResource(TypeUrl.Cluster, { name: '' }).map((v) => v.field), ['name']);
+    assert.deepEqual(checkResource(TypeUrl.Cluster, { name: 'x', type: 'NOPE' }).map((v) => v.field), ['type']);
+  });
+
+  it('rule 22: equal resources are encoded once and their bytes shared between proxies', () => {
+    const cache = new SnapshotCache();
+    const a = cache.set('m.a', meshSet({ web: [['10.0.0.1', 80]] })).snapshot;
+    const b = cache.set('m.b', meshSet({ web: [['10.0.0.1', 80]] })).snapshot;
+    const ca = a.resources.get(TypeUrl.Cluster)!.get('web')!;
+    const cb = b.resources.get(TypeUrl.Cluster)!.get('web')!;
+    assert.equal(ca, cb);
+    assert.equal(ca.bytes, cb.bytes);
+    const sizeBefore = cache.encoder.size;
+    cache.delete('m.a');
+    assert.equal(cache.encoder.size, sizeBefore, 'still held by m.b');
+    cache.delete('m.b');
+    assert.equal(cache.encoder.size, 0, 'dropped once no snapshot holds it');
+  });
+
+  it('rule 6: an identical snapshot is no change and wakes no watcher', () => {
+    const cache = new SnapshotCache();
+    let calls = 0;
+    cache.watch('m.a', () => calls++);
+    assert.equal(cache.set('m.a', meshSet({ web: [['10.0.0.1', 80]] })).changed, true);
+    assert.equal(cache.set('m.a', meshSet({ web: [['10.0.0.1', 80]] })).changed, false);
+    assert.equal(calls, 1);
+  });
+
+  it('rule 16: versions are content hashes, equal across proxies and changed by content only', () => {
+    const enc = new ResourceEncoder();
+    const a = buildSnapshot(enc, 'm.a', meshSet({ web: [['10.0.0.1', 80]] }));
+    const b = buildSnapshot(enc, 'm.b', meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = buildSnapshot(enc, 'm.c', meshSet({ web: [['10.0.0.2', 80]] }));
+    const v = (s: typeof a) => s.resources.get(TypeUrl.ClusterLoadAssignment)!.get('web')!.version;
+    assert.equal(v(a), v(b));
+    assert.notEqual(v(a), v(c));
+    assert.equal(a.version, b.version);
+  });
+});

@@ -1,0 +1,220 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import { TypeUrl } from '../../src/ads/index.js';
+import { adsSuite, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
+
+const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
+let n = 0;
+const nodeId = () => `default.sotw-${++n}`;
+
+describe('ADS state of the world', () => {
+  const suite = adsSuite('sotw', { nackBackoffMs: 400 });
+  const connect = suite.connect;
+  let ads: TestAds;
+  before(() => {
+    ads = suite.ads();
+  });
+
+  it('rule 1: every response has a nonce, unique on the stream', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.subscribe(LDS, []);
+    const a = await c.next(CDS);
+    const b = await c.next(LDS);
+    assert.ok(a.nonce && b.nonce && a.nonce !== b.nonce);
+  });
+
+  it('rule 2: node is needed on the first request only', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []); // carries node
+    const r = await c.next(CDS);
+    c.ack(r); // no node
+    c.subscribe(EDS, ['web']); // no node
+    assert.equal((await c.next(EDS)).resources[0]!.name, 'web');
+  });
+
+  it('rule 3: a reconnecting client that holds the current version gets no resend', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const first = connect(id);
+    first.subscribe(CDS, []);
+    const r = await first.next(CDS);
+    first.ack(r);
+    first.close();
+    const again = connect(id);
+    again.subscribe(CDS, [], { version_info: r.version });
+    assert.ok(await again.quiet(300), 'nothing resent');
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    assert.equal((await again.next(CDS)).resources.length, 2, 'but a change is sent');
+  });
+
+  it('rules 4 and 6: an ACK is recorded and nothing is resent in answer to it', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    const r = await c.next(CDS);
+    c.ack(r);
+    assert.ok(await c.quiet(300, CDS));
+    assert.equal(ads.server.status.get(id)!.types.CDS!.lastAckedVersion, r.version);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    assert.ok(await c.quiet(200, CDS), 'an identical snapshot sends nothing');
+  });
+
+  it('rule 5: a NACK is recorded with its error; the same config is not resent; a new one waits out the backoff', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    const r = await c.next(CDS);
+    c.nack(r, 'cluster web: bad thing');
+    assert.ok(await c.quiet(600, CDS), 'no hot loop resending the rejected config');
+    const st = ads.server.status.get(id)!.types.CDS!;
+    assert.equal(st.lastNack?.message, 'cluster web: bad thing');
+    assert.equal(st.lastNack?.version, r.version);
+    assert.equal(st.lastAckedVersion, undefined);
+    c.nack(r, 'again'); // the same nonce is still the latest: a second NACK restarts the backoff
+    const t0 = Date.now();
+    await new Promise((res) => setTimeout(res, 100));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.2', 80]], api: [['10.0.0.3', 80]] }));
+    const next = await c.next(CDS, 3000);
+    assert.ok(Date.now() - t0 >= 300, `sent after the backoff, not at once (${Date.now() - t0} ms)`);
+    assert.equal(next.resources.length, 2);
+  });
+
+  it('rule 8: on a change, clusters go first, then endpoints, listeners and routes', async () => {
+    const id = nodeId();
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.subscribe(EDS, ['web']);
+    c.subscribe(LDS, []);
+    c.subscribe(RDS, ['http-routes']);
+    await new Promise((r) => setTimeout(r, 100));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const order = [];
+    for (let i = 0; i < 4; i++) order.push((await c.next()).typeUrl);
+    assert.deepEqual(order, [CDS, EDS, LDS, RDS]);
+  });
+
+  it('rule 8: a removed cluster stays until the proxy has taken routes that no longer use it', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ old: [['10.0.0.1', 80]], new: [['10.0.0.2', 80]] }, 'old'));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.ack(await c.next(CDS));
+    c.subscribe(EDS, ['old', 'new']);
+    c.ack(await c.next(EDS));
+    c.subscribe(LDS, []);
+    c.ack(await c.next(LDS));
+    c.subscribe(RDS, ['http-routes']);
+    c.ack(await c.next(RDS));
+    // Now routes move to a new cluster "newer", and "old" goes away.
+    ads.cache.set(id, meshSet({ new: [['10.0.0.2', 80]], newer: [['10.0.0.3', 80]] }, 'newer'));
+    const cds = await c.next(CDS);
+    assert.deepEqual(cds.resources.map((r) => r.name).sort(), ['new', 'newer', 'old'], 'the added cluster comes first; old is kept while routes still use it');
+    c.ack(cds);
+    const rds = await c.next(RDS);
+    assert.equal((rds.resources[0]!.body.virtual_hosts as { routes: { route: { cluster: string } }[] }[])[0]!.routes[0]!.route.cluster, 'newer');
+    assert.ok(await c.quiet(150, CDS), 'removal waits for the route ACK');
+    c.ack(rds);
+    const final = await c.next(CDS);
+    assert.deepEqual(final.resources.map((r) => r.name).sort(), ['new', 'newer']);
+  });
+
+  it('rule 9: an updated cluster is followed by its endpoints even when they did not change', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.ack(await c.next(CDS));
+    c.subscribe(EDS, ['web']);
+    c.ack(await c.next(EDS));
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[CDS] = [{ ...(set[CDS]![0] as object), connect_timeout: { seconds: 9 } }];
+    ads.cache.set(id, set);
+    c.ack(await c.next(CDS));
+    const eds = await c.next(EDS);
+    assert.equal(eds.resources[0]!.name, 'web');
+  });
+
+  it('rule 11: a request with a stale nonce is ignored', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    const first = await c.next(CDS);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const second = await c.next(CDS);
+    c.ack(first); // nonce of the first response: stale
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(ads.server.status.get(id)!.types.CDS!.lastAckedVersion, undefined, 'stale ACK not recorded');
+    c.ack(second);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(ads.server.status.get(id)!.types.CDS!.lastAckedVersion, second.version);
+  });
+
+  it('rule 12: a name added to the subscription is sent even if it was sent before', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.subscribe(EDS, ['web', 'api']);
+    const a = await c.next(EDS);
+    assert.equal(a.resources.length, 2);
+    c.subscribe(EDS, ['web'], { version_info: a.version, response_nonce: a.nonce });
+    const b = await c.next(EDS);
+    assert.deepEqual(b.resources.map((r) => r.name), ['web']);
+    c.subscribe(EDS, ['web', 'api'], { version_info: b.version, response_nonce: b.nonce });
+    const again = await c.next(EDS);
+    assert.deepEqual(again.resources.map((r) => r.name).sort(), ['api', 'web']);
+  });
+
+  it('rule 13: empty first list and "*" mean everything; after explicit names an empty list means nothing', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const legacy = connect(id);
+    legacy.subscribe(CDS, []);
+    assert.equal((await legacy.next(CDS)).resources.length, 2);
+    const star = connect(id);
+    star.subscribe(CDS, ['*']);
+    assert.equal((await star.next(CDS)).resources.length, 2);
+    const named = connect(id);
+    named.subscribe(CDS, ['web']);
+    const one = await named.next(CDS);
+    assert.deepEqual(one.resources.map((r) => r.name), ['web']);
+    named.subscribe(CDS, [], { version_info: one.version, response_nonce: one.nonce });
+    assert.equal((await named.next(CDS)).resources.length, 0);
+  });
+
+  it('rule 14: LDS and CDS carry the full set, and a missing name is a deletion', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    const a = await c.next(CDS);
+    c.ack(a);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]], db: [['10.0.0.3', 5432]] }));
+    const b = await c.next(CDS);
+    assert.deepEqual(b.resources.map((r) => r.name).sort(), ['api', 'db', 'web'], 'unchanged clusters are in the set too');
+    c.ack(b);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const d = await c.next(CDS);
+    assert.deepEqual(d.resources.map((r) => r.name), ['web']);
+  });
+
+  it('rule 15: a name asked for before it exists is pushed when it appears', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(EDS, ['web', 'later']);
+    const a = await c.next(EDS);
+    assert.deepEqual(a.resources.map((r) => r.name), ['web']);
+    c.ack(a, ['web', 'later']);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], later: [['10.0.0.9', 80]] }));
+    const b = await c.next(EDS);
+    assert.deepEqual(b.resources.map((r) => r.name).sort(), ['later', 'web']);
+  });
+});
