@@ -3,8 +3,9 @@ import { canonicalJson } from '../core/index.js';
 import { checkResource, type ProtoViolation } from './proto-check.js';
 import { messageType, RESPONSE_ORDER, SHORT_NAME, TypeUrl } from './protos.js';
 
-/** Resources as translation produces them: protobufjs objects (proto field names, `@type` on Any). */
-export type ResourceSet = Partial<Record<TypeUrl, readonly Record<string, unknown>[]>>;
+import type { ResourceSet } from '../xds/index.js';
+
+export type { ResourceSet };
 
 /** One resource, encoded once and shared by every proxy whose snapshot holds the same content. */
 export interface EncodedResource {

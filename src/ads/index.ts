@@ -4,3 +4,4 @@ export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType } from '.
 export { checkResource, type ProtoViolation } from './proto-check.js';
 export { XdsStatus, type ProxyStatus, type TypeStatus } from './status.js';
 export { AdsStream, StreamError, type Identity, type Variant, type StreamHooks } from './stream.js';
+export { Reconciler, type ReconcilerOptions } from './reconciler.js';

@@ -3,18 +3,13 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import protobuf from 'protobufjs';
 
+import { TypeUrl } from '../xds/index.js';
+
+export { TypeUrl };
+
 const TYPE_PREFIX = 'type.googleapis.com/';
 
-/** The type URLs ADS serves, in make-before-break order: CDS, EDS, LDS, RDS, then SDS. */
-export const TypeUrl = {
-  Cluster: `${TYPE_PREFIX}envoy.config.cluster.v3.Cluster`,
-  ClusterLoadAssignment: `${TYPE_PREFIX}envoy.config.endpoint.v3.ClusterLoadAssignment`,
-  Listener: `${TYPE_PREFIX}envoy.config.listener.v3.Listener`,
-  RouteConfiguration: `${TYPE_PREFIX}envoy.config.route.v3.RouteConfiguration`,
-  Secret: `${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.Secret`,
-} as const;
-export type TypeUrl = (typeof TypeUrl)[keyof typeof TypeUrl];
-
+/** Make-before-break order on ADS: CDS, EDS, LDS, RDS, then SDS (XDS-RULES 8). */
 export const RESPONSE_ORDER: readonly TypeUrl[] = [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment, TypeUrl.Listener, TypeUrl.RouteConfiguration, TypeUrl.Secret];
 
 export const SHORT_NAME: Record<TypeUrl, string> = {

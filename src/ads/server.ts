@@ -4,7 +4,7 @@ import type { Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { messageType, TO_OBJECT } from './protos.js';
 import { XdsStatus } from './status.js';
-import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type Variant } from './stream.js';
+import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -44,6 +44,8 @@ export interface AdsServerOptions {
   instanceId: string;
   /** Wait after a NACK before sending that type again (Kuma: 5 s). */
   nackBackoffMs?: number;
+  /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
+  onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
@@ -66,9 +68,25 @@ export class AdsServer {
   private readonly server: grpc.Server;
   private readonly streams = new Map<AdsStream, grpc.ServerDuplexStream<unknown, unknown>>();
   private closing?: Promise<void>;
+  private readonly hooks: StreamHooks;
 
   constructor(private readonly opts: AdsServerOptions) {
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
+    const status = this.status;
+    this.hooks = {
+      onConnect: (id, v) => {
+        status.onConnect(id, v);
+        opts.onProxy?.connected(id);
+      },
+      onDisconnect: (id, v) => {
+        status.onDisconnect(id, v);
+        opts.onProxy?.disconnected(id);
+      },
+      onResponse: (...a) => status.onResponse(...a),
+      onAck: (...a) => status.onAck(...a),
+      onNack: (...a) => status.onNack(...a),
+      onIgnored: (...a) => status.onIgnored(...a),
+    };
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     const req = codec('envoy.service.discovery.v3.DiscoveryRequest');
     const res = codec('envoy.service.discovery.v3.DiscoveryResponse');
@@ -120,7 +138,7 @@ export class AdsServer {
       identity,
       controlPlaneId: this.opts.instanceId,
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
-      hooks: this.status,
+      hooks: this.hooks,
       send: (r) => call.write(r),
     });
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);

@@ -87,7 +87,7 @@ export class XdsStatus implements StreamHooks {
     this.connected.dec({ variant });
   }
 
-  onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant): void {
+  onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, _resources?: number): void {
     const t = this.type(nodeId, typeUrl);
     t.lastSentVersion = version;
     t.lastSentAt = new Date().toISOString();

@@ -50,8 +50,12 @@ export const configSchema = z
         allowUnauthenticatedLoopback: z.boolean().default(false),
         /** Wait after a proxy rejects (NACKs) config before sending that type again. */
         nackBackoffMs: z.number().int().min(0).max(600_000).default(5000),
+        /** Regenerate config this long after the last change of a burst... */
+        debounceMs: z.number().int().min(0).max(60_000).default(100),
+        /** ...and at most this long after its first change. */
+        debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000 }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000 }),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') })
       .default({ level: 'info' }),
@@ -83,6 +87,8 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_PORT: { path: ['xds', 'port'], kind: 'number' },
   WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: { path: ['xds', 'allowUnauthenticatedLoopback'], kind: 'boolean' },
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
+  WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
+  WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
 };

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { AdsServer, loopbackOnlyAuthenticator, refuseAllAuthenticator, SnapshotCache } from '../ads/index.js';
+import { AdsServer, loopbackOnlyAuthenticator, Reconciler, refuseAllAuthenticator, SnapshotCache } from '../ads/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
@@ -20,6 +20,7 @@ export interface ControlPlane {
   readonly xdsAddress: string;
   readonly snapshots: SnapshotCache;
   readonly ads: AdsServer;
+  readonly reconciler: Reconciler;
   /** Stops accepting requests, lets running ones finish, then closes the store. Idempotent. */
   close(): Promise<void>;
 }
@@ -73,7 +74,17 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
 
   const snapshots = new SnapshotCache();
+  const reconciler = new Reconciler({
+    store,
+    cache: snapshots,
+    logger: logger.child({ component: 'reconciler' }),
+    metrics,
+    debounceMs: config.xds.debounceMs,
+    debounceMaxMs: config.xds.debounceMaxMs,
+  });
+  reconciler.start();
   const ads = new AdsServer({
+    onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
     cache: snapshots,
     authenticator: config.xds.allowUnauthenticatedLoopback ? loopbackOnlyAuthenticator : refuseAllAuthenticator,
     logger: logger.child({ server: 'ads' }),
@@ -108,6 +119,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     await api.listen({ port: config.api.port, host: config.api.address });
     await listen(diagnostics, config.diagnostics.port, config.diagnostics.address);
   } catch (err) {
+    reconciler.close();
     ads.destroy();
     await api.close();
     diagnostics.close();
@@ -131,10 +143,12 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     xdsAddress,
     snapshots,
     ads,
+    reconciler,
     close() {
       closing ??= (async () => {
         serving = false;
         await ads.close();
+        reconciler.close();
         await api.close();
         await new Promise<void>((resolve) => diagnostics.close(() => resolve()));
         await store.close();

@@ -5,7 +5,7 @@ import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { weftctl } from '../helpers/bin.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
-import { meshSet } from '../helpers/xds-fixtures.js';
+
 
 const dp = { type: 'Dataplane', mesh: 'default', name: 'dp-1', networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web' } }] } };
 
@@ -22,7 +22,6 @@ describe('weft-cp serves ADS and reports each proxy', () => {
 
   it('shows ACKs and NACKs in /_status and in weftctl inspect dataplanes', async () => {
     assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-1', dp)).status, 201);
-    cp.snapshots.set('default.dp-1', meshSet({ web: [['10.0.0.1', 80]] }));
     client = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
     client.subscribe(TypeUrl.Cluster, []);
     const cds = await client.next(TypeUrl.Cluster);

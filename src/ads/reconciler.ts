@@ -1,0 +1,161 @@
+import { Counter, Histogram, type Registry } from 'prom-client';
+import { MESH_TYPE, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
+import type { ChangeEvent, Store } from '../store/index.js';
+import { generateProxyConfig, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { InconsistentSnapshotError, type SnapshotCache } from './cache.js';
+
+export interface ReconcilerOptions {
+  store: Store;
+  cache: SnapshotCache;
+  logger: Logger;
+  metrics: Registry;
+  /** Wait this long after the last change of a burst (Istio: 100 ms)... */
+  debounceMs: number;
+  /** ...but never longer than this after the first one. */
+  debounceMaxMs: number;
+  generate?: (ctx: MeshContext) => ResourceSet;
+}
+
+interface MeshData {
+  mesh?: Resource<MeshSpec>;
+  dataplanes: Resource<DataplaneSpec>[];
+  trafficPermissions: Resource<TrafficPermissionSpec>[];
+  meshTrafficPermissions: Resource<MeshTrafficPermissionBody>[];
+}
+
+function meshOf(nodeId: string): [string, string] {
+  const dot = nodeId.indexOf('.');
+  return [nodeId.slice(0, dot), nodeId.slice(dot + 1)];
+}
+
+/**
+ * Keeps the snapshot of every connected proxy up to date: watches the store, debounces bursts of
+ * changes (XDS-RULES 23), rebuilds the mesh context of each mesh a change touched, and regenerates
+ * only the connected proxies of those meshes. A snapshot that fails its checks is logged as a bug
+ * report and not published; the proxy keeps its last good config.
+ */
+export class Reconciler {
+  private readonly tracked = new Map<string, number>();
+  private readonly dirty = new Set<string>();
+  private firstChange = 0;
+  private windowStart = 0;
+  private timer?: NodeJS.Timeout;
+  private running: Promise<void> = Promise.resolve();
+  private unwatch?: () => void;
+  private closed = false;
+  private readonly generation: Histogram;
+  private readonly failures: Counter;
+  private readonly generate: (ctx: MeshContext) => ResourceSet;
+
+  constructor(private readonly opts: ReconcilerOptions) {
+    this.generate = opts.generate ?? generateProxyConfig;
+    this.generation = new Histogram({
+      name: 'weft_xds_generation_seconds',
+      help: 'Time to rebuild the snapshots of one mesh after a change.',
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [opts.metrics],
+    });
+    this.failures = new Counter({ name: 'weft_xds_generation_failures_total', help: 'Snapshots not published because they failed their checks.', registers: [opts.metrics] });
+  }
+
+  start(): void {
+    this.unwatch = this.opts.store.watch((e) => this.onChange(e));
+  }
+
+  /** A proxy connected: generate its snapshot now, then keep it current. */
+  track(nodeId: string): void {
+    this.tracked.set(nodeId, (this.tracked.get(nodeId) ?? 0) + 1);
+    if (this.tracked.get(nodeId) === 1) this.enqueue(() => this.regenerate(meshOf(nodeId)[0], Date.now(), [nodeId]));
+  }
+
+  untrack(nodeId: string): void {
+    const n = (this.tracked.get(nodeId) ?? 1) - 1;
+    if (n > 0) this.tracked.set(nodeId, n);
+    else this.tracked.delete(nodeId);
+  }
+
+  private onChange(e: ChangeEvent): void {
+    if (e.kind === 'resync') for (const id of this.tracked.keys()) this.dirty.add(meshOf(id)[0]);
+    else this.dirty.add(e.key.type === MESH_TYPE ? e.key.name : e.key.mesh);
+    const now = Date.now();
+    if (!this.timer) {
+      this.windowStart = now;
+      this.firstChange = now;
+    }
+    clearTimeout(this.timer);
+    const at = Math.min(now + this.opts.debounceMs, this.windowStart + this.opts.debounceMaxMs);
+    this.timer = setTimeout(() => this.fire(), Math.max(0, at - now));
+  }
+
+  private fire(): void {
+    this.timer = undefined;
+    const meshes = [...this.dirty];
+    this.dirty.clear();
+    const changeTime = this.firstChange;
+    for (const mesh of meshes) this.enqueue(() => this.regenerate(mesh, changeTime));
+  }
+
+  private enqueue(job: () => Promise<void>): void {
+    this.running = this.running.then(job).catch((err: unknown) => this.opts.logger.error({ err }, 'snapshot generation failed'));
+  }
+
+  /** Resolves when every change seen so far is reflected in the cache (for tests and shutdown). */
+  async settle(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.fire();
+    }
+    await this.running;
+  }
+
+  private async load(mesh: string): Promise<MeshData> {
+    const s = this.opts.store;
+    const [m, dps, tps, mtps] = await Promise.all([
+      s.get({ type: MESH_TYPE, mesh: '', name: mesh }),
+      s.list('Dataplane', { mesh }),
+      s.list('TrafficPermission', { mesh }),
+      s.list('MeshTrafficPermission', { mesh }),
+    ]);
+    return {
+      mesh: m as Resource<MeshSpec> | undefined,
+      dataplanes: dps.items as Resource<DataplaneSpec>[],
+      trafficPermissions: tps.items as Resource<TrafficPermissionSpec>[],
+      meshTrafficPermissions: mtps.items as Resource<MeshTrafficPermissionBody>[],
+    };
+  }
+
+  private async regenerate(mesh: string, changeTime: number, only?: string[]): Promise<void> {
+    if (this.closed) return;
+    const nodes = (only ?? [...this.tracked.keys()]).filter((id) => meshOf(id)[0] === mesh && this.tracked.has(id));
+    if (nodes.length === 0) return;
+    const end = this.generation.startTimer();
+    const data = await this.load(mesh);
+    for (const nodeId of nodes) {
+      const name = meshOf(nodeId)[1];
+      const dataplane = data.dataplanes.find((d) => d.name === name);
+      if (!data.mesh || !dataplane) {
+        // No such dataplane (yet, or any more): the proxy gets an empty config.
+        this.opts.cache.set(nodeId, {}, changeTime);
+        continue;
+      }
+      try {
+        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions });
+        this.opts.cache.set(nodeId, set, changeTime);
+      } catch (err) {
+        this.failures.inc();
+        if (err instanceof InconsistentSnapshotError) {
+          this.opts.logger.error({ nodeId, problems: err.problems }, 'BUG: generated config failed its checks and was not sent; please report this with the resources of the mesh');
+        } else {
+          this.opts.logger.error({ err, nodeId }, 'BUG: config generation failed; the proxy keeps its last config');
+        }
+      }
+    }
+    end();
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.unwatch?.();
+  }
+}

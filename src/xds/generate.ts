@@ -1,0 +1,143 @@
+import { SERVICE_TAG, type DataplaneSpec, type Resource } from '../core/index.js';
+import { isProxyless, type MeshContext } from './context.js';
+import { ANY, TypeUrl, type ResourceSet } from './type-urls.js';
+
+/** A failure of one generation stage, named so the bug report says where. */
+export class GenerationError extends Error {
+  constructor(
+    readonly stage: string,
+    message: string,
+  ) {
+    super(`${stage} failed: ${message}`);
+    this.name = 'GenerationError';
+  }
+}
+
+const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' };
+const ROUTER_FILTER = { name: 'envoy.filters.http.router', typed_config: { '@type': ANY.Router } };
+
+interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** Ready endpoints of a service across the mesh: every inbound tagged with it, unless not ready. */
+export function serviceEndpoints(dataplanes: readonly Resource<DataplaneSpec>[]): Map<string, Endpoint[]> {
+  const out = new Map<string, Endpoint[]>();
+  for (const dp of [...dataplanes].sort((a, b) => a.name.localeCompare(b.name))) {
+    const net = dp.spec.networking;
+    for (const ib of net.inbound ?? []) {
+      const service = ib.tags[SERVICE_TAG];
+      if (!service || ib.health?.ready === false || ib.state === 'NotReady' || ib.state === 'Ignored') continue;
+      const list = out.get(service) ?? [];
+      list.push({ address: ib.address ?? net.advertisedAddress ?? net.address, port: ib.port });
+      out.set(service, list);
+    }
+  }
+  return out;
+}
+
+/** Services this proxy calls: its explicit outbounds, else (transparent proxy, proxyless) all others. */
+function reachableServices(ctx: MeshContext, all: Iterable<string>): string[] {
+  const net = ctx.dataplane.spec.networking;
+  const explicit = (net.outbound ?? []).map((o) => o.tags?.[SERVICE_TAG] ?? o.backendRef?.name).filter((s): s is string => !!s);
+  if (net.transparentProxying || isProxyless(ctx.dataplane)) {
+    const narrowed = net.transparentProxying?.reachableServices;
+    const base = narrowed ? narrowed : [...all];
+    return [...new Set([...base, ...explicit])].sort();
+  }
+  return [...new Set(explicit)].sort();
+}
+
+function edsCluster(name: string) {
+  return { name, type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE }, connect_timeout: { seconds: 5 }, lb_policy: 'ROUND_ROBIN' };
+}
+
+function loadAssignment(name: string, endpoints: readonly Endpoint[]) {
+  return {
+    cluster_name: name,
+    endpoints: endpoints.length
+      ? [
+          {
+            locality: { zone: 'default' },
+            load_balancing_weight: { value: 1 },
+            lb_endpoints: endpoints.map((e) => ({ endpoint: { address: { socket_address: { address: e.address, port_value: e.port } } } })),
+          },
+        ]
+      : [],
+  };
+}
+
+function routeTo(name: string, cluster: string) {
+  return { name, virtual_hosts: [{ name: cluster, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster } }] }] };
+}
+
+function tcpListener(name: string, address: string, port: number, cluster: string) {
+  return {
+    name,
+    address: { socket_address: { address, port_value: port } },
+    filter_chains: [{ filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: { '@type': ANY.TcpProxy, stat_prefix: name, cluster } }] }],
+  };
+}
+
+/**
+ * The first translation slice: clusters and endpoints for every service the proxy reaches, then
+ * per flavour either API listeners for proxyless gRPC clients (listener name = service, so
+ * `xds:///<service>` resolves) or TCP listeners for an Envoy sidecar's inbounds and explicit
+ * outbounds. HTTP routing, transparent proxying, mTLS and permissions come with their issue.
+ */
+export function generateProxyConfig(ctx: MeshContext): ResourceSet {
+  let endpoints: Map<string, Endpoint[]>;
+  try {
+    endpoints = serviceEndpoints(ctx.dataplanes);
+  } catch (err) {
+    throw new GenerationError('endpoints', (err as Error).message);
+  }
+  const services = reachableServices(ctx, endpoints.keys());
+  const clusters: Record<string, unknown>[] = [];
+  const assignments: Record<string, unknown>[] = [];
+  const listeners: Record<string, unknown>[] = [];
+  const routes: Record<string, unknown>[] = [];
+  for (const s of services) {
+    clusters.push(edsCluster(s));
+    assignments.push(loadAssignment(s, endpoints.get(s) ?? []));
+  }
+  const net = ctx.dataplane.spec.networking;
+  if (isProxyless(ctx.dataplane)) {
+    for (const s of services) {
+      listeners.push({
+        name: s,
+        api_listener: {
+          api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, rds: { route_config_name: s, config_source: ADS_SOURCE }, http_filters: [ROUTER_FILTER] },
+        },
+      });
+      routes.push(routeTo(s, s));
+    }
+  } else {
+    for (const ib of net.inbound ?? []) {
+      const address = ib.address ?? net.address;
+      const local = `localhost:${ib.servicePort ?? ib.port}`;
+      if (!clusters.some((c) => c.name === local)) {
+        clusters.push({
+          name: local,
+          type: 'STATIC',
+          connect_timeout: { seconds: 5 },
+          load_assignment: loadAssignment(local, [{ address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port }]),
+        });
+      }
+      listeners.push(tcpListener(`inbound:${address}:${ib.port}`, address, ib.port, local));
+    }
+    for (const ob of net.outbound ?? []) {
+      const service = ob.tags?.[SERVICE_TAG] ?? ob.backendRef?.name;
+      if (!service) continue;
+      const address = ob.address ?? '127.0.0.1';
+      listeners.push(tcpListener(`outbound:${address}:${ob.port}`, address, ob.port, service));
+    }
+  }
+  return {
+    [TypeUrl.Cluster]: clusters,
+    [TypeUrl.ClusterLoadAssignment]: assignments,
+    [TypeUrl.Listener]: listeners,
+    [TypeUrl.RouteConfiguration]: routes,
+  };
+}

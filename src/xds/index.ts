@@ -1,0 +1,3 @@
+export { TypeUrl, ANY, type ResourceSet } from './type-urls.js';
+export { PROXYLESS_LABEL, isProxyless, type MeshContext } from './context.js';
+export { generateProxyConfig, serviceEndpoints, GenerationError } from './generate.js';

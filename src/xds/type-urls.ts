@@ -1,0 +1,20 @@
+const TYPE_PREFIX = 'type.googleapis.com/';
+
+/** The type URLs of the resources translation produces and ADS serves. */
+export const TypeUrl = {
+  Cluster: `${TYPE_PREFIX}envoy.config.cluster.v3.Cluster`,
+  ClusterLoadAssignment: `${TYPE_PREFIX}envoy.config.endpoint.v3.ClusterLoadAssignment`,
+  Listener: `${TYPE_PREFIX}envoy.config.listener.v3.Listener`,
+  RouteConfiguration: `${TYPE_PREFIX}envoy.config.route.v3.RouteConfiguration`,
+  Secret: `${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.Secret`,
+} as const;
+export type TypeUrl = (typeof TypeUrl)[keyof typeof TypeUrl];
+
+/** Resources as translation produces them: protobufjs objects (proto field names, `@type` on Any). */
+export type ResourceSet = Partial<Record<TypeUrl, readonly Record<string, unknown>[]>>;
+
+export const ANY = {
+  HttpConnectionManager: `${TYPE_PREFIX}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`,
+  TcpProxy: `${TYPE_PREFIX}envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`,
+  Router: `${TYPE_PREFIX}envoy.extensions.filters.http.router.v3.Router`,
+} as const;

@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Registry } from 'prom-client';
+import { Reconciler, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { createLogger, defaultRegistry } from '../../src/core/index.js';
+import { openStore, type Store } from '../../src/store/index.js';
+import { generateProxyConfig, type MeshContext, type ResourceSet } from '../../src/xds/index.js';
+import { dataplaneInput, meshInput } from '../helpers/fixtures.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('reconciler', () => {
+  let dir: string;
+  let store: Store;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'weft-rec-'));
+    store = await openStore({ type: 'embedded', dataDir: dir }, { registry: defaultRegistry() });
+    await store.create(meshInput('a'));
+    await store.create(meshInput('b'));
+    await store.create(dataplaneInput('a', 'dp-a', { service: 'web' }));
+    await store.create(dataplaneInput('b', 'dp-b', { service: 'web' }));
+  });
+  after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function setup(debounceMs: number, debounceMaxMs: number, generate: (ctx: MeshContext) => ResourceSet = generateProxyConfig) {
+    const calls: string[] = [];
+    const cache = new SnapshotCache();
+    const metrics = new Registry();
+    const r = new Reconciler({
+      store,
+      cache,
+      logger: createLogger('test', 'silent'),
+      metrics,
+      debounceMs,
+      debounceMaxMs,
+      generate: (ctx) => {
+        calls.push(`${ctx.mesh.name}.${ctx.dataplane.name}`);
+        return generate(ctx);
+      },
+    });
+    r.start();
+    return { r, cache, calls, metrics };
+  }
+
+  it('rule 23: a burst of changes is debounced into one regeneration', async () => {
+    const { r, calls } = setup(80, 1000);
+    r.track('a.dp-a');
+    await r.settle();
+    assert.deepEqual(calls, ['a.dp-a'], 'generated at once on connect');
+    for (let i = 0; i < 20; i++) await store.upsert(dataplaneInput('a', `burst-${i}`, { service: 'api' }));
+    await sleep(30);
+    assert.equal(calls.length, 1, 'nothing during the burst');
+    await sleep(150);
+    assert.deepEqual(calls, ['a.dp-a', 'a.dp-a'], 'one regeneration after it');
+    r.close();
+  });
+
+  it('rule 23: a change stream that never pauses still regenerates within the maximum wait', async () => {
+    const { r, calls } = setup(100, 250);
+    r.track('a.dp-a');
+    await r.settle();
+    const t0 = Date.now();
+    while (calls.length < 2 && Date.now() - t0 < 1500) {
+      await store.upsert(dataplaneInput('a', 'flapping', { port: 1000 + (Date.now() % 1000) }));
+      await sleep(30);
+    }
+    assert.equal(calls.length, 2);
+    assert.ok(Date.now() - t0 < 600, `regenerated within the max wait (${Date.now() - t0} ms)`);
+    r.close();
+  });
+
+  it('regenerates only connected proxies of the mesh a change touched', async () => {
+    const { r, calls } = setup(10, 100);
+    r.track('a.dp-a');
+    r.track('b.dp-b');
+    await r.settle();
+    calls.length = 0;
+    await store.upsert(dataplaneInput('b', 'new-in-b', { service: 'db' }));
+    await sleep(60);
+    await r.settle();
+    assert.deepEqual(calls, ['b.dp-b']);
+    r.close();
+  });
+
+  it('does not publish config that fails its checks; the proxy keeps its last good snapshot', async () => {
+    let broken = false;
+    const { r, cache, metrics } = setup(10, 100, (ctx) => {
+      const set = generateProxyConfig(ctx);
+      return broken ? { ...set, [TypeUrl.ClusterLoadAssignment]: [{ cluster_name: 'orphan', endpoints: [] }] } : set;
+    });
+    r.track('a.dp-a');
+    await r.settle();
+    const good = cache.get('a.dp-a')!;
+    broken = true;
+    await store.upsert(dataplaneInput('a', 'trigger', { service: 'web' }));
+    await sleep(50);
+    await r.settle();
+    assert.equal(cache.get('a.dp-a'), good);
+    assert.match(await metrics.metrics(), /weft_xds_generation_failures_total [1-9]/);
+    r.close();
+  });
+});
