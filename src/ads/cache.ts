@@ -22,6 +22,8 @@ export interface EncodedResource {
 export interface Snapshot {
   /** Hash of every resource version: changes exactly when some resource changes. */
   readonly version: string;
+  /** `setVersion` of all resources of each type (what a wildcard SotW subscriber is sent). */
+  readonly typeVersions: ReadonlyMap<TypeUrl, string>;
   readonly resources: ReadonlyMap<TypeUrl, ReadonlyMap<string, EncodedResource>>;
   /** When the change this snapshot answers was committed (for delivery-time metrics). */
   readonly changeTime: number;
@@ -48,6 +50,12 @@ export class InconsistentSnapshotError extends Error {
     );
     this.name = 'InconsistentSnapshotError';
   }
+}
+
+/** Version of a set of resources: a hash of their names and versions, independent of order. */
+export function setVersion(resources: Iterable<EncodedResource>): string {
+  const parts = [...resources].map((r) => `${r.name}=${r.version}`).sort();
+  return hash(parts.join(','));
 }
 
 function hash(s: string | Uint8Array): string {
@@ -93,13 +101,25 @@ export function referencesOf(typeUrl: TypeUrl, r: Record<string, unknown>): stri
  */
 export class ResourceEncoder {
   private readonly byContent = new Map<string, { res: EncodedResource; refs: number }>();
+  /**
+   * Fast path for the same object handed in again (translation memoizes resources shared by many
+   * proxies): skips re-serializing it. Callers must not mutate resources after handing them in.
+   */
+  private readonly byObject = new WeakMap<object, { typeUrl: TypeUrl; key: string }>();
 
-  /** Checks and encodes, or returns the shared encoding. Throws the problems found. */
+  /** Checks and encodes, or returns the shared encoding; or the problems found. */
   encode(typeUrl: TypeUrl, obj: Record<string, unknown>): EncodedResource | SnapshotProblem[] {
-    const json = canonicalJson(obj);
-    const key = `${typeUrl}\u0000${json}`;
+    const seen = this.byObject.get(obj);
+    if (seen && seen.typeUrl === typeUrl) {
+      const e = this.byContent.get(seen.key);
+      if (e) return e.res;
+    }
+    const key = this.keyOf(typeUrl, obj);
     const hit = this.byContent.get(key);
-    if (hit) return hit.res;
+    if (hit) {
+      this.byObject.set(obj, { typeUrl, key });
+      return hit.res;
+    }
     const name = nameOf(typeUrl, obj);
     const violations: ProtoViolation[] = checkResource(typeUrl, obj);
     if (violations.length > 0) return violations.map((v) => ({ typeUrl, name, field: v.field, message: v.message }));
@@ -107,6 +127,7 @@ export class ResourceEncoder {
     const bytes = type.encode(type.fromObject(obj)).finish();
     const res: EncodedResource = { typeUrl, name, version: hash(bytes), bytes, refs: referencesOf(typeUrl, obj) };
     this.byContent.set(key, { res, refs: 0 });
+    this.byObject.set(obj, { typeUrl, key });
     return res;
   }
 
@@ -139,6 +160,8 @@ export class ResourceEncoder {
   }
 
   keyOf(typeUrl: TypeUrl, obj: Record<string, unknown>): string {
+    const seen = this.byObject.get(obj);
+    if (seen && seen.typeUrl === typeUrl) return seen.key;
     return `${typeUrl}\u0000${canonicalJson(obj)}`;
   }
 }
@@ -197,10 +220,9 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     encoder.dropUnused(contentKeys);
     throw new InconsistentSnapshotError(nodeId, problems);
   }
-  const version = hash(
-    RESPONSE_ORDER.map((t) => [...resources.get(t)!.values()].map((r) => `${r.name}=${r.version}`).sort().join(',')).join('|'),
-  );
-  const snap: SnapshotInternal = { version, resources, changeTime, contentKeys };
+  const typeVersions = new Map<TypeUrl, string>(RESPONSE_ORDER.map((t) => [t, setVersion(resources.get(t)!.values())]));
+  const version = hash(RESPONSE_ORDER.map((t) => typeVersions.get(t)).join('|'));
+  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, contentKeys };
   return snap;
 }
 

@@ -130,6 +130,7 @@ export class Reconciler {
     if (nodes.length === 0) return;
     const end = this.generation.startTimer();
     const data = await this.load(mesh);
+    const memo = new Map<string, unknown>();
     for (const nodeId of nodes) {
       const name = meshOf(nodeId)[1];
       const dataplane = data.dataplanes.find((d) => d.name === name);
@@ -139,7 +140,7 @@ export class Reconciler {
         continue;
       }
       try {
-        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions });
+        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, memo });
         this.opts.cache.set(nodeId, set, changeTime);
       } catch (err) {
         this.failures.inc();

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import type { EncodedResource, Snapshot, SnapshotCache } from './cache.js';
+import { setVersion, type EncodedResource, type Snapshot, type SnapshotCache } from './cache.js';
 import { isTypeUrl, RESPONSE_ORDER, TypeUrl } from './protos.js';
 
 export interface Node {
@@ -119,10 +118,6 @@ export interface StreamOptions {
 
 let streamCounter = 0;
 
-function setVersion(resources: Iterable<EncodedResource>): string {
-  const parts = [...resources].map((r) => `${r.name}=${r.version}`).sort();
-  return createHash('sha256').update(parts.join(',')).digest('base64url').slice(0, 22);
-}
 
 /**
  * One ADS stream, state of the world or incremental. Feed it requests with `handle`; it answers
@@ -206,7 +201,7 @@ export class AdsStream {
     if (first && nonce === '' && req.version_info) {
       const desired = this.desiredSotw(state);
       if (setVersion(desired.values()) === req.version_info) {
-        state.sent = desired;
+        state.sent = new Map(desired);
         state.sentVersion = req.version_info;
         state.ackedVersion = req.version_info;
       }
@@ -251,9 +246,20 @@ export class AdsStream {
       const s = this.types.get(t);
       if (!s) continue;
       if (s.inFlight) return true;
-      if (this.opts.variant === 'sotw' ? setVersion(this.desiredSotw(s).values()) !== s.sentVersion : this.deltaChanges(s).some) return true;
+      if (this.opts.variant === 'sotw' ? this.desiredWithVersion(s).version !== s.sentVersion : this.deltaChanges(s).some) return true;
     }
     return false;
+  }
+
+  /** The set a SotW response of this type should carry now, and its version. */
+  private desiredWithVersion(state: TypeState): { desired: ReadonlyMap<string, EncodedResource>; version: string } {
+    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
+    const known = this.snapshot?.typeVersions.get(state.typeUrl);
+    if (state.wildcard && known !== undefined && !(keepOld && [...state.sent.keys()].some((n) => !this.current(state.typeUrl).has(n)))) {
+      return { desired: this.current(state.typeUrl), version: known };
+    }
+    const desired = this.desiredSotw(state);
+    return { desired, version: setVersion(desired.values()) };
   }
 
   private desiredSotw(state: TypeState): Map<string, EncodedResource> {
@@ -354,8 +360,7 @@ export class AdsStream {
   }
 
   private sendSotw(state: TypeState): void {
-    const desired = this.desiredSotw(state);
-    const version = setVersion(desired.values());
+    const { desired, version } = this.desiredWithVersion(state);
     const forced = [...state.forced].some((n) => desired.has(n));
     if (version === state.sentVersion && !forced) return;
     if (!this.snapshot) return;
@@ -370,7 +375,7 @@ export class AdsStream {
       control_plane: { identifier: this.opts.controlPlaneId },
     };
     this.record(state, nonce, version);
-    state.sent = desired;
+    state.sent = new Map(desired);
     state.forced.clear();
     this.opts.send(res);
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);

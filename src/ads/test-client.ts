@@ -44,13 +44,15 @@ export class XdsTestClient {
   private readonly client: grpc.Client;
   readonly closed: Promise<{ code: number; details: string }>;
   private firstSent = false;
+  private readonly retain: boolean;
 
   constructor(
     address: string,
     readonly variant: 'sotw' | 'delta',
     readonly node: Node,
-    opts: { metadata?: Record<string, string>; autoAck?: boolean } = {},
+    opts: { metadata?: Record<string, string>; autoAck?: boolean; /** Keep every response in `received` (default); benchmarks turn it off. */ retain?: boolean } = {},
   ) {
+    this.retain = opts.retain !== false;
     const sotw = variant === 'sotw';
     const req = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryRequest' : 'envoy.service.discovery.v3.DeltaDiscoveryRequest');
     const res = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
@@ -80,9 +82,9 @@ export class XdsTestClient {
         removed: (raw.removed_resources as string[] | undefined) ?? [],
         raw,
       };
-      this.received.push(r);
       if (opts.autoAck) this.ack(r);
       const i = this.waiters.findIndex((w) => w.match(r));
+      if (opts.retain !== false || i < 0) this.received.push(r);
       if (i >= 0) this.waiters.splice(i, 1)[0]!.resolve(r);
     });
   }
@@ -144,7 +146,7 @@ export class XdsTestClient {
       }, timeoutMs);
       const done = (r: Received) => {
         clearTimeout(timer);
-        taken.add(r);
+        if (this.retain) taken.add(r);
         resolve(r);
       };
       this.waiters.push({ match, resolve: done });

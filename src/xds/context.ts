@@ -12,6 +12,12 @@ export interface MeshContext {
   dataplanes: readonly Resource<DataplaneSpec>[];
   trafficPermissions: readonly Resource<TrafficPermissionSpec>[];
   meshTrafficPermissions: readonly Resource<MeshTrafficPermissionBody>[];
+  /**
+   * Optional: shared by all proxies of one mesh in one generation round, so resources that are the
+   * same for many proxies (a service's cluster and endpoints) are built once and are the same
+   * object. Translation stays deterministic with or without it.
+   */
+  memo?: Map<string, unknown>;
 }
 
 /** Label that marks a Dataplane as a proxyless gRPC app (no Envoy; grpc-js-xds reads the config). */

@@ -87,9 +87,16 @@ function tcpListener(name: string, address: string, port: number, cluster: strin
  * outbounds. HTTP routing, transparent proxying, mTLS and permissions come with their issue.
  */
 export function generateProxyConfig(ctx: MeshContext): ResourceSet {
+  const memo = ctx.memo ?? new Map<string, unknown>();
+  const once = <T>(key: string, build: () => T): T => {
+    if (memo.has(key)) return memo.get(key) as T;
+    const v = build();
+    memo.set(key, v);
+    return v;
+  };
   let endpoints: Map<string, Endpoint[]>;
   try {
-    endpoints = serviceEndpoints(ctx.dataplanes);
+    endpoints = once('endpoints', () => serviceEndpoints(ctx.dataplanes));
   } catch (err) {
     throw new GenerationError('endpoints', (err as Error).message);
   }
@@ -99,19 +106,21 @@ export function generateProxyConfig(ctx: MeshContext): ResourceSet {
   const listeners: Record<string, unknown>[] = [];
   const routes: Record<string, unknown>[] = [];
   for (const s of services) {
-    clusters.push(edsCluster(s));
-    assignments.push(loadAssignment(s, endpoints.get(s) ?? []));
+    clusters.push(once(`cluster:${s}`, () => edsCluster(s)));
+    assignments.push(once(`cla:${s}`, () => loadAssignment(s, endpoints.get(s) ?? [])));
   }
   const net = ctx.dataplane.spec.networking;
   if (isProxyless(ctx.dataplane)) {
     for (const s of services) {
-      listeners.push({
-        name: s,
-        api_listener: {
-          api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, rds: { route_config_name: s, config_source: ADS_SOURCE }, http_filters: [ROUTER_FILTER] },
-        },
-      });
-      routes.push(routeTo(s, s));
+      listeners.push(
+        once(`api-listener:${s}`, () => ({
+          name: s,
+          api_listener: {
+            api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, rds: { route_config_name: s, config_source: ADS_SOURCE }, http_filters: [ROUTER_FILTER] },
+          },
+        })),
+      );
+      routes.push(once(`route:${s}`, () => routeTo(s, s)));
     }
   } else {
     for (const ib of net.inbound ?? []) {

@@ -1,0 +1,112 @@
+/**
+ * One process of simulated proxies for bench/ads.ts. Each proxy is a real ADS client on Envoy's
+ * protos (src/ads/test-client.ts): it subscribes like Envoy (CDS and LDS wildcard, then EDS for the
+ * clusters and RDS for the route configs it got), decodes every response and ACKs it.
+ * Talks to the parent over IPC.
+ */
+import { TypeUrl } from '../src/ads/index.js';
+import { XdsTestClient, type Received } from '../src/ads/test-client.js';
+
+interface Start {
+  cmd: 'start';
+  address: string;
+  variant: 'sotw' | 'delta';
+  nodeIds: string[];
+}
+interface Watch {
+  cmd: 'watch';
+  /** A cluster name to appear in CDS, or a CLA whose endpoint count becomes `count`. */
+  kind: 'cluster' | 'endpoints';
+  name: string;
+  count?: number;
+  /** Only these node ids are expected to see it. */
+  expect: string[];
+}
+type Msg = Start | Watch | { cmd: 'stop' };
+
+const clients = new Map<string, XdsTestClient>();
+const ready = new Set<string>();
+let watch: Watch | undefined;
+let seen = new Map<string, number>();
+let bytes = 0;
+
+function send(m: unknown): void {
+  process.send!(m);
+}
+
+function size(r: Received): number {
+  const res = (r.raw.resources as { value?: Uint8Array; resource?: { value: Uint8Array } }[] | undefined) ?? [];
+  return res.reduce((n, x) => n + (x.value?.length ?? x.resource?.value.length ?? 0), 0);
+}
+
+function onResponse(id: string, c: XdsTestClient, r: Received, state: { eds: Set<string>; rds: Set<string>; got: Set<string> }): void {
+  bytes += size(r);
+  if (c.variant === 'sotw') c.ack(r);
+  else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
+  state.got.add(r.typeUrl);
+  if (r.typeUrl === TypeUrl.Cluster) {
+    const names = r.resources.filter((x) => x.body.type === 'EDS').map((x) => x.name);
+    const fresh = names.filter((n) => !state.eds.has(n));
+    if (fresh.length > 0 || (c.variant === 'sotw' && names.length !== state.eds.size)) {
+      if (c.variant === 'sotw') {
+        state.eds = new Set(names);
+        c.subscribe(TypeUrl.ClusterLoadAssignment, [...state.eds]);
+      } else {
+        fresh.forEach((n) => state.eds.add(n));
+        c.delta({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: fresh });
+      }
+    }
+    if (names.length === 0) state.got.add(TypeUrl.ClusterLoadAssignment);
+    if (watch?.kind === 'cluster' && !seen.has(id) && r.resources.some((x) => x.name === watch!.name)) seen.set(id, Date.now());
+  }
+  if (r.typeUrl === TypeUrl.ClusterLoadAssignment && watch?.kind === 'endpoints' && !seen.has(id)) {
+    const cla = r.resources.find((x) => x.name === watch!.name);
+    const eps = cla ? ((cla.body.endpoints as { lb_endpoints?: unknown[] }[] | undefined) ?? []).reduce((n, l) => n + (l.lb_endpoints?.length ?? 0), 0) : -1;
+    if (eps === watch.count) seen.set(id, Date.now());
+  }
+  if (!ready.has(id) && state.got.has(TypeUrl.Cluster) && state.got.has(TypeUrl.ClusterLoadAssignment) && state.got.has(TypeUrl.Listener)) {
+    ready.add(id);
+    send({ type: 'ready', id, at: Date.now() });
+  }
+  if (watch && seen.size === watch.expect.length) {
+    send({ type: 'seen', times: [...seen.values()] });
+    watch = undefined;
+  }
+}
+
+process.on('message', (m: Msg) => {
+  if (m.cmd === 'start') {
+    for (const id of m.nodeIds) {
+      const c = new XdsTestClient(m.address, m.variant, { id }, { retain: false });
+      const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
+      clients.set(id, c);
+      const pump = () => {
+        c.next(undefined, 3_600_000).then(
+          (r) => {
+            onResponse(id, c, r, state);
+            pump();
+          },
+          () => {},
+        );
+      };
+      pump();
+      if (m.variant === 'sotw') {
+        c.subscribe(TypeUrl.Cluster, []);
+        c.subscribe(TypeUrl.Listener, []);
+      } else {
+        c.delta({ type_url: TypeUrl.Cluster });
+        c.delta({ type_url: TypeUrl.Listener });
+      }
+    }
+  } else if (m.cmd === 'watch') {
+    watch = m;
+    seen = new Map();
+    bytes = 0;
+    if (m.expect.length === 0) send({ type: 'seen', times: [] });
+  } else if (m.cmd === 'stop') {
+    send({ type: 'bytes', bytes });
+    for (const c of clients.values()) c.close();
+    setTimeout(() => process.exit(0), 100);
+  }
+});
+send({ type: 'up' });

@@ -1,0 +1,160 @@
+/**
+ * ADS benchmark: N simulated proxies in worker processes (each a real ADS client that decodes and
+ * ACKs), against weft-cp running as its own process. JSON on stdout and in bench/results/.
+ *
+ *   npm run bench:ads                                  # 500 services x 4 = 2000 proxies, SotW and delta, all reachable
+ *   WEFT_BENCH_REACHABLE=10 npm run bench:ads          # each proxy reaches 10 services
+ *   WEFT_BENCH_SERVICES=50 WEFT_BENCH_VARIANTS=delta npm run bench:ads
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { VERSION } from '../src/core/index.js';
+import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
+
+const SERVICES = Number(process.env.WEFT_BENCH_SERVICES ?? 500);
+const REPLICAS = Number(process.env.WEFT_BENCH_REPLICAS ?? 4);
+const REACHABLE = process.env.WEFT_BENCH_REACHABLE ?? 'all';
+const WORKERS = Number(process.env.WEFT_BENCH_WORKERS ?? 4);
+const VARIANTS = (process.env.WEFT_BENCH_VARIANTS ?? 'sotw,delta').split(',') as ('sotw' | 'delta')[];
+const TIMEOUT_MS = Number(process.env.WEFT_BENCH_TIMEOUT_MS ?? 300_000);
+
+function reachableOf(s: number): string[] | undefined {
+  if (REACHABLE === 'all') return undefined;
+  const n = Number(REACHABLE);
+  return Array.from({ length: n }, (_, i) => `svc-${(s + 1 + i) % SERVICES}`);
+}
+
+function dataplane(s: number, r: number, service = `svc-${s}`, ready = true) {
+  const i = s * REPLICAS + r;
+  const reach = reachableOf(s);
+  return {
+    type: 'Dataplane',
+    mesh: 'default',
+    name: `${service}-${r}`,
+    networking: {
+      address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
+      inbound: [{ port: 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': 'tcp' }, health: { ready } }],
+      transparentProxying: reach ? { reachableServices: reach } : {},
+    },
+  };
+}
+
+function procStats(pid: number): { rssMB: number; cpuSeconds: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return { rssMB: Math.round(rss), cpuSeconds: (Number(stat[11]) + Number(stat[12])) / 100 };
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
+}
+
+async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
+  const res = await fetch(`${cp.apiUrl}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+}
+
+function waitFor(workers: ChildProcess[], type: string, count: number, ms: number, onMsg?: (m: Record<string, unknown>) => void): Promise<Record<string, unknown>[]> {
+  const got: Record<string, unknown>[] = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`timed out waiting for ${count} "${type}" (got ${got.length})`));
+    }, ms);
+    const handlers = workers.map((w) => {
+      const h = (m: Record<string, unknown>) => {
+        if (m.type !== type) return;
+        got.push(m);
+        onMsg?.(m);
+        if (got.length === count) {
+          cleanup();
+          resolve(got);
+        }
+      };
+      w.on('message', h);
+      return h;
+    });
+    const cleanup = () => {
+      clearTimeout(timer);
+      workers.forEach((w, i) => w.off('message', handlers[i]!));
+    };
+  });
+}
+
+async function scenario(variant: 'sotw' | 'delta') {
+  const dataDir = mkdtempSync(join(tmpdir(), 'weft-bench-ads-'));
+  const cp = await spawnControlPlane({ WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_LOG_LEVEL: 'info' });
+  const workers: ChildProcess[] = [];
+  try {
+    while (!cp.logs.some((l) => l.includes('"ADS listening"'))) await new Promise((r) => setTimeout(r, 20));
+    const xds = (JSON.parse(cp.logs.find((l) => l.includes('"ADS listening"'))!) as { address: string }).address;
+    const all: ReturnType<typeof dataplane>[] = [];
+    for (let s = 0; s < SERVICES; s++) for (let r = 0; r < REPLICAS; r++) all.push(dataplane(s, r));
+    for (let i = 0; i < all.length; i += 500) await api(cp, 'POST', '/_apply', { resources: all.slice(i, i + 500) });
+    const ids = all.map((d) => `default.${d.name}`);
+    const base = procStats(cp.child.pid!);
+
+    const workerPath = fileURLToPath(new URL('./ads-worker.js', import.meta.url));
+    for (let w = 0; w < WORKERS; w++) workers.push(fork(workerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    await waitFor(workers, 'up', WORKERS, 30_000);
+    const t0 = Date.now();
+    const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
+    workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
+    await readyP;
+    const coldStart = (Date.now() - t0) / 1000;
+    const afterCold = procStats(cp.child.pid!);
+
+    const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
+      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((_, j) => ids.indexOf(_) % WORKERS === i) }));
+      const before = procStats(cp.child.pid!);
+      const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
+      const at = Date.now();
+      await change();
+      const times = (await seenP).flatMap((m) => m.times as number[]).map((t) => t - at);
+      const after = procStats(cp.child.pid!);
+      return { proxies: times.length, p50Ms: pct(times, 50), p99Ms: pct(times, 99), maxMs: Math.max(...times), cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)) };
+    };
+
+    // One endpoint change: one replica of svc-7 goes unhealthy; proxies reaching svc-7 must see 3 endpoints.
+    const reachesSvc7 = ids.filter((_, j) => {
+      const s = Math.floor(j / REPLICAS);
+      const reach = reachableOf(s);
+      return !reach || reach.includes('svc-7');
+    });
+    const endpointChange = await measure('endpoints', 'svc-7', reachesSvc7, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-7-0', dataplane(7, 0, 'svc-7', false)), REPLICAS - 1);
+
+    // One mesh-wide change: a new service every proxy reaches (only when all services are reachable).
+    const meshWide = REACHABLE === 'all' ? await measure('cluster', 'svc-new', ids, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-new-0', dataplane(SERVICES, 0, 'svc-new'))) : 'n/a: proxies reach a fixed list of services';
+
+    workers.forEach((w) => w.send({ cmd: 'stop' }));
+    const final = procStats(cp.child.pid!);
+    return {
+      variant,
+      proxies: ids.length,
+      services: SERVICES,
+      reachable: REACHABLE,
+      coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },
+      endpointChange,
+      meshWideChange: meshWide,
+      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
+    };
+  } finally {
+    workers.forEach((w) => w.kill('SIGKILL'));
+    cp.child.kill('SIGKILL');
+    await cp.exited;
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+const results = [];
+for (const v of VARIANTS) results.push(await scenario(v));
+const out = { version: VERSION, node: process.version, date: new Date().toISOString(), cores: (await import('node:os')).cpus().length, results };
+const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+mkdirSync(dir, { recursive: true });
+writeFileSync(join(dir, `ads-${SERVICES}x${REPLICAS}-reach-${REACHABLE}.json`), `${JSON.stringify(out, null, 2)}\n`);
+process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
