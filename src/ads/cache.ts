@@ -141,16 +141,106 @@ export class ResourceEncoder {
     return this.byContent.size;
   }
 
+  private readonly ids = new WeakMap<object, number>();
+  private nextId = 1;
+  private readonly entries = new Map<string, TypeEntry>();
+  private readonly byArray = new WeakMap<readonly object[], TypeEntry>();
+  private readonly checked = new WeakMap<TypeEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
+
+  private idOf(o: object): number {
+    let id = this.ids.get(o);
+    if (id === undefined) this.ids.set(o, (id = this.nextId++));
+    return id;
+  }
+
+  /**
+   * The resources of one type, checked, encoded and versioned, shared by every snapshot built from
+   * the same objects (translation hands the same objects to proxies with the same config), so a
+   * mesh-wide change costs one build per distinct set, not one per proxy.
+   */
+  typeEntry(typeUrl: TypeUrl, objs: readonly Record<string, unknown>[]): TypeEntry {
+    const same = this.byArray.get(objs);
+    if (same && same.typeUrl === typeUrl && this.entries.get(same.key) === same) return same;
+    const key = `${typeUrl} ${objs.map((o) => this.idOf(o)).join(',')}`;
+    const hit = this.entries.get(key);
+    if (hit) {
+      this.byArray.set(objs, hit);
+      return hit;
+    }
+    const problems: SnapshotProblem[] = [];
+    const refused = new Set<string>();
+    const map = new Map<string, EncodedResource>();
+    const contentKeys: string[] = [];
+    for (const obj of objs) {
+      const name = nameOf(typeUrl, obj);
+      if (name === '') {
+        problems.push({ typeUrl, name: '(unnamed)', message: 'has no name' });
+        continue;
+      }
+      if (map.has(name) || refused.has(name)) {
+        problems.push({ typeUrl, name, message: 'duplicate name in one snapshot' });
+        continue;
+      }
+      const enc = this.encode(typeUrl, obj);
+      if (Array.isArray(enc)) {
+        problems.push(...enc);
+        refused.add(name);
+        continue;
+      }
+      map.set(name, enc);
+      contentKeys.push(this.keyOf(typeUrl, obj));
+    }
+    const entry: TypeEntry = { key, typeUrl, map, version: setVersion(map.values()), contentKeys, problems, refused, refs: 0 };
+    this.entries.set(key, entry);
+    this.byArray.set(objs, entry);
+    return entry;
+  }
+
+  /** Reference problems between a referring set and the referred set, computed once per pair. */
+  crossCheck(from: TypeEntry, to: TypeEntry, what: string): SnapshotProblem[] {
+    let byTo = this.checked.get(from);
+    if (!byTo) this.checked.set(from, (byTo = new WeakMap()));
+    const known = byTo.get(to);
+    if (known) return known;
+    const problems: SnapshotProblem[] = [];
+    const referenced = new Set<string>();
+    for (const r of from.map.values()) {
+      for (const ref of r.refs) {
+        referenced.add(ref);
+        if (!to.map.has(ref) && !to.refused.has(ref)) problems.push({ typeUrl: from.typeUrl, name: r.name, message: `refers to ${what} "${ref}", which the snapshot lacks` });
+      }
+    }
+    for (const name of to.map.keys()) if (!referenced.has(name)) problems.push({ typeUrl: to.typeUrl, name, message: `is not used by any ${SHORT_NAME[from.typeUrl]} resource` });
+    byTo.set(to, problems);
+    return problems;
+  }
+
   retain(snapshot: Snapshot): void {
-    this.adjust(snapshot, 1);
+    for (const e of (snapshot as SnapshotInternal).entries) {
+      if (e.refs++ === 0) this.adjust(e.contentKeys, 1);
+    }
   }
 
   release(snapshot: Snapshot): void {
-    this.adjust(snapshot, -1);
+    for (const e of (snapshot as SnapshotInternal).entries) {
+      if (--e.refs === 0) {
+        this.entries.delete(e.key);
+        this.adjust(e.contentKeys, -1);
+      }
+    }
   }
 
-  private adjust(snapshot: Snapshot, delta: number): void {
-    const keys = (snapshot as SnapshotInternal).contentKeys;
+  /** Forgets type sets no snapshot holds (built for a snapshot that was refused). */
+  dropEntries(entries: readonly TypeEntry[]): void {
+    for (const e of entries) {
+      if (e.refs === 0) {
+        this.entries.delete(e.key);
+        this.dropUnused(e.contentKeys);
+      }
+    }
+  }
+
+  private adjust(keys: readonly string[], delta: number): void {
     for (const k of keys) {
       const e = this.byContent.get(k);
       if (!e) continue;
@@ -166,8 +256,20 @@ export class ResourceEncoder {
   }
 }
 
+/** One type's resources as a snapshot holds them; shared between snapshots with equal input. */
+export interface TypeEntry {
+  readonly key: string;
+  readonly typeUrl: TypeUrl;
+  readonly map: ReadonlyMap<string, EncodedResource>;
+  readonly version: string;
+  readonly contentKeys: readonly string[];
+  readonly problems: readonly SnapshotProblem[];
+  readonly refused: ReadonlySet<string>;
+  refs: number;
+}
+
 interface SnapshotInternal extends Snapshot {
-  contentKeys: string[];
+  entries: TypeEntry[];
 }
 
 /**
@@ -177,52 +279,21 @@ interface SnapshotInternal extends Snapshot {
  * listener and every listener's route config exists (XDS-RULES 7, 10).
  */
 export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: ResourceSet, changeTime = Date.now()): Snapshot {
-  const problems: SnapshotProblem[] = [];
-  const resources = new Map<TypeUrl, Map<string, EncodedResource>>();
-  const contentKeys: string[] = [];
-  // Names of resources refused above: not reported again as missing references.
-  const refused = new Set<string>();
-  for (const typeUrl of RESPONSE_ORDER) {
-    const byName = new Map<string, EncodedResource>();
-    for (const obj of set[typeUrl] ?? []) {
-      const name = nameOf(typeUrl, obj);
-      if (name === '') {
-        problems.push({ typeUrl, name: '(unnamed)', message: 'has no name' });
-        continue;
-      }
-      if (byName.has(name)) {
-        problems.push({ typeUrl, name, message: 'duplicate name in one snapshot' });
-        continue;
-      }
-      const enc = encoder.encode(typeUrl, obj);
-      if (Array.isArray(enc)) {
-        problems.push(...enc);
-        refused.add(`${typeUrl} ${name}`);
-        continue;
-      }
-      byName.set(name, enc);
-      contentKeys.push(encoder.keyOf(typeUrl, obj));
-    }
-    resources.set(typeUrl, byName);
-  }
-  const refd = (from: TypeUrl) => new Set([...resources.get(from)!.values()].flatMap((r) => r.refs));
-  const check = (from: TypeUrl, to: TypeUrl, what: string) => {
-    const referenced = refd(from);
-    const present = resources.get(to)!;
-    for (const r of resources.get(from)!.values()) {
-      for (const ref of r.refs) if (!present.has(ref) && !refused.has(`${to} ${ref}`)) problems.push({ typeUrl: from, name: r.name, message: `refers to ${what} "${ref}", which the snapshot lacks` });
-    }
-    for (const name of present.keys()) if (!referenced.has(name)) problems.push({ typeUrl: to, name, message: `is not used by any ${SHORT_NAME[from]} resource` });
-  };
-  check(TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment, 'ClusterLoadAssignment');
-  check(TypeUrl.Listener, TypeUrl.RouteConfiguration, 'RouteConfiguration');
+  const entries = RESPONSE_ORDER.map((t) => encoder.typeEntry(t, set[t] ?? []));
+  const byType = new Map(entries.map((e) => [e.typeUrl, e]));
+  const problems = [
+    ...entries.flatMap((e) => e.problems),
+    ...encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'),
+    ...encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'),
+  ];
   if (problems.length > 0) {
-    encoder.dropUnused(contentKeys);
+    encoder.dropEntries(entries);
     throw new InconsistentSnapshotError(nodeId, problems);
   }
-  const typeVersions = new Map<TypeUrl, string>(RESPONSE_ORDER.map((t) => [t, setVersion(resources.get(t)!.values())]));
+  const typeVersions = new Map<TypeUrl, string>(entries.map((e) => [e.typeUrl, e.version]));
   const version = hash(RESPONSE_ORDER.map((t) => typeVersions.get(t)).join('|'));
-  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, contentKeys };
+  const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>(entries.map((e) => [e.typeUrl, e.map]));
+  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries };
   return snap;
 }
 
@@ -242,7 +313,10 @@ export class SnapshotCache {
   set(nodeId: string, set: ResourceSet, changeTime?: number): { snapshot: Snapshot; changed: boolean } {
     const snapshot = buildSnapshot(this.encoder, nodeId, set, changeTime);
     const old = this.snapshots.get(nodeId);
-    if (old && old.version === snapshot.version) return { snapshot: old, changed: false };
+    if (old && old.version === snapshot.version) {
+      this.encoder.dropEntries((snapshot as SnapshotInternal).entries);
+      return { snapshot: old, changed: false };
+    }
     this.encoder.retain(snapshot);
     this.snapshots.set(nodeId, snapshot);
     if (old) this.encoder.release(old);

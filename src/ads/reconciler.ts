@@ -62,11 +62,28 @@ export class Reconciler {
     this.unwatch = this.opts.store.watch((e) => this.onChange(e));
   }
 
-  /** A proxy connected: generate its snapshot now, then keep it current. */
+  /**
+   * A proxy connected: generate its snapshot at once, then keep it current. Proxies connecting
+   * together (a control plane restart) are generated in one round per mesh: one store read, and
+   * their shared resources built and encoded once.
+   */
   track(nodeId: string): void {
     this.tracked.set(nodeId, (this.tracked.get(nodeId) ?? 0) + 1);
-    if (this.tracked.get(nodeId) === 1) this.enqueue(() => this.regenerate(meshOf(nodeId)[0], Date.now(), [nodeId]));
+    if (this.tracked.get(nodeId) !== 1) return;
+    this.newcomers.add(nodeId);
+    if (this.newcomers.size === 1) setImmediate(() => this.flushNewcomers());
   }
+
+  private flushNewcomers(): void {
+    if (this.newcomers.size === 0) return;
+    const changeTime = Date.now();
+    const byMesh = new Map<string, string[]>();
+    for (const id of this.newcomers) byMesh.set(meshOf(id)[0], [...(byMesh.get(meshOf(id)[0]) ?? []), id]);
+    this.newcomers.clear();
+    for (const [mesh, ids] of byMesh) this.enqueue(() => this.regenerate(mesh, changeTime, ids));
+  }
+
+  private readonly newcomers = new Set<string>();
 
   untrack(nodeId: string): void {
     const n = (this.tracked.get(nodeId) ?? 1) - 1;
@@ -101,6 +118,7 @@ export class Reconciler {
 
   /** Resolves when every change seen so far is reflected in the cache (for tests and shutdown). */
   async settle(): Promise<void> {
+    this.flushNewcomers();
     if (this.timer) {
       clearTimeout(this.timer);
       this.fire();

@@ -96,7 +96,11 @@ interface TypeState {
   ackedVersion?: string;
   backoffUntil: number;
   /** SotW: the resources the last response carried. Delta: unused. */
-  sent: Map<string, EncodedResource>;
+  sent: ReadonlyMap<string, EncodedResource>;
+  /** Delta: the snapshot map the client was last fully brought up to date with. */
+  syncedMap?: ReadonlyMap<string, EncodedResource>;
+  /** Delta: subscriptions changed since the last diff. */
+  subsDirty: boolean;
   /** Delta: what the client holds, name to version. */
   clientHas: Map<string, string>;
   /** Delta: subscribed names that do not exist and the client was told so. */
@@ -153,7 +157,7 @@ export class AdsStream {
     let state = this.types.get(typeUrl);
     const first = !state;
     if (!state) {
-      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new Map(), toldMissing: new Set(), forced: new Set() };
+      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new Map(), toldMissing: new Set(), forced: new Set(), subsDirty: true };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -201,7 +205,7 @@ export class AdsStream {
     if (first && nonce === '' && req.version_info) {
       const desired = this.desiredSotw(state);
       if (setVersion(desired.values()) === req.version_info) {
-        state.sent = new Map(desired);
+        state.sent = desired;
         state.sentVersion = req.version_info;
         state.ackedVersion = req.version_info;
       }
@@ -286,6 +290,7 @@ export class AdsStream {
     }
     const sub = req.resource_names_subscribe ?? [];
     const unsub = req.resource_names_unsubscribe ?? [];
+    if (first || sub.length > 0 || unsub.length > 0) state.subsDirty = true;
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     for (const name of sub) {
@@ -319,6 +324,8 @@ export class AdsStream {
     const send: EncodedResource[] = [];
     const removed: string[] = [];
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
+    // Nothing changed since the client was brought up to date with this very map: skip the diff.
+    if (!keepOld && !state.subsDirty && state.forced.size === 0 && state.syncedMap === all) return { some: false, send, removed };
     for (const [name, r] of all) {
       if (!this.wants(state, name)) continue;
       if (state.clientHas.get(name) !== r.version || state.forced.has(name)) send.push(r);
@@ -375,7 +382,7 @@ export class AdsStream {
       control_plane: { identifier: this.opts.controlPlaneId },
     };
     this.record(state, nonce, version);
-    state.sent = new Map(desired);
+    state.sent = desired;
     state.forced.clear();
     this.opts.send(res);
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);
@@ -384,6 +391,11 @@ export class AdsStream {
   private sendDelta(state: TypeState): void {
     if (!this.snapshot) return;
     const { some, send, removed } = this.deltaChanges(state);
+    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
+    if (!keepOld) {
+      state.syncedMap = this.current(state.typeUrl);
+      state.subsDirty = false;
+    }
     if (!some) return;
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
     const nonce = this.nextNonce();

@@ -37,16 +37,22 @@ export function serviceEndpoints(dataplanes: readonly Resource<DataplaneSpec>[])
   return out;
 }
 
-/** Services this proxy calls: its explicit outbounds, else (transparent proxy, proxyless) all others. */
-function reachableServices(ctx: MeshContext, all: Iterable<string>): string[] {
+/**
+ * Services this proxy calls: its explicit outbounds, else (transparent proxy, proxyless) all
+ * services of the mesh, or `reachableServices`. Proxies with the same answer get the same array.
+ */
+function reachableServices(ctx: MeshContext, all: Iterable<string>, once: <T>(key: string, build: () => T) => T): readonly string[] {
   const net = ctx.dataplane.spec.networking;
   const explicit = (net.outbound ?? []).map((o) => o.tags?.[SERVICE_TAG] ?? o.backendRef?.name).filter((s): s is string => !!s);
   if (net.transparentProxying || isProxyless(ctx.dataplane)) {
     const narrowed = net.transparentProxying?.reachableServices;
+    if (!narrowed && explicit.length === 0) return once('reach:all', () => [...all].sort());
     const base = narrowed ? narrowed : [...all];
-    return [...new Set([...base, ...explicit])].sort();
+    const list = [...new Set([...base, ...explicit])].sort();
+    return once(`reach:${list.join(',')}`, () => list);
   }
-  return [...new Set(explicit)].sort();
+  const list = [...new Set(explicit)].sort();
+  return once(`reach:${list.join(',')}`, () => list);
 }
 
 function edsCluster(name: string) {
@@ -100,15 +106,17 @@ export function generateProxyConfig(ctx: MeshContext): ResourceSet {
   } catch (err) {
     throw new GenerationError('endpoints', (err as Error).message);
   }
-  const services = reachableServices(ctx, endpoints.keys());
-  const clusters: Record<string, unknown>[] = [];
-  const assignments: Record<string, unknown>[] = [];
+  const services = reachableServices(ctx, endpoints.keys(), once);
+  // Proxies reaching the same services share these arrays (and so their encoding and versions).
+  const reachKey = services.join(',');
+  const outbound = once(`outbound:${reachKey}`, () => ({
+    clusters: services.map((s) => once(`cluster:${s}`, () => edsCluster(s))),
+    assignments: services.map((s) => once(`cla:${s}`, () => loadAssignment(s, endpoints.get(s) ?? []))),
+  }));
+  let clusters: readonly Record<string, unknown>[] = outbound.clusters;
+  const assignments = outbound.assignments;
   const listeners: Record<string, unknown>[] = [];
   const routes: Record<string, unknown>[] = [];
-  for (const s of services) {
-    clusters.push(once(`cluster:${s}`, () => edsCluster(s)));
-    assignments.push(once(`cla:${s}`, () => loadAssignment(s, endpoints.get(s) ?? [])));
-  }
   const net = ctx.dataplane.spec.networking;
   if (isProxyless(ctx.dataplane)) {
     for (const s of services) {
@@ -123,18 +131,22 @@ export function generateProxyConfig(ctx: MeshContext): ResourceSet {
       routes.push(once(`route:${s}`, () => routeTo(s, s)));
     }
   } else {
+    const locals = new Map<string, Record<string, unknown>>();
     for (const ib of net.inbound ?? []) {
       const address = ib.address ?? net.address;
       const local = `localhost:${ib.servicePort ?? ib.port}`;
-      if (!clusters.some((c) => c.name === local)) {
-        clusters.push({
-          name: local,
-          type: 'STATIC',
-          connect_timeout: { seconds: 5 },
-          load_assignment: loadAssignment(local, [{ address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port }]),
-        });
+      const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
+      if (!locals.has(local) && !services.includes(local)) {
+        locals.set(
+          local,
+          once(`local:${local}:${target.address}`, () => ({ name: local, type: 'STATIC', connect_timeout: { seconds: 5 }, load_assignment: loadAssignment(local, [target]) })),
+        );
       }
       listeners.push(tcpListener(`inbound:${address}:${ib.port}`, address, ib.port, local));
+    }
+    if (locals.size > 0) {
+      const localKey = [...locals.values()].map((c) => `${String(c.name)}@${JSON.stringify((c.load_assignment as Record<string, unknown>).endpoints)}`).join(',');
+      clusters = once(`cds:${reachKey}|${localKey}`, () => [...outbound.clusters, ...locals.values()]);
     }
     for (const ob of net.outbound ?? []) {
       const service = ob.tags?.[SERVICE_TAG] ?? ob.backendRef?.name;
