@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../src/core/index.js';
+import { binPath } from '../test/helpers/bin.js';
 import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
 
 const SERVICES = Number(process.env.WEFT_BENCH_SERVICES ?? 500);
@@ -88,7 +89,12 @@ function waitFor(workers: ChildProcess[], type: string, count: number, ms: numbe
 
 async function scenario(variant: 'sotw' | 'delta') {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-bench-ads-'));
-  const cp = await spawnControlPlane({ WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_LOG_LEVEL: 'info' });
+  // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
+  const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
+  const cp = await spawnControlPlane(
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_LOG_LEVEL: 'info' },
+    [process.execPath, ...profile, binPath('weft-cp'), 'run'],
+  );
   const workers: ChildProcess[] = [];
   try {
     while (!cp.logs.some((l) => l.includes('"ADS listening"'))) await new Promise((r) => setTimeout(r, 20));
@@ -110,7 +116,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     const afterCold = procStats(cp.child.pid!);
 
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
-      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((_, j) => ids.indexOf(_) % WORKERS === i) }));
+      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => ids.indexOf(id) % WORKERS === i) }));
       const before = procStats(cp.child.pid!);
       const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const at = Date.now();
@@ -145,8 +151,10 @@ async function scenario(variant: 'sotw' | 'delta') {
     };
   } finally {
     workers.forEach((w) => w.kill('SIGKILL'));
-    cp.child.kill('SIGKILL');
+    cp.child.kill('SIGTERM');
+    const killer = setTimeout(() => cp.child.kill('SIGKILL'), 60_000);
     await cp.exited;
+    clearTimeout(killer);
     rmSync(dataDir, { recursive: true, force: true });
   }
 }

@@ -102,7 +102,9 @@ interface TypeState {
   /** Delta: subscriptions changed since the last diff. */
   subsDirty: boolean;
   /** Delta: what the client holds, name to version. */
-  clientHas: Map<string, string>;
+  clientHas: ClientView;
+  /** Delta: at the last sync every resource of the type was wanted (wildcard, or all subscribed). */
+  allWanted: boolean;
   /** Delta: subscribed names that do not exist and the client was told so. */
   toldMissing: Set<string>;
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
@@ -121,6 +123,67 @@ export interface StreamOptions {
 }
 
 let streamCounter = 0;
+
+/**
+ * What a delta client holds, name to version. After a full sync it is just a reference to the
+ * shared snapshot map it was brought up to date with (`base`), plus the few names that differ
+ * since (`extra`; null: not held). 2000 proxies holding the same 500 clusters then share one
+ * map instead of keeping 2000 copies.
+ */
+export class ClientView {
+  base?: ReadonlyMap<string, EncodedResource>;
+  readonly extra = new Map<string, string | null>();
+
+  get(name: string): string | undefined {
+    if (this.extra.has(name)) return this.extra.get(name) ?? undefined;
+    return this.base?.get(name)?.version;
+  }
+
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+
+  set(name: string, version: string): void {
+    if (this.base?.get(name)?.version === version) this.extra.delete(name);
+    else this.extra.set(name, version);
+  }
+
+  delete(name: string): void {
+    if (this.base?.has(name)) this.extra.set(name, null);
+    else this.extra.delete(name);
+  }
+
+  *keys(): Generator<string> {
+    if (this.base) for (const n of this.base.keys()) if (!this.extra.has(n) || this.extra.get(n) !== null) yield n;
+    for (const [n, v] of this.extra) if (v !== null && !this.base?.has(n)) yield n;
+  }
+
+  resetTo(map: ReadonlyMap<string, EncodedResource>): void {
+    this.base = map;
+    this.extra.clear();
+  }
+}
+
+interface Diff {
+  send: EncodedResource[];
+  removed: string[];
+}
+
+/** Differences between two shared snapshot maps, computed once for every client holding `from`. */
+const diffs = new WeakMap<ReadonlyMap<string, EncodedResource>, WeakMap<ReadonlyMap<string, EncodedResource>, Diff>>();
+
+function sharedDiff(from: ReadonlyMap<string, EncodedResource>, to: ReadonlyMap<string, EncodedResource>): Diff {
+  let byTo = diffs.get(from);
+  if (!byTo) diffs.set(from, (byTo = new WeakMap()));
+  let d = byTo.get(to);
+  if (!d) {
+    d = { send: [], removed: [] };
+    for (const [name, r] of to) if (from.get(name)?.version !== r.version) d.send.push(r);
+    for (const name of from.keys()) if (!to.has(name)) d.removed.push(name);
+    byTo.set(to, d);
+  }
+  return d;
+}
 
 
 /**
@@ -157,7 +220,7 @@ export class AdsStream {
     let state = this.types.get(typeUrl);
     const first = !state;
     if (!state) {
-      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new Map(), toldMissing: new Set(), forced: new Set(), subsDirty: true };
+      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), allWanted: false, toldMissing: new Set(), forced: new Set(), subsDirty: true };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -319,13 +382,19 @@ export class AdsStream {
     return state.wildcard || state.subscribed.has(name);
   }
 
-  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[] } {
+  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; shared?: boolean } {
     const all = this.current(state.typeUrl);
     const send: EncodedResource[] = [];
     const removed: string[] = [];
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very map: skip the diff.
     if (!keepOld && !state.subsDirty && state.forced.size === 0 && state.syncedMap === all) return { some: false, send, removed };
+    // The client holds exactly an earlier shared map: use the diff computed once for all such clients.
+    const view = state.clientHas;
+    if (!keepOld && !state.subsDirty && state.forced.size === 0 && state.allWanted && view.base && view.extra.size === 0) {
+      const d = sharedDiff(view.base, all);
+      return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, shared: true };
+    }
     for (const [name, r] of all) {
       if (!this.wants(state, name)) continue;
       if (state.clientHas.get(name) !== r.version || state.forced.has(name)) send.push(r);
@@ -390,7 +459,7 @@ export class AdsStream {
 
   private sendDelta(state: TypeState): void {
     if (!this.snapshot) return;
-    const { some, send, removed } = this.deltaChanges(state);
+    const { some, send, removed, shared } = this.deltaChanges(state);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     if (!keepOld) {
       state.syncedMap = this.current(state.typeUrl);
@@ -408,15 +477,36 @@ export class AdsStream {
       nonce,
       control_plane: { identifier: this.opts.controlPlaneId },
     };
-    for (const r of send) state.clientHas.set(r.name, r.version);
-    for (const n of removed) {
-      state.clientHas.delete(n);
-      if (state.subscribed.has(n)) state.toldMissing.add(n);
+    if (shared) {
+      // The client now holds exactly the current shared map.
+      state.clientHas.resetTo(this.current(state.typeUrl));
+      for (const n of removed) if (state.subscribed.has(n)) state.toldMissing.add(n);
+    } else {
+      for (const r of send) state.clientHas.set(r.name, r.version);
+      for (const n of removed) {
+        state.clientHas.delete(n);
+        if (state.subscribed.has(n)) state.toldMissing.add(n);
+      }
+      this.compact(state, keepOld);
     }
     state.forced.clear();
     this.record(state, nonce, this.snapshot.version);
     this.opts.send(res);
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
+  }
+
+  /**
+   * After a send that brought the client fully up to date with a shared map it wants all of, keep
+   * only a reference to that map.
+   */
+  private compact(state: TypeState, keepOld: boolean): void {
+    if (keepOld) return;
+    const all = this.current(state.typeUrl);
+    state.allWanted = state.wildcard || [...all.keys()].every((n) => state.subscribed.has(n));
+    if (!state.allWanted) return;
+    for (const [name, r] of all) if (state.clientHas.get(name) !== r.version) return;
+    for (const name of state.clientHas.keys()) if (!all.has(name)) return;
+    state.clientHas.resetTo(all);
   }
 
   /** Rule 9: a changed Cluster needs its ClusterLoadAssignment again, even if unchanged. */
