@@ -1,6 +1,6 @@
 import { WeftError, type Violation } from './errors.js';
 import type { ResourceRegistry, ResourceType } from './registry.js';
-import type { Resource, ResourceInput } from './resource.js';
+import { MESH_TYPE, type Resource, type ResourceInput } from './resource.js';
 import { labelsSchema, nameSchema, validate } from './validation.js';
 
 /** Metadata fields of Kuma's Universal format; everything else is the resource body. */
@@ -54,6 +54,8 @@ export function decodeResource(
 
   const name = validate(nameSchema, input.name, 'name');
   if (!name.ok) violations.push(...name.violations);
+  // Proxies are known as "<mesh>.<name>", split at the first dot: a mesh name cannot have one.
+  else if (def.name === MESH_TYPE && name.value.includes('.')) violations.push({ field: 'name', message: 'a mesh name must not contain "."' });
   else if (expected.name !== undefined && name.value !== expected.name) {
     violations.push({ field: 'name', message: `must match the name in the URL ("${expected.name}")` });
   }

@@ -142,6 +142,10 @@ describe('validation reports every violation with its field path', () => {
     );
   });
 
+  it('refuses a dot in a mesh name, since proxies are known as <mesh>.<name>', () => {
+    assert.deepEqual(violationsOf({ type: 'Mesh', name: 'prod.eu' }), [{ field: 'name', message: 'a mesh name must not contain "."' }]);
+  });
+
   it('rejects a body that is not a mapping', () => {
     assert.deepEqual(violationsOf(['a', 'list']), [{ field: '', message: 'must be an object' }]);
   });
