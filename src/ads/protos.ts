@@ -86,3 +86,12 @@ export function messageType(typeUrlOrName: string): protobuf.Type {
 }
 
 export const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, bytes: Buffer, defaults: false, oneofs: false };
+
+/** A gRPC (de)serializer pair for an Envoy message type, on these protos. */
+export function grpcCodec(name: string): { serialize(obj: object): Buffer; deserialize(buf: Buffer): Record<string, unknown> } {
+  const type = messageType(name);
+  return {
+    serialize: (obj) => Buffer.from(type.encode(type.fromObject(obj)).finish()),
+    deserialize: (buf) => type.toObject(type.decode(buf), TO_OBJECT),
+  };
+}

@@ -85,10 +85,13 @@ export class Reconciler {
 
   private readonly newcomers = new Set<string>();
 
+  /** A proxy's last stream closed: stop keeping its snapshot (it is rebuilt if it comes back). */
   untrack(nodeId: string): void {
     const n = (this.tracked.get(nodeId) ?? 1) - 1;
-    if (n > 0) this.tracked.set(nodeId, n);
-    else this.tracked.delete(nodeId);
+    if (n > 0) return void this.tracked.set(nodeId, n);
+    this.tracked.delete(nodeId);
+    this.newcomers.delete(nodeId);
+    this.opts.cache.delete(nodeId);
   }
 
   private onChange(e: ChangeEvent): void {
@@ -150,6 +153,7 @@ export class Reconciler {
     const data = await this.load(mesh);
     const memo = new Map<string, unknown>();
     for (const nodeId of nodes) {
+      if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading
       const name = meshOf(nodeId)[1];
       const dataplane = data.dataplanes.find((d) => d.name === name);
       if (!data.mesh || !dataplane) {

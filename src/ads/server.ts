@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
-import { messageType, TO_OBJECT } from './protos.js';
+import { grpcCodec as codec } from './protos.js';
 import { XdsStatus } from './status.js';
 import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
@@ -49,14 +49,6 @@ export interface AdsServerOptions {
 }
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
-
-function codec(name: string) {
-  const type = messageType(name);
-  return {
-    serialize: (obj: object) => Buffer.from(type.encode(type.fromObject(obj)).finish()),
-    deserialize: (buf: Buffer) => type.toObject(type.decode(buf), TO_OBJECT),
-  };
-}
 
 /**
  * The ADS gRPC server (port 5678): StreamAggregatedResources (state of the world) and

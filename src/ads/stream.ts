@@ -412,7 +412,6 @@ export class AdsStream {
     if (this.closed || !this.nodeId) return;
     const now = this.now();
     let wakeAt = Infinity;
-    this.routingPendingCached = false;
     this.routingPendingCached = this.routingPending();
     for (const typeUrl of RESPONSE_ORDER) {
       const state = this.types.get(typeUrl);

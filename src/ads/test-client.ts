@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { messageType, TO_OBJECT } from './protos.js';
+import { grpcCodec as codec, messageType, TO_OBJECT } from './protos.js';
 import type { DeltaDiscoveryRequest, DiscoveryRequest, Node } from './stream.js';
 
 export interface ReceivedResource {
@@ -17,14 +17,6 @@ export interface Received {
   resources: ReceivedResource[];
   removed: string[];
   raw: Record<string, unknown>;
-}
-
-function codec(name: string) {
-  const type = messageType(name);
-  return {
-    serialize: (obj: object) => Buffer.from(type.encode(type.fromObject(obj)).finish()),
-    deserialize: (buf: Buffer) => type.toObject(type.decode(buf), TO_OBJECT),
-  };
 }
 
 function decodeAny(any: { type_url: string; value: Uint8Array }): Record<string, unknown> {

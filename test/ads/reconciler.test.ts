@@ -88,6 +88,22 @@ describe('reconciler', () => {
     r.close();
   });
 
+  it('drops the snapshot of a proxy whose last stream closed, and rebuilds it when it returns', async () => {
+    const { r, cache, calls } = setup(10, 100);
+    r.track('a.dp-a');
+    r.track('a.dp-a'); // a second stream of the same proxy
+    await r.settle();
+    r.untrack('a.dp-a');
+    assert.ok(cache.get('a.dp-a'), 'kept while one stream remains');
+    r.untrack('a.dp-a');
+    assert.equal(cache.get('a.dp-a'), undefined);
+    r.track('a.dp-a');
+    await r.settle();
+    assert.ok(cache.get('a.dp-a'));
+    assert.equal(calls.length, 2);
+    r.close();
+  });
+
   it('does not publish config that fails its checks; the proxy keeps its last good snapshot', async () => {
     let broken = false;
     const { r, cache, metrics } = setup(10, 100, (ctx) => {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -164,6 +164,17 @@ describe('weftctl against an API that needs the admin token', () => {
 });
 
 describe('other binaries', () => {
+  it('every package.json bin is an executable file with a node shebang', () => {
+    const root = new URL('../../../', import.meta.url);
+    const pkg = JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { bin: Record<string, string> };
+    assert.deepEqual(Object.keys(pkg.bin).sort(), ['weft-cni', 'weft-cp', 'weft-dp', 'weftctl']);
+    for (const [name, rel] of Object.entries(pkg.bin)) {
+      const path = new URL(rel, root);
+      assert.ok((statSync(path).mode & 0o111) !== 0, `${name} (${rel}) is executable`);
+      assert.match(readFileSync(path, 'utf8'), /^#!\/usr\/bin\/env node\n/, `${name} has a shebang`);
+    }
+  });
+
   for (const name of ['weft-dp', 'weft-cni'] as const) {
     it(`${name} says it is not implemented yet and exits non-zero`, async () => {
       const r = await run(process.execPath, [binPath(name)]);
