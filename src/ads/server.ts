@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
-import type { Logger } from '../core/index.js';
+import type { DataplaneTokens } from '../certs/index.js';
+import { isWeftError, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { grpcCodec as codec } from './protos.js';
 import { XdsStatus } from './status.js';
@@ -8,8 +9,8 @@ import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type De
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
-  /** Returns the identity, or throws StreamError (UNAUTHENTICATED) with the reason. */
-  authenticate(ctx: { metadata: grpc.Metadata; peer: string }): Identity;
+  /** Returns the identity, or throws (rejects with) StreamError (UNAUTHENTICATED) with the reason. */
+  authenticate(ctx: { metadata: grpc.Metadata; peer: string }): Identity | Promise<Identity>;
 }
 
 /** True for a gRPC peer string of a loopback address ("127.0.0.1:5", "[::1]:5", "ipv4:127.0.0.1:5"). */
@@ -116,14 +117,38 @@ export class AdsServer {
       call.emit('error', { code: err.grpcCode, details: err.message });
     };
     if (this.closing) return fail(new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
-    let identity: Identity;
-    try {
-      identity = this.opts.authenticator.authenticate({ metadata: call.metadata, peer: call.getPeer() });
-    } catch (err) {
-      if (!(err instanceof StreamError)) throw err;
-      log.warn({ peer: call.getPeer(), reason: err.message }, 'xDS stream refused');
-      return fail(err);
-    }
+    // Requests that arrive while the credentials are being checked wait for the answer.
+    const early: (DiscoveryRequest | DeltaDiscoveryRequest)[] = [];
+    let gone = false;
+    const buffer = (req: DiscoveryRequest | DeltaDiscoveryRequest) => early.push(req);
+    call.on('data', buffer);
+    const abandon = () => (gone = true);
+    call.on('cancelled', abandon);
+    call.on('error', abandon);
+    void Promise.resolve()
+      .then(() => this.opts.authenticator.authenticate({ metadata: call.metadata, peer: call.getPeer() }))
+      .then(
+        (identity) => {
+          call.off('data', buffer);
+          if (gone) return;
+          if (this.closing) return fail(new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
+          this.open(variant, call, identity, early);
+        },
+        (err: unknown) => {
+          call.off('data', buffer);
+          const e = err instanceof StreamError ? err : new StreamError(GRPC_UNAUTHENTICATED, (err as Error).message);
+          if (!(err instanceof StreamError)) log.error({ err }, 'xDS authentication failed');
+          log.warn({ peer: call.getPeer(), reason: e.message }, 'xDS stream refused');
+          fail(e);
+        },
+      );
+  }
+
+  private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
+    const log = this.opts.logger;
+    const fail = (err: StreamError) => {
+      call.emit('error', { code: err.grpcCode, details: err.message });
+    };
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -138,7 +163,7 @@ export class AdsServer {
       stream.close();
       this.streams.delete(stream);
     };
-    call.on('data', (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
+    const onData = (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
       try {
         stream.handle(req);
       } catch (err) {
@@ -151,7 +176,9 @@ export class AdsServer {
         }
         end();
       }
-    });
+    };
+    for (const req of early) onData(req);
+    call.on('data', onData);
     call.on('end', () => {
       end();
       call.end();
@@ -200,4 +227,28 @@ export class AdsServer {
     this.streams.clear();
     this.server.forceShutdown();
   }
+}
+
+/**
+ * Authenticates proxies by their dataplane token (`authorization: Bearer <token>` metadata, as
+ * kuma-dp sends it). With `allowUnauthenticatedLoopback`, a loopback peer that sends no token is
+ * let in unauthenticated; a token that is sent is always checked.
+ */
+export function tokenAuthenticator(tokens: DataplaneTokens, opts: { allowUnauthenticatedLoopback: boolean }): Authenticator {
+  return {
+    async authenticate({ metadata, peer }) {
+      const raw = metadata.get('authorization')[0];
+      if (typeof raw !== 'string' || raw.trim() === '') {
+        if (opts.allowUnauthenticatedLoopback) return loopbackOnlyAuthenticator.authenticate({ metadata, peer });
+        throw new StreamError(GRPC_UNAUTHENTICATED, 'no dataplane token: send it as "authorization: Bearer <token>" metadata (weftctl generate dataplane-token)');
+      }
+      try {
+        const id = await tokens.verify(raw.replace(/^Bearer\s+/i, '').trim());
+        return { kind: 'dataplane', mesh: id.mesh, name: id.name };
+      } catch (err) {
+        if (isWeftError(err, 'unauthorized')) throw new StreamError(GRPC_UNAUTHENTICATED, err.message);
+        throw err;
+      }
+    },
+  };
 }

@@ -2,8 +2,13 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
 import {
   decodeResource,
+  durationSchema,
+  durationToMs,
+  nameSchema,
+  validate,
   isWeftError,
   MESH_TYPE,
   prefixViolations,
@@ -15,6 +20,7 @@ import {
   type Violation,
 } from '../core/index.js';
 import type { ProxyStatus } from '../ads/index.js';
+import type { DataplaneTokens } from '../certs/index.js';
 import type { Store, WriteOp } from '../store/index.js';
 
 export interface ApiOptions {
@@ -25,6 +31,8 @@ export interface ApiOptions {
   /** When set, every request that changes state must carry `Authorization: Bearer <token>`. */
   adminToken?: string;
   info: { version: string; instanceId: string };
+  /** Issues dataplane tokens (`POST /tokens/dataplane`). */
+  tokens?: DataplaneTokens;
   /** xDS status of a proxy by node id (`<mesh>.<name>`), when an ADS server runs. */
   xdsStatus?: (nodeId: string) => ProxyStatus | undefined;
 }
@@ -113,7 +121,7 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
 
   const meshScoped = (plural: string): ResourceType<unknown> => {
     const def = registry.byPlural(plural);
-    if (!def || def.scope !== 'mesh') {
+    if (!def || def.scope !== 'mesh' || def.internal) {
       const known = registry.all().filter((t) => t.scope === 'mesh').map((t) => t.plural).join(', ');
       throw new WeftError('not_found', `no resource type "${plural}"; known: ${known}`);
     }
@@ -215,6 +223,28 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
   });
 
   app.get<{ Params: { plural: string } }>('/:plural', async (req) => listResponse(req, meshScoped(req.params.plural).name, undefined));
+
+  const tokenRequest = z.strictObject({
+    mesh: nameSchema,
+    name: nameSchema,
+    validFor: durationSchema.default('24h'),
+  });
+  /** Kuma's `kumactl generate dataplane-token`: a token bound to one Dataplane of one mesh. */
+  app.post('/tokens/dataplane', async (req) => {
+    if (!opts.tokens) throw new WeftError('not_found', 'this control plane issues no tokens');
+    const r = validate(tokenRequest, req.body ?? {});
+    if (!r.ok) throw new WeftError('invalid_resource', 'invalid token request', r.violations);
+    const issued = await opts.tokens.issue(r.value.mesh, r.value.name, durationToMs(r.value.validFor));
+    req.log.info({ mesh: r.value.mesh, name: r.value.name, tokenId: issued.id, expiresAt: issued.expiresAt }, 'dataplane token issued');
+    return { token: issued.token, id: issued.id, expiresAt: issued.expiresAt.toISOString() };
+  });
+  app.post('/tokens/dataplane/_rotate-signing-key', async (req) => {
+    if (!opts.tokens) throw new WeftError('not_found', 'this control plane issues no tokens');
+    const r = validate(z.strictObject({ mesh: nameSchema, dropPrevious: z.boolean().default(false) }), req.body ?? {});
+    if (!r.ok) throw new WeftError('invalid_resource', 'invalid rotation request', r.violations);
+    if (!(await store.get({ type: MESH_TYPE, mesh: '', name: r.value.mesh }))) throw new WeftError('mesh_not_found', `mesh "${r.value.mesh}" does not exist`);
+    return { keyId: await opts.tokens.rotate(r.value.mesh, { dropPrevious: r.value.dropPrevious }) };
+  });
 
   /**
    * Applies many resources at once: all are validated first (every violation of every item is

@@ -170,6 +170,21 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       out(`${label(def.name, def.scope === 'mesh' ? opts.mesh : undefined, name)} deleted\n`);
     });
 
+  const generate = program.command('generate').description('generate tokens');
+  generate
+    .command('dataplane-token')
+    .description('a token that lets one Dataplane connect to the control plane (printed on stdout)')
+    .requiredOption('--mesh <mesh>', 'mesh of the Dataplane')
+    .requiredOption('--name <name>', 'name of the Dataplane the token is bound to')
+    .option('--valid-for <duration>', 'lifetime, e.g. 24h, 30d', '24h')
+    .option('--tag <key=value>', 'bind to tags instead of a name (not supported yet)', collect, [])
+    .action(async (opts: { mesh: string; name: string; validFor: string; tag: string[] }) => {
+      if (opts.tag.length > 0) throw new UsageError('tokens bound to tags are not supported yet: bind the token to one Dataplane with --name');
+      const { body } = await client().request<{ token: string; id: string; expiresAt: string }>('POST', '/tokens/dataplane', { mesh: opts.mesh, name: opts.name, validFor: opts.validFor });
+      out(`${body.token}\n`);
+      err(`token id ${body.id}, valid until ${body.expiresAt} (revoke it by listing the id in a DataplaneTokenRevocation)\n`);
+    });
+
   const inspect = program.command('inspect').description('show the live state of resources');
   inspect
     .command('dataplanes')

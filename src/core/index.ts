@@ -12,3 +12,4 @@ export * from './resources/mesh-traffic-permission.js';
 export * from './canonical.js';
 export * from './version.js';
 export * from './logger.js';
+export * from './resources/tokens.js';

@@ -5,6 +5,7 @@ import { meshSpec, enabledMtlsBackend, type MeshSpec } from './resources/mesh.js
 import { dataplaneSpec, dataplaneTagSets, dataplaneServices, type DataplaneSpec } from './resources/dataplane.js';
 import { trafficPermissionSpec, type TrafficPermissionSpec } from './resources/traffic-permission.js';
 import { meshTrafficPermissionBody, type MeshTrafficPermissionBody, type TargetRef } from './resources/mesh-traffic-permission.js';
+import { signingKeySpec, tokenRevocationSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
 
 export interface Column<S> {
   header: string;
@@ -29,6 +30,8 @@ export interface ResourceType<S = unknown> {
   readonly tagSets?: (spec: S) => Record<string, string>[];
   /** Extra table columns for `weftctl get`. */
   readonly columns?: readonly Column<S>[];
+  /** Kept by the control plane for itself (keys): never read or written through the API. */
+  readonly internal?: boolean;
 }
 
 export function defineType<S>(def: ResourceType<S>): ResourceType<S> {
@@ -63,13 +66,15 @@ export class ResourceRegistry {
     return t && t.plural === plural ? t : undefined;
   }
 
-  /** By any name a user may type: type name, plural or alias, any case. */
+  /** By any name a user may type: type name, plural or alias, any case. Internal types excluded. */
   resolve(anyName: string): ResourceType<unknown> | undefined {
-    return this.byAnyName.get(anyName.toLowerCase());
+    const t = this.byAnyName.get(anyName.toLowerCase());
+    return t?.internal ? undefined : t;
   }
 
+  /** The types users can see and apply. */
   all(): ResourceType<unknown>[] {
-    return [...this.byName.values()];
+    return [...this.byName.values()].filter((t) => !t.internal);
   }
 }
 
@@ -133,9 +138,33 @@ export const MeshTrafficPermissionType = defineType<MeshTrafficPermissionBody>({
   ],
 });
 
+export const DataplaneTokenRevocationType = defineType<TokenRevocationSpec>({
+  name: 'DataplaneTokenRevocation',
+  plural: 'dataplane-token-revocations',
+  aliases: ['dataplane-token-revocation'],
+  scope: 'mesh',
+  schema: tokenRevocationSpec,
+  columns: [{ header: 'REVOKED', value: (r) => String(r.spec.ids.length) }],
+});
+
+export const SigningKeyType = defineType<SigningKeySpec>({
+  name: 'DataplaneTokenSigningKey',
+  plural: 'dataplane-token-signing-keys',
+  aliases: [],
+  scope: 'mesh',
+  internal: true,
+  schema: signingKeySpec,
+});
+
 /** The registry of the types this control plane serves. */
 export function defaultRegistry(): ResourceRegistry {
-  return new ResourceRegistry().register(MeshType).register(DataplaneType).register(TrafficPermissionType).register(MeshTrafficPermissionType);
+  return new ResourceRegistry()
+    .register(MeshType)
+    .register(DataplaneType)
+    .register(TrafficPermissionType)
+    .register(MeshTrafficPermissionType)
+    .register(DataplaneTokenRevocationType)
+    .register(SigningKeyType);
 }
 
 /** Flattened `key=value` strings of a resource's tag sets, for the store's tag index. */

@@ -40,7 +40,8 @@ export function decodeResource(
   if (!isPlainObject(input)) throw new WeftError('invalid_resource', 'a resource must be a mapping of fields', [{ field: '', message: 'must be an object' }]);
   const typeName = input.type;
   if (typeName === undefined) throw new WeftError('invalid_resource', 'the resource has no type', [{ field: 'type', message: 'required' }]);
-  const def = typeof typeName === 'string' ? registry.get(typeName) : undefined;
+  const found = typeof typeName === 'string' ? registry.get(typeName) : undefined;
+  const def = found?.internal ? undefined : found;
   if (!def) {
     const known = registry.all().map((t) => t.name).join(', ');
     throw new WeftError('unknown_type', `unknown resource type ${JSON.stringify(typeName)}; known types: ${known}`, [

@@ -56,6 +56,15 @@ export const configSchema = z
         debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
       })
       .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000 }),
+    secrets: z
+      .strictObject({
+        /**
+         * 32-byte base64 key that seals keys kept in the store. Default: `<dataDir>/secret.key`,
+         * created at first start. Replicas on one PostgreSQL must share it.
+         */
+        keyFile: z.string().min(1).optional(),
+      })
+      .default({}),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') })
       .default({ level: 'info' }),
@@ -89,6 +98,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
+  WEFT_SECRETS_KEY_FILE: { path: ['secrets', 'keyFile'], kind: 'string' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
 };

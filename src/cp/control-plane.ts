@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { AdsServer, loopbackOnlyAuthenticator, Reconciler, refuseAllAuthenticator, SnapshotCache } from '../ads/index.js';
+import { AdsServer, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
+import { DataplaneTokens, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
@@ -21,6 +23,7 @@ export interface ControlPlane {
   readonly snapshots: SnapshotCache;
   readonly ads: AdsServer;
   readonly reconciler: Reconciler;
+  readonly tokens: DataplaneTokens;
   /** Stops accepting requests, lets running ones finish, then closes the store. Idempotent. */
   close(): Promise<void>;
 }
@@ -73,6 +76,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   if (admin.created) logger.info({ path: admin.path }, 'admin token written');
   const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
 
+  const box = SecretBox.fromFile(config.secrets.keyFile ?? join(config.dataDir, 'secret.key'), config.secrets.keyFile === undefined);
+  const tokens = new DataplaneTokens(store, box, logger.child({ component: 'tokens' }));
   const snapshots = new SnapshotCache();
   const reconciler = new Reconciler({
     store,
@@ -86,7 +91,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   const ads = new AdsServer({
     onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
     cache: snapshots,
-    authenticator: config.xds.allowUnauthenticatedLoopback ? loopbackOnlyAuthenticator : refuseAllAuthenticator,
+    authenticator: tokenAuthenticator(tokens, { allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback }),
     logger: logger.child({ server: 'ads' }),
     metrics,
     instanceId,
@@ -102,6 +107,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     adminToken: needsToken ? admin.token : undefined,
     info: { version: VERSION, instanceId },
     xdsStatus: (nodeId) => ads.status.get(nodeId),
+    tokens,
   });
   let serving = false;
   const diagnostics = createDiagnosticsServer({
@@ -144,6 +150,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     snapshots,
     ads,
     reconciler,
+    tokens,
     close() {
       closing ??= (async () => {
         serving = false;
