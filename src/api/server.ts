@@ -20,7 +20,7 @@ import {
   type Violation,
 } from '../core/index.js';
 import type { ProxyStatus } from '../ads/index.js';
-import type { DataplaneTokens } from '../certs/index.js';
+import type { DataplaneTokens, MeshCertificates } from '../certs/index.js';
 import type { Store, WriteOp } from '../store/index.js';
 
 export interface ApiOptions {
@@ -33,11 +33,14 @@ export interface ApiOptions {
   info: { version: string; instanceId: string };
   /** Issues dataplane tokens (`POST /tokens/dataplane`). */
   tokens?: DataplaneTokens;
+  /** Signs dataplane CSRs (`POST /meshes/{mesh}/dataplanes/{name}/_certificate`). */
+  certificates?: MeshCertificates;
   /** xDS status of a proxy by node id (`<mesh>.<name>`), when an ADS server runs. */
   xdsStatus?: (nodeId: string) => ProxyStatus | undefined;
 }
 
 const MAX_PAGE = 1000;
+const CERTIFICATE_ROUTE = '/meshes/:mesh/dataplanes/:name/_certificate';
 const DEFAULT_PAGE = 100;
 
 function tokenMatches(given: string, expected: string): boolean {
@@ -111,6 +114,8 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const token = opts.adminToken;
     app.addHook('onRequest', async (req) => {
       if (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') return;
+      // A dataplane authenticates its certificate request with its own token instead.
+      if (req.routeOptions.url === CERTIFICATE_ROUTE) return;
       const h = req.headers.authorization;
       const given = typeof h === 'string' && h.startsWith('Bearer ') ? h.slice(7) : undefined;
       if (given === undefined || !tokenMatches(given, token)) {
@@ -238,6 +243,21 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     req.log.info({ mesh: r.value.mesh, name: r.value.name, tokenId: issued.id, expiresAt: issued.expiresAt }, 'dataplane token issued');
     return { token: issued.token, id: issued.id, expiresAt: issued.expiresAt.toISOString() };
   });
+  /**
+   * A dataplane's CSR, authenticated by its dataplane token (`Authorization: Bearer <token>`):
+   * answers the signed certificate and the mesh's trust bundle. The key never leaves the node.
+   */
+  app.post<{ Params: { mesh: string; name: string } }>(CERTIFICATE_ROUTE, async (req) => {
+    if (!opts.certificates) throw new WeftError('not_found', 'this control plane issues no certificates');
+    const h = req.headers.authorization;
+    if (typeof h !== 'string' || !/^Bearer\s+\S+/i.test(h)) throw new WeftError('unauthorized', 'send the dataplane token as "Authorization: Bearer <token>"');
+    const r = validate(z.strictObject({ csr: z.string().min(1) }), req.body ?? {});
+    if (!r.ok) throw new WeftError('invalid_resource', 'invalid certificate request', r.violations);
+    const issued = await opts.certificates.issueForDataplane(h.replace(/^Bearer\s+/i, '').trim(), req.params.mesh, req.params.name, r.value.csr);
+    req.log.info({ mesh: req.params.mesh, name: req.params.name, spiffeIds: issued.spiffeIds, expiresAt: issued.expiresAt }, 'workload certificate issued');
+    return { certificate: issued.certificate, caBundle: issued.caBundle, expiresAt: issued.expiresAt.toISOString() };
+  });
+
   app.post('/tokens/dataplane/_rotate-signing-key', async (req) => {
     if (!opts.tokens) throw new WeftError('not_found', 'this control plane issues no tokens');
     const r = validate(z.strictObject({ mesh: nameSchema, dropPrevious: z.boolean().default(false) }), req.body ?? {});

@@ -13,3 +13,4 @@ export * from './canonical.js';
 export * from './version.js';
 export * from './logger.js';
 export * from './resources/tokens.js';
+export * from './resources/provided-ca.js';

@@ -5,7 +5,7 @@ import { meshSpec, enabledMtlsBackend, type MeshSpec } from './resources/mesh.js
 import { dataplaneSpec, dataplaneTagSets, dataplaneServices, type DataplaneSpec } from './resources/dataplane.js';
 import { trafficPermissionSpec, type TrafficPermissionSpec } from './resources/traffic-permission.js';
 import { meshTrafficPermissionBody, type MeshTrafficPermissionBody, type TargetRef } from './resources/mesh-traffic-permission.js';
-import { signingKeySpec, tokenRevocationSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
+import { meshCaSpec, signingKeySpec, tokenRevocationSpec, type MeshCaSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
 
 export interface Column<S> {
   header: string;
@@ -156,6 +156,15 @@ export const SigningKeyType = defineType<SigningKeySpec>({
   schema: signingKeySpec,
 });
 
+export const MeshCaType = defineType<MeshCaSpec>({
+  name: 'MeshCertificateAuthority',
+  plural: 'mesh-certificate-authorities',
+  aliases: [],
+  scope: 'mesh',
+  internal: true,
+  schema: meshCaSpec,
+});
+
 /** The registry of the types this control plane serves. */
 export function defaultRegistry(): ResourceRegistry {
   return new ResourceRegistry()
@@ -164,7 +173,8 @@ export function defaultRegistry(): ResourceRegistry {
     .register(TrafficPermissionType)
     .register(MeshTrafficPermissionType)
     .register(DataplaneTokenRevocationType)
-    .register(SigningKeyType);
+    .register(SigningKeyType)
+    .register(MeshCaType);
 }
 
 /** Flattened `key=value` strings of a resource's tag sets, for the store's tag index. */

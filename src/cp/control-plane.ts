@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
-import { DataplaneTokens, SecretBox } from '../certs/index.js';
+import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
@@ -78,6 +78,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
 
   const box = SecretBox.fromFile(config.secrets.keyFile ?? join(config.dataDir, 'secret.key'), config.secrets.keyFile === undefined);
   const tokens = new DataplaneTokens(store, box, logger.child({ component: 'tokens' }));
+  const certificates = new MeshCertificates(store, box, tokens, logger.child({ component: 'ca' }));
   const snapshots = new SnapshotCache();
   const reconciler = new Reconciler({
     store,
@@ -108,6 +109,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     info: { version: VERSION, instanceId },
     xdsStatus: (nodeId) => ads.status.get(nodeId),
     tokens,
+    certificates,
   });
   let serving = false;
   const diagnostics = createDiagnosticsServer({

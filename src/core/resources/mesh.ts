@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { durationSchema, errorMap } from '../validation.js';
 import { opaque } from './common.js';
+import { validateProvidedCa } from './provided-ca.js';
 
 /** Where a provided CA's certificate or key comes from; exactly one source. */
 const dataSource = z
@@ -47,6 +48,16 @@ const backend = z
   .superRefine((b, ctx) => {
     const conf = b.conf ?? {};
     const res = (b.type === 'builtin' ? builtinConf : providedConf).safeParse(conf, { error: errorMap });
+    // A provided CA given inline is checked now (is a CA, key matches, valid), not at first use.
+    if (res.success && b.type === 'provided') {
+      const c = res.data as z.infer<typeof providedConf>;
+      const text = (ds: typeof c.cert) => ds.inlineString ?? (ds.inline ? Buffer.from(ds.inline, 'base64').toString('utf8') : undefined);
+      const cert = text(c.cert);
+      const key = text(c.key);
+      if (cert !== undefined && key !== undefined) {
+        for (const v of validateProvidedCa(cert, key)) ctx.addIssue({ code: 'custom', path: v.field.split('.'), message: v.message });
+      }
+    }
     if (!res.success) {
       for (const issue of res.error.issues) {
         const keys = issue.code === 'unrecognized_keys' ? issue.keys : [undefined];

@@ -18,3 +18,12 @@ export const tokenRevocationSpec = z.strictObject({
   reason: z.string().optional(),
 });
 export type TokenRevocationSpec = z.infer<typeof tokenRevocationSpec>;
+
+/** A mesh backend's CA (internal: never served). The private key is sealed like signing keys. */
+export const meshCaSpec = z.strictObject({
+  backend: z.string().min(1),
+  keyType: z.enum(['ECDSA', 'RSA']),
+  certPem: z.string().min(1),
+  sealedKeyPem: z.string().min(1),
+});
+export type MeshCaSpec = z.infer<typeof meshCaSpec>;

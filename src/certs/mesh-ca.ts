@@ -1,0 +1,154 @@
+import { readFileSync } from 'node:fs';
+import {
+  dataplaneTagSets,
+  durationToMs,
+  enabledMtlsBackend,
+  isWeftError,
+  MeshCaType,
+  SERVICE_TAG,
+  WeftError,
+  type DataplaneSpec,
+  type Logger,
+  type MeshCaSpec,
+  type MeshSpec,
+  type MtlsBackend,
+  type Resource,
+  validateProvidedCa,
+} from '../core/index.js';
+import type { Store } from '../store/index.js';
+import type { SecretBox } from './secret-box.js';
+import type { DataplaneTokens } from './tokens.js';
+import { createRootCa, kumaTagUri, readCsr, signWorkloadCertificate, spiffeId, type CaMaterial } from './x509.js';
+
+const CA_VALIDITY_MS = 10 * 365 * 86400_000;
+
+export interface IssuedCertificate {
+  certificate: string;
+  /** PEM roots the peer should trust: every CA of the mesh's backends (two during a CA rotation). */
+  caBundle: string[];
+  spiffeIds: string[];
+  expiresAt: Date;
+}
+
+function dataSource(ds: Record<string, string | undefined>, field: string): string {
+  if (ds.inlineString) return ds.inlineString;
+  if (ds.inline) return Buffer.from(ds.inline, 'base64').toString('utf8');
+  if (ds.file) return readFileSync(ds.file, 'utf8');
+  throw new WeftError('invalid_resource', `provided CA: ${field} from a Secret is not supported yet; use inlineString, inline or file`);
+}
+
+/**
+ * The CAs of each mesh and the workload certificates they sign. A dataplane's key never leaves its
+ * node: the data-plane wrapper sends a CSR with its token, this checks the CSR asks only for
+ * identities the Dataplane has (a SPIFFE ID per inbound service, kuma:// URIs for its tags) and signs.
+ */
+export class MeshCertificates {
+  constructor(
+    private readonly store: Store,
+    private readonly box: SecretBox,
+    private readonly tokens: DataplaneTokens,
+    private readonly logger?: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** The CA of a backend: a builtin one is created on first use; a provided one is read and checked. */
+  async ca(mesh: string, backend: MtlsBackend): Promise<CaMaterial> {
+    if (backend.type === 'provided') {
+      const conf = backend.conf as { cert: Record<string, string>; key: Record<string, string> };
+      const material = { certPem: dataSource(conf.cert, 'cert'), keyPem: dataSource(conf.key, 'key') };
+      const problems = validateProvidedCa(material.certPem, material.keyPem, new Date(this.now()));
+      if (problems.length > 0) throw new WeftError('invalid_resource', `provided CA of backend "${backend.name}" cannot be used`, problems);
+      return material;
+    }
+    const key = { type: MeshCaType.name, mesh, name: `ca-${backend.name}` };
+    let stored = (await this.store.get(key)) as Resource<MeshCaSpec> | undefined;
+    if (!stored) {
+      const conf = (backend.conf ?? {}) as { caCert?: { RSAbits?: number; expiration?: string } };
+      const keyType = conf.caCert?.RSAbits ? 'RSA' : 'ECDSA';
+      const ca = await createRootCa({ mesh, backend: backend.name, keyType, rsaBits: conf.caCert?.RSAbits, validForMs: conf.caCert?.expiration ? durationToMs(conf.caCert.expiration) : CA_VALIDITY_MS, now: new Date(this.now()) });
+      try {
+        await this.store.create({ ...key, labels: {}, spec: { backend: backend.name, keyType, certPem: ca.certPem, sealedKeyPem: this.box.seal(ca.keyPem, `${mesh}/ca-${backend.name}`) } });
+        this.logger?.info({ mesh, backend: backend.name, keyType }, 'built-in CA created');
+      } catch (err) {
+        if (!isWeftError(err, 'already_exists')) throw err;
+      }
+      stored = (await this.store.get(key)) as Resource<MeshCaSpec>;
+    }
+    // One material object per stored version, so the signer parsed from it is reused.
+    const cacheKey = `${mesh}/${backend.name}/${stored.version}`;
+    let material = this.materials.get(cacheKey);
+    if (!material) {
+      material = { certPem: stored.spec.certPem, keyPem: this.box.open(stored.spec.sealedKeyPem, `${mesh}/ca-${backend.name}`) };
+      for (const k of this.materials.keys()) if (k.startsWith(`${mesh}/${backend.name}/`)) this.materials.delete(k);
+      this.materials.set(cacheKey, material);
+    }
+    return material;
+  }
+
+  private readonly materials = new Map<string, CaMaterial>();
+
+  private async mesh(mesh: string): Promise<Resource<MeshSpec>> {
+    const m = (await this.store.get({ type: 'Mesh', mesh: '', name: mesh })) as Resource<MeshSpec> | undefined;
+    if (!m) throw new WeftError('mesh_not_found', `mesh "${mesh}" does not exist`);
+    return m;
+  }
+
+  /** Roots of every backend the Mesh lists: keep the old backend listed while proxies move to the new one. */
+  async trustBundle(mesh: string): Promise<string[]> {
+    const m = await this.mesh(mesh);
+    const out: string[] = [];
+    for (const b of m.spec.mtls?.backends ?? []) {
+      if (b.type === 'builtin' && b.name !== m.spec.mtls?.enabledBackend && !(await this.store.get({ type: MeshCaType.name, mesh, name: `ca-${b.name}` }))) continue;
+      out.push((await this.ca(mesh, b)).certPem);
+    }
+    return out;
+  }
+
+  /** Identities the Dataplane may hold: a SPIFFE ID per inbound service, and kuma:// URIs for its tags. */
+  entitledUris(mesh: string, dp: Resource<DataplaneSpec>): { spiffe: string[]; tags: string[] } {
+    const spiffe = new Set<string>();
+    const tags = new Set<string>();
+    for (const set of dataplaneTagSets(dp.spec)) {
+      for (const [k, v] of Object.entries(set)) {
+        if (k === SERVICE_TAG) spiffe.add(spiffeId(mesh, v));
+        else tags.add(kumaTagUri(k, v));
+      }
+    }
+    return { spiffe: [...spiffe].sort(), tags: [...tags].sort() };
+  }
+
+  /**
+   * Signs the CSR of Dataplane `name` in `mesh`, authenticated by its dataplane token. A CSR asking
+   * for an identity the Dataplane does not have is refused and logged as a security event.
+   */
+  async issueForDataplane(token: string, mesh: string, name: string, csrPem: string): Promise<IssuedCertificate> {
+    const who = await this.tokens.verify(token, { mesh });
+    if (who.name !== name) {
+      this.logger?.warn({ event: 'security', mesh, name, tokenFor: who.name }, 'certificate refused: token is for another dataplane');
+      throw new WeftError('forbidden', `the token is for dataplane "${who.name}", not "${name}"`);
+    }
+    const m = await this.mesh(mesh);
+    const backend = enabledMtlsBackend(m.spec);
+    if (!backend) throw new WeftError('mtls_not_enabled', `mesh "${mesh}" has no enabled mTLS backend`);
+    const dp = (await this.store.get({ type: 'Dataplane', mesh, name })) as Resource<DataplaneSpec> | undefined;
+    if (!dp) throw new WeftError('not_found', `Dataplane "${name}" not found in mesh "${mesh}"`);
+    const csr = await readCsr(csrPem);
+    const entitled = this.entitledUris(mesh, dp);
+    const allowed = new Set([...entitled.spiffe, ...entitled.tags]);
+    const extra = csr.uris.filter((u) => !allowed.has(u));
+    if (extra.length > 0 || csr.dnsNames.length > 0) {
+      this.logger?.warn({ event: 'security', mesh, name, asked: [...extra, ...csr.dnsNames] }, 'certificate refused: CSR asks for identities the dataplane does not have');
+      throw new WeftError('forbidden', `the CSR asks for identities dataplane "${name}" does not have: ${[...extra, ...csr.dnsNames].join(', ')}`, [
+        { field: 'csr', message: `may name only ${[...allowed].join(', ')}` },
+      ]);
+    }
+    const spiffe = csr.uris.filter((u) => u.startsWith('spiffe://'));
+    if (spiffe.length === 0) throw new WeftError('invalid_resource', 'the CSR names no SPIFFE ID', [{ field: 'csr', message: `must name one of ${entitled.spiffe.join(', ')}` }]);
+    const now = this.now();
+    const lifetime = durationToMs(backend.dpCert.rotation.expiration);
+    const notBefore = new Date(now - 60_000);
+    const expiresAt = new Date(now + lifetime);
+    const certificate = await signWorkloadCertificate({ ca: await this.ca(mesh, backend), publicKey: csr.publicKey, uris: csr.uris, notBefore, notAfter: expiresAt });
+    return { certificate, caBundle: await this.trustBundle(mesh), spiffeIds: spiffe, expiresAt };
+  }
+}

@@ -1,0 +1,46 @@
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
+import { keyAndCsr } from '../helpers/pki.js';
+
+describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
+  let cp: TestControlPlane;
+  let admin: Record<string, string>;
+  before(async () => {
+    cp = await startTestControlPlane({ WEFT_API_AUTH: 'always' });
+    admin = { authorization: `Bearer ${readFileSync(join(cp.dataDir, 'admin-token'), 'utf8').trim()}` };
+    await http(cp.apiUrl, 'PUT', '/meshes/secure', { type: 'Mesh', name: 'secure', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } }, admin);
+    for (const [mesh, name] of [['secure', 'web-1'], ['default', 'web-1']]) {
+      const r = await http(cp.apiUrl, 'PUT', `/meshes/${mesh}/dataplanes/${name}`, { type: 'Dataplane', mesh, name, networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'web' } }] } }, admin);
+      assert.equal(r.status, 201);
+    }
+  });
+  after(() => cp.stop());
+
+  const token = async (mesh: string, name: string) => String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh, name }, admin)).body.token);
+
+  it('signs the CSR of a dataplane that shows its own token (no admin token needed) and returns the trust bundle', async () => {
+    const { csrPem } = await keyAndCsr(['spiffe://secure/web']);
+    const r = await http(cp.apiUrl, 'POST', '/meshes/secure/dataplanes/web-1/_certificate', { csr: csrPem }, { authorization: `Bearer ${await token('secure', 'web-1')}` });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal(new X509Certificate(String(r.body.certificate)).subjectAltName, 'URI:spiffe://secure/web');
+    assert.equal((r.body.caBundle as string[]).length, 1);
+    assert.doesNotMatch(JSON.stringify(r.body), /PRIVATE KEY/);
+  });
+
+  it('refuses without a token, with another identity, and in a mesh without mTLS', async () => {
+    const { csrPem } = await keyAndCsr(['spiffe://secure/db']);
+    const none = await http(cp.apiUrl, 'POST', '/meshes/secure/dataplanes/web-1/_certificate', { csr: csrPem });
+    assert.equal(none.status, 401);
+    const greedy = await http(cp.apiUrl, 'POST', '/meshes/secure/dataplanes/web-1/_certificate', { csr: csrPem }, { authorization: `Bearer ${await token('secure', 'web-1')}` });
+    assert.equal(greedy.status, 403);
+    assert.equal(greedy.body.code, 'forbidden');
+    const plain = await keyAndCsr(['spiffe://default/web']);
+    const off = await http(cp.apiUrl, 'POST', '/meshes/default/dataplanes/web-1/_certificate', { csr: plain.csrPem }, { authorization: `Bearer ${await token('default', 'web-1')}` });
+    assert.equal(off.status, 409);
+    assert.equal(off.body.code, 'mtls_not_enabled');
+  });
+});
