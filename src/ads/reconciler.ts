@@ -1,5 +1,5 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
-import { MESH_TYPE, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
+import { enabledMtlsBackend, MESH_TYPE, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
 import { generateProxyConfig, type MeshContext, type ResourceSet } from '../xds/index.js';
 import { InconsistentSnapshotError, type SnapshotCache } from './cache.js';
@@ -14,6 +14,8 @@ export interface ReconcilerOptions {
   /** ...but never longer than this after the first one. */
   debounceMaxMs: number;
   generate?: (ctx: MeshContext) => ResourceSet;
+  /** The PEM roots of a mesh's mTLS backends (none without mTLS). */
+  trustBundle?: (mesh: string) => Promise<string[]>;
 }
 
 interface MeshData {
@@ -152,6 +154,16 @@ export class Reconciler {
     const end = this.generation.startTimer();
     const data = await this.load(mesh);
     const memo = new Map<string, unknown>();
+    let trustBundle: string[] = [];
+    if (data.mesh && enabledMtlsBackend(data.mesh.spec) && this.opts.trustBundle) {
+      try {
+        trustBundle = await this.opts.trustBundle(mesh);
+      } catch (err) {
+        this.opts.logger.error({ err, mesh }, 'the trust bundle of the mesh cannot be built; proxies keep their last config');
+        end();
+        return;
+      }
+    }
     for (const nodeId of nodes) {
       if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading
       const name = meshOf(nodeId)[1];
@@ -162,7 +174,7 @@ export class Reconciler {
         continue;
       }
       try {
-        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, memo });
+        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo });
         this.opts.cache.set(nodeId, set, changeTime);
       } catch (err) {
         this.failures.inc();

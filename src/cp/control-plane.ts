@@ -87,6 +87,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     metrics,
     debounceMs: config.xds.debounceMs,
     debounceMaxMs: config.xds.debounceMaxMs,
+    trustBundle: (mesh) => certificates.trustBundle(mesh),
   });
   reconciler.start();
   const ads = new AdsServer({

@@ -12,6 +12,8 @@ export interface MeshContext {
   dataplanes: readonly Resource<DataplaneSpec>[];
   trafficPermissions: readonly Resource<TrafficPermissionSpec>[];
   meshTrafficPermissions: readonly Resource<MeshTrafficPermissionBody>[];
+  /** PEM roots proxies of the mesh trust (two during a CA rotation); empty without mTLS. */
+  trustBundle?: readonly string[];
   /**
    * Optional: shared by all proxies of one mesh in one generation round, so resources that are the
    * same for many proxies (a service's cluster and endpoints) are built once and are the same

@@ -14,6 +14,9 @@ export class GenerationError extends Error {
 }
 
 const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' };
+
+/** SDS name of the mesh's trust bundle. */
+export const MESH_CA_SECRET = 'mesh_ca';
 const ROUTER_FILTER = { name: 'envoy.filters.http.router', typed_config: { '@type': ANY.Router } };
 
 interface Endpoint {
@@ -155,10 +158,13 @@ export function generateProxyConfig(ctx: MeshContext): ResourceSet {
       listeners.push(tcpListener(`outbound:${address}:${ob.port}`, address, ob.port, service));
     }
   }
+  // The mesh's roots as an SDS Secret, for Envoy's validation contexts (Kuma's name for it).
+  const secrets = ctx.trustBundle?.length ? [once('secret:mesh_ca', () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: ctx.trustBundle!.join('') } } }))] : [];
   return {
     [TypeUrl.Cluster]: clusters,
     [TypeUrl.ClusterLoadAssignment]: assignments,
     [TypeUrl.Listener]: listeners,
     [TypeUrl.RouteConfiguration]: routes,
+    [TypeUrl.Secret]: secrets,
   };
 }

@@ -5,12 +5,14 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { keyAndCsr } from '../helpers/pki.js';
+import { TypeUrl } from '../../src/ads/index.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
 
 describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
   let cp: TestControlPlane;
   let admin: Record<string, string>;
   before(async () => {
-    cp = await startTestControlPlane({ WEFT_API_AUTH: 'always' });
+    cp = await startTestControlPlane({ WEFT_API_AUTH: 'always', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_DEBOUNCE_MS: '20' });
     admin = { authorization: `Bearer ${readFileSync(join(cp.dataDir, 'admin-token'), 'utf8').trim()}` };
     await http(cp.apiUrl, 'PUT', '/meshes/secure', { type: 'Mesh', name: 'secure', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } }, admin);
     for (const [mesh, name] of [['secure', 'web-1'], ['default', 'web-1']]) {
@@ -29,6 +31,23 @@ describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
     assert.equal(new X509Certificate(String(r.body.certificate)).subjectAltName, 'URI:spiffe://secure/web');
     assert.equal((r.body.caBundle as string[]).length, 1);
     assert.doesNotMatch(JSON.stringify(r.body), /PRIVATE KEY/);
+  });
+
+  it('serves the trust bundle as the SDS Secret mesh_ca, and pushes both roots during a CA rotation', async (t) => {
+    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'secure.web-1' }, { metadata: { authorization: `Bearer ${await token('secure', 'web-1')}` } });
+    t.after(() => c.close());
+    c.subscribe(TypeUrl.Secret, ['mesh_ca']);
+    const first = await c.next(TypeUrl.Secret, 5000);
+    const pem = (r: typeof first) => String((r.resources[0]!.body.validation_context as { trusted_ca: { inline_string: string } }).trusted_ca.inline_string);
+    const { csrPem } = await keyAndCsr(['spiffe://secure/web']);
+    const issued = await http(cp.apiUrl, 'POST', '/meshes/secure/dataplanes/web-1/_certificate', { csr: csrPem }, { authorization: `Bearer ${await token('secure', 'web-1')}` });
+    assert.equal(pem(first), (issued.body.caBundle as string[]).join(''));
+    c.ack(first);
+    const r = await http(cp.apiUrl, 'PUT', '/meshes/secure', { type: 'Mesh', name: 'secure', mtls: { enabledBackend: 'ca-2', backends: [{ name: 'ca-1', type: 'builtin' }, { name: 'ca-2', type: 'builtin' }] } }, admin);
+    assert.equal(r.status, 200);
+    const rotated = await c.next(TypeUrl.Secret, 5000);
+    assert.equal(pem(rotated).match(/BEGIN CERTIFICATE/g)?.length, 2, 'old and new roots during the switch');
+    assert.ok(pem(rotated).startsWith(pem(first)), 'the old root is kept');
   });
 
   it('refuses without a token, with another identity, and in a mesh without mTLS', async () => {
