@@ -92,7 +92,7 @@ async function scenario(variant: 'sotw' | 'delta') {
   // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
   const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
   const cp = await spawnControlPlane(
-    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_LOG_LEVEL: 'info' },
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'info' },
     [process.execPath, ...profile, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];

@@ -42,14 +42,21 @@ export class XdsTestClient {
     address: string,
     readonly variant: 'sotw' | 'delta',
     readonly node: Node,
-    opts: { metadata?: Record<string, string>; autoAck?: boolean; /** Keep every response in `received` (default); benchmarks turn it off. */ retain?: boolean } = {},
+    opts: {
+      metadata?: Record<string, string>;
+      autoAck?: boolean;
+      /** Keep every response in `received` (default); benchmarks turn it off. */
+      retain?: boolean;
+      /** Connect with TLS, trusting this PEM CA (the control plane's xds-tls.crt). */
+      tlsCa?: string;
+    } = {},
   ) {
     this.retain = opts.retain !== false;
     const sotw = variant === 'sotw';
     const req = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryRequest' : 'envoy.service.discovery.v3.DeltaDiscoveryRequest');
     const res = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
     const path = `/envoy.service.discovery.v3.AggregatedDiscoveryService/${sotw ? 'StreamAggregatedResources' : 'DeltaAggregatedResources'}`;
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+    this.client = new grpc.Client(address, opts.tlsCa ? grpc.credentials.createSsl(Buffer.from(opts.tlsCa)) : grpc.credentials.createInsecure());
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(opts.metadata ?? {})) md.set(k, v);
     this.call = this.client.makeBidiStreamRequest(path, req.serialize, res.deserialize, md);

@@ -190,3 +190,27 @@ export function spiffeId(mesh: string, service: string): string {
 export function kumaTagUri(tag: string, value: string): string {
   return `kuma://${tag}/${encodeURIComponent(value)}`;
 }
+
+/**
+ * A self-signed serving certificate (ECDSA P-256) for the control plane's own endpoints, for
+ * names and addresses given. Used when the operator provides none.
+ */
+export async function createServingCertificate(opts: { dnsNames: string[]; ips: string[]; validForMs: number }): Promise<CaMaterial> {
+  const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const notBefore = new Date(Date.now() - 60_000);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: serial(),
+    name: `O=weft, CN=${opts.dnsNames[0] ?? 'weft-cp'}`,
+    notBefore,
+    notAfter: new Date(notBefore.getTime() + opts.validForMs),
+    signingAlgorithm: ECDSA,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+      new x509.SubjectAlternativeNameExtension([...opts.dnsNames.map((d) => ({ type: 'dns' as const, value: d })), ...opts.ips.map((ip) => ({ type: 'ip' as const, value: ip }))]),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)) };
+}

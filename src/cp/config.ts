@@ -54,8 +54,16 @@ export const configSchema = z
         debounceMs: z.number().int().min(0).max(60_000).default(100),
         /** ...and at most this long after its first change. */
         debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
+        tls: z
+          .strictObject({
+            /** auto: a self-signed certificate in the data dir; files: certFile + keyFile; off: plaintext. */
+            mode: z.enum(['auto', 'files', 'off']).default('auto'),
+            certFile: z.string().min(1).optional(),
+            keyFile: z.string().min(1).optional(),
+          })
+          .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000 }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -98,6 +106,9 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
+  WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },
+  WEFT_XDS_TLS_CERT_FILE: { path: ['xds', 'tls', 'certFile'], kind: 'string' },
+  WEFT_XDS_TLS_KEY_FILE: { path: ['xds', 'tls', 'keyFile'], kind: 'string' },
   WEFT_SECRETS_KEY_FILE: { path: ['secrets', 'keyFile'], kind: 'string' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
@@ -159,7 +170,13 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
   }
   const res = validate(configSchema, raw);
   if (!res.ok) violations.push(...res.violations);
-  // Checked on the raw input so it is reported together with any other problem.
+  // Checked on the raw input so they are reported together with any other problem.
+  const xds = isPlainObject(raw.xds) ? raw.xds : {};
+  const tls = isPlainObject(xds.tls) ? xds.tls : {};
+  if (tls.mode === 'files') {
+    if (!tls.certFile) violations.push({ field: 'xds.tls.certFile', message: 'required when xds.tls.mode is files' });
+    if (!tls.keyFile) violations.push({ field: 'xds.tls.keyFile', message: 'required when xds.tls.mode is files' });
+  }
   const store = isPlainObject(raw.store) ? raw.store : {};
   if (store.type === 'postgres' && !(isPlainObject(store.postgres) && store.postgres.url)) {
     violations.push({ field: 'store.postgres.url', message: 'required when store.type is postgres' });

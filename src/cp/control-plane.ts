@@ -9,7 +9,9 @@ import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js'
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
+import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
+import { xdsServingMaterial } from './xds-tls.js';
 import type { Config } from './config.js';
 
 export interface ControlPlane {
@@ -124,7 +126,14 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
 
   let xdsPort: number;
   try {
-    xdsPort = await ads.listen(config.xds.address, config.xds.port);
+    const tls = await xdsServingMaterial(config);
+    xdsPort = await ads.listen(
+      config.xds.address,
+      config.xds.port,
+      tls ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(tls.keyPem), cert_chain: Buffer.from(tls.certPem) }], false) : grpc.ServerCredentials.createInsecure(),
+    );
+    if (tls) logger.info({ certificate: tls.certPath }, 'ADS serves TLS');
+    else logger.warn('ADS serves plaintext (xds.tls.mode off): tokens cross the network in the clear');
     await api.listen({ port: config.api.port, host: config.api.address });
     await listen(diagnostics, config.diagnostics.port, config.diagnostics.address);
   } catch (err) {

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
@@ -13,7 +15,7 @@ describe('weft-cp serves ADS and reports each proxy', () => {
   let cp: TestControlPlane;
   let client: XdsTestClient;
   before(async () => {
-    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_NACK_BACKOFF_MS: '200' });
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_NACK_BACKOFF_MS: '200', WEFT_XDS_TLS_MODE: 'off' });
   });
   after(async () => {
     client?.close();
@@ -53,21 +55,33 @@ describe('weft-cp serves ADS and reports each proxy', () => {
   });
 });
 
-describe('weft-cp authenticates proxies with dataplane tokens', () => {
+describe('weft-cp authenticates proxies with dataplane tokens, over TLS', () => {
   let cp: TestControlPlane;
+  let tlsCa: string;
   const env = () => ({ WEFTCTL_CP_ADDRESS: cp.apiUrl, WEFTCTL_CONFIG: '/nonexistent' });
   before(async () => {
     cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1' });
+    tlsCa = readFileSync(join(cp.dataDir, 'xds-tls.crt'), 'utf8');
     for (const name of ['dp-1', 'dp-2']) await http(cp.apiUrl, 'PUT', `/meshes/default/dataplanes/${name}`, { ...dp, name });
   });
   after(() => cp.stop());
 
   const connect = (t: { after(fn: () => void): void }, nodeId: string, token?: string) => {
-    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: nodeId }, { metadata: token ? { authorization: `Bearer ${token}` } : {} });
+    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: nodeId }, { metadata: token ? { authorization: `Bearer ${token}` } : {}, tlsCa });
     t.after(() => c.close());
     c.subscribe(TypeUrl.Cluster, []);
     return c;
   };
+
+  it('serves TLS only: a plaintext client gets nothing', async (t) => {
+    const plain = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
+    t.after(() => plain.close());
+    plain.subscribe(TypeUrl.Cluster, []);
+    assert.ok(await plain.quiet(500));
+    assert.equal(plain.received.length, 0);
+    const mode = statSync(join(cp.dataDir, 'xds-tls.key')).mode & 0o777;
+    assert.equal(mode, 0o600);
+  });
 
   it('refuses a proxy without a token, saying how to get one', async (t) => {
     const s = await connect(t, 'default.dp-1').closed;
@@ -120,7 +134,7 @@ describe('weft-cp by default', () => {
   it('refuses xDS clients that bring no token', async (t) => {
     const cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1' });
     t.after(() => cp.stop());
-    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
+    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' }, { tlsCa: readFileSync(join(cp.dataDir, 'xds-tls.crt'), 'utf8') });
     t.after(() => c.close());
     c.subscribe(TypeUrl.Cluster, []);
     assert.equal((await c.closed).code, grpc.status.UNAUTHENTICATED);

@@ -34,7 +34,7 @@ describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
   });
 
   it('serves the trust bundle as the SDS Secret mesh_ca, and pushes both roots during a CA rotation', async (t) => {
-    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'secure.web-1' }, { metadata: { authorization: `Bearer ${await token('secure', 'web-1')}` } });
+    const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'secure.web-1' }, { metadata: { authorization: `Bearer ${await token('secure', 'web-1')}` }, tlsCa: readFileSync(join(cp.dataDir, 'xds-tls.crt'), 'utf8') });
     t.after(() => c.close());
     c.subscribe(TypeUrl.Secret, ['mesh_ca']);
     const first = await c.next(TypeUrl.Secret, 5000);

@@ -35,7 +35,7 @@ describe('proxyless gRPC client (@grpc/grpc-js-xds) against weft-cp', () => {
   const calls: { ok: boolean; backend?: string; details?: string; at: number }[] = [];
 
   before(async () => {
-    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_DEBOUNCE_MS: '20', WEFT_XDS_NACK_BACKOFF_MS: '500' });
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_DEBOUNCE_MS: '20', WEFT_XDS_NACK_BACKOFF_MS: '500', WEFT_XDS_TLS_MODE: 'off' });
     b1 = await echoBackend('b1');
     b2 = await echoBackend('b2');
     for (const dp of [
