@@ -1,7 +1,10 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
-import { enabledMtlsBackend, MESH_TYPE, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
+import { dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
-import { generateProxyConfig, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { generateProxyConfig, reachOf, type MeshContext, type ResourceSet } from '../xds/index.js';
+
+/** Changes no proxy config depends on. */
+const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
 import { InconsistentSnapshotError, type SnapshotCache } from './cache.js';
 
 export interface ReconcilerOptions {
@@ -38,7 +41,10 @@ function meshOf(nodeId: string): [string, string] {
  */
 export class Reconciler {
   private readonly tracked = new Map<string, number>();
-  private readonly dirty = new Set<string>();
+  /** Per mesh: the Dataplanes changed since the last round, or 'all' (mesh, policies, resync). */
+  private readonly dirty = new Map<string, Set<string> | 'all'>();
+  /** Per mesh, per Dataplane: the services it provided at the last round (to know who used them). */
+  private readonly provided = new Map<string, Map<string, string[]>>();
   private firstChange = 0;
   private windowStart = 0;
   private timer?: NodeJS.Timeout;
@@ -96,9 +102,17 @@ export class Reconciler {
     this.opts.cache.delete(nodeId);
   }
 
+  private markDirty(mesh: string, dataplane?: string): void {
+    const cur = this.dirty.get(mesh);
+    if (dataplane === undefined) this.dirty.set(mesh, 'all');
+    else if (cur !== 'all') this.dirty.set(mesh, (cur ?? new Set()).add(dataplane));
+  }
+
   private onChange(e: ChangeEvent): void {
-    if (e.kind === 'resync') for (const id of this.tracked.keys()) this.dirty.add(meshOf(id)[0]);
-    else this.dirty.add(e.key.type === MESH_TYPE ? e.key.name : e.key.mesh);
+    if (e.kind === 'resync') for (const id of this.tracked.keys()) this.markDirty(meshOf(id)[0]);
+    else if (e.key.type === 'Dataplane') this.markDirty(e.key.mesh, e.key.name);
+    else if (IRRELEVANT.has(e.key.type)) return;
+    else this.markDirty(e.key.type === MESH_TYPE ? e.key.name : e.key.mesh);
     const now = Date.now();
     if (!this.timer) {
       this.windowStart = now;
@@ -114,7 +128,7 @@ export class Reconciler {
     const meshes = [...this.dirty];
     this.dirty.clear();
     const changeTime = this.firstChange;
-    for (const mesh of meshes) this.enqueue(() => this.regenerate(mesh, changeTime));
+    for (const [mesh, changed] of meshes) this.enqueue(() => this.regenerate(mesh, changeTime, undefined, changed));
   }
 
   private enqueue(job: () => Promise<void>): void {
@@ -147,12 +161,39 @@ export class Reconciler {
     };
   }
 
-  private async regenerate(mesh: string, changeTime: number, only?: string[]): Promise<void> {
+  /**
+   * The connected proxies of a mesh a change to some Dataplanes can affect: those Dataplanes
+   * themselves, proxies reaching a service they provided before or provide now, and, when the
+   * mesh's set of services changed, proxies that reach every service.
+   */
+  private affected(mesh: string, data: MeshData, changed: Set<string>, candidates: string[]): string[] {
+    const before = this.provided.get(mesh) ?? new Map<string, string[]>();
+    const now = new Map<string, string[]>(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)]));
+    const services = new Set<string>();
+    for (const name of changed) for (const s of [...(before.get(name) ?? []), ...(now.get(name) ?? [])]) services.add(s);
+    const setOf = (m: Map<string, string[]>) => new Set([...m.values()].flat());
+    const beforeAll = setOf(before);
+    const nowAll = setOf(now);
+    const serviceSetChanged = beforeAll.size !== nowAll.size || [...nowAll].some((s) => !beforeAll.has(s));
+    const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
+    return candidates.filter((id) => {
+      const name = meshOf(id)[1];
+      if (changed.has(name)) return true;
+      const dp = byName.get(name);
+      if (!dp) return false;
+      const reach = reachOf(dp);
+      return reach.all ? services.size > 0 || serviceSetChanged : reach.services.some((s) => services.has(s));
+    });
+  }
+
+  private async regenerate(mesh: string, changeTime: number, only?: string[], changed: Set<string> | 'all' = 'all'): Promise<void> {
     if (this.closed) return;
-    const nodes = (only ?? [...this.tracked.keys()]).filter((id) => meshOf(id)[0] === mesh && this.tracked.has(id));
+    let nodes = (only ?? [...this.tracked.keys()]).filter((id) => meshOf(id)[0] === mesh && this.tracked.has(id));
     if (nodes.length === 0) return;
     const end = this.generation.startTimer();
     const data = await this.load(mesh);
+    if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
+    this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
     const memo = new Map<string, unknown>();
     let trustBundle: string[] = [];
     if (data.mesh && enabledMtlsBackend(data.mesh.spec) && this.opts.trustBundle) {
@@ -164,10 +205,10 @@ export class Reconciler {
         return;
       }
     }
+    const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
     for (const nodeId of nodes) {
       if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading
-      const name = meshOf(nodeId)[1];
-      const dataplane = data.dataplanes.find((d) => d.name === name);
+      const dataplane = byName.get(meshOf(nodeId)[1]);
       if (!data.mesh || !dataplane) {
         // No such dataplane (yet, or any more): the proxy gets an empty config.
         this.opts.cache.set(nodeId, {}, changeTime);

@@ -41,20 +41,26 @@ export function serviceEndpoints(dataplanes: readonly Resource<DataplaneSpec>[])
 }
 
 /**
- * Services this proxy calls: its explicit outbounds, else (transparent proxy, proxyless) all
- * services of the mesh, or `reachableServices`. Proxies with the same answer get the same array.
+ * What a proxy reaches: `'all'` services of the mesh (transparent proxy or proxyless without
+ * `reachableServices`), plus or else the listed ones. Used by translation and by the reconciler to
+ * know which proxies a change can affect.
  */
-function reachableServices(ctx: MeshContext, all: Iterable<string>, once: <T>(key: string, build: () => T) => T): readonly string[] {
-  const net = ctx.dataplane.spec.networking;
+export function reachOf(dp: Resource<DataplaneSpec>): { all: boolean; services: readonly string[] } {
+  const net = dp.spec.networking;
   const explicit = (net.outbound ?? []).map((o) => o.tags?.[SERVICE_TAG] ?? o.backendRef?.name).filter((s): s is string => !!s);
-  if (net.transparentProxying || isProxyless(ctx.dataplane)) {
+  if (net.transparentProxying || isProxyless(dp)) {
     const narrowed = net.transparentProxying?.reachableServices;
-    if (!narrowed && explicit.length === 0) return once('reach:all', () => [...all].sort());
-    const base = narrowed ? narrowed : [...all];
-    const list = [...new Set([...base, ...explicit])].sort();
-    return once(`reach:${list.join(',')}`, () => list);
+    if (!narrowed) return { all: true, services: explicit };
+    return { all: false, services: [...new Set([...narrowed, ...explicit])] };
   }
-  const list = [...new Set(explicit)].sort();
+  return { all: false, services: [...new Set(explicit)] };
+}
+
+/** Services this proxy calls, sorted; proxies with the same answer get the same array. */
+function reachableServices(ctx: MeshContext, all: Iterable<string>, once: <T>(key: string, build: () => T) => T): readonly string[] {
+  const reach = reachOf(ctx.dataplane);
+  if (reach.all && reach.services.length === 0) return once('reach:all', () => [...all].sort());
+  const list = [...new Set([...(reach.all ? [...all] : []), ...reach.services])].sort();
   return once(`reach:${list.join(',')}`, () => list);
 }
 

@@ -20,8 +20,10 @@ describe('reconciler', () => {
     store = await openStore({ type: 'embedded', dataDir: dir }, { registry: defaultRegistry() });
     await store.create(meshInput('a'));
     await store.create(meshInput('b'));
-    await store.create(dataplaneInput('a', 'dp-a', { service: 'web' }));
-    await store.create(dataplaneInput('b', 'dp-b', { service: 'web' }));
+    // Both reach every service of their mesh (transparent proxy), so any Dataplane change affects them.
+    const reachingAll = (mesh: string, name: string) => ({ ...dataplaneInput(mesh, name), spec: { networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web' } }], transparentProxying: {} } } });
+    await store.create(reachingAll('a', 'dp-a'));
+    await store.create(reachingAll('b', 'dp-b'));
   });
   after(async () => {
     await store.close();
@@ -85,6 +87,34 @@ describe('reconciler', () => {
     await sleep(60);
     await r.settle();
     assert.deepEqual(calls, ['b.dp-b']);
+    r.close();
+  });
+
+  it('regenerates only the proxies a Dataplane change can affect', async () => {
+    await store.create(meshInput('c'));
+    const withOutbound = (name: string, service: string, calls: string) => ({ ...dataplaneInput('c', name, { service }), spec: { networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': service } }], outbound: [{ port: 9000, tags: { 'kuma.io/service': calls } }] } } });
+    await store.create(withOutbound('calls-api', 'web', 'api'));
+    await store.create(withOutbound('calls-db', 'worker', 'db'));
+    await store.create({ ...dataplaneInput('c', 'reaches-all', { service: 'gw' }), spec: { networking: { address: '10.0.0.2', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'gw' } }], transparentProxying: {} } } });
+    await store.create(dataplaneInput('c', 'api-1', { service: 'api' }));
+    const { r, calls } = setup(10, 100);
+    for (const n of ['calls-api', 'calls-db', 'reaches-all', 'api-1']) r.track(`c.${n}`);
+    await r.settle();
+    calls.length = 0;
+    await store.upsert(dataplaneInput('c', 'api-2', { service: 'api' })); // a new endpoint of api
+    await sleep(40);
+    await r.settle();
+    assert.deepEqual(calls.sort(), ['c.calls-api', 'c.reaches-all']);
+    calls.length = 0;
+    await store.upsert(dataplaneInput('c', 'api-1', { service: 'api', port: 9999 })); // a tracked proxy changes itself
+    await sleep(40);
+    await r.settle();
+    assert.deepEqual(calls.sort(), ['c.api-1', 'c.calls-api', 'c.reaches-all']);
+    calls.length = 0;
+    await store.upsert({ type: 'TrafficPermission', mesh: 'c', name: 'tp', labels: {}, spec: { sources: [{ match: { 'kuma.io/service': '*' } }], destinations: [{ match: { 'kuma.io/service': '*' } }] } });
+    await sleep(40);
+    await r.settle();
+    assert.equal(calls.length, 4, 'a policy change regenerates every proxy of the mesh');
     r.close();
   });
 
