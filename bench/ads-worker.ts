@@ -69,7 +69,7 @@ function onResponse(id: string, c: XdsTestClient, r: Received, state: { eds: Set
     send({ type: 'ready', id, at: Date.now() });
   }
   if (watch && seen.size === watch.expect.length) {
-    send({ type: 'seen', times: [...seen.values()] });
+    send({ type: 'seen', times: [...seen.values()], bytes });
     watch = undefined;
   }
 }
@@ -102,7 +102,7 @@ process.on('message', (m: Msg) => {
     watch = m;
     seen = new Map();
     bytes = 0;
-    if (m.expect.length === 0) send({ type: 'seen', times: [] });
+    if (m.expect.length === 0) send({ type: 'seen', times: [], bytes: 0 });
   } else if (m.cmd === 'stop') {
     send({ type: 'bytes', bytes });
     for (const c of clients.values()) c.close();

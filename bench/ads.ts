@@ -121,9 +121,19 @@ async function scenario(variant: 'sotw' | 'delta') {
       const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const at = Date.now();
       await change();
-      const times = (await seenP).flatMap((m) => m.times as number[]).map((t) => t - at);
+      const seen = await seenP;
+      const times = seen.flatMap((m) => m.times as number[]).map((t) => t - at);
+      const bytes = seen.reduce((n, m) => n + Number(m.bytes ?? 0), 0);
       const after = procStats(cp.child.pid!);
-      return { proxies: times.length, p50Ms: pct(times, 50), p99Ms: pct(times, 99), maxMs: Math.max(...times), cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)) };
+      return {
+        proxies: times.length,
+        p50Ms: pct(times, 50),
+        p99Ms: pct(times, 99),
+        maxMs: Math.max(...times),
+        cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)),
+        // Resource payload the proxies received for this change, summed over all of them.
+        bytesSent: bytes,
+      };
     };
 
     // One endpoint change: one replica of svc-7 goes unhealthy; proxies reaching svc-7 must see 3 endpoints.

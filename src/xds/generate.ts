@@ -117,7 +117,10 @@ export function generateProxyConfig(ctx: MeshContext): ResourceSet {
   }
   const services = reachableServices(ctx, endpoints.keys(), once);
   // Proxies reaching the same services share these arrays (and so their encoding and versions).
-  const reachKey = services.join(',');
+  // A short key per distinct reach list (the lists are shared arrays, see reachableServices).
+  const reachIds = once('reach-ids', () => new WeakMap<readonly string[], string>());
+  let reachKey = reachIds.get(services);
+  if (reachKey === undefined) reachIds.set(services, (reachKey = `r${memo.size}`));
   const outbound = once(`outbound:${reachKey}`, () => ({
     clusters: services.map((s) => once(`cluster:${s}`, () => edsCluster(s))),
     assignments: services.map((s) => once(`cla:${s}`, () => loadAssignment(s, endpoints.get(s) ?? []))),
