@@ -382,27 +382,44 @@ export class AdsStream {
     return state.wildcard || state.subscribed.has(name);
   }
 
-  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; shared?: boolean } {
+  /**
+   * What a delta response of this type must carry now. `deferred`: removals held back until the
+   * proxy has routes that no longer need them (rule 8), so the client will not hold exactly the
+   * current set afterwards. `shared`: the diff was computed once for every client holding the same
+   * earlier set, and after it the client holds exactly the current set.
+   */
+  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; shared?: boolean; deferred?: boolean } {
     const all = this.current(state.typeUrl);
+    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
+    // Nothing changed since the client was brought up to date with this very set.
+    if (!state.subsDirty && state.forced.size === 0 && state.syncedMap === all) return { some: false, send: [], removed: [] };
+    const view = state.clientHas;
+    if (!state.subsDirty && state.allWanted && view.base && view.extra.size === 0) {
+      const d = sharedDiff(view.base, all);
+      if (!(keepOld && d.removed.length > 0)) {
+        let send = d.send;
+        if (state.forced.size > 0) {
+          const extra = [...state.forced].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined && !d.send.includes(r));
+          send = [...d.send, ...extra];
+        }
+        return { some: send.length > 0 || d.removed.length > 0, send, removed: d.removed, shared: true };
+      }
+    }
     const send: EncodedResource[] = [];
     const removed: string[] = [];
-    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
-    // Nothing changed since the client was brought up to date with this very map: skip the diff.
-    if (!keepOld && !state.subsDirty && state.forced.size === 0 && state.syncedMap === all) return { some: false, send, removed };
-    // The client holds exactly an earlier shared map: use the diff computed once for all such clients.
-    const view = state.clientHas;
-    if (!keepOld && !state.subsDirty && state.forced.size === 0 && state.allWanted && view.base && view.extra.size === 0) {
-      const d = sharedDiff(view.base, all);
-      return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, shared: true };
-    }
+    let deferred = false;
     for (const [name, r] of all) {
       if (!this.wants(state, name)) continue;
-      if (state.clientHas.get(name) !== r.version || state.forced.has(name)) send.push(r);
+      if (view.get(name) !== r.version || state.forced.has(name)) send.push(r);
     }
     // Rule 17: deletions and names that do not exist go in removed_resources.
-    for (const name of state.clientHas.keys()) if (!all.has(name) && !keepOld) removed.push(name);
-    for (const name of state.subscribed) if (!all.has(name) && !state.clientHas.has(name) && !state.toldMissing.has(name)) removed.push(name);
-    return { some: send.length > 0 || removed.length > 0, send, removed };
+    for (const name of view.keys()) {
+      if (all.has(name)) continue;
+      if (keepOld) deferred = true;
+      else removed.push(name);
+    }
+    for (const name of state.subscribed) if (!all.has(name) && !view.has(name) && !state.toldMissing.has(name)) removed.push(name);
+    return { some: send.length > 0 || removed.length > 0, send, removed, deferred };
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -458,9 +475,8 @@ export class AdsStream {
 
   private sendDelta(state: TypeState): void {
     if (!this.snapshot) return;
-    const { some, send, removed, shared } = this.deltaChanges(state);
-    const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
-    if (!keepOld) {
+    const { some, send, removed, shared, deferred } = this.deltaChanges(state);
+    if (!deferred) {
       state.syncedMap = this.current(state.typeUrl);
       state.subsDirty = false;
     }
@@ -486,7 +502,7 @@ export class AdsStream {
         state.clientHas.delete(n);
         if (state.subscribed.has(n)) state.toldMissing.add(n);
       }
-      this.compact(state, keepOld);
+      this.compact(state, deferred === true);
     }
     state.forced.clear();
     this.record(state, nonce, this.snapshot.version);
@@ -498,8 +514,8 @@ export class AdsStream {
    * After a send that brought the client fully up to date with a shared map it wants all of, keep
    * only a reference to that map.
    */
-  private compact(state: TypeState, keepOld: boolean): void {
-    if (keepOld) return;
+  private compact(state: TypeState, deferred: boolean): void {
+    if (deferred) return;
     const all = this.current(state.typeUrl);
     state.allWanted = state.wildcard || [...all.keys()].every((n) => state.subscribed.has(n));
     if (!state.allWanted) return;

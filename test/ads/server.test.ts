@@ -109,7 +109,9 @@ describe('ADS server: defaults and robustness', () => {
     noisy.subscribe(TypeUrl.Cluster, []);
     const r = await noisy.next(TypeUrl.Cluster);
     for (let i = 0; i < 200; i++) noisy.nack(r, `storm ${i}`);
-    await new Promise((res) => setTimeout(res, 300));
+    // Wait until the server has taken all 200 (a loaded machine may need a while).
+    for (let t0 = Date.now(); !/weft_xds_nacks_total\{type="CDS"\} 200/.test(await ads.metrics.metrics()) && Date.now() - t0 < 10_000; ) await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 100));
     assert.equal(noisy.received.length, 1, 'a NACK storm gets no responses back');
 
     ads.cache.set('default.good', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
