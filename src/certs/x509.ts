@@ -27,25 +27,40 @@ export interface CaMaterial {
   keyPem: string;
 }
 
-/** A self-signed root for one mesh backend: ECDSA P-256 by default, RSA for compatibility. */
-export async function createRootCa(opts: { mesh: string; backend: string; keyType?: CaKeyType; rsaBits?: number; validForMs: number; now?: Date }): Promise<CaMaterial> {
-  const alg = opts.keyType === 'RSA' ? rsa(opts.rsaBits ?? 2048) : ECDSA;
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const notBefore = new Date((opts.now ?? new Date()).getTime() - 60_000);
+/** A fresh key pair and a self-signed certificate for it (roots, the control plane's own serving cert). */
+async function selfSigned(opts: {
+  alg: typeof ECDSA | ReturnType<typeof rsa>;
+  name: string;
+  notBefore: Date;
+  validForMs: number;
+  extensions: (keys: webcrypto.CryptoKeyPair) => Promise<x509.Extension[]>;
+}): Promise<CaMaterial> {
+  const keys = (await webcrypto.subtle.generateKey(opts.alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: `O=weft, OU=${opts.mesh}, CN=weft mesh ${opts.mesh} CA ${opts.backend}`,
-    notBefore,
-    notAfter: new Date(notBefore.getTime() + opts.validForMs),
-    signingAlgorithm: alg,
+    name: opts.name,
+    notBefore: opts.notBefore,
+    notAfter: new Date(opts.notBefore.getTime() + opts.validForMs),
+    signingAlgorithm: opts.alg,
     keys,
-    extensions: [
+    extensions: await opts.extensions(keys),
+  });
+  return { certPem: cert.toString('pem'), keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)) };
+}
+
+/** A self-signed root for one mesh backend: ECDSA P-256 by default, RSA for compatibility. */
+export function createRootCa(opts: { mesh: string; backend: string; keyType?: CaKeyType; rsaBits?: number; validForMs: number; now?: Date }): Promise<CaMaterial> {
+  return selfSigned({
+    alg: opts.keyType === 'RSA' ? rsa(opts.rsaBits ?? 2048) : ECDSA,
+    name: `O=weft, OU=${opts.mesh}, CN=weft mesh ${opts.mesh} CA ${opts.backend}`,
+    notBefore: new Date((opts.now ?? new Date()).getTime() - 60_000),
+    validForMs: opts.validForMs,
+    extensions: async (keys) => [
       new x509.BasicConstraintsExtension(true, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { certPem: cert.toString('pem'), keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)) };
 }
 
 export interface CsrContents {
@@ -195,22 +210,17 @@ export function kumaTagUri(tag: string, value: string): string {
  * A self-signed serving certificate (ECDSA P-256) for the control plane's own endpoints, for
  * names and addresses given. Used when the operator provides none.
  */
-export async function createServingCertificate(opts: { dnsNames: string[]; ips: string[]; validForMs: number }): Promise<CaMaterial> {
-  const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const notBefore = new Date(Date.now() - 60_000);
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: serial(),
+export function createServingCertificate(opts: { dnsNames: string[]; ips: string[]; validForMs: number }): Promise<CaMaterial> {
+  return selfSigned({
+    alg: ECDSA,
     name: `O=weft, CN=${opts.dnsNames[0] ?? 'weft-cp'}`,
-    notBefore,
-    notAfter: new Date(notBefore.getTime() + opts.validForMs),
-    signingAlgorithm: ECDSA,
-    keys,
-    extensions: [
+    notBefore: new Date(Date.now() - 60_000),
+    validForMs: opts.validForMs,
+    extensions: async () => [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
       new x509.SubjectAlternativeNameExtension([...opts.dnsNames.map((d) => ({ type: 'dns' as const, value: d })), ...opts.ips.map((ip) => ({ type: 'ip' as const, value: ip }))]),
     ],
   });
-  return { certPem: cert.toString('pem'), keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)) };
 }
