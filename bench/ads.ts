@@ -103,6 +103,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     for (let s = 0; s < SERVICES; s++) for (let r = 0; r < REPLICAS; r++) all.push(dataplane(s, r));
     for (let i = 0; i < all.length; i += 500) await api(cp, 'POST', '/_apply', { resources: all.slice(i, i + 500) });
     const ids = all.map((d) => `default.${d.name}`);
+    const indexOf = new Map(ids.map((id, i) => [id, i]));
     const base = procStats(cp.child.pid!);
 
     const workerPath = fileURLToPath(new URL('./ads-worker.js', import.meta.url));
@@ -116,7 +117,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     const afterCold = procStats(cp.child.pid!);
 
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
-      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => ids.indexOf(id) % WORKERS === i) }));
+      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
       const before = procStats(cp.child.pid!);
       const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const at = Date.now();

@@ -117,6 +117,15 @@ export class EmbeddedStore extends BaseStore {
     }
   }
 
+  private readonly statements = new Map<string, Database.Statement>();
+
+  /** Compiles each SQL text once (better-sqlite3 statements are reusable). */
+  private stmt(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) this.statements.set(sql, (st = this.db.prepare(sql)));
+    return st;
+  }
+
   /** Runs `fn` after every earlier call has finished. */
   private serial<T>(fn: () => Promise<T> | T): Promise<T> {
     const run = this.queue.then(() => {
@@ -129,7 +138,7 @@ export class EmbeddedStore extends BaseStore {
 
   async get(key: ResourceKey): Promise<Resource | undefined> {
     return this.serial(() => {
-      const r = this.db.prepare(`SELECT ${COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?`).get(key.type, key.mesh, key.name) as SqlRow | undefined;
+      const r = this.stmt(`SELECT ${COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?`).get(key.type, key.mesh, key.name) as SqlRow | undefined;
       return r ? strip(fromSql(r)) : undefined;
     });
   }
@@ -150,7 +159,7 @@ export class EmbeddedStore extends BaseStore {
         where.push('EXISTS (SELECT 1 FROM json_each(resources.tags) WHERE value = ?)');
         args.push(t);
       }
-      const total = (this.db.prepare(`SELECT count(*) AS n FROM resources WHERE ${where.join(' AND ')}`).get(...args) as { n: number }).n;
+      const total = (this.stmt(`SELECT count(*) AS n FROM resources WHERE ${where.join(' AND ')}`).get(...args) as { n: number }).n;
       if (options.after !== undefined) {
         where.push('(mesh, name) > (?, ?)');
         args.push(...decodeCursor(options.after));
@@ -160,7 +169,7 @@ export class EmbeddedStore extends BaseStore {
         sql += ' LIMIT ?';
         args.push(options.limit + 1);
       }
-      const rows = (this.db.prepare(sql).all(...args) as SqlRow[]).map(fromSql);
+      const rows = (this.stmt(sql).all(...args) as SqlRow[]).map(fromSql);
       const hasMore = options.limit !== undefined && rows.length > options.limit;
       const items = (hasMore ? rows.slice(0, options.limit) : rows).map(strip);
       return hasMore ? { items, total, next: encodeCursor(items[items.length - 1]!) } : { items, total };
@@ -173,25 +182,25 @@ export class EmbeddedStore extends BaseStore {
       let pending: ChangeEvent[] = [];
       const tx: Tx = {
         get: async (key) => {
-          const r = db.prepare(`SELECT ${COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?`).get(key.type, key.mesh, key.name) as SqlRow | undefined;
+          const r = this.stmt(`SELECT ${COLUMNS} FROM resources WHERE type = ? AND mesh = ? AND name = ?`).get(key.type, key.mesh, key.name) as SqlRow | undefined;
           return r ? fromSql(r) : undefined;
         },
-        meshExists: async (mesh) => db.prepare(`SELECT 1 FROM resources WHERE type = 'Mesh' AND mesh = '' AND name = ?`).get(mesh) !== undefined,
+        meshExists: async (mesh) => this.stmt(`SELECT 1 FROM resources WHERE type = 'Mesh' AND mesh = '' AND name = ?`).get(mesh) !== undefined,
         insert: async (row) => {
-          db.prepare(`INSERT INTO resources (${COLUMNS}) VALUES (@type, @mesh, @name, @version, @labels, @spec, @tags, @creation_time, @modification_time)`).run(toSql(row));
+          this.stmt(`INSERT INTO resources (${COLUMNS}) VALUES (@type, @mesh, @name, @version, @labels, @spec, @tags, @creation_time, @modification_time)`).run(toSql(row));
         },
         update: async (row) => {
-          db.prepare(`UPDATE resources SET version = @version, labels = @labels, spec = @spec, tags = @tags, modification_time = @modification_time WHERE type = @type AND mesh = @mesh AND name = @name`).run(toSql(row));
+          this.stmt(`UPDATE resources SET version = @version, labels = @labels, spec = @spec, tags = @tags, modification_time = @modification_time WHERE type = @type AND mesh = @mesh AND name = @name`).run(toSql(row));
         },
         delete: async (key) => {
-          db.prepare('DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?').run(key.type, key.mesh, key.name);
+          this.stmt('DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?').run(key.type, key.mesh, key.name);
         },
         deleteMeshContents: async (mesh) => {
-          const keys = db.prepare('SELECT type, mesh, name FROM resources WHERE mesh = ? ORDER BY type, name').all(mesh) as ResourceKey[];
-          db.prepare('DELETE FROM resources WHERE mesh = ?').run(mesh);
+          const keys = this.stmt('SELECT type, mesh, name FROM resources WHERE mesh = ? ORDER BY type, name').all(mesh) as ResourceKey[];
+          this.stmt('DELETE FROM resources WHERE mesh = ?').run(mesh);
           return keys;
         },
-        nextRevision: async () => String((db.prepare('UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value').get() as { value: number }).value),
+        nextRevision: async () => String((this.stmt('UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value').get() as { value: number }).value),
         publish: async (events) => {
           pending = events;
         },
@@ -211,7 +220,7 @@ export class EmbeddedStore extends BaseStore {
   }
 
   async ping(): Promise<void> {
-    await this.serial(() => this.db.prepare('SELECT 1').get());
+    await this.serial(() => this.stmt('SELECT 1').get());
   }
 
   private closing?: Promise<void>;

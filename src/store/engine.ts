@@ -19,7 +19,8 @@ export interface Row extends Resource {
 }
 
 /**
- * What an engine provides inside one transaction. The engine guarantees isolation: rows read
+ * What an engine provides inside one transaction, as a plain object of functions (a dry run
+ * spreads it to replace `publish`). The engine guarantees isolation: rows read
  * with `get(key, true)` stay unchanged by others until the transaction ends.
  */
 export interface Tx {
@@ -168,7 +169,7 @@ export abstract class BaseStore implements Store {
     const now = new Date().toISOString();
     try {
       return await this.transaction(async (tx) => {
-        const results = await applyOps(options.dryRun ? { ...bindTx(tx), publish: async () => {} } : tx, this.registry, ops, now);
+        const results = await applyOps(options.dryRun ? { ...tx, publish: async () => {} } : tx, this.registry, ops, now);
         if (options.dryRun) throw new DryRunRollback(results);
         return results;
       });
@@ -210,17 +211,4 @@ export abstract class BaseStore implements Store {
       }
     }
   }
-}
-
-function bindTx(tx: Tx): Tx {
-  return {
-    get: tx.get.bind(tx),
-    meshExists: tx.meshExists.bind(tx),
-    insert: tx.insert.bind(tx),
-    update: tx.update.bind(tx),
-    delete: tx.delete.bind(tx),
-    deleteMeshContents: tx.deleteMeshContents.bind(tx),
-    nextRevision: tx.nextRevision.bind(tx),
-    publish: tx.publish.bind(tx),
-  };
 }
