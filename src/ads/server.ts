@@ -51,6 +51,11 @@ export interface AdsServerOptions {
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 
+/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event). */
+function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
+  call.emit('error', { code: err.grpcCode, details: err.message });
+}
+
 /**
  * The ADS gRPC server (port 5678): StreamAggregatedResources (state of the world) and
  * DeltaAggregatedResources (incremental). It knows nothing of translation: it serves whatever the
@@ -113,9 +118,7 @@ export class AdsServer {
 
   private serve(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>): void {
     const log = this.opts.logger;
-    const fail = (err: StreamError) => {
-      call.emit('error', { code: err.grpcCode, details: err.message });
-    };
+    const fail = (err: StreamError) => endWith(call, err);
     if (this.closing) return fail(new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
     // Requests that arrive while the credentials are being checked wait for the answer.
     const early: (DiscoveryRequest | DeltaDiscoveryRequest)[] = [];
@@ -146,9 +149,7 @@ export class AdsServer {
 
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
-    const fail = (err: StreamError) => {
-      call.emit('error', { code: err.grpcCode, details: err.message });
-    };
+    const fail = (err: StreamError) => endWith(call, err);
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -208,7 +209,7 @@ export class AdsServer {
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
       for (const [stream, call] of this.streams) {
-        call.emit('error', { code: GRPC_UNAVAILABLE, details: 'control plane is shutting down; reconnect to another replica' });
+        endWith(call, new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
         stream.close();
       }
       this.streams.clear();
