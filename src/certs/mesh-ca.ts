@@ -4,8 +4,10 @@ import {
   durationToMs,
   enabledMtlsBackend,
   isWeftError,
+  kumaTagUri,
   MeshCaType,
   SERVICE_TAG,
+  spiffeId,
   WeftError,
   type DataplaneSpec,
   type Logger,
@@ -18,7 +20,7 @@ import {
 import type { Store } from '../store/index.js';
 import type { SecretBox } from './secret-box.js';
 import type { DataplaneTokens } from './tokens.js';
-import { createRootCa, kumaTagUri, readCsr, signWorkloadCertificate, spiffeId, type CaMaterial } from './x509.js';
+import { createRootCa, readCsr, signWorkloadCertificate, type CaMaterial } from './x509.js';
 
 const CA_VALIDITY_MS = 10 * 365 * 86400_000;
 

@@ -196,16 +196,6 @@ export async function signWorkloadCertificate(opts: { ca: CaMaterial; publicKey:
   return der.derToPem(der.seq(tbs, s.sigAlg, der.bitString(signature)), 'CERTIFICATE');
 }
 
-/** The SPIFFE ID of a service of a mesh, as Kuma writes it. */
-export function spiffeId(mesh: string, service: string): string {
-  return `spiffe://${mesh}/${encodeURIComponent(service)}`;
-}
-
-/** Kuma's extra SANs: one `kuma://<tag>/<value>` per tag of the Dataplane. */
-export function kumaTagUri(tag: string, value: string): string {
-  return `kuma://${tag}/${encodeURIComponent(value)}`;
-}
-
 /**
  * A self-signed serving certificate (ECDSA P-256) for the control plane's own endpoints, for
  * names and addresses given. Used when the operator provides none.

@@ -14,3 +14,5 @@ export * from './version.js';
 export * from './logger.js';
 export * from './resources/tokens.js';
 export * from './resources/provided-ca.js';
+export * from './identity.js';
+export * from './resources/initial-policies.js';

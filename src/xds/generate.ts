@@ -1,5 +1,20 @@
-import { SERVICE_TAG, type DataplaneSpec, type Resource } from '../core/index.js';
+import { enabledMtlsBackend, PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type Inbound, type Protocol, type Resource } from '../core/index.js';
 import { isProxyless, type MeshContext } from './context.js';
+import {
+  BLACKHOLE_CLUSTER,
+  grpcServerListenerName,
+  INBOUND_PASSTHROUGH,
+  INBOUND_PASSTHROUGH_SOURCE,
+  inboundName,
+  localClusterName,
+  MESH_CA_SECRET,
+  OUTBOUND_PASSTHROUGH,
+  outboundName,
+  outboundRouteName,
+} from './names.js';
+import { dependsOnDataplane, hasShadowDeny, inboundRules, rbacRules } from './permissions.js';
+import { isHttp, isHttp2, meshServices, serviceVips, type Endpoint, type ServiceInfo } from './services.js';
+import { proxylessDownstreamTls, proxylessUpstreamTls, sidecarDownstreamTls, sidecarUpstreamTls } from './tls.js';
 import { ANY, TypeUrl, type ResourceSet } from './type-urls.js';
 
 /** A failure of one generation stage, named so the bug report says where. */
@@ -13,32 +28,12 @@ export class GenerationError extends Error {
   }
 }
 
+type Obj = Record<string, unknown>;
+
 const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' };
-
-/** SDS name of the mesh's trust bundle. */
-export const MESH_CA_SECRET = 'mesh_ca';
 const ROUTER_FILTER = { name: 'envoy.filters.http.router', typed_config: { '@type': ANY.Router } };
-
-interface Endpoint {
-  address: string;
-  port: number;
-}
-
-/** Ready endpoints of a service across the mesh: every inbound tagged with it, unless not ready. */
-export function serviceEndpoints(dataplanes: readonly Resource<DataplaneSpec>[]): Map<string, Endpoint[]> {
-  const out = new Map<string, Endpoint[]>();
-  for (const dp of [...dataplanes].sort((a, b) => a.name.localeCompare(b.name))) {
-    const net = dp.spec.networking;
-    for (const ib of net.inbound ?? []) {
-      const service = ib.tags[SERVICE_TAG];
-      if (!service || ib.health?.ready === false || ib.state === 'NotReady' || ib.state === 'Ignored') continue;
-      const list = out.get(service) ?? [];
-      list.push({ address: ib.address ?? net.advertisedAddress ?? net.address, port: ib.port });
-      out.set(service, list);
-    }
-  }
-  return out;
-}
+const TLS_INSPECTOR = { name: 'envoy.filters.listener.tls_inspector', typed_config: { '@type': ANY.TlsInspector } };
+const CONNECT_TIMEOUT = { seconds: 5 };
 
 /**
  * What a proxy reaches: `'all'` services of the mesh (transparent proxy or proxyless without
@@ -56,16 +51,57 @@ export function reachOf(dp: Resource<DataplaneSpec>): { all: boolean; services: 
   return { all: false, services: [...new Set(explicit)] };
 }
 
-/** Services this proxy calls, sorted; proxies with the same answer get the same array. */
-function reachableServices(ctx: MeshContext, all: Iterable<string>, once: <T>(key: string, build: () => T) => T): readonly string[] {
-  const reach = reachOf(ctx.dataplane);
-  if (reach.all && reach.services.length === 0) return once('reach:all', () => [...all].sort());
-  const list = [...new Set([...(reach.all ? [...all] : []), ...reach.services])].sort();
-  return once(`reach:${list.join(',')}`, () => list);
+/** How the mesh secures traffic in this round. */
+type MtlsMode = 'off' | 'PERMISSIVE' | 'STRICT';
+
+/** One proxy's generation: the context, the round's memo, and what every stage shares. */
+class Generation {
+  readonly memo: Map<string, unknown>;
+  readonly services: Map<string, ServiceInfo>;
+  readonly mtls: MtlsMode;
+  readonly meshName: string;
+  readonly dp: Resource<DataplaneSpec>;
+  readonly flavour: 'sidecar' | 'proxyless';
+
+  constructor(readonly ctx: MeshContext) {
+    this.memo = ctx.memo ?? new Map<string, unknown>();
+    this.meshName = ctx.mesh.name;
+    this.dp = ctx.dataplane;
+    this.flavour = isProxyless(ctx.dataplane) ? 'proxyless' : 'sidecar';
+    this.services = this.stage('endpoints', () => this.once('services', () => meshServices(ctx.dataplanes)));
+    const backend = enabledMtlsBackend(ctx.mesh.spec);
+    this.mtls = backend ? (backend.mode ?? 'STRICT') : 'off';
+    if (this.mtls !== 'off' && !ctx.trustBundle?.length) throw new GenerationError('tls', `mTLS is enabled on mesh "${this.meshName}" but its trust bundle is empty`);
+  }
+
+  /** Built once per round and shared by every proxy of the mesh (same object, so encoded once). */
+  once<T>(key: string, build: () => T): T {
+    if (this.memo.has(key)) return this.memo.get(key) as T;
+    const v = build();
+    this.memo.set(key, v);
+    return v;
+  }
+
+  stage<T>(name: string, build: () => T): T {
+    try {
+      return build();
+    } catch (err) {
+      if (err instanceof GenerationError) throw err;
+      throw new GenerationError(name, (err as Error).message);
+    }
+  }
+
+  protocolOf(service: string): Protocol {
+    return this.services.get(service)?.protocol ?? 'tcp';
+  }
 }
 
-function edsCluster(name: string) {
-  return { name, type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE }, connect_timeout: { seconds: 5 }, lb_policy: 'ROUND_ROBIN' };
+/** Services this proxy calls, sorted; proxies with the same answer get the same array. */
+function reachableServices(g: Generation): readonly string[] {
+  const reach = reachOf(g.dp);
+  if (reach.all && reach.services.length === 0) return g.once('reach:all', () => [...g.services.keys()].sort());
+  const list = [...new Set([...(reach.all ? [...g.services.keys()] : []), ...reach.services])].sort();
+  return g.once(`reach:${list.join(',')}`, () => list);
 }
 
 function loadAssignment(name: string, endpoints: readonly Endpoint[]) {
@@ -83,97 +119,285 @@ function loadAssignment(name: string, endpoints: readonly Endpoint[]) {
   };
 }
 
-function routeTo(name: string, cluster: string) {
-  return { name, virtual_hosts: [{ name: cluster, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster } }] }] };
+const HTTP2_OPTIONS = {
+  'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': ANY.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } },
+};
+
+/** The cluster of a service: endpoints over EDS; HTTP/2 for gRPC and http2; mTLS to the peer's identity. */
+function serviceCluster(g: Generation, service: string): Obj {
+  return g.once(`cluster:${g.flavour}:${service}`, () => {
+    const c: Obj = { name: service, type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE }, connect_timeout: CONNECT_TIMEOUT, lb_policy: 'ROUND_ROBIN' };
+    if (g.flavour === 'sidecar' && isHttp2(g.protocolOf(service))) c.typed_extension_protocol_options = HTTP2_OPTIONS;
+    if (g.mtls !== 'off') c.transport_socket = g.flavour === 'sidecar' ? sidecarUpstreamTls(g.meshName, service) : proxylessUpstreamTls(g.meshName, service);
+    return c;
+  });
 }
 
-function tcpListener(name: string, address: string, port: number, cluster: string) {
+function routeTo(name: string, cluster: string, protocol: Protocol) {
+  // gRPC and HTTP/2 streams may outlive Envoy's 15 s default request timeout.
+  const route: Obj = isHttp2(protocol) ? { cluster, timeout: { seconds: 0 } } : { cluster };
+  return { name, virtual_hosts: [{ name: cluster, domains: ['*'], routes: [{ match: { prefix: '/' }, route }] }] };
+}
+
+function tcpProxy(statPrefix: string, cluster: string): Obj {
+  return { name: 'envoy.filters.network.tcp_proxy', typed_config: { '@type': ANY.TcpProxy, stat_prefix: statPrefix, cluster } };
+}
+
+function hcm(statPrefix: string, routes: Obj, httpFilters: readonly Obj[] = []): Obj {
+  return {
+    name: 'envoy.filters.network.http_connection_manager',
+    typed_config: { '@type': ANY.HttpConnectionManager, stat_prefix: statPrefix, ...routes, http_filters: [...httpFilters, ROUTER_FILTER] },
+  };
+}
+
+const rdsOf = (name: string) => ({ rds: { route_config_name: name, config_source: ADS_SOURCE } });
+
+/** The permissions of one inbound as RBAC filters (network for TCP, HTTP for HTTP); none without mTLS. */
+function rbacFilters(g: Generation, ib: Inbound, statPrefix: string): { network?: Obj; http?: Obj } {
+  if (g.mtls === 'off') return {};
+  const ctx = g.ctx;
+  const key = `rbac:${dependsOnDataplane(ctx.meshTrafficPermissions) ? `${g.dp.name}:` : ''}${ib.name ?? ''}:${ib.port}:${JSON.stringify(Object.entries(ib.tags).sort())}`;
+  const config = g.once(key, () =>
+    g.stage('permissions', () => {
+      const rules = inboundRules(g.meshName, g.dp, ib, ctx.meshTrafficPermissions, ctx.trafficPermissions);
+      return { rules: rbacRules(rules), ...(hasShadowDeny(rules) ? { shadow_rules: rbacRules(rules, true) } : {}) };
+    }),
+  );
+  return {
+    network: { name: 'envoy.filters.network.rbac', typed_config: { '@type': ANY.NetworkRbac, stat_prefix: statPrefix, ...config } },
+    http: { name: 'envoy.filters.http.rbac', typed_config: { '@type': ANY.HttpRbac, ...config } },
+  };
+}
+
+/** The outbound clusters and endpoints of a proxy; proxies reaching the same services share them. */
+function outboundClusters(g: Generation, services: readonly string[]): { clusters: readonly Obj[]; assignments: readonly Obj[] } {
+  return g.once(`outbound:${g.flavour}:${idOf(g, services)}`, () => ({
+    clusters: services.map((s) => serviceCluster(g, s)),
+    assignments: services.map((s) => g.once(`cla:${s}`, () => loadAssignment(s, g.services.get(s)?.endpoints ?? []))),
+  }));
+}
+
+/** The mesh's roots as an SDS Secret, for validation contexts (Kuma's name for it). */
+function meshCaSecret(g: Generation): Obj[] {
+  if (g.mtls === 'off') return [];
+  return [g.once('secret:mesh_ca', () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: g.ctx.trustBundle!.join('') } } }))];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy sidecars
+// ---------------------------------------------------------------------------------------------
+
+function sidecarInbound(g: Generation, ib: Inbound, localCluster: string): Obj {
+  const net = g.dp.spec.networking;
+  const address = ib.address ?? net.address;
+  const name = inboundName(address, ib.port);
+  const protocol = (ib.tags[PROTOCOL_TAG] ?? 'tcp') as Protocol;
+  const service = ib.tags[SERVICE_TAG]!;
+  const rbac = rbacFilters(g, ib, name);
+  const chain = (secure: boolean): Obj => {
+    const filters = isHttp(protocol)
+      ? [hcm(name, { route_config: { ...routeTo(`inbound:${service}`, localCluster, protocol) } }, secure && rbac.http ? [rbac.http] : [])]
+      : [...(secure && rbac.network ? [rbac.network] : []), tcpProxy(name, localCluster)];
+    return secure ? { filter_chain_match: { transport_protocol: 'tls' }, filters, transport_socket: sidecarDownstreamTls(g.meshName) } : { filters };
+  };
+  const listener: Obj = {
+    name,
+    address: { socket_address: { address, port_value: ib.port } },
+    traffic_direction: 'INBOUND',
+    filter_chains:
+      g.mtls === 'off' ? [chain(false)] : g.mtls === 'STRICT' ? [chain(true)] : [chain(true), { ...chain(false), filter_chain_match: { transport_protocol: 'raw_buffer' } }],
+  };
+  if (g.mtls !== 'off') listener.listener_filters = [TLS_INSPECTOR];
+  // With transparent proxying traffic arrives through the inbound redirect port, not a bound socket.
+  if (net.transparentProxying) listener.bind_to_port = { value: false };
+  return listener;
+}
+
+function sidecarOutbound(g: Generation, name: string, address: string, port: number, service: string, virtual: boolean): Obj {
+  const protocol = g.protocolOf(service);
   return {
     name,
     address: { socket_address: { address, port_value: port } },
-    filter_chains: [{ filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: { '@type': ANY.TcpProxy, stat_prefix: name, cluster } }] }],
+    traffic_direction: 'OUTBOUND',
+    filter_chains: [{ filters: [isHttp(protocol) ? hcm(name, rdsOf(outboundRouteName(service))) : tcpProxy(name, service)] }],
+    ...(virtual ? { bind_to_port: { value: false } } : {}),
+  };
+}
+
+function passthroughListener(name: string, port: number, cluster: string, direction: 'INBOUND' | 'OUTBOUND'): Obj {
+  return {
+    name,
+    address: { socket_address: { address: '0.0.0.0', port_value: port } },
+    traffic_direction: direction,
+    // Hands each connection to the listener of its original destination, if there is one.
+    use_original_dst: { value: true },
+    filter_chains: [{ filters: [tcpProxy(name, cluster)] }],
+  };
+}
+
+function sidecar(g: Generation): ResourceSet {
+  const net = g.dp.spec.networking;
+  const services = reachableServices(g);
+  const outbound = outboundClusters(g, services);
+  const listeners: Obj[] = [];
+  const extraClusters: Obj[] = [];
+  const routeServices = new Set<string>();
+
+  const locals = new Map<string, Obj>();
+  for (const ib of net.inbound ?? []) {
+    const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
+    const local = localClusterName(target.port);
+    const protocol = (ib.tags[PROTOCOL_TAG] ?? 'tcp') as Protocol;
+    if (!locals.has(local) && !services.includes(local)) {
+      locals.set(
+        local,
+        g.once(`local:${local}:${target.address}:${isHttp2(protocol)}`, () => ({
+          name: local,
+          type: 'STATIC',
+          connect_timeout: CONNECT_TIMEOUT,
+          load_assignment: loadAssignment(local, [target]),
+          ...(isHttp2(protocol) ? { typed_extension_protocol_options: HTTP2_OPTIONS } : {}),
+        })),
+      );
+    }
+    listeners.push(g.stage('inbound listeners', () => sidecarInbound(g, ib, local)));
+  }
+  extraClusters.push(...locals.values());
+
+  for (const ob of net.outbound ?? []) {
+    const service = ob.tags?.[SERVICE_TAG] ?? ob.backendRef?.name;
+    if (!service) continue;
+    const address = ob.address ?? '127.0.0.1';
+    listeners.push(sidecarOutbound(g, outboundName(address, ob.port), address, ob.port, service, false));
+    if (isHttp(g.protocolOf(service))) routeServices.add(service);
+  }
+
+  const tp = net.transparentProxying;
+  if (tp) {
+    const passthrough = g.ctx.mesh.spec.networking?.outbound?.passthrough ?? true;
+    // Stored resources normally carry the defaults; older or hand-written ones may not.
+    const outPort = tp.redirectPortOutbound ?? 15001;
+    const inPort = tp.redirectPortInbound ?? 15006;
+    listeners.push(g.once(`tp:out:${outPort}:${passthrough}`, () => passthroughListener(OUTBOUND_PASSTHROUGH, outPort, passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER, 'OUTBOUND')));
+    listeners.push(g.once(`tp:in:${inPort}`, () => passthroughListener(INBOUND_PASSTHROUGH, inPort, INBOUND_PASSTHROUGH, 'INBOUND')));
+    extraClusters.push(
+      g.once(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
+        passthrough
+          ? { name: OUTBOUND_PASSTHROUGH, type: 'ORIGINAL_DST', lb_policy: 'CLUSTER_PROVIDED', connect_timeout: CONNECT_TIMEOUT }
+          : { name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } },
+      ),
+      g.once(`cluster:${INBOUND_PASSTHROUGH}`, () => ({
+        name: INBOUND_PASSTHROUGH,
+        type: 'ORIGINAL_DST',
+        lb_policy: 'CLUSTER_PROVIDED',
+        connect_timeout: CONNECT_TIMEOUT,
+        // The apps's own traffic from this address is not redirected again (see the iptables rules).
+        upstream_bind_config: { source_address: { address: INBOUND_PASSTHROUGH_SOURCE, port_value: 0 } },
+      })),
+    );
+    // One virtual listener per service VIP and port: `<service>.mesh` resolves to the VIP.
+    const vips = g.once('vips', () => serviceVips(g.services.keys()));
+    for (const s of services) {
+      const vip = vips.get(s);
+      const info = g.services.get(s);
+      if (!vip || !info) continue;
+      for (const port of new Set([...info.ports, 80])) {
+        listeners.push(g.once(`vip-listener:${s}:${port}`, () => sidecarOutbound(g, outboundName(vip, port), vip, port, s, true)));
+      }
+      if (isHttp(info.protocol)) routeServices.add(s);
+    }
+  }
+
+  const routes = [...routeServices].sort().map((s) => g.once(`route:sidecar:${s}`, () => routeTo(outboundRouteName(s), s, g.protocolOf(s))));
+  let clusters = outbound.clusters;
+  if (extraClusters.length > 0) {
+    // Proxies with equal extra clusters (same local ports) share one list, so it is encoded once.
+    const key = [outbound, ...extraClusters].map((o) => idOf(g, o)).join(',');
+    clusters = g.once(`cds:${key}`, () => [...outbound.clusters, ...extraClusters]);
+  }
+  return {
+    [TypeUrl.Cluster]: clusters,
+    [TypeUrl.ClusterLoadAssignment]: outbound.assignments,
+    [TypeUrl.Listener]: listeners,
+    [TypeUrl.RouteConfiguration]: routes,
+    [TypeUrl.Secret]: meshCaSecret(g),
+  };
+}
+
+/** A short id per memoized object of this round (they are shared, so equal ids mean the same object). */
+function idOf(g: Generation, o: object): string {
+  const ids = g.once('object-ids', () => ({ next: 0, map: new WeakMap<object, string>() }));
+  let id = ids.map.get(o);
+  if (id === undefined) ids.map.set(o, (id = `o${ids.next++}`));
+  return id;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxyless gRPC
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A proxyless gRPC server's listener (gRFC A36): found by the address the app binds, every RPC
+ * handled locally (`non_forwarding_action`), mTLS through certificate providers (A29) and the
+ * inbound's permissions as the RBAC HTTP filter (A41).
+ */
+function proxylessServerListener(g: Generation, ib: Inbound, address: string): Obj {
+  const service = ib.tags[SERVICE_TAG]!;
+  const name = grpcServerListenerName(address, ib.port);
+  const rbac = rbacFilters(g, ib, name);
+  const routeConfig = {
+    name: `inbound:${service}`,
+    virtual_hosts: [{ name: service, domains: ['*'], routes: [{ match: { prefix: '' }, non_forwarding_action: {} }] }],
+  };
+  return {
+    name,
+    address: { socket_address: { address, port_value: ib.port } },
+    traffic_direction: 'INBOUND',
+    filter_chains: [
+      {
+        name: inboundName(address, ib.port),
+        filters: [hcm(name, { route_config: routeConfig }, rbac.http ? [rbac.http] : [])],
+        ...(g.mtls !== 'off' ? { transport_socket: proxylessDownstreamTls() } : {}),
+      },
+    ],
+  };
+}
+
+function proxyless(g: Generation): ResourceSet {
+  const net = g.dp.spec.networking;
+  const services = reachableServices(g);
+  const outbound = outboundClusters(g, services);
+  const listeners: Obj[] = [];
+  const routes: Obj[] = [];
+  for (const s of services) {
+    listeners.push(
+      g.once(`api-listener:${s}`, () => ({
+        name: s,
+        api_listener: { api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, ...rdsOf(s), http_filters: [ROUTER_FILTER] } },
+      })),
+    );
+    routes.push(g.once(`route:proxyless:${s}`, () => ({ name: s, virtual_hosts: [{ name: s, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: s } }] }] })));
+  }
+  for (const ib of net.inbound ?? []) {
+    // The app may bind its Dataplane address or every address; each has its own listener name.
+    for (const address of new Set([ib.address ?? net.address, '0.0.0.0', '::'])) listeners.push(g.stage('server listeners', () => proxylessServerListener(g, ib, address)));
+  }
+  return {
+    [TypeUrl.Cluster]: outbound.clusters,
+    [TypeUrl.ClusterLoadAssignment]: outbound.assignments,
+    [TypeUrl.Listener]: listeners,
+    [TypeUrl.RouteConfiguration]: routes,
+    [TypeUrl.Secret]: [],
   };
 }
 
 /**
- * The first translation slice: clusters and endpoints for every service the proxy reaches, then
- * per flavour either API listeners for proxyless gRPC clients (listener name = service, so
- * `xds:///<service>` resolves) or TCP listeners for an Envoy sidecar's inbounds and explicit
- * outbounds. HTTP routing, transparent proxying, mTLS and permissions come with their issue.
+ * The config of one proxy: clusters and endpoints of every service it reaches, then per flavour
+ * either an Envoy sidecar's listeners (inbounds with mTLS and permissions, explicit outbounds,
+ * transparent proxying) or a proxyless gRPC app's client and server listeners. Pure: equal
+ * contexts give equal output.
  */
 export function generateProxyConfig(ctx: MeshContext): ResourceSet {
-  const memo = ctx.memo ?? new Map<string, unknown>();
-  const once = <T>(key: string, build: () => T): T => {
-    if (memo.has(key)) return memo.get(key) as T;
-    const v = build();
-    memo.set(key, v);
-    return v;
-  };
-  let endpoints: Map<string, Endpoint[]>;
-  try {
-    endpoints = once('endpoints', () => serviceEndpoints(ctx.dataplanes));
-  } catch (err) {
-    throw new GenerationError('endpoints', (err as Error).message);
-  }
-  const services = reachableServices(ctx, endpoints.keys(), once);
-  // Proxies reaching the same services share these arrays (and so their encoding and versions).
-  // A short key per distinct reach list (the lists are shared arrays, see reachableServices).
-  const reachIds = once('reach-ids', () => new WeakMap<readonly string[], string>());
-  let reachKey = reachIds.get(services);
-  if (reachKey === undefined) reachIds.set(services, (reachKey = `r${memo.size}`));
-  const outbound = once(`outbound:${reachKey}`, () => ({
-    clusters: services.map((s) => once(`cluster:${s}`, () => edsCluster(s))),
-    assignments: services.map((s) => once(`cla:${s}`, () => loadAssignment(s, endpoints.get(s) ?? []))),
-  }));
-  let clusters: readonly Record<string, unknown>[] = outbound.clusters;
-  const assignments = outbound.assignments;
-  const listeners: Record<string, unknown>[] = [];
-  const routes: Record<string, unknown>[] = [];
-  const net = ctx.dataplane.spec.networking;
-  if (isProxyless(ctx.dataplane)) {
-    for (const s of services) {
-      listeners.push(
-        once(`api-listener:${s}`, () => ({
-          name: s,
-          api_listener: {
-            api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, rds: { route_config_name: s, config_source: ADS_SOURCE }, http_filters: [ROUTER_FILTER] },
-          },
-        })),
-      );
-      routes.push(once(`route:${s}`, () => routeTo(s, s)));
-    }
-  } else {
-    const locals = new Map<string, Record<string, unknown>>();
-    for (const ib of net.inbound ?? []) {
-      const address = ib.address ?? net.address;
-      const local = `localhost:${ib.servicePort ?? ib.port}`;
-      const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
-      if (!locals.has(local) && !services.includes(local)) {
-        locals.set(
-          local,
-          once(`local:${local}:${target.address}`, () => ({ name: local, type: 'STATIC', connect_timeout: { seconds: 5 }, load_assignment: loadAssignment(local, [target]) })),
-        );
-      }
-      listeners.push(tcpListener(`inbound:${address}:${ib.port}`, address, ib.port, local));
-    }
-    if (locals.size > 0) {
-      const localKey = [...locals.values()].map((c) => `${String(c.name)}@${JSON.stringify((c.load_assignment as Record<string, unknown>).endpoints)}`).join(',');
-      clusters = once(`cds:${reachKey}|${localKey}`, () => [...outbound.clusters, ...locals.values()]);
-    }
-    for (const ob of net.outbound ?? []) {
-      const service = ob.tags?.[SERVICE_TAG] ?? ob.backendRef?.name;
-      if (!service) continue;
-      const address = ob.address ?? '127.0.0.1';
-      listeners.push(tcpListener(`outbound:${address}:${ob.port}`, address, ob.port, service));
-    }
-  }
-  // The mesh's roots as an SDS Secret, for Envoy's validation contexts (Kuma's name for it).
-  const secrets = ctx.trustBundle?.length ? [once('secret:mesh_ca', () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: ctx.trustBundle!.join('') } } }))] : [];
-  return {
-    [TypeUrl.Cluster]: clusters,
-    [TypeUrl.ClusterLoadAssignment]: assignments,
-    [TypeUrl.Listener]: listeners,
-    [TypeUrl.RouteConfiguration]: routes,
-    [TypeUrl.Secret]: secrets,
-  };
+  const g = new Generation(ctx);
+  return g.flavour === 'proxyless' ? proxyless(g) : sidecar(g);
 }

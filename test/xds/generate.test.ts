@@ -22,7 +22,7 @@ function ctx(me: Resource<DataplaneSpec>): MeshContext {
 }
 const names = (l: readonly Record<string, unknown>[] | undefined) => (l ?? []).map((r) => String(r.name ?? r.cluster_name)).sort();
 
-describe('translation, first slice', () => {
+describe('translation', () => {
   it('sidecar: inbound and explicit outbound TCP listeners; endpoints skip proxies that are not ready', () => {
     const me = dp('app-1', {
       networking: { address: '10.0.0.9', inbound: [{ port: 15000, servicePort: 5000, tags: { 'kuma.io/service': 'app' } }], outbound: [{ port: 16379, tags: { 'kuma.io/service': 'redis' } }, { port: 18080, tags: { 'kuma.io/service': 'web' } }] },
@@ -45,7 +45,13 @@ describe('translation, first slice', () => {
   it('proxyless: one API listener and route per service, named so xds:///<service> resolves', () => {
     const me = dp('grpc-app', { labels: { 'weft.io/proxyless': 'true' }, networking: { address: '10.0.0.9', inbound: [{ port: 1, tags: { 'kuma.io/service': 'grpc-app' } }] } });
     const set = generateProxyConfig(ctx(me));
-    assert.deepEqual(names(set[TypeUrl.Listener]), ['grpc-app', 'redis', 'web']);
+    const listeners = names(set[TypeUrl.Listener]);
+    assert.deepEqual(listeners.filter((n) => !n.startsWith('grpc/server')), ['grpc-app', 'redis', 'web']);
+    assert.deepEqual(
+      listeners.filter((n) => n.startsWith('grpc/server')),
+      ['0.0.0.0:1', '10.0.0.9:1', '[::]:1'].map((a) => `grpc/server?xds.resource.listening_address=${a}`),
+      'server listeners (gRFC A36) for the addresses the app may bind',
+    );
     assert.deepEqual(names(set[TypeUrl.RouteConfiguration]), ['grpc-app', 'redis', 'web']);
     const l = set[TypeUrl.Listener]!.find((x) => x.name === 'web') as { api_listener: { api_listener: { rds: { route_config_name: string } } } };
     assert.equal(l.api_listener.api_listener.rds.route_config_name, 'web');
