@@ -5,7 +5,7 @@ import { generateProxyConfig, reachOf, type MeshContext, type ResourceSet } from
 
 /** Changes no proxy config depends on. */
 const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
-import { InconsistentSnapshotError, type SnapshotCache } from './cache.js';
+import { buildSnapshot, InconsistentSnapshotError, ResourceEncoder, type SnapshotCache } from './cache.js';
 
 export interface ReconcilerOptions {
   store: Store;
@@ -227,6 +227,20 @@ export class Reconciler {
       }
     }
     end();
+  }
+
+  /**
+   * The config Dataplane `name` of `mesh` gets now, generated and checked as for a connected proxy
+   * but not cached (`weftctl inspect dataplane --config`). Undefined when there is no such Dataplane.
+   */
+  async configFor(mesh: string, name: string): Promise<ResourceSet | undefined> {
+    const data = await this.load(mesh);
+    const dataplane = data.dataplanes.find((d) => d.name === name);
+    if (!data.mesh || !dataplane) return undefined;
+    const trustBundle = enabledMtlsBackend(data.mesh.spec) && this.opts.trustBundle ? await this.opts.trustBundle(mesh) : [];
+    const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle });
+    buildSnapshot(new ResourceEncoder(), `${mesh}.${name}`, set); // the same checks as before sending
+    return set;
   }
 
   close(): void {

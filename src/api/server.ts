@@ -7,6 +7,7 @@ import {
   decodeResource,
   durationSchema,
   durationToMs,
+  initialPolicies,
   nameSchema,
   validate,
   isWeftError,
@@ -15,11 +16,12 @@ import {
   toWire,
   WeftError,
   type Logger,
+  type MeshSpec,
   type ResourceRegistry,
   type ResourceType,
   type Violation,
 } from '../core/index.js';
-import type { ProxyStatus } from '../ads/index.js';
+import { SHORT_NAME, type ProxyStatus, type ResourceSet } from '../ads/index.js';
 import type { DataplaneTokens, MeshCertificates } from '../certs/index.js';
 import type { Store, WriteOp } from '../store/index.js';
 
@@ -35,6 +37,8 @@ export interface ApiOptions {
   tokens?: DataplaneTokens;
   /** Signs dataplane CSRs (`POST /meshes/{mesh}/dataplanes/{name}/_certificate`). */
   certificates?: MeshCertificates;
+  /** The generated xDS config of a Dataplane (`GET .../dataplanes/{name}/_config`), when an ADS server runs. */
+  proxyConfig?: (mesh: string, name: string) => Promise<ResourceSet | undefined>;
   /** xDS status of a proxy by node id (`<mesh>.<name>`), when an ADS server runs. */
   xdsStatus?: (nodeId: string) => ProxyStatus | undefined;
 }
@@ -133,6 +137,30 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     return def;
   };
 
+  /**
+   * Adds Kuma's initial policies (allow-all-<mesh>) after each Mesh op that creates a mesh, in the
+   * same transaction; a policy of the same name in the batch wins. `origin[i]` is the index of
+   * op i in the caller's list (-1 for an added op), to report errors against what was sent.
+   */
+  async function withInitialPolicies(ops: WriteOp[]): Promise<{ ops: WriteOp[]; origin: number[] }> {
+    const keyOf = (k: { type: string; mesh: string; name: string }) => `${k.type}/${k.mesh}/${k.name}`;
+    const given = new Set(ops.map((o) => keyOf(o.op === 'delete' ? o.key : o.resource)));
+    const out: WriteOp[] = [];
+    const origin: number[] = [];
+    for (const [i, op] of ops.entries()) {
+      out.push(op);
+      origin.push(i);
+      if (op.op === 'delete' || op.resource.type !== MESH_TYPE) continue;
+      if (await store.get({ type: MESH_TYPE, mesh: '', name: op.resource.name })) continue;
+      for (const p of initialPolicies(op.resource.name, op.resource.spec as MeshSpec)) {
+        if (given.has(keyOf(p))) continue;
+        out.push({ op: 'create', resource: p });
+        origin.push(-1);
+      }
+    }
+    return { ops: out, origin };
+  }
+
   async function listResponse(req: FastifyRequest, type: string, mesh: string | undefined) {
     const q = req.query as Record<string, unknown>;
     const violations: Violation[] = [];
@@ -174,7 +202,8 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const withDefaults = body && typeof body === 'object' && !Array.isArray(body) ? { type: def.name, ...(def.scope === 'mesh' ? { mesh } : {}), name, ...body } : body;
     const { resource } = decodeResource(withDefaults, registry, { type: def.name, mesh: def.scope === 'mesh' ? mesh : undefined, name });
     const dryRun = (req.query as Record<string, unknown>).dryRun === 'true';
-    const [result] = await store.write([{ op: 'upsert', resource, expectedVersion: expectedVersion(req) }], { dryRun });
+    const { ops } = await withInitialPolicies([{ op: 'upsert', resource, expectedVersion: expectedVersion(req) }]);
+    const [result] = await store.write(ops, { dryRun });
     void reply.status(result!.outcome === 'created' ? 201 : 200).header('etag', `"${result!.resource!.version}"`);
     return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: toWire(result!.resource!) };
   }
@@ -221,6 +250,19 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const r = await store.get({ type: 'Dataplane', mesh: req.params.mesh, name: req.params.name });
     if (!r) throw new WeftError('not_found', `Dataplane "${req.params.name}" not found in mesh "${req.params.mesh}"`);
     return insight(req.params.mesh, req.params.name);
+  });
+  /**
+   * What the control plane generates for one proxy, by xDS type (CDS, EDS, LDS, RDS, SDS), as
+   * protobuf JSON with proto field names. It holds no private key: identities reach Envoy from
+   * weft-dp's local SDS server.
+   */
+  app.get<{ Params: { mesh: string; name: string } }>('/meshes/:mesh/dataplanes/:name/_config', async (req) => {
+    if (!opts.proxyConfig) throw new WeftError('not_found', 'this control plane serves no xDS');
+    const set = await opts.proxyConfig(req.params.mesh, req.params.name);
+    if (!set) throw new WeftError('not_found', `Dataplane "${req.params.name}" not found in mesh "${req.params.mesh}"`);
+    const out: Record<string, unknown> = {};
+    for (const [url, list] of Object.entries(set)) if (list && list.length > 0) out[SHORT_NAME[url as keyof typeof SHORT_NAME]] = list;
+    return out;
   });
   app.get<{ Params: { mesh: string } }>('/meshes/:mesh/dataplanes+insights', async (req) => {
     const page = await listResponse(req, 'Dataplane', req.params.mesh);
@@ -290,13 +332,16 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
       }
     });
     if (firstCode) throw new WeftError(firstCode, messages.join('; '), violations);
+    const all = await withInitialPolicies(ops);
     try {
-      const results = await store.write(ops, { dryRun: body.dryRun === true });
+      const results = await store.write(all.ops, { dryRun: body.dryRun === true });
       return { dryRun: body.dryRun === true, results: results.map((r) => ({ ...r.key, outcome: r.outcome, version: r.resource?.version })) };
     } catch (err) {
       if (isWeftError(err) && err.index !== undefined) {
-        const e = new WeftError(err.code, `resources[${err.index}]: ${err.message}`, prefixViolations(`resources[${err.index}]`, err.violations));
-        e.index = err.index;
+        const i = all.origin[err.index] ?? -1;
+        const where = i >= 0 ? `resources[${i}]` : 'initial policies of a new mesh';
+        const e = new WeftError(err.code, `${where}: ${err.message}`, prefixViolations(where, err.violations));
+        if (i >= 0) e.index = i;
         throw e;
       }
       throw err;

@@ -207,6 +207,19 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       out(insightTable(rows));
     });
 
+  inspect
+    .command('dataplane')
+    .description('one dataplane: its xDS status, or with --config the config the control plane generates for it')
+    .argument('<name>', 'name of the dataplane')
+    .option('-m, --mesh <mesh>', 'mesh of the dataplane', 'default')
+    .option('--config', 'print the generated Envoy config (clusters, endpoints, listeners, routes, secrets)')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .action(async (name: string, opts: { mesh: string; config?: boolean; output: string }) => {
+      const path = `/meshes/${encodeURIComponent(opts.mesh)}/dataplanes/${encodeURIComponent(name)}/${opts.config ? '_config' : '_status'}`;
+      const { body } = await client().request('GET', path);
+      out(opts.output === 'json' ? `${JSON.stringify(body, null, 2)}\n` : stringify(body, { lineWidth: 0, aliasDuplicateObjects: false }));
+    });
+
   return program;
 }
 

@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { defaultRegistry, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
+import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -67,7 +67,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
 
   if (!config.defaults.skipMeshCreation) {
     try {
-      await store.create({ type: MESH_TYPE, mesh: '', name: 'default', labels: {}, spec: {} });
+      // With Kuma's initial policies (allow-all-default), in one transaction.
+      await store.write([{ op: 'create', resource: { type: MESH_TYPE, mesh: '', name: 'default', labels: {}, spec: {} } }, ...initialPolicies('default', {}).map((resource) => ({ op: 'create' as const, resource }))]);
       logger.info('created mesh "default"');
     } catch (err) {
       if (!isWeftError(err, 'already_exists')) throw err;
@@ -111,6 +112,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     adminToken: needsToken ? admin.token : undefined,
     info: { version: VERSION, instanceId },
     xdsStatus: (nodeId) => ads.status.get(nodeId),
+    proxyConfig: (mesh, name) => reconciler.configFor(mesh, name),
     tokens,
     certificates,
   });

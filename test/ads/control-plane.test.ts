@@ -3,6 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parse as parseYaml } from 'yaml';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { weftctl } from '../helpers/bin.js';
@@ -52,6 +53,26 @@ describe('weft-cp serves ADS and reports each proxy', () => {
   it('answers 404 for the status of a dataplane that does not exist', async () => {
     const r = await http(cp.apiUrl, 'GET', '/meshes/default/dataplanes/ghost/_status');
     assert.equal(r.status, 404);
+  });
+
+  it('weftctl inspect dataplane --config prints the generated config, with no private key in it', async () => {
+    const env = { WEFTCTL_CP_ADDRESS: cp.apiUrl, WEFTCTL_CONFIG: '/nonexistent' };
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/shop', { type: 'Mesh', name: 'shop', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } })).status, 201);
+    const web = { ...dp, mesh: 'shop', name: 'web-1', networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web', 'kuma.io/protocol': 'http' } }] } };
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/shop/dataplanes/web-1', web)).status, 201);
+    const r = await weftctl(['inspect', 'dataplane', 'web-1', '--mesh', 'shop', '--config'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /PRIVATE KEY/);
+    const config = parseYaml(r.stdout) as Record<string, { name?: string; cluster_name?: string }[]>;
+    assert.deepEqual(Object.keys(config), ['CDS', 'LDS', 'SDS'], 'no outbounds: no EDS');
+    assert.deepEqual(config.CDS!.map((c) => c.name), ['localhost:8080']);
+    assert.deepEqual(config.LDS!.map((l) => l.name), ['inbound:10.0.0.1:8080']);
+    assert.match(r.stdout, /TrafficPermission\/allow-all-shop\/sources\[0\]/, "the new mesh's allow-all permission is in the inbound's RBAC");
+    const bundle = (await http(cp.apiUrl, 'GET', '/meshes/shop/dataplanes/web-1/_config')).body.SDS as { validation_context: { trusted_ca: { inline_string: string } } }[];
+    assert.match(bundle[0]!.validation_context.trusted_ca.inline_string, /^-----BEGIN CERTIFICATE-----/);
+    const ghost = await weftctl(['inspect', 'dataplane', 'ghost', '--mesh', 'shop', '--config'], { env });
+    assert.equal(ghost.code, 1);
+    assert.match(ghost.stderr, /Dataplane "ghost" not found in mesh "shop"/);
   });
 });
 

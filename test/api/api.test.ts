@@ -160,7 +160,32 @@ describe('HTTP API', () => {
     assert.equal((await http(api, 'GET', '/meshes/batch')).status, 404, 'the mesh of the failed batch was not written');
     const ok = await http(api, 'POST', '/_apply', { resources: [{ type: 'Mesh', name: 'batch' }, dp('b-1', 8080, 'web', 'batch')] });
     assert.equal(ok.status, 200);
-    assert.deepEqual((ok.body.results as { outcome: string }[]).map((r) => r.outcome), ['created', 'created']);
+    assert.deepEqual(
+      (ok.body.results as { type: string; name: string; outcome: string }[]).map((r) => `${r.type}/${r.name} ${r.outcome}`),
+      ['Mesh/batch created', 'TrafficPermission/allow-all-batch created', 'Dataplane/b-1 created'],
+      "the new mesh's initial policy is written in the same transaction",
+    );
+  });
+
+  it("a new mesh gets Kuma's allow-all-<mesh> permission, once; skipCreatingInitialPolicies and the user's own win", async () => {
+    assert.equal((await http(api, 'PUT', '/meshes/opened', { type: 'Mesh', name: 'opened' })).status, 201);
+    const tp = await http(api, 'GET', '/meshes/opened/traffic-permissions/allow-all-opened');
+    assert.equal(tp.status, 200);
+    assert.deepEqual(tp.body.sources, [{ match: { 'kuma.io/service': '*' } }]);
+    assert.deepEqual(tp.body.destinations, [{ match: { 'kuma.io/service': '*' } }]);
+    // Deleting it closes the mesh; updating the mesh does not bring it back.
+    assert.equal((await http(api, 'DELETE', '/meshes/opened/traffic-permissions/allow-all-opened')).status, 200);
+    assert.equal((await http(api, 'PUT', '/meshes/opened', { type: 'Mesh', name: 'opened', networking: { outbound: { passthrough: false } } })).status, 200);
+    assert.equal((await http(api, 'GET', '/meshes/opened/traffic-permissions/allow-all-opened')).status, 404);
+
+    await http(api, 'PUT', '/meshes/closed', { type: 'Mesh', name: 'closed', skipCreatingInitialPolicies: ['*'] });
+    assert.equal((await http(api, 'GET', '/meshes/closed/traffic-permissions')).body.total, 0);
+
+    const own = { type: 'TrafficPermission', mesh: 'mine', name: 'allow-all-mine', sources: [{ match: { 'kuma.io/service': 'gateway' } }], destinations: [{ match: { 'kuma.io/service': '*' } }] };
+    const r = await http(api, 'POST', '/_apply', { resources: [{ type: 'Mesh', name: 'mine' }, own] });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    const stored = await http(api, 'GET', '/meshes/mine/traffic-permissions/allow-all-mine');
+    assert.deepEqual(stored.body.sources, own.sources, 'the permission given in the batch is the one stored');
   });
 
   it('DELETE of a mesh removes everything in it', async () => {

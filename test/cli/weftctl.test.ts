@@ -44,7 +44,7 @@ describe('weftctl', () => {
     const f = file('shop.yaml', `type: Mesh\nname: shop\n---\n${DP_TEMPLATE}`);
     const r = await weftctl(['apply', '-f', f, '--var', 'name=web-1', '--var', 'address=10.1.0.1', '--var', 'port=8080', '--var', 'service=web'], { env });
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, 'Mesh shop created\nDataplane shop/web-1 created\n');
+    assert.equal(r.stdout, 'Mesh shop created\nTrafficPermission shop/allow-all-shop created\nDataplane shop/web-1 created\n');
     const again = await weftctl(['apply', '-f', f, '--var', 'name=web-1', '--var', 'address=10.1.0.1', '--var', 'port=8080', '--var', 'service=web'], { env });
     assert.equal(again.stdout, 'Mesh shop unchanged\nDataplane shop/web-1 unchanged\n');
   });
@@ -59,7 +59,7 @@ describe('weftctl', () => {
     const f = file('dry.yaml', 'type: Mesh\nname: dry\n---\ntype: Dataplane\nmesh: dry\nname: d\nnetworking:\n  address: 10.0.0.1\n  inbound: [{port: 1, tags: {kuma.io/service: d}}]\n');
     const r = await weftctl(['apply', '-f', f, '--dry-run'], { env });
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, 'Mesh dry created (dry run)\nDataplane dry/d created (dry run)\n');
+    assert.equal(r.stdout, 'Mesh dry created (dry run)\nTrafficPermission dry/allow-all-dry created (dry run)\nDataplane dry/d created (dry run)\n');
     assert.equal((await http(cp.apiUrl, 'GET', '/meshes/dry')).status, 404);
   });
 

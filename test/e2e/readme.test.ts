@@ -40,8 +40,11 @@ describe('README', () => {
         assert.equal(r.code, 0, `${line}\n${r.stderr}`);
         outputs.push(r.stdout);
       }
-      assert.equal(outputs[0], 'Mesh demo created\n');
-      assert.equal(outputs[1], 'Dataplane demo/dp-1 created\n');
+      // The apply lines print exactly what the README's "You should see" block starts with.
+      const seen = /You should see:\n\n```\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf('<!-- first-five-minutes')));
+      assert.ok(seen, 'a "You should see" block follows the commands');
+      assert.ok(seen[1]!.startsWith(outputs[0]! + outputs[1]!), `README shows:\n${seen[1]}\nweftctl printed:\n${outputs[0]}${outputs[1]}`);
+      assert.equal(outputs[0], 'Mesh demo created\nTrafficPermission demo/allow-all-demo created\n');
       assert.match(outputs[2]!, /^demo\s+builtin\/ca-1 \(STRICT\)\s+\d+s$/m);
       assert.match(outputs[3]!, /^demo\s+dp-1\s+127\.0\.0\.1\s+demo-app\s+\d+s$/m);
       assert.match(outputs[4]!, /^name: dp-1$/m);
