@@ -17,6 +17,8 @@ export interface EncodedResource {
   readonly bytes: Uint8Array;
   /** For clusters, the ClusterLoadAssignment names they use; for listeners, the route configs. */
   readonly refs: readonly string[];
+  /** Secrets it asks for over ADS (SDS configs with an `ads` source), which the snapshot must hold. */
+  readonly secretRefs: readonly string[];
 }
 
 export interface Snapshot {
@@ -94,6 +96,18 @@ export function referencesOf(typeUrl: TypeUrl, r: Record<string, unknown>): stri
   return [];
 }
 
+/** Names of the SDS secrets a resource asks the control plane for (those whose source is ADS). */
+export function secretRefsOf(obj: unknown, out = new Set<string>()): string[] {
+  if (Array.isArray(obj)) for (const v of obj) secretRefsOf(v, out);
+  else if (obj !== null && typeof obj === 'object') {
+    const o = obj as Record<string, unknown>;
+    const source = o.sds_config as Record<string, unknown> | undefined;
+    if (typeof o.name === 'string' && source && typeof source === 'object' && 'ads' in source) out.add(o.name);
+    for (const v of Object.values(o)) if (v !== null && typeof v === 'object') secretRefsOf(v, out);
+  }
+  return [...out];
+}
+
 /**
  * Encodes resources once: equal content (by canonical JSON) maps to the same EncodedResource, so
  * 2000 proxies sharing a cluster share its bytes. Entries are reference-counted by the snapshots
@@ -125,7 +139,8 @@ export class ResourceEncoder {
     if (violations.length > 0) return violations.map((v) => ({ typeUrl, name, field: v.field, message: v.message }));
     const type = messageType(typeUrl);
     const bytes = type.encode(type.fromObject(obj)).finish();
-    const res: EncodedResource = { typeUrl, name, version: hash(bytes), bytes, refs: referencesOf(typeUrl, obj) };
+    const secretRefs = typeUrl === TypeUrl.Cluster || typeUrl === TypeUrl.Listener ? secretRefsOf(obj) : [];
+    const res: EncodedResource = { typeUrl, name, version: hash(bytes), bytes, refs: referencesOf(typeUrl, obj), secretRefs };
     this.byContent.set(key, { res, refs: 0 });
     this.byObject.set(obj, { typeUrl, key });
     return res;
@@ -285,6 +300,7 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     ...entries.flatMap((e) => e.problems),
     ...encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'),
     ...encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'),
+    ...missingSecrets([byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Listener)!], byType.get(TypeUrl.Secret)!),
   ];
   if (problems.length > 0) {
     encoder.dropEntries(entries);
@@ -303,6 +319,22 @@ export type SnapshotListener = (snapshot: Snapshot) => void;
  * Per-proxy snapshots, keyed by node id. Knows nothing of gRPC: streams watch it. Setting a
  * snapshot whose version equals the current one changes nothing and wakes nobody (XDS-RULES 6).
  */
+/**
+ * Secrets that clusters or listeners ask for over ADS but the snapshot lacks: Envoy would wait for
+ * them and keep those listeners and clusters warming forever. (An unused secret is harmless.)
+ */
+function missingSecrets(users: readonly TypeEntry[], secrets: TypeEntry): SnapshotProblem[] {
+  const problems: SnapshotProblem[] = [];
+  for (const e of users) {
+    for (const r of e.map.values()) {
+      for (const ref of r.secretRefs) {
+        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: e.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
+      }
+    }
+  }
+  return problems;
+}
+
 export class SnapshotCache {
   private readonly snapshots = new Map<string, Snapshot>();
   private readonly watchers = new Map<string, Set<SnapshotListener>>();

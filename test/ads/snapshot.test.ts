@@ -40,6 +40,22 @@ describe('snapshot checks before publishing', () => {
     ]);
   });
 
+  it('rule 10: every secret asked for over ADS is in the snapshot (a local SDS source is not ours to check)', () => {
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    const tls = (secret: string, source: Record<string, unknown>) => ({
+      name: 'envoy.transport_sockets.tls',
+      typed_config: {
+        '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+        common_tls_context: { tls_certificate_sds_secret_configs: [{ name: 'identity', sds_config: source }], validation_context_sds_secret_config: { name: secret, sds_config: { ads: {}, resource_api_version: 'V3' } } },
+      },
+    });
+    const local = { api_config_source: { api_type: 'GRPC', transport_api_version: 'V3', grpc_services: [{ envoy_grpc: { cluster_name: 'local-sds' } }] }, resource_api_version: 'V3' };
+    set[TypeUrl.Cluster] = [cluster('web', { transport_socket: tls('mesh_ca', local) })];
+    assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)), ['web: refers to Secret "mesh_ca", which the snapshot lacks']);
+    set[TypeUrl.Secret] = [{ name: 'mesh_ca', validation_context: { trusted_ca: { inline_string: 'pem' } } }];
+    buildSnapshot(new ResourceEncoder(), 'm.dp', set);
+  });
+
   it("rule 10: every resource passes Envoy's (validate.rules), and unknown fields are caught", () => {
     const set = meshSet({ web: [['10.0.0.1', 70000]] });
     set[TypeUrl.Cluster] = [cluster('web', { lb_polcy: 'ROUND_ROBIN' })];
