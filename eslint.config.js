@@ -11,7 +11,7 @@ export const LAYERS = {
   ads: ['core', 'store', 'xds', 'certs'],
   api: ['core', 'store', 'ads', 'certs'],
   'dp-wrapper': ['core', 'xds', 'certs'],
-  cli: ['core'],
+  cli: ['core', 'cni'],
   cp: ['core', 'store', 'xds', 'certs', 'ads', 'api'],
   cmd: ['core', 'store', 'xds', 'certs', 'cni', 'ads', 'api', 'dp-wrapper', 'cli', 'cp'],
 };

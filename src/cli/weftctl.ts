@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { parseAllDocuments, stringify } from 'yaml';
-import { defaultRegistry, isPlainObject, VERSION, type ResourceType, type Violation } from '../core/index.js';
+import { defaultRegistry, isPlainObject, isWeftError, VERSION, type ResourceType, type Violation } from '../core/index.js';
 import { ApiClient, ApiError } from './client.js';
 import { resolveConnection } from './config.js';
 import { age, resourceTable, table, yamlDocuments } from './output.js';
 import { parsePairs, renderTemplate } from './template.js';
+import { addTransparentProxyCommands } from './transparent-proxy.js';
 
 /** An error weftctl reports before or without talking to the control plane. */
 class UsageError extends Error {}
@@ -220,6 +221,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       out(opts.output === 'json' ? `${JSON.stringify(body, null, 2)}\n` : stringify(body, { lineWidth: 0, aliasDuplicateObjects: false }));
     });
 
+  addTransparentProxyCommands(program, out, err);
   return program;
 }
 
@@ -267,8 +269,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const c = e as { code?: string; exitCode?: number };
     if (typeof c.code === 'string' && c.code.startsWith('commander.')) return c.exitCode ?? 1;
-    if (e instanceof ApiError) {
-      process.stderr.write(`Error: ${e.message} [${e.code}]\n${e.violations.map((v) => `  ${v.field ? `${v.field}: ` : ''}${v.message}\n`).join('')}`);
+    if (e instanceof ApiError || isWeftError(e)) {
+      process.stderr.write(`Error: ${e.message} [${e.code}]\n${(e.violations ?? []).map((v) => `  ${v.field ? `${v.field}: ` : ''}${v.message}\n`).join('')}`);
     } else if (e instanceof UsageError || e instanceof Error) {
       process.stderr.write(`Error: ${e.message}\n`);
     }

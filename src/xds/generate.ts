@@ -213,25 +213,60 @@ function sidecarInbound(g: Generation, ib: Inbound, localCluster: string): Obj {
   return listener;
 }
 
-function sidecarOutbound(g: Generation, name: string, address: string, port: number, service: string, virtual: boolean): Obj {
-  const protocol = g.protocolOf(service);
+function outboundFilter(g: Generation, statPrefix: string, service: string): Obj {
+  return isHttp(g.protocolOf(service)) ? hcm(statPrefix, rdsOf(outboundRouteName(service))) : tcpProxy(statPrefix, service);
+}
+
+function sidecarOutbound(g: Generation, name: string, address: string, port: number, service: string): Obj {
   return {
     name,
     address: { socket_address: { address, port_value: port } },
     traffic_direction: 'OUTBOUND',
-    filter_chains: [{ filters: [isHttp(protocol) ? hcm(name, rdsOf(outboundRouteName(service))) : tcpProxy(name, service)] }],
-    ...(virtual ? { bind_to_port: { value: false } } : {}),
+    filter_chains: [{ filters: [outboundFilter(g, name, service)] }],
   };
 }
 
-function passthroughListener(name: string, port: number, cluster: string, direction: 'INBOUND' | 'OUTBOUND'): Obj {
+/**
+ * The transparent proxy's outbound listener on the redirect port: the original_dst listener
+ * filter restores where each connection was going, a filter chain per reachable service VIP and
+ * port (`<service>.mesh` resolves to the VIP) takes it to the service, anything else goes to the
+ * passthrough or blackhole cluster. One object per distinct reach, shared by every proxy with it.
+ */
+function transparentOutboundListener(g: Generation, services: readonly string[], port: number, fallback: string): Obj {
+  const vips = g.once('vips', () => serviceVips(g.services.keys()));
+  const chains: Obj[] = [];
+  for (const s of services) {
+    const vip = vips.get(s);
+    const info = g.services.get(s);
+    if (!vip || !info) continue;
+    for (const p of new Set([...info.ports, 80])) {
+      chains.push(
+        g.once(`vip-chain:${s}:${p}`, () => ({
+          name: outboundName(vip, p),
+          filter_chain_match: { prefix_ranges: [{ address_prefix: vip, prefix_len: { value: 32 } }], destination_port: { value: p } },
+          filters: [outboundFilter(g, outboundName(vip, p), s)],
+        })),
+      );
+    }
+  }
   return {
-    name,
+    name: OUTBOUND_PASSTHROUGH,
     address: { socket_address: { address: '0.0.0.0', port_value: port } },
-    traffic_direction: direction,
-    // Hands each connection to the listener of its original destination, if there is one.
+    traffic_direction: 'OUTBOUND',
+    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': ANY.OriginalDst } }],
+    filter_chains: chains,
+    default_filter_chain: { name: fallback, filters: [tcpProxy(fallback, fallback)] },
+  };
+}
+
+/** The inbound redirect port: hands each connection to the inbound listener of its original destination. */
+function inboundPassthroughListener(port: number): Obj {
+  return {
+    name: INBOUND_PASSTHROUGH,
+    address: { socket_address: { address: '0.0.0.0', port_value: port } },
+    traffic_direction: 'INBOUND',
     use_original_dst: { value: true },
-    filter_chains: [{ filters: [tcpProxy(name, cluster)] }],
+    filter_chains: [{ filters: [tcpProxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)] }],
   };
 }
 
@@ -241,7 +276,7 @@ function sidecar(g: Generation): ResourceSet {
   const outbound = outboundClusters(g, services);
   const listeners: Obj[] = [];
   const extraClusters: Obj[] = [];
-  const routeServices = new Set<string>();
+  const explicitHttp = new Set<string>();
 
   const locals = new Map<string, Obj>();
   for (const ib of net.inbound ?? []) {
@@ -268,8 +303,8 @@ function sidecar(g: Generation): ResourceSet {
     const service = ob.tags?.[SERVICE_TAG] ?? ob.backendRef?.name;
     if (!service) continue;
     const address = ob.address ?? '127.0.0.1';
-    listeners.push(sidecarOutbound(g, outboundName(address, ob.port), address, ob.port, service, false));
-    if (isHttp(g.protocolOf(service))) routeServices.add(service);
+    listeners.push(sidecarOutbound(g, outboundName(address, ob.port), address, ob.port, service));
+    if (isHttp(g.protocolOf(service))) explicitHttp.add(service);
   }
 
   const tp = net.transparentProxying;
@@ -278,8 +313,9 @@ function sidecar(g: Generation): ResourceSet {
     // Stored resources normally carry the defaults; older or hand-written ones may not.
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
-    listeners.push(g.once(`tp:out:${outPort}:${passthrough}`, () => passthroughListener(OUTBOUND_PASSTHROUGH, outPort, passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER, 'OUTBOUND')));
-    listeners.push(g.once(`tp:in:${inPort}`, () => passthroughListener(INBOUND_PASSTHROUGH, inPort, INBOUND_PASSTHROUGH, 'INBOUND')));
+    const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
+    listeners.push(g.once(`tp:out:${idOf(g, services)}:${outPort}:${fallback}`, () => transparentOutboundListener(g, services, outPort, fallback)));
+    listeners.push(g.once(`tp:in:${inPort}`, () => inboundPassthroughListener(inPort)));
     extraClusters.push(
       g.once(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
         passthrough
@@ -295,20 +331,16 @@ function sidecar(g: Generation): ResourceSet {
         upstream_bind_config: { source_address: { address: INBOUND_PASSTHROUGH_SOURCE, port_value: 0 } },
       })),
     );
-    // One virtual listener per service VIP and port: `<service>.mesh` resolves to the VIP.
-    const vips = g.once('vips', () => serviceVips(g.services.keys()));
-    for (const s of services) {
-      const vip = vips.get(s);
-      const info = g.services.get(s);
-      if (!vip || !info) continue;
-      for (const port of new Set([...info.ports, 80])) {
-        listeners.push(g.once(`vip-listener:${s}:${port}`, () => sidecarOutbound(g, outboundName(vip, port), vip, port, s, true)));
-      }
-      if (isHttp(info.protocol)) routeServices.add(s);
-    }
   }
 
-  const routes = [...routeServices].sort().map((s) => g.once(`route:sidecar:${s}`, () => routeTo(outboundRouteName(s), s, g.protocolOf(s))));
+  // Route configurations of the HTTP services this proxy calls; one shared list per distinct set.
+  const explicit = [...explicitHttp].sort();
+  const routes = g.once(`routes:${tp ? idOf(g, services) : '-'}:${explicit.join(',')}`, () =>
+    [...new Set([...(tp ? services : []), ...explicit])]
+      .filter((s) => isHttp(g.protocolOf(s)))
+      .sort()
+      .map((s) => g.once(`route:sidecar:${s}`, () => routeTo(outboundRouteName(s), s, g.protocolOf(s)))),
+  );
   let clusters = outbound.clusters;
   if (extraClusters.length > 0) {
     // Proxies with equal extra clusters (same local ports) share one list, so it is encoded once.
