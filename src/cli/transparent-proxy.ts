@@ -82,7 +82,7 @@ export function addTransparentProxyCommands(program: Command, out: (s: string) =
       const fams = config.ipFamily === 'dual' ? 'ipv4 and ipv6' : config.ipFamily;
       out(
         `transparent proxy installed (iptables ${r.backend}, ${fams}): inbound TCP -> ${config.redirectInboundPort}, outbound TCP -> ${config.redirectOutboundPort}` +
-          `${config.redirectDns ? `, DNS -> ${config.redirectDnsPort}` : ''}; traffic of UID ${config.dpUid} is not redirected${f.verify ? '; redirection verified' : ''}\n`,
+          `${config.redirectDns ? `, DNS -> ${config.redirectDnsPort}` : ''}; traffic of UID ${config.dpUid} is not redirected${!f.verify ? '' : r.notes.length === 0 ? '; redirection verified' : '; redirection only partly verified (see the notes)'}\n`,
       );
     });
 

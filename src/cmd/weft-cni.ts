@@ -1,3 +1,4 @@
 #!/usr/bin/env node
-process.stderr.write('weft-cni: not implemented yet (see the issues)\n');
-process.exit(1);
+import { main } from '../cni/main.js';
+
+process.exitCode = await main(process.argv.slice(2));

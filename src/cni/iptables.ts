@@ -38,14 +38,17 @@ function run(opts: IptablesOptions, cmd: string, args: string[], input?: string)
   const [file, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, '--', cmd, ...args]] : [cmd, args];
   opts.trace?.(`$ ${[file, ...argv].join(' ')}${input ? `\n${input.trimEnd()}` : ''}`);
   return new Promise((resolve, reject) => {
-    const child = spawn(file, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, argv, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', (err) => reject(new WeftError('internal', `cannot run ${file}: ${err.message}`)));
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
-    child.stdin.end(input ?? '');
+    if (input !== undefined) {
+      child.stdin!.on('error', () => undefined); // a command that exits early: its exit code says why
+      child.stdin!.end(input);
+    }
   });
 }
 
@@ -116,7 +119,9 @@ export class Iptables {
   /** Puts back the tables we touch exactly as `saved` had them. */
   async rollback(family: IpFamily, saved: string): Promise<void> {
     const blocks = saved.split(/^(?=\*)/m).filter((b) => /^\*(nat|raw)\b/.test(b));
-    const input = blocks.map((b) => b.slice(0, b.lastIndexOf('COMMIT') + 'COMMIT'.length)).join('\n');
+    const present = blocks.map((b) => b.slice(1, b.indexOf('\n')).trim());
+    // A table iptables-save did not print was empty: an empty block puts it back that way.
+    const input = [...blocks.map((b) => b.slice(0, b.lastIndexOf('COMMIT') + 'COMMIT'.length)), ...['nat', 'raw'].filter((t) => !present.includes(t)).map((t) => `*${t}\nCOMMIT`)].join('\n');
     // Without --noflush: each table given is replaced by its saved content, exactly.
     if (input) await this.restore(family, `${input}\n`, false).catch(() => undefined);
   }

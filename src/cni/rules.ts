@@ -144,7 +144,7 @@ export function buildRules(cfg: TransparentProxyConfig, family: IpFamily): RuleS
     for (const x of cfg.excludeOutboundPortsForUids) {
       if (x.protocol !== 'tcp' && (x.ports === '*' || portMatches(x.ports, 53))) add(CHAIN.dns, `-m owner --uid-owner ${x.uids} -j RETURN`);
     }
-    for (const r of resolvers) add(CHAIN.dns, `${r ? `-d ${r} ` : ''}-j REDIRECT --to-ports ${cfg.redirectDnsPort}`);
+    for (const r of resolvers) add(CHAIN.dns, `-p udp${r ? ` -d ${r}` : ''} -j REDIRECT --to-ports ${cfg.redirectDnsPort}`);
   }
 
   // Jumps from the built-in chains, last, so our chains exist when they are added.
@@ -178,7 +178,11 @@ function portMatches(range: string, port: number): boolean {
   return b === undefined ? a === port : a! <= port && port <= b;
 }
 
-const owned = (rule: string) => `${rule} -m comment --comment "${OWNER}"`;
+/** Adds the ownership comment before the target (`-j`), where iptables-save also prints it. */
+const owned = (rule: string) => {
+  const at = rule.lastIndexOf(' -j ');
+  return `${rule.slice(0, at)} -m comment --comment "${OWNER}"${rule.slice(at)}`;
+};
 
 /** What is ours in `iptables-save` output of one table: jump rules in built-in chains, and our chains. */
 export interface OwnedState {

@@ -113,8 +113,13 @@ async function probeDns(family: IpFamily, cfg: TransparentProxyConfig, notes: st
         }
       });
       client.send(TOKEN, 53, resolver, (err) => {
-        if (err) {
-          clearTimeout(timer);
+        if (!err) return;
+        clearTimeout(timer);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENETUNREACH' || code === 'EHOSTUNREACH') {
+          notes.push(`${family}: DNS redirection not verified: no route to the resolver ${resolver} (${code})`);
+          resolve(undefined);
+        } else {
           resolve(`${family}: cannot send a DNS probe to ${resolver}: ${err.message}`);
         }
       });
