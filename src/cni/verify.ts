@@ -138,6 +138,8 @@ export async function verifyRedirection(cfg: TransparentProxyConfig): Promise<Ve
     notes.push('redirection not verified: this process runs as the data-plane user, whose traffic is not redirected');
     return { problems, notes };
   }
+  const loopbackUp = Object.values(networkInterfaces()).some((as) => (as ?? []).some((a) => a.internal && a.address === '127.0.0.1'));
+  if (!loopbackUp) problems.push('the loopback interface has no 127.0.0.1 (is it down?): redirected traffic has nowhere to go');
   for (const f of families(cfg)) {
     const tcp = await probeTcp(f, cfg, notes);
     if (tcp) problems.push(tcp);

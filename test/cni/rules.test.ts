@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { buildRules, describeRules, ownedState, parseUidExclusion, resolveConfig, restoreInput, type TransparentProxySettings } from '../../src/cni/index.js';
 import { isWeftError } from '../../src/core/index.js';
+import { netnsMissing, sh } from '../helpers/netns.js';
+import { systemRequirement } from '../helpers/require.js';
 
 /**
  * Rule sets for several flag combinations, as `--dry-run` prints them (golden files in
@@ -94,5 +96,26 @@ describe('transparent-proxy rules', () => {
     assert.match(input, /^-X WEFT_DNS$/m, 'a chain of the old install that the new one does not use is removed');
     assert.doesNotMatch(input, /OTHER/, 'rules and chains that are not ours are not touched');
     assert.equal(restoreInput(ownedState(saved), []).match(/^-A /gm), null, 'uninstall adds nothing');
+  });
+});
+
+describe('every golden rule set is accepted by the real iptables-restore', systemRequirement('network namespaces and iptables', netnsMissing()), () => {
+  const ns = `wrules-${process.pid % 10000}`;
+  it('iptables-restore --test, both families, both backends', () => {
+    sh('ip', ['netns', 'add', ns]);
+    try {
+      for (const [name, settings] of Object.entries(CASES)) {
+        const cfg = { ...resolve(settings), ipFamily: 'dual' as const };
+        for (const family of ['ipv4', 'ipv6'] as const) {
+          const input = restoreInput(new Map(), buildRules(cfg, family).tables);
+          for (const backend of ['nft', 'legacy']) {
+            const cmd = `${family === 'ipv4' ? 'iptables' : 'ip6tables'}-${backend}-restore`;
+            assert.doesNotThrow(() => sh('ip', ['netns', 'exec', ns, cmd, '--test', '--noflush'], input), `${name} ${family} ${backend}`);
+          }
+        }
+      }
+    } finally {
+      sh('ip', ['netns', 'del', ns]);
+    }
   });
 });
