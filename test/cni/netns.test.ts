@@ -122,6 +122,17 @@ for (const backend of ['nft', 'legacy'] as const) {
       }
     });
 
+    it(`without --iptables-mode, the backend already holding the host's rules (${backend}) is used`, async () => {
+      const r = await weftctlIn(hosts.app, installArgs());
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`\\(iptables ${backend}, ipv4\\)`));
+      assert.ok(ours(save()).length > 0, `the rules are in the ${backend} tables`);
+      const u = await weftctlIn(hosts.app, ['uninstall', 'transparent-proxy']);
+      assert.equal(u.code, 0, u.stderr);
+      assert.match(u.stdout, new RegExp(`removed \\(iptables ${backend}\\)`));
+      assert.deepEqual(ours(save()), []);
+    });
+
     it('--dry-run prints the rules and changes nothing', async () => {
       const r = await weftctlIn(hosts.app, [...installArgs(), '--dry-run']);
       assert.equal(r.code, 0, r.stderr);
