@@ -10,7 +10,7 @@ export const LAYERS = {
   cni: ['core'],
   ads: ['core', 'store', 'xds', 'certs'],
   api: ['core', 'store', 'ads', 'certs'],
-  'dp-wrapper': ['core', 'xds', 'certs'],
+  'dp-wrapper': ['core', 'xds', 'certs', 'ads'],
   cli: ['core', 'cni'],
   cp: ['core', 'store', 'xds', 'certs', 'ads', 'api'],
   cmd: ['core', 'store', 'xds', 'certs', 'cni', 'ads', 'api', 'dp-wrapper', 'cli', 'cp'],

@@ -5,3 +5,4 @@ export { checkResource, type ProtoViolation } from './proto-check.js';
 export { XdsStatus, type ProxyStatus, type TypeStatus } from './status.js';
 export { AdsStream, StreamError, type Identity, type Variant, type StreamHooks } from './stream.js';
 export { Reconciler, type ReconcilerOptions } from './reconciler.js';
+export { DataplaneService, dpServiceDefinition, jsonCodec, DP_SERVICE, EPHEMERAL_LABEL, type BootstrapRequest, type BootstrapResponse } from './dp-service.js';

@@ -189,6 +189,11 @@ export class AdsServer {
     call.on('close', end);
   }
 
+  /** Serves another service on the same port (the data-plane service, see dp-service.ts). */
+  addService(definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
+    this.server.addService(definition, implementation);
+  }
+
   /** Binds and starts serving; resolves to the bound port. */
   listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
     const host = address.includes(':') ? `[${address}]` : address;

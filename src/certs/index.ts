@@ -1,4 +1,4 @@
 export { SecretBox } from './secret-box.js';
 export { DataplaneTokens, type DataplaneIdentity, type IssuedToken } from './tokens.js';
 export { MeshCertificates, type IssuedCertificate } from './mesh-ca.js';
-export { createRootCa, createServingCertificate, readCsr, signWorkloadCertificate, type CaMaterial } from './x509.js';
+export { createKeyAndCsr, createRootCa, createServingCertificate, readCsr, signWorkloadCertificate, type CaMaterial } from './x509.js';

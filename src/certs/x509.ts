@@ -214,3 +214,18 @@ export function createServingCertificate(opts: { dnsNames: string[]; ips: string
     ],
   });
 }
+
+/**
+ * What the data-plane wrapper does on its node: a fresh ECDSA P-256 key that never leaves it, and
+ * a CSR naming the identities (URI SANs) it asks for.
+ */
+export async function createKeyAndCsr(uris: readonly string[]): Promise<{ keyPem: string; csrPem: string }> {
+  const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    keys,
+    signingAlgorithm: ECDSA,
+    extensions: [new x509.SubjectAlternativeNameExtension(uris.map((u) => ({ type: 'url' as const, value: u })))],
+  });
+  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+  return { keyPem: `-----BEGIN PRIVATE KEY-----\n${der.replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END PRIVATE KEY-----\n`, csrPem: csr.toString('pem') };
+}

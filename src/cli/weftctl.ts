@@ -1,11 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { parseAllDocuments, stringify } from 'yaml';
-import { defaultRegistry, isPlainObject, isWeftError, VERSION, type ResourceType, type Violation } from '../core/index.js';
+import { defaultRegistry, isPlainObject, isWeftError, parsePairs, renderTemplate, VERSION, type ResourceType, type Violation } from '../core/index.js';
 import { ApiClient, ApiError } from './client.js';
 import { resolveConnection } from './config.js';
 import { age, resourceTable, table, yamlDocuments } from './output.js';
-import { parsePairs, renderTemplate } from './template.js';
+
 import { addTransparentProxyCommands } from './transparent-proxy.js';
 
 /** An error weftctl reports before or without talking to the control plane. */

@@ -1,3 +1,4 @@
 #!/usr/bin/env node
-process.stderr.write('weft-dp: not implemented yet (see the issues)\n');
-process.exit(1);
+import { main } from '../dp-wrapper/main.js';
+
+process.exit(await main(process.argv.slice(2)));

@@ -16,3 +16,4 @@ export * from './resources/tokens.js';
 export * from './resources/provided-ca.js';
 export * from './identity.js';
 export * from './resources/initial-policies.js';
+export * from './template.js';

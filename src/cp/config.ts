@@ -54,6 +54,8 @@ export const configSchema = z
         debounceMs: z.number().int().min(0).max(60_000).default(100),
         /** ...and at most this long after its first change. */
         debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
+        /** Delete a Dataplane that weft-dp registered this long after its proxy disconnected for good. */
+        ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
         tls: z
           .strictObject({
             /** auto: a self-signed certificate in the data dir; files: certFile + keyFile; off: plaintext. */
@@ -63,7 +65,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -104,6 +106,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_PORT: { path: ['xds', 'port'], kind: 'number' },
   WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: { path: ['xds', 'allowUnauthenticatedLoopback'], kind: 'boolean' },
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
+  WEFT_XDS_EPHEMERAL_CLEANUP_MS: { path: ['xds', 'ephemeralCleanupMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
   WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },

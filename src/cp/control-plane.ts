@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { AdsServer, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
+import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
@@ -93,8 +93,39 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     trustBundle: (mesh) => certificates.trustBundle(mesh),
   });
   reconciler.start();
+  // Dataplanes weft-dp registered leave with their proxy: deleted some seconds after its last
+  // xDS stream closed, unless it reconnects first (to this replica: see docs/dataplane.md).
+  const cleanups = new Map<string, NodeJS.Timeout>();
+  const scheduleCleanup = (nodeId: string) => {
+    const dot = nodeId.indexOf('.');
+    const key = { type: 'Dataplane', mesh: nodeId.slice(0, dot), name: nodeId.slice(dot + 1) };
+    const timer = setTimeout(() => {
+      cleanups.delete(nodeId);
+      if (ads.status.get(nodeId)?.connected) return;
+      void store
+        .get(key)
+        .then(async (dp) => {
+          if (dp?.labels[EPHEMERAL_LABEL] !== 'true') return;
+          await store.delete(key, dp.version);
+          logger.info({ nodeId }, 'dataplane registered by weft-dp removed: its proxy left');
+        })
+        .catch((err: unknown) => logger.warn({ err, nodeId }, 'could not remove a departed dataplane'));
+    }, config.xds.ephemeralCleanupMs);
+    timer.unref();
+    cleanups.set(nodeId, timer);
+  };
   const ads = new AdsServer({
-    onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
+    onProxy: {
+      connected: (id) => {
+        clearTimeout(cleanups.get(id));
+        cleanups.delete(id);
+        reconciler.track(id);
+      },
+      disconnected: (id) => {
+        reconciler.untrack(id);
+        scheduleCleanup(id);
+      },
+    },
     cache: snapshots,
     authenticator: tokenAuthenticator(tokens, { allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback }),
     logger: logger.child({ server: 'ads' }),
@@ -102,6 +133,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     instanceId,
     nackBackoffMs: config.xds.nackBackoffMs,
   });
+  const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
+  ads.addService(dpServiceDefinition(), dpService.handlers());
   if (config.xds.allowUnauthenticatedLoopback) logger.warn('xDS accepts unauthenticated proxies from loopback (xds.allowUnauthenticatedLoopback)');
 
   const api = buildApi({
@@ -169,6 +202,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
       closing ??= (async () => {
         serving = false;
         await ads.close();
+        for (const t of cleanups.values()) clearTimeout(t);
         reconciler.close();
         await api.close();
         await new Promise<void>((resolve) => diagnostics.close(() => resolve()));

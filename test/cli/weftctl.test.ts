@@ -175,10 +175,10 @@ describe('other binaries', () => {
     }
   });
 
-  it('weft-dp says it is not implemented yet and exits non-zero', async () => {
+  it('weft-dp without a command prints its usage and exits non-zero', async () => {
     const r = await run(process.execPath, [binPath('weft-dp')]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /not implemented yet/);
+    assert.match(r.stderr, /Usage: weft-dp [\s\S]*run \[options\]/);
   });
 
   it('weft-cni without CNI_COMMAND or a command prints its usage and exits non-zero', async () => {

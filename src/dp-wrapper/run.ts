@@ -1,0 +1,191 @@
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import type { BootstrapResponse } from '../ads/index.js';
+import { decodeResource, defaultRegistry, renderTemplate, VERSION, WeftError, type DataplaneSpec, type Logger, type ResourceInput } from '../core/index.js';
+import { CpClient, withRetry } from './cp-client.js';
+import { grpcXdsBootstrap, type IdentityFiles } from './grpc-bootstrap.js';
+import { writeAtomic } from './files.js';
+import { identityUris, WorkloadIdentity, type Clock, type Issued } from './identity.js';
+import { XdsRelay } from './relay.js';
+
+/** weft-dp's settings (flags, or WEFT_DP_* variables; see main.ts). */
+export interface DpOptions {
+  cpAddress: string;
+  caCertFile?: string;
+  dataplaneTokenFile?: string;
+  dataplaneToken?: string;
+  dataplaneFile?: string;
+  dataplane?: string;
+  vars: Record<string, string>;
+  name?: string;
+  mesh?: string;
+  workDir: string;
+  proxyless: boolean;
+  readyPort: number;
+  readyAddress: string;
+  clock?: Clock;
+  /** Aborts start-up (a signal before the proxy runs). */
+  signal?: AbortSignal;
+}
+
+/** Exit codes: what happened. */
+export const EXIT = { stopped: 0, startFailed: 1, proxyFailed: 2, appExited: 3 } as const;
+
+/** A start-up problem the user can fix: printed without a stack trace. */
+export class StartError extends Error {}
+
+function read(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new StartError(`cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/** Renders the Dataplane template and validates it as the control plane will. */
+export function loadDataplane(opts: Pick<DpOptions, 'dataplane' | 'dataplaneFile' | 'vars' | 'name' | 'mesh'>): ResourceInput<DataplaneSpec> {
+  const source = opts.dataplane ?? (opts.dataplaneFile ? read(opts.dataplaneFile, 'the dataplane file') : undefined);
+  if (source === undefined) throw new StartError('no Dataplane: give --dataplane-file FILE or --dataplane YAML');
+  const vars = { ...(opts.name ? { name: opts.name } : {}), ...(opts.mesh ? { mesh: opts.mesh } : {}), ...opts.vars };
+  const { text, missing } = renderTemplate(source, vars);
+  if (missing.length > 0) {
+    throw new StartError(`the Dataplane template needs ${missing.map((m) => `"${m.name}" (line ${m.line})`).join(', ')}: give --dataplane-var ${missing[0]!.name}=VALUE`);
+  }
+  const docs = parseAllDocuments(text);
+  const first = docs[0];
+  if (!first || first.errors.length > 0) throw new StartError(`the Dataplane is not valid YAML: ${first?.errors[0]?.message ?? 'empty'}`);
+  const doc = { ...(first.toJS() as Record<string, unknown>) };
+  doc.name ??= opts.name;
+  doc.mesh ??= opts.mesh ?? 'default';
+  try {
+    return decodeResource(doc, defaultRegistry(), { type: 'Dataplane' }).resource as ResourceInput<DataplaneSpec>;
+  } catch (err) {
+    if (err instanceof WeftError) throw new StartError(`${err.message}${err.violations.map((v) => `\n  ${v.field}: ${v.message}`).join('')}`);
+    throw err;
+  }
+}
+
+export interface RunningDataplane {
+  bootstrap: BootstrapResponse;
+  /** Port of /ready (and /quitquitquit on loopback). */
+  readyPort: number;
+  /** Proxyless: the gRPC xDS bootstrap file for the app (GRPC_XDS_BOOTSTRAP). */
+  grpcBootstrapFile?: string;
+  identity?: WorkloadIdentity;
+  ready(): boolean;
+  /** Graceful stop: not ready, deregister, close. Resolves to the exit code. */
+  stop(reason?: string): Promise<number>;
+  /** Resolves when stopped (by stop() or /quitquitquit). */
+  stopped: Promise<number>;
+}
+
+/**
+ * Starts weft-dp for one Dataplane: renders and checks it, registers with the control plane
+ * (retrying while it is not reachable), gets the workload certificate, then serves the proxy.
+ * In proxyless mode: the xDS relay, the gRPC bootstrap file and the identity files of the app.
+ */
+export async function runDataplane(opts: DpOptions, log: Logger): Promise<RunningDataplane> {
+  const resource = loadDataplane(opts);
+  const token = opts.dataplaneToken ?? (opts.dataplaneTokenFile ? read(opts.dataplaneTokenFile, 'the dataplane token file').trim() : undefined);
+  const caCertPem = opts.caCertFile ? read(opts.caCertFile, 'the CA certificate file') : undefined;
+  mkdirSync(opts.workDir, { recursive: true, mode: 0o700 });
+  const cp = new CpClient({ address: opts.cpAddress, caCertPem, token });
+  const abort = new AbortController();
+  opts.signal?.addEventListener('abort', () => abort.abort(), { once: true });
+  const cleanup: (() => void | Promise<void>)[] = [() => cp.close()];
+  let readyNow = false;
+  let resolveStopped!: (code: number) => void;
+  const stopped = new Promise<number>((r) => (resolveStopped = r));
+  let stopping: Promise<number> | undefined;
+
+  const stop = (reason = 'stop requested'): Promise<number> => {
+    stopping ??= (async () => {
+      readyNow = false;
+      abort.abort();
+      log.info({ reason }, 'stopping');
+      await cp.call('Deregister', { mesh: resource.mesh, name: resource.name }, 2000).catch((err: Error) => log.warn({ reason: err.message }, 'could not deregister; the control plane removes the Dataplane once the proxy is gone'));
+      for (const c of cleanup.reverse()) await c();
+      resolveStopped(EXIT.stopped);
+      return EXIT.stopped;
+    })();
+    return stopping;
+  };
+
+  try {
+    const bootstrap = await withRetry('bootstrap', () => cp.call<BootstrapResponse>('Bootstrap', { dataplane: toWireDataplane(resource), proxyless: opts.proxyless, version: VERSION }), { log, signal: abort.signal });
+    log.info({ nodeId: bootstrap.nodeId, mtls: bootstrap.mtls }, 'registered with the control plane');
+
+    let identity: WorkloadIdentity | undefined;
+    let files: IdentityFiles | undefined;
+    if (bootstrap.mtls) {
+      files = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
+      const f = files;
+      identity = new WorkloadIdentity({
+        cp,
+        uris: identityUris(resource.mesh, resource.spec),
+        log: log.child({ component: 'identity' }),
+        clock: opts.clock,
+        onIssued: (id: Issued) => {
+          // Key first (0600), then the certificate and the roots, each replaced atomically.
+          writeAtomic(f.private_key_file, id.keyPem, 0o600);
+          writeAtomic(f.certificate_file, id.certificatePem, 0o644);
+          writeAtomic(f.ca_certificate_file, id.caBundle.join(''), 0o644);
+        },
+      });
+      await identity.start(abort.signal);
+      cleanup.push(() => identity!.stop());
+    }
+
+    let grpcBootstrapFile: string | undefined;
+    if (opts.proxyless) {
+      const relay = new XdsRelay(cp, log.child({ component: 'xds-relay' }));
+      const port = await relay.listen();
+      cleanup.push(() => relay.close());
+      grpcBootstrapFile = join(opts.workDir, 'grpc-xds-bootstrap.json');
+      const service = resource.spec.networking.inbound?.[0]?.tags['kuma.io/service'] ?? resource.name;
+      writeAtomic(grpcBootstrapFile, `${JSON.stringify(grpcXdsBootstrap({ relayPort: port, nodeId: bootstrap.nodeId, cluster: service, files }), null, 2)}\n`, 0o644);
+      log.info({ GRPC_XDS_BOOTSTRAP: grpcBootstrapFile, relayPort: port }, 'proxyless: start the gRPC app with GRPC_XDS_BOOTSTRAP set to this file');
+      readyNow = true;
+    } else {
+      throw new StartError('running Envoy is not implemented yet: use --proxyless');
+    }
+
+    const readiness = await serveReadiness(opts, () => readyNow, () => void stop('/quitquitquit'));
+    cleanup.unshift(() => new Promise<void>((r) => readiness.close(() => r())));
+    return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, grpcBootstrapFile, identity, ready: () => readyNow, stop, stopped };
+  } catch (err) {
+    for (const c of cleanup.reverse()) await c();
+    throw err;
+  }
+}
+
+/** The Dataplane as the control plane's API reads it (Kuma Universal form). */
+function toWireDataplane(r: ResourceInput<DataplaneSpec>): Record<string, unknown> {
+  return { type: 'Dataplane', mesh: r.mesh, name: r.name, ...(Object.keys(r.labels).length ? { labels: r.labels } : {}), ...r.spec };
+}
+
+/**
+ * `/ready`: 200 only when the proxy can take traffic, so apps and orchestrators can wait for it.
+ * `/quitquitquit` (POST, from loopback only): stop, for batch jobs whose app has finished.
+ */
+function serveReadiness(opts: DpOptions, ready: () => boolean, quit: () => void): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.url === '/ready') return void res.writeHead(ready() ? 200 : 503, { 'content-type': 'text/plain' }).end(ready() ? 'ready\n' : 'not ready\n');
+    if (req.url === '/quitquitquit') {
+      const from = req.socket.remoteAddress ?? '';
+      if (req.method !== 'POST') return void res.writeHead(405).end('POST only\n');
+      if (!/^(127\.|::1$|::ffff:127\.)/.test(from)) return void res.writeHead(403).end('from loopback only\n');
+      res.writeHead(200).end('stopping\n');
+      return quit();
+    }
+    res.writeHead(404).end('not found\n');
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.readyPort, opts.readyAddress, () => resolve(server));
+  });
+}
+

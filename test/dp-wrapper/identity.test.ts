@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { createLogger } from '../../src/core/index.js';
+import { CpClient } from '../../src/dp-wrapper/cp-client.js';
+import { identityUris, WorkloadIdentity, type Clock, type Issued } from '../../src/dp-wrapper/identity.js';
+import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
+
+/** A clock the test moves by hand: timers fire only when it is advanced past them. */
+class ManualClock implements Clock {
+  private t = Date.now();
+  private timers: { at: number; fn: () => void; id: number }[] = [];
+  private next = 0;
+  now(): number {
+    return this.t;
+  }
+  setTimeout(fn: () => void, ms: number): unknown {
+    const id = this.next++;
+    this.timers.push({ at: this.t + ms, fn, id });
+    return id;
+  }
+  clearTimeout(h: unknown): void {
+    this.timers = this.timers.filter((x) => x.id !== h);
+  }
+  pending(): number[] {
+    return this.timers.map((x) => x.at - this.t);
+  }
+  advance(ms: number): void {
+    this.t += ms;
+    const due = this.timers.filter((x) => x.at <= this.t);
+    this.timers = this.timers.filter((x) => x.at > this.t);
+    for (const d of due) d.fn();
+  }
+}
+
+describe('workload certificate renewal (controllable clock, real control plane)', () => {
+  let cp: TestControlPlane;
+  let client: CpClient;
+  before(async () => {
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_TLS_MODE: 'off' });
+    await http(cp.apiUrl, 'PUT', '/meshes/m', { type: 'Mesh', name: 'm', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', dpCert: { rotation: { expiration: '1h' } } }] } });
+    await http(cp.apiUrl, 'PUT', '/meshes/m/dataplanes/web-1', { type: 'Dataplane', mesh: 'm', name: 'web-1', networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'web', version: 'v1' } }] } });
+    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'm', name: 'web-1' })).body.token);
+    client = new CpClient({ address: `http://${cp.xdsAddress}`, token });
+  });
+  after(async () => {
+    client?.close();
+    await cp?.stop();
+  });
+
+  it('renews at 4/5 of the lifetime with a new key, without restarting anything', async () => {
+    const clock = new ManualClock();
+    const issued: Issued[] = [];
+    let resolveSecond!: () => void;
+    const second = new Promise<void>((r) => (resolveSecond = r));
+    const identity = new WorkloadIdentity({
+      cp: client,
+      uris: identityUris('m', { networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'web', version: 'v1' } }] } }),
+      log: createLogger('test', 'silent'),
+      clock,
+      onIssued: (id) => {
+        issued.push(id);
+        if (issued.length === 2) resolveSecond();
+      },
+    });
+    const first = await identity.start();
+    const cert = new X509Certificate(first.certificatePem);
+    assert.match(cert.subjectAltName ?? '', /URI:spiffe:\/\/m\/web/);
+    assert.match(cert.subjectAltName ?? '', /URI:kuma:\/\/version\/v1/);
+    const lifetime = first.expiresAt - first.issuedAt;
+    assert.ok(Math.abs(lifetime - 3600_000) < 120_000, `lifetime from dpCert.rotation.expiration (got ${lifetime} ms)`);
+    const [wait] = clock.pending();
+    assert.ok(Math.abs(wait! - 0.8 * lifetime) < 1000, `renewal scheduled at 4/5 of the lifetime (in ${wait} ms)`);
+
+    clock.advance(wait! - 60_000);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(issued.length, 1, 'nothing before 4/5');
+    clock.advance(60_000);
+    await second;
+    const renewed = issued[1]!;
+    assert.notEqual(renewed.keyPem, first.keyPem, 'a new key');
+    assert.notEqual(new X509Certificate(renewed.certificatePem).serialNumber, cert.serialNumber, 'a new certificate');
+    assert.ok(new X509Certificate(renewed.certificatePem).checkPrivateKey((await import('node:crypto')).createPrivateKey(renewed.keyPem)));
+    assert.equal(identity.current, renewed);
+    assert.equal(clock.pending().length, 1, 'the next renewal is scheduled');
+    identity.stop();
+    assert.equal(clock.pending().length, 0);
+  });
+});

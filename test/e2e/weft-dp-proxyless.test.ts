@@ -1,0 +1,225 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { after, before, describe, it } from 'node:test';
+import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
+import { freePort } from '../helpers/postgres.js';
+
+/**
+ * Proxyless end to end through two weft-dp wrappers: each registers its Dataplane from a
+ * template, gets a certificate for a key made on its node, writes the gRPC bootstrap and identity
+ * files, and relays xDS to the control plane over TLS with its token. The apps are real
+ * grpc-js-xds server and client processes that know nothing but GRPC_XDS_BOOTSTRAP.
+ */
+const MESH = 'shop';
+const weftDp = fileURLToPath(new URL('../../src/cmd/weft-dp.js', import.meta.url));
+const helper = (name: string) => fileURLToPath(new URL(`../helpers/${name}`, import.meta.url));
+
+const TEMPLATE = `type: Dataplane
+mesh: ${MESH}
+name: {{ name }}
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: {{ port }}
+      tags:
+        kuma.io/service: {{ service }}
+        kuma.io/protocol: grpc
+`;
+
+interface Wrapper {
+  child: ChildProcess;
+  logs: Record<string, unknown>[];
+  stderr: string;
+  exited: Promise<number | null>;
+  /** Resolves with the first log line matching. */
+  line(pred: (l: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
+}
+
+function startWrapper(args: string[], env: Record<string, string> = {}): Wrapper {
+  const child = spawn(process.execPath, [weftDp, 'run', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs: Record<string, unknown>[] = [];
+  const waiters: { pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
+  const w: Wrapper = {
+    child,
+    logs,
+    stderr: '',
+    exited: new Promise((r) => child.once('exit', (code) => r(code))),
+    line(pred, ms = 20_000) {
+      const found = logs.find(pred);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`no such log line within ${ms} ms; logs: ${JSON.stringify(logs.slice(-5))} stderr: ${w.stderr}`)), ms);
+        waiters.push({
+          pred,
+          resolve: (l) => {
+            clearTimeout(t);
+            resolve(l);
+          },
+        });
+      });
+    },
+  };
+  child.stderr!.on('data', (d: Buffer) => (w.stderr += d.toString()));
+  createInterface({ input: child.stdout! }).on('line', (text) => {
+    let l: Record<string, unknown>;
+    try {
+      l = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    logs.push(l);
+    for (const x of [...waiters]) {
+      if (!x.pred(l)) continue;
+      waiters.splice(waiters.indexOf(x), 1);
+      x.resolve(l);
+    }
+  });
+  return w;
+}
+
+describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mTLS', () => {
+  let cp: TestControlPlane;
+  let dir: string;
+  let template: string;
+  let backendPort: number;
+  const wrappers: Wrapper[] = [];
+  const apps: ChildProcess[] = [];
+  const calls: { ok: boolean; backend?: string; code?: number }[] = [];
+
+  const common = (name: string, token: string) => [
+    '--cp-address',
+    `https://${cp.xdsAddress}`,
+    '--ca-cert-file',
+    join(cp.dataDir, 'xds-tls.crt'),
+    '--dataplane-token-file',
+    token,
+    '--dataplane-file',
+    template,
+    '--work-dir',
+    join(dir, name),
+    '--ready-port',
+    '0',
+    '--ready-address',
+    '127.0.0.1',
+    '--proxyless',
+  ];
+
+  async function tokenFile(name: string): Promise<string> {
+    const r = await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: MESH, name });
+    const path = join(dir, `${name}.token`);
+    writeFileSync(path, String(r.body.token), { mode: 0o600 });
+    return path;
+  }
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'weft-dp-e2e-'));
+    template = join(dir, 'dataplane.yaml');
+    writeFileSync(template, TEMPLATE);
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_DEBOUNCE_MS: '20', WEFT_XDS_EPHEMERAL_CLEANUP_MS: '500' });
+    assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/${MESH}`, { type: 'Mesh', name: MESH, mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } })).status, 201);
+    backendPort = await freePort();
+  });
+
+  after(async () => {
+    for (const a of apps) a.kill('SIGKILL');
+    for (const w of wrappers) w.child.kill('SIGKILL');
+    await cp?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  let backend: Wrapper;
+  let frontend: Wrapper;
+  it('each wrapper registers its Dataplane, gets its certificate and becomes ready', async () => {
+    backend = startWrapper([...common('backend-1', await tokenFile('backend-1')), '--dataplane-var', 'name=backend-1', '--dataplane-var', `port=${backendPort}`, '--dataplane-var', 'service=backend']);
+    frontend = startWrapper([...common('frontend-1', await tokenFile('frontend-1')), '--name', 'frontend-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=frontend']);
+    wrappers.push(backend, frontend);
+    for (const w of [backend, frontend]) {
+      const running = await w.line((l) => l.msg === 'weft-dp running');
+      const ready = await fetch(`http://127.0.0.1:${String(running.readyPort)}/ready`);
+      assert.equal(ready.status, 200);
+    }
+    const dp = await http(cp.apiUrl, 'GET', `/meshes/${MESH}/dataplanes/backend-1`);
+    assert.equal(dp.status, 200);
+    assert.deepEqual(dp.body.labels, { 'weft.io/ephemeral': 'true', 'weft.io/proxyless': 'true' });
+    const keyFile = join(dir, 'backend-1', 'identity.key');
+    assert.equal(statSync(keyFile).mode & 0o777, 0o600, 'the private key file is 0600');
+    assert.equal(statSync(join(dir, 'backend-1')).mode & 0o777, 0o700);
+    assert.match(readFileSync(keyFile, 'utf8'), /^-----BEGIN PRIVATE KEY-----/);
+    const api = JSON.stringify((await http(cp.apiUrl, 'GET', `/meshes/${MESH}/dataplanes/backend-1/_config`)).body);
+    assert.doesNotMatch(api, /PRIVATE KEY/, 'the control plane never had the key');
+  });
+
+  it('the apps, given only GRPC_XDS_BOOTSTRAP, talk mTLS through the mesh', async () => {
+    const bootstrapOf = async (w: Wrapper) => String((await w.line((l) => typeof l.GRPC_XDS_BOOTSTRAP === 'string')).GRPC_XDS_BOOTSTRAP);
+    const server = spawn(process.execPath, [helper('xds-server-app.js')], {
+      env: { ...process.env, GRPC_XDS_BOOTSTRAP: await bootstrapOf(backend), GRPC_XDS_EXPERIMENTAL_RBAC: 'true', NAME: 'backend-1', ADDRESS: `127.0.0.1:${backendPort}` },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    const client = spawn(process.execPath, [helper('xds-client-app.js')], {
+      env: { ...process.env, GRPC_XDS_BOOTSTRAP: await bootstrapOf(frontend), TARGET: 'xds:///backend', XDS_CREDS: '1', RUN_MS: '60000' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    apps.push(server, client);
+    createInterface({ input: client.stdout! }).on('line', (l) => calls.push(JSON.parse(l) as { ok: boolean; backend?: string }));
+    const t0 = Date.now();
+    while (calls.filter((c) => c.ok).length < 3) {
+      assert.ok(Date.now() - t0 < 30_000, `no successful calls; last: ${JSON.stringify(calls.slice(-2))}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(calls.find((c) => c.ok)!.backend!, /^backend-1\|.*URI:spiffe:\/\/shop\/frontend/);
+  });
+
+  it('SIGTERM: not ready, deregistered, exit code 0', async () => {
+    frontend.child.kill('SIGTERM');
+    assert.equal(await frontend.exited, 0);
+    assert.equal((await http(cp.apiUrl, 'GET', `/meshes/${MESH}/dataplanes/frontend-1`)).status, 404);
+  });
+
+  it('a Dataplane whose wrapper dies without deregistering is removed once its proxy is gone', async () => {
+    for (const a of apps) a.kill('SIGKILL');
+    backend.child.kill('SIGKILL');
+    await backend.exited;
+    const t0 = Date.now();
+    while ((await http(cp.apiUrl, 'GET', `/meshes/${MESH}/dataplanes/backend-1`)).status !== 404) {
+      assert.ok(Date.now() - t0 < 10_000, 'backend-1 still registered 10 s after its proxy left');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  it('start-up problems: a clear message and exit code 1, no stack trace', async () => {
+    const token = await tokenFile('x-1');
+    const missingVar = startWrapper([...common('x-1', token), '--dataplane-var', 'name=x-1']);
+    assert.equal(await missingVar.exited, 1);
+    assert.match(missingVar.stderr, /weft-dp: the Dataplane template needs "port" \(line 7\), "service" \(line 9\): give --dataplane-var port=VALUE/);
+    assert.doesNotMatch(missingVar.stderr, /\bat .*\.js:\d+/);
+
+    const noFile = startWrapper([...common('x-1', join(dir, 'nope.token')), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    assert.equal(await noFile.exited, 1);
+    assert.match(noFile.stderr, /cannot read the dataplane token file .*nope\.token: ENOENT/);
+
+    const wrongToken = startWrapper([...common('y-1', token), '--dataplane-var', 'name=y-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    assert.equal(await wrongToken.exited, 1);
+    assert.match(wrongToken.stderr, /the token is for dataplane "x-1" in mesh "shop", not "y-1"/);
+
+    const invalid = startWrapper([...common('x-1', token), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=70000', '--dataplane-var', 'service=x']);
+    assert.equal(await invalid.exited, 1);
+    assert.match(invalid.stderr, /Dataplane "x-1" is invalid\n  networking\.inbound\[0\]\.port: must be 1-65535/);
+  });
+
+  it('an unreachable control plane is "not yet": it retries with backoff until stopped', async () => {
+    const port = await freePort();
+    const w = startWrapper([...common('x-1', await tokenFile('x-1')).map((a) => (a === `https://${cp.xdsAddress}` ? `https://127.0.0.1:${port}` : a)), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    wrappers.push(w);
+    const first = await w.line((l) => l.msg === 'bootstrap: control plane not ready yet; retrying');
+    assert.equal(first.code, grpc.status[grpc.status.UNAVAILABLE]);
+    await w.line((l) => l.msg === 'bootstrap: control plane not ready yet; retrying' && Number(l.attempt) >= 2);
+    w.child.kill('SIGTERM');
+    assert.equal(await w.exited, 1, 'stopped before it ever started');
+  });
+});
