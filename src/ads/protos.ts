@@ -48,6 +48,7 @@ const PROTO_FILES = [
   'envoy/extensions/upstreams/http/v3/http_protocol_options.proto',
   'envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto',
   'envoy/config/bootstrap/v3/bootstrap.proto',
+  'envoy/service/secret/v3/sds.proto',
 ];
 
 function includeDirs(): string[] {

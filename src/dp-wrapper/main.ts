@@ -1,7 +1,7 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
-import { createLogger, parsePairs, VERSION } from '../core/index.js';
+import { createLogger, durationToMs, parsePairs, VERSION } from '../core/index.js';
 import { CpError } from './cp-client.js';
 import { EXIT, runDataplane, StartError } from './run.js';
 
@@ -35,6 +35,9 @@ export function buildProgram(onExit: (code: number) => void): Command {
     .addOption(opt('--proxyless', 'no Envoy: relay xDS and keep identity files for a gRPC app on @grpc/grpc-js-xds', 'PROXYLESS'))
     .addOption(opt('--ready-port <port>', 'port of /ready (0: any free port)', 'READY_PORT').default('9902'))
     .addOption(opt('--ready-address <address>', 'address of /ready', 'READY_ADDRESS').default('0.0.0.0'))
+    .addOption(opt('--max-restarts <n>', 'give up (exit 2) after this many Envoy failures in a row, each within 10 s of its start', 'MAX_RESTARTS').default('5'))
+    .addOption(opt('--restart-backoff <duration>', 'first delay before restarting Envoy; doubled each time, at most 30s', 'RESTART_BACKOFF').default('1s'))
+    .addOption(opt('--xds-variant <variant>', "Envoy's xDS flavour: delta (incremental) or sotw", 'XDS_VARIANT').choices(['delta', 'sotw']).default('delta'))
     .addOption(opt('--log-level <level>', "weft-dp's log level", 'LOG_LEVEL').default('info'))
     .action(async (o: Record<string, string | boolean | string[] | undefined>) => {
       const log = createLogger('weft-dp', String(o.logLevel));
@@ -52,7 +55,8 @@ export function buildProgram(onExit: (code: number) => void): Command {
           }
           if (signals > 1) {
             log.warn({ signal: s }, 'second signal: stopping at once');
-            return onExit(130);
+            void running.stop(s, true);
+            return;
           }
           void running.stop(s);
         });
@@ -74,6 +78,13 @@ export function buildProgram(onExit: (code: number) => void): Command {
             proxyless: o.proxyless === true,
             readyPort: Number(o.readyPort),
             readyAddress: String(o.readyAddress),
+            binaryPath: String(o.binaryPath),
+            adminPort: Number(o.adminPort),
+            drainTimeMs: durationToMs(String(o.drainTime)),
+            concurrency: o.concurrency === undefined ? undefined : Number(o.concurrency),
+            envoyLogLevel: String(o.envoyLogLevel),
+            xdsVariant: o.xdsVariant === 'sotw' ? 'sotw' : 'delta',
+            supervision: { maxRapidFailures: Number(o.maxRestarts), backoffMs: durationToMs(String(o.restartBackoff)) },
             signal: starting.signal,
           },
           log,
@@ -85,7 +96,8 @@ export function buildProgram(onExit: (code: number) => void): Command {
         return onExit(EXIT.startFailed);
       }
       log.info({ readyPort: running.readyPort, nodeId: running.bootstrap.nodeId }, 'weft-dp running');
-      onExit(await running.stopped);
+      const code = await running.stopped;
+      onExit(signals > 1 ? 130 : code);
     });
   return program;
 }

@@ -10,6 +10,10 @@ import { grpcXdsBootstrap, type IdentityFiles } from './grpc-bootstrap.js';
 import { writeAtomic } from './files.js';
 import { identityUris, WorkloadIdentity, type Clock, type Issued } from './identity.js';
 import { XdsRelay } from './relay.js';
+import { checkBootstrap, envoyBootstrap } from './envoy-bootstrap.js';
+import { LocalSds } from './sds.js';
+import { EnvoySupervisor, type SupervisorOptions } from './supervisor.js';
+import { parseCpAddress } from './cp-client.js';
 
 /** weft-dp's settings (flags, or WEFT_DP_* variables; see main.ts). */
 export interface DpOptions {
@@ -26,6 +30,15 @@ export interface DpOptions {
   proxyless: boolean;
   readyPort: number;
   readyAddress: string;
+  binaryPath?: string;
+  adminPort?: number;
+  drainTimeMs?: number;
+  concurrency?: number;
+  envoyLogLevel?: string;
+  /** Incremental xDS (default) or state of the world, for Envoy. */
+  xdsVariant?: 'delta' | 'sotw';
+  /** Supervision limits (tests make them short). */
+  supervision?: Pick<SupervisorOptions, 'maxRapidFailures' | 'rapidMs' | 'backoffMs' | 'maxBackoffMs' | 'killAfterMs'>;
   clock?: Clock;
   /** Aborts start-up (a signal before the proxy runs). */
   signal?: AbortSignal;
@@ -75,9 +88,9 @@ export interface RunningDataplane {
   /** Proxyless: the gRPC xDS bootstrap file for the app (GRPC_XDS_BOOTSTRAP). */
   grpcBootstrapFile?: string;
   identity?: WorkloadIdentity;
-  ready(): boolean;
-  /** Graceful stop: not ready, deregister, close. Resolves to the exit code. */
-  stop(reason?: string): Promise<number>;
+  ready(): Promise<boolean>;
+  /** Graceful stop: not ready, drain, deregister, close (`now`: skip draining). Resolves to the exit code. */
+  stop(reason?: string, now?: boolean): Promise<number>;
   /** Resolves when stopped (by stop() or /quitquitquit). */
   stopped: Promise<number>;
 }
@@ -100,16 +113,21 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
   let resolveStopped!: (code: number) => void;
   const stopped = new Promise<number>((r) => (resolveStopped = r));
   let stopping: Promise<number> | undefined;
+  /** Drains and stops the proxy (Envoy), when there is one. */
+  let stopProxy: ((now: boolean) => Promise<void>) | undefined;
+  let exitCode: number = EXIT.stopped;
 
-  const stop = (reason = 'stop requested'): Promise<number> => {
+  const stop = (reason = 'stop requested', now = false): Promise<number> => {
+    if (stopping && now) void stopProxy?.(true);
     stopping ??= (async () => {
       readyNow = false;
       abort.abort();
       log.info({ reason }, 'stopping');
+      await stopProxy?.(now);
       await cp.call('Deregister', { mesh: resource.mesh, name: resource.name }, 2000).catch((err: Error) => log.warn({ reason: err.message }, 'could not deregister; the control plane removes the Dataplane once the proxy is gone'));
       for (const c of cleanup.reverse()) await c();
-      resolveStopped(EXIT.stopped);
-      return EXIT.stopped;
+      resolveStopped(exitCode);
+      return exitCode;
     })();
     return stopping;
   };
@@ -120,6 +138,13 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
 
     let identity: WorkloadIdentity | undefined;
     let files: IdentityFiles | undefined;
+    let sds: LocalSds | undefined;
+    if (!opts.proxyless) {
+      sds = new LocalSds(join(opts.workDir, 'sds.sock'), log.child({ component: 'sds' }));
+      await sds.listen();
+      const s = sds;
+      cleanup.push(() => s.close());
+    }
     if (bootstrap.mtls) {
       files = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
       const f = files;
@@ -129,7 +154,8 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
         log: log.child({ component: 'identity' }),
         clock: opts.clock,
         onIssued: (id: Issued) => {
-          // Key first (0600), then the certificate and the roots, each replaced atomically.
+          if (sds) return sds.set(id); // Envoy: over the local SDS only, never on disk
+          // Proxyless: key first (0600), then the certificate and the roots, each replaced atomically.
           writeAtomic(f.private_key_file, id.keyPem, 0o600);
           writeAtomic(f.certificate_file, id.certificatePem, 0o644);
           writeAtomic(f.ca_certificate_file, id.caBundle.join(''), 0o644);
@@ -140,6 +166,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     }
 
     let grpcBootstrapFile: string | undefined;
+    let isReady: () => boolean | Promise<boolean> = () => readyNow;
     if (opts.proxyless) {
       const relay = new XdsRelay(cp, log.child({ component: 'xds-relay' }));
       const port = await relay.listen();
@@ -150,12 +177,42 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       log.info({ GRPC_XDS_BOOTSTRAP: grpcBootstrapFile, relayPort: port }, 'proxyless: start the gRPC app with GRPC_XDS_BOOTSTRAP set to this file');
       readyNow = true;
     } else {
-      throw new StartError('running Envoy is not implemented yet: use --proxyless');
+      const cpAddr = parseCpAddress(opts.cpAddress);
+      const [host, port] = [cpAddr.target.slice(0, cpAddr.target.lastIndexOf(':')).replace(/^\[|\]$/g, ''), Number(cpAddr.target.slice(cpAddr.target.lastIndexOf(':') + 1))];
+      const adminPort = opts.adminPort ?? 9901;
+      const service = resource.spec.networking.inbound?.[0]?.tags['kuma.io/service'] ?? resource.spec.networking.gateway?.tags['kuma.io/service'] ?? resource.name;
+      const config = envoyBootstrap({ nodeId: bootstrap.nodeId, cluster: service, cp: { host, port, tls: cpAddr.tls, caCertPem }, token, adminPort, sdsSocket: join(opts.workDir, 'sds.sock'), variant: opts.xdsVariant ?? 'delta' });
+      const problems = checkBootstrap(config);
+      if (problems.length > 0) throw new StartError(`BUG: the Envoy bootstrap breaks Envoy's rules, please report: ${problems.join('; ')}`);
+      const configPath = join(opts.workDir, 'envoy-bootstrap.json');
+      // It holds the dataplane token: readable by this user only.
+      writeAtomic(configPath, `${JSON.stringify(config, null, 2)}\n`, 0o600);
+      const envoy = new EnvoySupervisor({
+        binaryPath: opts.binaryPath ?? 'envoy',
+        configPath,
+        adminPort,
+        drainTimeMs: opts.drainTimeMs ?? 30_000,
+        logLevel: opts.envoyLogLevel ?? 'info',
+        concurrency: opts.concurrency,
+        log: log.child({ component: 'envoy' }),
+        ...opts.supervision,
+      });
+      envoy.start();
+      cleanup.push(() => envoy.stop({ now: true }));
+      readyNow = true;
+      isReady = async () => readyNow && (await envoy.ready());
+      stopProxy = (now) => envoy.stop({ now });
+      void envoy.exited.then((e) => {
+        if (e.kind !== 'gave-up') return;
+        readyNow = false;
+        exitCode = EXIT.proxyFailed;
+        void stop('Envoy keeps failing');
+      });
     }
 
-    const readiness = await serveReadiness(opts, () => readyNow, () => void stop('/quitquitquit'));
+    const readiness = await serveReadiness(opts, isReady, () => void stop('/quitquitquit'));
     cleanup.unshift(() => new Promise<void>((r) => readiness.close(() => r())));
-    return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, grpcBootstrapFile, identity, ready: () => readyNow, stop, stopped };
+    return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, grpcBootstrapFile, identity, ready: async () => Boolean(await isReady()), stop, stopped };
   } catch (err) {
     for (const c of cleanup.reverse()) await c();
     throw err;
@@ -171,9 +228,12 @@ function toWireDataplane(r: ResourceInput<DataplaneSpec>): Record<string, unknow
  * `/ready`: 200 only when the proxy can take traffic, so apps and orchestrators can wait for it.
  * `/quitquitquit` (POST, from loopback only): stop, for batch jobs whose app has finished.
  */
-function serveReadiness(opts: DpOptions, ready: () => boolean, quit: () => void): Promise<Server> {
+function serveReadiness(opts: DpOptions, ready: () => boolean | Promise<boolean>, quit: () => void): Promise<Server> {
   const server = createServer((req, res) => {
-    if (req.url === '/ready') return void res.writeHead(ready() ? 200 : 503, { 'content-type': 'text/plain' }).end(ready() ? 'ready\n' : 'not ready\n');
+    if (req.url === '/ready') {
+      void Promise.resolve(ready()).then((ok) => res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready\n'));
+      return;
+    }
     if (req.url === '/quitquitquit') {
       const from = req.socket.remoteAddress ?? '';
       if (req.method !== 'POST') return void res.writeHead(405).end('POST only\n');
