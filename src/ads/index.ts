@@ -1,6 +1,6 @@
 export { AdsServer, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
 export { SnapshotCache, ResourceEncoder, buildSnapshot, InconsistentSnapshotError, referencesOf, type ResourceSet, type Snapshot, type EncodedResource } from './cache.js';
-export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType, grpcCodec } from './protos.js';
+export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType, grpcCodec, streamingMethod } from './protos.js';
 export { checkResource, type ProtoViolation } from './proto-check.js';
 export { XdsStatus, type ProxyStatus, type TypeStatus } from './status.js';
 export { AdsStream, StreamError, type Identity, type Variant, type StreamHooks } from './stream.js';

@@ -96,3 +96,18 @@ export function grpcCodec(name: string): { serialize(obj: object): Buffer; deser
     deserialize: (buf) => type.toObject(type.decode(buf), TO_OBJECT),
   };
 }
+
+/** A bidirectional-streaming gRPC method on Envoy's protos (ADS, SDS): request and response types by name. */
+export function streamingMethod(path: string, request: string, response: string) {
+  const req = grpcCodec(request);
+  const res = grpcCodec(response);
+  return {
+    path,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: req.serialize,
+    requestDeserialize: req.deserialize,
+    responseSerialize: res.serialize,
+    responseDeserialize: res.deserialize,
+  };
+}

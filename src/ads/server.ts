@@ -3,7 +3,7 @@ import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { isWeftError, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
-import { grpcCodec as codec } from './protos.js';
+import { streamingMethod } from './protos.js';
 import { XdsStatus } from './status.js';
 import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
@@ -86,29 +86,9 @@ export class AdsServer {
       onIgnored: (...a) => status.onIgnored(...a),
     };
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-    const req = codec('envoy.service.discovery.v3.DiscoveryRequest');
-    const res = codec('envoy.service.discovery.v3.DiscoveryResponse');
-    const dreq = codec('envoy.service.discovery.v3.DeltaDiscoveryRequest');
-    const dres = codec('envoy.service.discovery.v3.DeltaDiscoveryResponse');
     const definition: grpc.ServiceDefinition = {
-      StreamAggregatedResources: {
-        path: `${PATH}/StreamAggregatedResources`,
-        requestStream: true,
-        responseStream: true,
-        requestSerialize: req.serialize,
-        requestDeserialize: req.deserialize,
-        responseSerialize: res.serialize,
-        responseDeserialize: res.deserialize,
-      },
-      DeltaAggregatedResources: {
-        path: `${PATH}/DeltaAggregatedResources`,
-        requestStream: true,
-        responseStream: true,
-        requestSerialize: dreq.serialize,
-        requestDeserialize: dreq.deserialize,
-        responseSerialize: dres.serialize,
-        responseDeserialize: dres.deserialize,
-      },
+      StreamAggregatedResources: streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
+      DeltaAggregatedResources: streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
     };
     this.server.addService(definition, {
       StreamAggregatedResources: (call: grpc.ServerDuplexStream<DiscoveryRequest, object>) => this.serve('sotw', call),

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { chmodSync, rmSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { grpcCodec } from '../ads/index.js';
+import { streamingMethod } from '../ads/index.js';
 import type { Logger } from '../core/index.js';
 import { IDENTITY_SECRET } from '../xds/index.js';
 import type { Issued } from './identity.js';
@@ -23,20 +23,8 @@ export class LocalSds {
     private readonly socketPath: string,
     private readonly log: Logger,
   ) {
-    const req = grpcCodec('envoy.service.discovery.v3.DiscoveryRequest');
-    const res = grpcCodec('envoy.service.discovery.v3.DiscoveryResponse');
     this.server.addService(
-      {
-        StreamSecrets: {
-          path: '/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets',
-          requestStream: true,
-          responseStream: true,
-          requestSerialize: req.serialize,
-          requestDeserialize: req.deserialize,
-          responseSerialize: res.serialize,
-          responseDeserialize: res.deserialize,
-        },
-      },
+      { StreamSecrets: streamingMethod('/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets', 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse') },
       { StreamSecrets: (call: grpc.ServerDuplexStream<Record<string, unknown>, object>) => this.stream(call) },
     );
   }

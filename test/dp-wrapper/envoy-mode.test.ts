@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
@@ -12,51 +10,14 @@ import { grpcCodec, messageType } from '../../src/ads/index.js';
 import { checkBootstrap } from '../../src/dp-wrapper/envoy-bootstrap.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { freePort } from '../helpers/postgres.js';
+import { startWeftDp, type WeftDpProcess } from '../helpers/weft-dp.js';
 
 /**
  * weft-dp running "Envoy": the process is a supervision double (test/helpers/envoy-supervision-
  * double.ts), so start, readiness, restarts, draining and signals are tested for real; the
  * identity Envoy would get is read from weft-dp's local SDS server by a real gRPC SDS client.
  */
-const weftDp = fileURLToPath(new URL('../../src/cmd/weft-dp.js', import.meta.url));
 const double = fileURLToPath(new URL('../helpers/envoy-supervision-double.js', import.meta.url));
-
-interface Wrapper {
-  child: ChildProcess;
-  logs: Record<string, unknown>[];
-  stderr: string;
-  exited: Promise<number | null>;
-  line(pred: (l: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
-}
-
-function wrapper(args: string[], env: Record<string, string>): Wrapper {
-  const child = spawn(process.execPath, [weftDp, 'run', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Record<string, unknown>[] = [];
-  const w: Wrapper = {
-    child,
-    logs,
-    stderr: '',
-    exited: new Promise((r) => child.once('exit', (code) => r(code))),
-    async line(pred, ms = 15_000) {
-      const t0 = Date.now();
-      for (;;) {
-        const l = logs.find(pred);
-        if (l) return l;
-        if (Date.now() - t0 > ms) throw new Error(`no such log line; last: ${JSON.stringify(logs.slice(-4))} ${w.stderr}`);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    },
-  };
-  child.stderr!.on('data', (d: Buffer) => (w.stderr += d.toString()));
-  createInterface({ input: child.stdout! }).on('line', (t) => {
-    try {
-      logs.push(JSON.parse(t) as Record<string, unknown>);
-    } catch {
-      // not a log line
-    }
-  });
-  return w;
-}
 
 const records = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
 async function record(file: string, pred: (r: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
@@ -81,7 +42,7 @@ describe('weft-dp with Envoy (a supervision double for the process)', () => {
   let cp: TestControlPlane;
   let dir: string;
   let n = 0;
-  const running: Wrapper[] = [];
+  const running: WeftDpProcess[] = [];
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'weft-dp-envoy-'));
@@ -95,14 +56,14 @@ describe('weft-dp with Envoy (a supervision double for the process)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function start(mode: string, extra: string[] = []): Promise<{ w: Wrapper; work: string; record: string; name: string }> {
+  async function start(mode: string, extra: string[] = []): Promise<{ w: WeftDpProcess; work: string; record: string; name: string }> {
     const name = `web-${++n}`;
     const token = join(dir, `${name}.token`);
     writeFileSync(token, String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'm', name })).body.token));
     const work = join(dir, name);
     const record = join(dir, `${name}.record`);
     const dataplane = `type: Dataplane\nmesh: m\nname: ${name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: { kuma.io/service: web }\n`;
-    const w = wrapper(
+    const w = startWeftDp(
       [
         ...['--cp-address', `https://${cp.xdsAddress}`, '--ca-cert-file', join(cp.dataDir, 'xds-tls.crt'), '--dataplane-token-file', token, '--dataplane', dataplane],
         ...['--work-dir', work, '--ready-port', '0', '--ready-address', '127.0.0.1', '--admin-port', String(await freePort()), '--binary-path', double, '--drain-time', '1s'],

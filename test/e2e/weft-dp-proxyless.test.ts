@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { freePort } from '../helpers/postgres.js';
+import { startWeftDp, type WeftDpProcess } from '../helpers/weft-dp.js';
 
 /**
  * Proxyless end to end through two weft-dp wrappers: each registers its Dataplane from a
@@ -17,7 +18,6 @@ import { freePort } from '../helpers/postgres.js';
  * grpc-js-xds server and client processes that know nothing but GRPC_XDS_BOOTSTRAP.
  */
 const MESH = 'shop';
-const weftDp = fileURLToPath(new URL('../../src/cmd/weft-dp.js', import.meta.url));
 const helper = (name: string) => fileURLToPath(new URL(`../helpers/${name}`, import.meta.url));
 
 const TEMPLATE = `type: Dataplane
@@ -32,63 +32,12 @@ networking:
         kuma.io/protocol: grpc
 `;
 
-interface Wrapper {
-  child: ChildProcess;
-  logs: Record<string, unknown>[];
-  stderr: string;
-  exited: Promise<number | null>;
-  /** Resolves with the first log line matching. */
-  line(pred: (l: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
-}
-
-function startWrapper(args: string[], env: Record<string, string> = {}): Wrapper {
-  const child = spawn(process.execPath, [weftDp, 'run', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Record<string, unknown>[] = [];
-  const waiters: { pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
-  const w: Wrapper = {
-    child,
-    logs,
-    stderr: '',
-    exited: new Promise((r) => child.once('exit', (code) => r(code))),
-    line(pred, ms = 20_000) {
-      const found = logs.find(pred);
-      if (found) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no such log line within ${ms} ms; logs: ${JSON.stringify(logs.slice(-5))} stderr: ${w.stderr}`)), ms);
-        waiters.push({
-          pred,
-          resolve: (l) => {
-            clearTimeout(t);
-            resolve(l);
-          },
-        });
-      });
-    },
-  };
-  child.stderr!.on('data', (d: Buffer) => (w.stderr += d.toString()));
-  createInterface({ input: child.stdout! }).on('line', (text) => {
-    let l: Record<string, unknown>;
-    try {
-      l = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      return;
-    }
-    logs.push(l);
-    for (const x of [...waiters]) {
-      if (!x.pred(l)) continue;
-      waiters.splice(waiters.indexOf(x), 1);
-      x.resolve(l);
-    }
-  });
-  return w;
-}
-
 describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mTLS', () => {
   let cp: TestControlPlane;
   let dir: string;
   let template: string;
   let backendPort: number;
-  const wrappers: Wrapper[] = [];
+  const wrappers: WeftDpProcess[] = [];
   const apps: ChildProcess[] = [];
   const calls: { ok: boolean; backend?: string; code?: number }[] = [];
 
@@ -133,11 +82,11 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  let backend: Wrapper;
-  let frontend: Wrapper;
+  let backend: WeftDpProcess;
+  let frontend: WeftDpProcess;
   it('each wrapper registers its Dataplane, gets its certificate and becomes ready', async () => {
-    backend = startWrapper([...common('backend-1', await tokenFile('backend-1')), '--dataplane-var', 'name=backend-1', '--dataplane-var', `port=${backendPort}`, '--dataplane-var', 'service=backend']);
-    frontend = startWrapper([...common('frontend-1', await tokenFile('frontend-1')), '--name', 'frontend-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=frontend']);
+    backend = startWeftDp([...common('backend-1', await tokenFile('backend-1')), '--dataplane-var', 'name=backend-1', '--dataplane-var', `port=${backendPort}`, '--dataplane-var', 'service=backend']);
+    frontend = startWeftDp([...common('frontend-1', await tokenFile('frontend-1')), '--name', 'frontend-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=frontend']);
     wrappers.push(backend, frontend);
     for (const w of [backend, frontend]) {
       const running = await w.line((l) => l.msg === 'weft-dp running');
@@ -156,7 +105,7 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
   });
 
   it('the apps, given only GRPC_XDS_BOOTSTRAP, talk mTLS through the mesh', async () => {
-    const bootstrapOf = async (w: Wrapper) => String((await w.line((l) => typeof l.GRPC_XDS_BOOTSTRAP === 'string')).GRPC_XDS_BOOTSTRAP);
+    const bootstrapOf = async (w: WeftDpProcess) => String((await w.line((l) => typeof l.GRPC_XDS_BOOTSTRAP === 'string')).GRPC_XDS_BOOTSTRAP);
     const server = spawn(process.execPath, [helper('xds-server-app.js')], {
       env: { ...process.env, GRPC_XDS_BOOTSTRAP: await bootstrapOf(backend), GRPC_XDS_EXPERIMENTAL_RBAC: 'true', NAME: 'backend-1', ADDRESS: `127.0.0.1:${backendPort}` },
       stdio: ['ignore', 'ignore', 'inherit'],
@@ -194,27 +143,27 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
 
   it('start-up problems: a clear message and exit code 1, no stack trace', async () => {
     const token = await tokenFile('x-1');
-    const missingVar = startWrapper([...common('x-1', token), '--dataplane-var', 'name=x-1']);
+    const missingVar = startWeftDp([...common('x-1', token), '--dataplane-var', 'name=x-1']);
     assert.equal(await missingVar.exited, 1);
     assert.match(missingVar.stderr, /weft-dp: the Dataplane template needs "port" \(line 7\), "service" \(line 9\): give --dataplane-var port=VALUE/);
     assert.doesNotMatch(missingVar.stderr, /\bat .*\.js:\d+/);
 
-    const noFile = startWrapper([...common('x-1', join(dir, 'nope.token')), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    const noFile = startWeftDp([...common('x-1', join(dir, 'nope.token')), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
     assert.equal(await noFile.exited, 1);
     assert.match(noFile.stderr, /cannot read the dataplane token file .*nope\.token: ENOENT/);
 
-    const wrongToken = startWrapper([...common('y-1', token), '--dataplane-var', 'name=y-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    const wrongToken = startWeftDp([...common('y-1', token), '--dataplane-var', 'name=y-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
     assert.equal(await wrongToken.exited, 1);
     assert.match(wrongToken.stderr, /the token is for dataplane "x-1" in mesh "shop", not "y-1"/);
 
-    const invalid = startWrapper([...common('x-1', token), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=70000', '--dataplane-var', 'service=x']);
+    const invalid = startWeftDp([...common('x-1', token), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=70000', '--dataplane-var', 'service=x']);
     assert.equal(await invalid.exited, 1);
     assert.match(invalid.stderr, /Dataplane "x-1" is invalid\n  networking\.inbound\[0\]\.port: must be 1-65535/);
   });
 
   it('an unreachable control plane is "not yet": it retries with backoff until stopped', async () => {
     const port = await freePort();
-    const w = startWrapper([...common('x-1', await tokenFile('x-1')).map((a) => (a === `https://${cp.xdsAddress}` ? `https://127.0.0.1:${port}` : a)), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
+    const w = startWeftDp([...common('x-1', await tokenFile('x-1')).map((a) => (a === `https://${cp.xdsAddress}` ? `https://127.0.0.1:${port}` : a)), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
     wrappers.push(w);
     const first = await w.line((l) => l.msg === 'bootstrap: control plane not ready yet; retrying');
     assert.equal(first.code, grpc.status[grpc.status.UNAVAILABLE]);
