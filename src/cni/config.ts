@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { validate, WeftError } from '../core/index.js';
+import { resolvConfNameservers as resolvers, validate, WeftError } from '../core/index.js';
 import { DEFAULTS, type TransparentProxyConfig, type UidPortExclusion } from './rules.js';
 
 /** Kuma's default data-plane user, and the UID used when no such user exists (Kuma's too). */
@@ -63,19 +63,6 @@ export function resolveUid(user: string | number, passwd = '/etc/passwd'): numbe
     if (name === user && uid !== undefined) return Number(uid);
   }
   return undefined;
-}
-
-/** Nameservers of a resolv.conf. */
-export function resolvers(path = '/etc/resolv.conf'): string[] {
-  try {
-    return readFileSync(path, 'utf8')
-      .split('\n')
-      .map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1])
-      .filter((s): s is string => s !== undefined && isIP(s.split('%')[0]!) !== 0)
-      .map((s) => s.split('%')[0]!);
-  } catch {
-    return [];
-  }
 }
 
 /**

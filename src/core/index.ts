@@ -17,3 +17,4 @@ export * from './resources/provided-ca.js';
 export * from './identity.js';
 export * from './resources/initial-policies.js';
 export * from './template.js';
+export * from './resolv.js';

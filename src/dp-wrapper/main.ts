@@ -85,6 +85,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
             envoyLogLevel: String(o.envoyLogLevel),
             xdsVariant: o.xdsVariant === 'sotw' ? 'sotw' : 'delta',
             supervision: { maxRapidFailures: Number(o.maxRestarts), backoffMs: durationToMs(String(o.restartBackoff)) },
+            dns: o.dnsEnabled ? { port: Number(o.dnsPort) } : undefined,
             signal: starting.signal,
           },
           log,
@@ -95,7 +96,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
         process.stderr.write(`weft-dp: ${message}\n`);
         return onExit(EXIT.startFailed);
       }
-      log.info({ readyPort: running.readyPort, nodeId: running.bootstrap.nodeId }, 'weft-dp running');
+      log.info({ readyPort: running.readyPort, dnsPorts: running.dnsPorts, nodeId: running.bootstrap.nodeId }, 'weft-dp running');
       const code = await running.stopped;
       onExit(signals > 1 ? 130 : code);
     });

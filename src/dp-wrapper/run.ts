@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { BootstrapResponse } from '../ads/index.js';
-import { decodeResource, defaultRegistry, renderTemplate, VERSION, WeftError, type DataplaneSpec, type Logger, type ResourceInput } from '../core/index.js';
+import { decodeResource, defaultRegistry, renderTemplate, resolvConfNameservers, VERSION, WeftError, type DataplaneSpec, type Logger, type ResourceInput } from '../core/index.js';
 import { CpClient, withRetry } from './cp-client.js';
 import { grpcXdsBootstrap, type IdentityFiles } from './grpc-bootstrap.js';
 import { writeAtomic } from './files.js';
@@ -12,6 +12,7 @@ import { identityUris, WorkloadIdentity, type Clock, type Issued } from './ident
 import { XdsRelay } from './relay.js';
 import { checkBootstrap, envoyBootstrap } from './envoy-bootstrap.js';
 import { LocalSds } from './sds.js';
+import { MeshDns } from './dns.js';
 import { EnvoySupervisor, type SupervisorOptions } from './supervisor.js';
 import { parseCpAddress } from './cp-client.js';
 
@@ -40,6 +41,8 @@ export interface DpOptions {
   /** Supervision limits (tests make them short). */
   supervision?: Pick<SupervisorOptions, 'maxRapidFailures' | 'rapidMs' | 'backoffMs' | 'maxBackoffMs' | 'killAfterMs'>;
   clock?: Clock;
+  /** Answer `<service>.mesh` on this port (UDP and TCP), forwarding other names. */
+  dns?: { port: number; addresses?: string[]; resolvConf?: string; refreshMs?: number };
   /** Aborts start-up (a signal before the proxy runs). */
   signal?: AbortSignal;
 }
@@ -85,6 +88,8 @@ export interface RunningDataplane {
   bootstrap: BootstrapResponse;
   /** Port of /ready (and /quitquitquit on loopback). */
   readyPort: number;
+  /** Where DNS listens (UDP and TCP), when enabled. */
+  dnsPorts: number[];
   /** Proxyless: the gRPC xDS bootstrap file for the app (GRPC_XDS_BOOTSTRAP). */
   grpcBootstrapFile?: string;
   identity?: WorkloadIdentity;
@@ -165,6 +170,25 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       cleanup.push(() => identity!.stop());
     }
 
+    let dns: MeshDns | undefined;
+    if (opts.dns) {
+      const upstreams = resolvConfNameservers(opts.dns.resolvConf);
+      dns = new MeshDns({ port: opts.dns.port, addresses: opts.dns.addresses, upstreams, log: log.child({ component: 'dns' }) });
+      dns.setVips(bootstrap.vips);
+      await dns.listen();
+      const d = dns;
+      cleanup.push(() => d.close());
+      // Services come and go: refresh the virtual IPs from the control plane.
+      const timer = setInterval(() => {
+        cp.call<{ vips: Record<string, string> }>('Vips', { mesh: resource.mesh }, 5000).then(
+          (r) => d.setVips(r.vips),
+          (err: Error) => log.warn({ reason: err.message }, 'could not refresh the virtual IPs; keeping the last ones'),
+        );
+      }, opts.dns.refreshMs ?? 10_000);
+      timer.unref();
+      cleanup.push(() => clearInterval(timer));
+    }
+
     let grpcBootstrapFile: string | undefined;
     let isReady: () => boolean | Promise<boolean> = () => readyNow;
     if (opts.proxyless) {
@@ -212,7 +236,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
 
     const readiness = await serveReadiness(opts, isReady, () => void stop('/quitquitquit'));
     cleanup.unshift(() => new Promise<void>((r) => readiness.close(() => r())));
-    return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, grpcBootstrapFile, identity, ready: async () => Boolean(await isReady()), stop, stopped };
+    return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, dnsPorts: dns?.ports ?? [], grpcBootstrapFile, identity, ready: async () => Boolean(await isReady()), stop, stopped };
   } catch (err) {
     for (const c of cleanup.reverse()) await c();
     throw err;

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
+import { Resolver } from 'node:dns/promises';
 import { grpcCodec, messageType } from '../../src/ads/index.js';
+import { serviceVips } from '../../src/xds/index.js';
 import { checkBootstrap } from '../../src/dp-wrapper/envoy-bootstrap.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { freePort } from '../helpers/postgres.js';
@@ -76,8 +78,12 @@ describe('weft-dp with Envoy (a supervision double for the process)', () => {
   }
 
   it('writes a bootstrap Envoy accepts (0600, it holds the token), starts Envoy with its flags, and is ready when Envoy is', async () => {
-    const { w, work, record: recordFile } = await start('serve', ['--concurrency', '2', '--envoy-log-level', 'debug']);
+    const { w, work, record: recordFile } = await start('serve', ['--concurrency', '2', '--envoy-log-level', 'debug', '--dns-enabled', '--dns-port', '0']);
     const up = await w.line((l) => l.msg === 'weft-dp running');
+    // .mesh DNS with the virtual IPs the control plane assigned.
+    const resolver = new Resolver({ timeout: 2000, tries: 1 });
+    resolver.setServers([`127.0.0.1:${String((up.dnsPorts as number[])[0])}`]);
+    assert.deepEqual(await resolver.resolve4('web.mesh'), [serviceVips(['web']).get('web')]);
     const path = join(work, 'envoy-bootstrap.json');
     assert.equal(statSync(path).mode & 0o777, 0o600);
     const bootstrap = JSON.parse(readFileSync(path, 'utf8')) as { node: { id: string }; dynamic_resources: { ads_config: { api_type: string; grpc_services: { initial_metadata: { value: string }[] }[] } } };
