@@ -126,6 +126,13 @@ export class DataplaneService {
     return v;
   }
 
+  private async mtlsOf(meshName: string): Promise<BootstrapResponse['mtls']> {
+    const mesh = (await this.opts.store.get({ type: MESH_TYPE, mesh: '', name: meshName })) as Resource<MeshSpec> | undefined;
+    const backend = mesh ? enabledMtlsBackend(mesh.spec) : undefined;
+    if (!backend) return null;
+    return { backend: backend.name, mode: backend.mode ?? 'STRICT', certificateLifetimeSeconds: Math.round(durationToMs(backend.dpCert?.rotation?.expiration ?? '24h') / 1000) };
+  }
+
   private async bootstrap(req: BootstrapRequest, who: Who): Promise<BootstrapResponse> {
     const { resource } = decodeResource(req.dataplane, this.opts.registry, { type: 'Dataplane' });
     if (who.name !== undefined && (who.mesh !== resource.mesh || who.name !== resource.name)) {
@@ -134,16 +141,13 @@ export class DataplaneService {
     }
     const labels = { ...resource.labels, [EPHEMERAL_LABEL]: 'true', ...(req.proxyless ? { [PROXYLESS_LABEL]: 'true' } : {}) };
     await this.opts.store.upsert({ ...resource, labels });
-    const mesh = (await this.opts.store.get({ type: MESH_TYPE, mesh: '', name: resource.mesh })) as Resource<MeshSpec> | undefined;
-    const backend = mesh ? enabledMtlsBackend(mesh.spec) : undefined;
+    const mtls = await this.mtlsOf(resource.mesh);
     this.opts.logger.info({ mesh: resource.mesh, name: resource.name, proxyless: req.proxyless === true, version: req.version }, 'dataplane registered by weft-dp');
     return {
       nodeId: `${resource.mesh}.${resource.name}`,
       mesh: resource.mesh,
       name: resource.name,
-      mtls: backend
-        ? { backend: backend.name, mode: backend.mode ?? 'STRICT', certificateLifetimeSeconds: Math.round(durationToMs(backend.dpCert?.rotation?.expiration ?? '24h') / 1000) }
-        : null,
+      mtls,
       vips: await this.vips(resource.mesh),
     };
   }
@@ -180,7 +184,7 @@ export class DataplaneService {
       Vips: handle<{ mesh?: string }, object>(async (req, who) => {
         const mesh = who.mesh ?? req.mesh;
         if (!mesh) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'mesh: required');
-        return { vips: await this.vips(mesh) };
+        return { vips: await this.vips(mesh), mtls: await this.mtlsOf(mesh) };
       }),
       Deregister: handle<{ mesh?: string; name?: string }, object>(async (req, who) => {
         const mesh = who.mesh ?? req.mesh;

@@ -37,6 +37,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
     .addOption(opt('--ready-address <address>', 'address of /ready', 'READY_ADDRESS').default('0.0.0.0'))
     .addOption(opt('--max-restarts <n>', 'give up (exit 2) after this many Envoy failures in a row, each within 10 s of its start', 'MAX_RESTARTS').default('5'))
     .addOption(opt('--restart-backoff <duration>', 'first delay before restarting Envoy; doubled each time, at most 30s', 'RESTART_BACKOFF').default('1s'))
+    .addOption(opt('--refresh-interval <duration>', 'how often to refresh virtual IPs and the mesh mTLS state from the control plane', 'REFRESH_INTERVAL').default('5s'))
     .addOption(opt('--xds-variant <variant>', "Envoy's xDS flavour: delta (incremental) or sotw", 'XDS_VARIANT').choices(['delta', 'sotw']).default('delta'))
     .addOption(opt('--log-level <level>', "weft-dp's log level", 'LOG_LEVEL').default('info'))
     .action(async (o: Record<string, string | boolean | string[] | undefined>) => {
@@ -86,6 +87,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
             xdsVariant: o.xdsVariant === 'sotw' ? 'sotw' : 'delta',
             supervision: { maxRapidFailures: Number(o.maxRestarts), backoffMs: durationToMs(String(o.restartBackoff)) },
             dns: o.dnsEnabled ? { port: Number(o.dnsPort) } : undefined,
+            refreshMs: durationToMs(String(o.refreshInterval)),
             signal: starting.signal,
           },
           log,

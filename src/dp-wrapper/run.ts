@@ -42,7 +42,9 @@ export interface DpOptions {
   supervision?: Pick<SupervisorOptions, 'maxRapidFailures' | 'rapidMs' | 'backoffMs' | 'maxBackoffMs' | 'killAfterMs'>;
   clock?: Clock;
   /** Answer `<service>.mesh` on this port (UDP and TCP), forwarding other names. */
-  dns?: { port: number; addresses?: string[]; resolvConf?: string; refreshMs?: number };
+  dns?: { port: number; addresses?: string[]; resolvConf?: string };
+  /** How often to refresh virtual IPs and the mesh's mTLS state (default 5 s). */
+  refreshMs?: number;
   /** Aborts start-up (a signal before the proxy runs). */
   signal?: AbortSignal;
 }
@@ -142,7 +144,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     log.info({ nodeId: bootstrap.nodeId, mtls: bootstrap.mtls }, 'registered with the control plane');
 
     let identity: WorkloadIdentity | undefined;
-    let files: IdentityFiles | undefined;
+
     let sds: LocalSds | undefined;
     if (!opts.proxyless) {
       sds = new LocalSds(join(opts.workDir, 'sds.sock'), log.child({ component: 'sds' }));
@@ -150,25 +152,29 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       const s = sds;
       cleanup.push(() => s.close());
     }
-    if (bootstrap.mtls) {
-      files = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
-      const f = files;
-      identity = new WorkloadIdentity({
+    // Identity files of a proxyless app: named in its gRPC bootstrap from the start, written
+    // once the mesh has mTLS (now or when it is turned on later).
+    const files: IdentityFiles = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
+    const f = files;
+    const startIdentity = async (): Promise<void> => {
+      const id = new WorkloadIdentity({
         cp,
         uris: identityUris(resource.mesh, resource.spec),
         log: log.child({ component: 'identity' }),
         clock: opts.clock,
-        onIssued: (id: Issued) => {
-          if (sds) return sds.set(id); // Envoy: over the local SDS only, never on disk
+        onIssued: (issued: Issued) => {
+          if (sds) return sds.set(issued); // Envoy: over the local SDS only, never on disk
           // Proxyless: key first (0600), then the certificate and the roots, each replaced atomically.
-          writeAtomic(f.private_key_file, id.keyPem, 0o600);
-          writeAtomic(f.certificate_file, id.certificatePem, 0o644);
-          writeAtomic(f.ca_certificate_file, id.caBundle.join(''), 0o644);
+          writeAtomic(f.private_key_file, issued.keyPem, 0o600);
+          writeAtomic(f.certificate_file, issued.certificatePem, 0o644);
+          writeAtomic(f.ca_certificate_file, issued.caBundle.join(''), 0o644);
         },
       });
-      await identity.start(abort.signal);
-      cleanup.push(() => identity!.stop());
-    }
+      identity = id;
+      cleanup.push(() => id.stop());
+      await id.start(abort.signal);
+    };
+    if (bootstrap.mtls) await startIdentity();
 
     let dns: MeshDns | undefined;
     if (opts.dns) {
@@ -178,16 +184,26 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       await dns.listen();
       const d = dns;
       cleanup.push(() => d.close());
-      // Services come and go: refresh the virtual IPs from the control plane.
-      const timer = setInterval(() => {
-        cp.call<{ vips: Record<string, string> }>('Vips', { mesh: resource.mesh }, 5000).then(
-          (r) => d.setVips(r.vips),
-          (err: Error) => log.warn({ reason: err.message }, 'could not refresh the virtual IPs; keeping the last ones'),
-        );
-      }, opts.dns.refreshMs ?? 10_000);
-      timer.unref();
-      cleanup.push(() => clearInterval(timer));
     }
+    // The mesh changes under the proxy: services come and go (virtual IPs for DNS), and mTLS may
+    // be turned on (then the certificate is needed at once).
+    let refreshing = false;
+    const refresh = setInterval(() => {
+      if (refreshing) return;
+      refreshing = true;
+      cp.call<{ vips: Record<string, string>; mtls: BootstrapResponse['mtls'] }>('Vips', { mesh: resource.mesh }, 5000)
+        .then(async (r) => {
+          dns?.setVips(r.vips);
+          if (r.mtls && !identity) {
+            log.info({ backend: r.mtls.backend }, 'mTLS was turned on: getting a certificate');
+            await startIdentity();
+          }
+        })
+        .catch((err: Error) => log.warn({ reason: err.message }, 'could not refresh the mesh state; keeping the last'))
+        .finally(() => (refreshing = false));
+    }, opts.refreshMs ?? 5000);
+    refresh.unref();
+    cleanup.push(() => clearInterval(refresh));
 
     let grpcBootstrapFile: string | undefined;
     let isReady: () => boolean | Promise<boolean> = () => readyNow;
