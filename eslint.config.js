@@ -13,6 +13,7 @@ export const LAYERS = {
   'dp-wrapper': ['core', 'xds', 'certs', 'ads'],
   cli: ['core', 'cni'],
   cp: ['core', 'store', 'xds', 'certs', 'ads', 'api'],
+  demo: ['core'],
   cmd: ['core', 'store', 'xds', 'certs', 'cni', 'ads', 'api', 'dp-wrapper', 'cli', 'cp'],
 };
 

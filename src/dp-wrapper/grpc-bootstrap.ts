@@ -16,7 +16,7 @@ export function grpcXdsBootstrap(opts: { relayPort: number; nodeId: string; clus
   return {
     xds_servers: [{ server_uri: `127.0.0.1:${opts.relayPort}`, channel_creds: [{ type: 'insecure' }], server_features: ['xds_v3'] }],
     node: { id: opts.nodeId, cluster: opts.cluster, locality: {} },
-    ...(opts.files ? { certificate_providers: { [CERT_PROVIDER_INSTANCE]: { plugin_name: 'file_watcher', config: { ...opts.files, refresh_interval: opts.refreshInterval ?? '10s' } } } } : {}),
+    ...(opts.files ? { certificate_providers: { [CERT_PROVIDER_INSTANCE]: { plugin_name: 'file_watcher', config: { ...opts.files, refresh_interval: opts.refreshInterval ?? '2s' } } } } : {}),
     server_listener_resource_name_template: 'grpc/server?xds.resource.listening_address=%s',
   };
 }

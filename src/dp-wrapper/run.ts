@@ -110,6 +110,10 @@ export interface RunningDataplane {
 export async function runDataplane(opts: DpOptions, log: Logger): Promise<RunningDataplane> {
   const resource = loadDataplane(opts);
   const token = opts.dataplaneToken ?? (opts.dataplaneTokenFile ? read(opts.dataplaneTokenFile, 'the dataplane token file').trim() : undefined);
+  // Never echo the token: a malformed one is described, not printed.
+  if (token !== undefined && !/^[A-Za-z0-9._~+/=-]+$/.test(token)) {
+    throw new StartError(`the dataplane token${opts.dataplaneTokenFile ? ` in ${opts.dataplaneTokenFile}` : ''} is malformed: it must be one token (weftctl generate dataplane-token), without spaces or extra lines`);
+  }
   const caCertPem = opts.caCertFile ? read(opts.caCertFile, 'the CA certificate file') : undefined;
   mkdirSync(opts.workDir, { recursive: true, mode: 0o700 });
   const cp = new CpClient({ address: opts.cpAddress, caCertPem, token });
