@@ -21,7 +21,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
     .addOption(opt('--dataplane-token <token>', 'dataplane token itself', 'DATAPLANE_TOKEN').hideHelp())
     .addOption(opt('--dataplane-file <file>', 'Dataplane resource (YAML), a template with {{ var }}', 'DATAPLANE_FILE'))
     .addOption(opt('--dataplane <yaml>', 'Dataplane resource inline', 'DATAPLANE'))
-    .option('--dataplane-var <key=value>', 'template variable (repeatable)', collect, [])
+    .option('--dataplane-var <key=value>', 'template variable (repeatable; WEFT_DP_DATAPLANE_VAR: comma-separated)', collect, [])
     .addOption(opt('--name <name>', 'Dataplane name (also the template variable "name")', 'NAME'))
     .addOption(opt('--mesh <mesh>', 'mesh (also the template variable "mesh")', 'MESH'))
     .addOption(opt('--binary-path <path>', 'Envoy binary', 'BINARY_PATH').default('envoy'))
@@ -72,7 +72,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
             dataplaneToken: o.dataplaneToken as string | undefined,
             dataplaneFile: o.dataplaneFile as string | undefined,
             dataplane: o.dataplane as string | undefined,
-            vars: parsePairs(o.dataplaneVar as string[], '--dataplane-var'),
+            vars: parsePairs([...(process.env.WEFT_DP_DATAPLANE_VAR ?? '').split(/[,\n]/).filter((p) => p.trim() !== ''), ...(o.dataplaneVar as string[])], '--dataplane-var'),
             name,
             mesh: o.mesh as string | undefined,
             workDir: (o.workDir as string | undefined) ?? join(tmpdir(), `weft-dp-${name ?? process.pid}`),

@@ -85,7 +85,12 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
   let backend: WeftDpProcess;
   let frontend: WeftDpProcess;
   it('each wrapper registers its Dataplane, gets its certificate and becomes ready', async () => {
-    backend = startWeftDp([...common('backend-1', await tokenFile('backend-1')), '--dataplane-var', 'name=backend-1', '--dataplane-var', `port=${backendPort}`, '--dataplane-var', 'service=backend']);
+    // Settings may come from WEFT_DP_* variables as well as flags.
+    backend = startWeftDp([...common('backend-1', await tokenFile('backend-1')).filter((a, i, all) => a !== '--proxyless' && all[i - 1] !== '--cp-address' && a !== '--cp-address')], {
+      WEFT_DP_CP_ADDRESS: `https://${cp.xdsAddress}`,
+      WEFT_DP_PROXYLESS: 'true',
+      WEFT_DP_DATAPLANE_VAR: `name=backend-1,port=${backendPort},service=backend`,
+    });
     frontend = startWeftDp([...common('frontend-1', await tokenFile('frontend-1')), '--name', 'frontend-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=frontend']);
     wrappers.push(backend, frontend);
     for (const w of [backend, frontend]) {
