@@ -62,6 +62,8 @@ export const configSchema = z
             mode: z.enum(['auto', 'files', 'off']).default('auto'),
             certFile: z.string().min(1).optional(),
             keyFile: z.string().min(1).optional(),
+            /** auto: more DNS names for the certificate (comma-separated in the variable), e.g. a Kubernetes Service's. */
+            dnsNames: z.array(z.string().min(1)).optional(),
           })
           .default({ mode: 'auto' }),
       })
@@ -88,7 +90,7 @@ export const configSchema = z
 
 export type Config = z.infer<typeof configSchema>;
 
-type EnvKind = 'string' | 'number' | 'boolean';
+type EnvKind = 'string' | 'number' | 'boolean' | 'list';
 
 /** Every environment variable the control plane reads, and the setting it sets. */
 export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: EnvKind }>> = {
@@ -112,6 +114,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },
   WEFT_XDS_TLS_CERT_FILE: { path: ['xds', 'tls', 'certFile'], kind: 'string' },
   WEFT_XDS_TLS_KEY_FILE: { path: ['xds', 'tls', 'keyFile'], kind: 'string' },
+  WEFT_XDS_TLS_DNS_NAMES: { path: ['xds', 'tls', 'dnsNames'], kind: 'list' },
   WEFT_SECRETS_KEY_FILE: { path: ['secrets', 'keyFile'], kind: 'string' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
@@ -169,7 +172,8 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
     } else if (kind === 'boolean') {
       if (value !== 'true' && value !== 'false') violations.push({ field: name, message: `must be true or false (got "${value}")` });
       else setPath(raw, path, value === 'true');
-    } else setPath(raw, path, value);
+    } else if (kind === 'list') setPath(raw, path, value.split(',').map((v) => v.trim()).filter(Boolean));
+    else setPath(raw, path, value);
   }
   const res = validate(configSchema, raw);
   if (!res.ok) violations.push(...res.violations);

@@ -18,7 +18,7 @@ export async function xdsServingMaterial(config: Readonly<Config>): Promise<{ ce
   const certPath = join(config.dataDir, XDS_TLS_CERT);
   const keyPath = join(config.dataDir, XDS_TLS_KEY);
   if (!existsSync(certPath) || !existsSync(keyPath)) {
-    const m = await createServingCertificate({ dnsNames: [...new Set(['localhost', hostname()])], ips: ['127.0.0.1', '::1'], validForMs: 10 * 365 * 86400_000 });
+    const m = await createServingCertificate({ dnsNames: [...new Set(['localhost', hostname(), ...(tls.dnsNames ?? [])])], ips: ['127.0.0.1', '::1'], validForMs: 10 * 365 * 86400_000 });
     writeFileSync(keyPath, m.keyPem, { mode: 0o600 });
     writeFileSync(certPath, m.certPem, { mode: 0o644 });
   }

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { isWeftError } from '../../src/core/index.js';
-import { ENV_VARS, loadConfig } from '../../src/cp/index.js';
+import { ENV_VARS, loadConfig, xdsServingMaterial } from '../../src/cp/index.js';
+import { X509Certificate } from 'node:crypto';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,6 +45,18 @@ describe('control plane configuration', () => {
         return true;
       },
     );
+  });
+
+  it('list variables split on commas: the xDS certificate names a Kubernetes Service too', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'weft-cfg-tls-'));
+    try {
+      const config = loadConfig({ env: { WEFT_DATA_DIR: dataDir, WEFT_XDS_TLS_DNS_NAMES: 'weft-cp.weft-system, weft-cp.weft-system.svc' } });
+      assert.deepEqual(config.xds.tls.dnsNames, ['weft-cp.weft-system', 'weft-cp.weft-system.svc']);
+      const m = await xdsServingMaterial(config);
+      assert.match(new X509Certificate(m!.certPem).subjectAltName ?? '', /DNS:weft-cp\.weft-system\.svc/);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('says which file cannot be parsed', () => {
