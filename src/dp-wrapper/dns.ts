@@ -97,26 +97,44 @@ export class MeshDns {
 
   async listen(): Promise<void> {
     for (const address of this.o.addresses ?? ['127.0.0.1']) {
-      const udp = createSocket(address.includes(':') ? 'udp6' : 'udp4');
-      udp.on('message', (m, rinfo) => {
-        void this.answer(m).then((a) => a && udp.send(a, rinfo.port, rinfo.address));
-      });
-      udp.on('error', (err) => this.o.log.error({ err: err.message }, 'DNS (UDP) error'));
-      const port = await new Promise<number>((resolve, reject) => {
-        udp.once('error', reject);
-        udp.bind(this.o.port, address, () => resolve(udp.address().port));
-      });
-      this.udp.push(udp);
-      // TCP on the same port: two-byte length prefix per message.
-      const tcp = createServer((sock) => this.tcpConnection(sock));
+      // Port 0 (tests): UDP picks a free port, which TCP may find taken; then try another.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          this.ports.push(await this.listenOn(address));
+          break;
+        } catch (err) {
+          if (this.o.port !== 0 || attempt >= 5) throw err;
+        }
+      }
+    }
+    this.o.log.info({ ports: this.ports, upstreams: this.o.upstreams }, 'DNS listening');
+  }
+
+  /** UDP and TCP on the same port of one address. */
+  private async listenOn(address: string): Promise<number> {
+    const udp = createSocket(address.includes(':') ? 'udp6' : 'udp4');
+    udp.on('message', (m, rinfo) => {
+      void this.answer(m).then((a) => a && udp.send(a, rinfo.port, rinfo.address));
+    });
+    const port = await new Promise<number>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(this.o.port, address, () => resolve(udp.address().port));
+    });
+    udp.on('error', (err) => this.o.log.error({ err: err.message }, 'DNS (UDP) error'));
+    // TCP: a two-byte length prefix per message.
+    const tcp = createServer((sock) => this.tcpConnection(sock));
+    try {
       await new Promise<void>((resolve, reject) => {
         tcp.once('error', reject);
         tcp.listen(port, address, () => resolve());
       });
-      this.tcp.push(tcp);
-      this.ports.push(port);
+    } catch (err) {
+      udp.close();
+      throw err;
     }
-    this.o.log.info({ ports: this.ports, upstreams: this.o.upstreams }, 'DNS listening');
+    this.udp.push(udp);
+    this.tcp.push(tcp);
+    return port;
   }
 
   private tcpConnection(sock: TcpSocket): void {
