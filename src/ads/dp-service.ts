@@ -184,7 +184,8 @@ export class DataplaneService {
       Vips: handle<{ mesh?: string }, object>(async (req, who) => {
         const mesh = who.mesh ?? req.mesh;
         if (!mesh) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'mesh: required');
-        return { vips: await this.vips(mesh), mtls: await this.mtlsOf(mesh) };
+        const mtls = await this.mtlsOf(mesh);
+        return { vips: await this.vips(mesh), mtls, ...(mtls ? { caBundle: await this.opts.certificates.trustBundle(mesh) } : {}) };
       }),
       Deregister: handle<{ mesh?: string; name?: string }, object>(async (req, who) => {
         const mesh = who.mesh ?? req.mesh;

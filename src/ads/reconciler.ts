@@ -123,6 +123,11 @@ export class Reconciler {
     this.timer = setTimeout(() => this.fire(), Math.max(0, at - now));
   }
 
+  /** Regenerates a whole mesh, as after a change of it (e.g. its trust bundle changed). */
+  refreshMesh(mesh: string): void {
+    this.onChange({ kind: 'update', key: { type: MESH_TYPE, mesh: '', name: mesh }, revision: '' });
+  }
+
   private fire(): void {
     this.timer = undefined;
     const meshes = [...this.dirty];

@@ -95,11 +95,25 @@ export class MeshCertificates {
     return m;
   }
 
-  /** Roots of every backend the Mesh lists: keep the old backend listed while proxies move to the new one. */
+  /** Per mesh, per Dataplane: the backend and expiry of the last certificate this replica issued. */
+  private readonly issued = new Map<string, Map<string, { backend: string; expiresAt: number }>>();
+  /** Per mesh: backends whose roots left the trust bundle because every Dataplane moved on. */
+  private readonly retired = new Map<string, Set<string>>();
+  /** Called when a mesh's trust bundle changes without a store change (an old root retired). */
+  onTrustBundleChange?: (mesh: string) => void;
+
+  /**
+   * Roots of the backends the Mesh lists: during a CA rotation (enabledBackend switched, the old
+   * backend still listed) both, until every Dataplane of the mesh holds a valid certificate from
+   * the new one; then the old root is dropped (see retireOldRoots). Removing the old backend from
+   * the Mesh drops it at once.
+   */
   async trustBundle(mesh: string): Promise<string[]> {
     const m = await this.mesh(mesh);
     const out: string[] = [];
+    const retired = this.retired.get(mesh);
     for (const b of m.spec.mtls?.backends ?? []) {
+      if (b.name !== m.spec.mtls?.enabledBackend && retired?.has(b.name)) continue;
       if (b.type === 'builtin' && b.name !== m.spec.mtls?.enabledBackend && !(await this.store.get({ type: MeshCaType.name, mesh, name: `ca-${b.name}` }))) continue;
       out.push((await this.ca(mesh, b)).certPem);
     }
@@ -151,6 +165,37 @@ export class MeshCertificates {
     const notBefore = new Date(now - 60_000);
     const expiresAt = new Date(now + lifetime);
     const certificate = await signWorkloadCertificate({ ca: await this.ca(mesh, backend), publicKey: csr.publicKey, uris: csr.uris, notBefore, notAfter: expiresAt });
+    let perMesh = this.issued.get(mesh);
+    if (!perMesh) this.issued.set(mesh, (perMesh = new Map()));
+    perMesh.set(name, { backend: backend.name, expiresAt: expiresAt.getTime() });
+    // Switching back to a backend un-retires it.
+    this.retired.get(mesh)?.delete(backend.name);
+    await this.retireOldRoots(mesh, m);
     return { certificate, caBundle: await this.trustBundle(mesh), spiffeIds: spiffe, expiresAt };
+  }
+
+  /**
+   * The end of a CA rotation: once every Dataplane of the mesh holds a valid certificate from the
+   * enabled backend (as far as this replica issued them), the other backends' roots leave the
+   * trust bundle, and proxies are told. A Dataplane that never renews (offline) holds this back:
+   * delete it, or remove the old backend from the Mesh.
+   */
+  private async retireOldRoots(mesh: string, m: Resource<MeshSpec>): Promise<void> {
+    const enabled = m.spec.mtls?.enabledBackend;
+    const retired = this.retired.get(mesh) ?? new Set<string>();
+    const others = (m.spec.mtls?.backends ?? []).map((b) => b.name).filter((b) => b !== enabled && !retired.has(b));
+    if (!enabled || others.length === 0) return;
+    const issued = this.issued.get(mesh);
+    const now = this.now();
+    const dps = await this.store.list('Dataplane', { mesh, limit: 100_000 });
+    const pending = dps.items.filter((d) => {
+      const r = issued?.get(d.name);
+      return !r || r.backend !== enabled || r.expiresAt <= now;
+    });
+    if (pending.length > 0) return;
+    for (const b of others) retired.add(b);
+    this.retired.set(mesh, retired);
+    this.logger?.info({ mesh, enabledBackend: enabled, dropped: others }, 'CA rotation done: every dataplane holds a certificate from the enabled backend; the old roots left the trust bundle');
+    this.onTrustBundleChange?.(mesh);
   }
 }

@@ -93,6 +93,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     trustBundle: (mesh) => certificates.trustBundle(mesh),
   });
   reconciler.start();
+  certificates.onTrustBundleChange = (mesh) => reconciler.refreshMesh(mesh);
   // Dataplanes weft-dp registered leave with their proxy: deleted some seconds after its last
   // xDS stream closed, unless it reconnects first (to this replica: see docs/dataplane.md).
   const cleanups = new Map<string, NodeJS.Timeout>();

@@ -99,6 +99,12 @@ export class WorkloadIdentity {
     }
   }
 
+  /** Renews now (the mesh switched to another CA). */
+  renewNow(): void {
+    this.clock.clearTimeout(this.timer);
+    void this.renew();
+  }
+
   stop(): void {
     this.stopped = true;
     this.clock.clearTimeout(this.timer);

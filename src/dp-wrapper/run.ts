@@ -192,15 +192,32 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     // The mesh changes under the proxy: services come and go (virtual IPs for DNS), and mTLS may
     // be turned on (then the certificate is needed at once).
     let refreshing = false;
+    let backend = bootstrap.mtls?.backend;
     const refresh = setInterval(() => {
       if (refreshing) return;
       refreshing = true;
-      cp.call<{ vips: Record<string, string>; mtls: BootstrapResponse['mtls'] }>('Vips', { mesh: resource.mesh }, 5000)
+      cp.call<{ vips: Record<string, string>; mtls: BootstrapResponse['mtls']; caBundle?: string[] }>('Vips', { mesh: resource.mesh }, 5000)
         .then(async (r) => {
           dns?.setVips(r.vips);
           if (r.mtls && !identity) {
             log.info({ backend: r.mtls.backend }, 'mTLS was turned on: getting a certificate');
             await startIdentity();
+          } else if (r.mtls && identity && backend !== undefined && r.mtls.backend !== backend) {
+            // A CA rotation: move to the new CA soon rather than at the next renewal; first give
+            // every peer time to trust the new root (their refresh, then gRPC's file watcher).
+            const id = identity;
+            const delay = 2 * (opts.refreshMs ?? 5000) + 5000;
+            log.info({ from: backend, to: r.mtls.backend, renewInMs: delay }, 'the mesh switched CA: renewing the certificate once peers trust the new root');
+            const t = setTimeout(() => id.renewNow(), delay);
+            t.unref();
+            cleanup.push(() => clearTimeout(t));
+          }
+          backend = r.mtls?.backend;
+          // Proxyless apps read the roots from a file: keep it as the control plane has them.
+          const bundle = r.caBundle?.join('');
+          if (opts.proxyless && identity?.current && bundle && bundle !== readFileSync(f.ca_certificate_file, 'utf8')) {
+            writeAtomic(f.ca_certificate_file, bundle, 0o644);
+            log.info({ roots: r.caBundle!.length }, 'the mesh trust bundle changed: roots file updated');
           }
         })
         .catch((err: Error) => log.warn({ reason: err.message }, 'could not refresh the mesh state; keeping the last'))

@@ -104,6 +104,33 @@ describe('built-in CA and workload certificates', () => {
     assert.notEqual(r, 'ok', 'a certificate of the dropped CA is refused');
   });
 
+  it('CA rotation ends by itself: once every dataplane holds a certificate of the new CA, the old root leaves the bundle', async () => {
+    await store.create(mtlsMesh('auto', 'ca-1', ['ca-1']));
+    await store.create(dp('auto', 'web-1', 'web'));
+    await store.create(dp('auto', 'backend-1', 'backend'));
+    await identity('auto', 'web-1', ['spiffe://auto/web']);
+    await identity('auto', 'backend-1', ['spiffe://auto/backend']);
+    const told: string[] = [];
+    certs.onTrustBundleChange = (mesh) => told.push(mesh);
+    try {
+      await store.update(mtlsMesh('auto', 'ca-2', ['ca-1', 'ca-2']));
+      const web = await identity('auto', 'web-1', ['spiffe://auto/web']);
+      assert.equal(web.caBundle.length, 2, 'backend-1 still holds a ca-1 certificate: both roots stay');
+      assert.deepEqual(told, []);
+      const backend = await identity('auto', 'backend-1', ['spiffe://auto/backend']);
+      assert.equal(backend.caBundle.length, 1, 'everyone moved: only the new root is left');
+      assert.ok(new X509Certificate(backend.certPem).checkIssued(new X509Certificate(backend.caBundle[0]!)));
+      assert.deepEqual(told, ['auto'], 'proxies are told the bundle changed');
+      assert.equal(await mtlsHandshake({ ...backend, allowClient: 'spiffe://auto/web' }, { ...web, caBundle: backend.caBundle, expectServer: 'spiffe://auto/backend' }), 'ok');
+      // Switching back makes ca-1 a current CA again.
+      await store.update(mtlsMesh('auto', 'ca-1', ['ca-1', 'ca-2']));
+      const back = await identity('auto', 'web-1', ['spiffe://auto/web']);
+      assert.equal(back.caBundle.length, 2);
+    } finally {
+      certs.onTrustBundleChange = undefined;
+    }
+  });
+
   it('refuses a CSR for an identity the dataplane does not have, and a token of another dataplane', async () => {
     const { csrPem } = await keyAndCsr(['spiffe://tls/backend']);
     const { token } = await tokens.issue('tls', 'web-1', 3600_000);

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,6 +58,8 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
     '--ready-address',
     '127.0.0.1',
     '--proxyless',
+    '--refresh-interval',
+    '500ms',
   ];
 
   async function tokenFile(name: string): Promise<string> {
@@ -127,6 +130,26 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.match(calls.find((c) => c.ok)!.backend!, /^backend-1\|.*URI:spiffe:\/\/shop\/frontend/);
+  });
+
+  it('a CA rotation: both wrappers move to the new CA by themselves, the old root is dropped, and no call fails', async () => {
+    const from = calls.length;
+    const mesh = { type: 'Mesh', name: MESH, mtls: { enabledBackend: 'ca-2', backends: [{ name: 'ca-1', type: 'builtin' }, { name: 'ca-2', type: 'builtin' }] } };
+    assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/${MESH}`, mesh)).status, 200);
+    const moved = (name: string) => {
+      const cert = new X509Certificate(readFileSync(join(dir, name, 'identity.crt'), 'utf8'));
+      const roots = readFileSync(join(dir, name, 'ca.crt'), 'utf8').match(/BEGIN CERTIFICATE/g)?.length;
+      return /CA ca-2/.test(cert.issuer) && roots === 1;
+    };
+    const t0 = Date.now();
+    while (!(moved('backend-1') && moved('frontend-1'))) {
+      assert.ok(Date.now() - t0 < 40_000, 'both wrappers hold ca-2 certificates and only the ca-2 root within 40 s');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 3000)); // calls keep flowing on the new CA alone
+    const during = calls.slice(from);
+    assert.ok(during.length > 50, `calls kept being made (${during.length})`);
+    assert.deepEqual(during.filter((c) => !c.ok), [], 'no call failed during the rotation');
   });
 
   it('SIGTERM: not ready, deregistered, exit code 0', async () => {
