@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { DataplaneTokens, MeshCertificates } from '../certs/index.js';
 import {
+  dataplaneHasTags,
   decodeResource,
   durationToMs,
   enabledMtlsBackend,
@@ -93,7 +94,7 @@ export interface DpServiceOptions {
   allowUnauthenticatedLoopback: boolean;
 }
 
-type Who = { token?: string; mesh?: string; name?: string };
+type Who = { token?: string; mesh?: string; name?: string; tags?: Record<string, string> };
 
 export class DataplaneService {
   private readonly vipCache = new Map<string, Promise<Record<string, string>>>();
@@ -113,7 +114,7 @@ export class DataplaneService {
     }
     const token = raw.replace(/^Bearer\s+/i, '').trim();
     const id = await this.opts.tokens.verify(token);
-    return { token, mesh: id.mesh, name: id.name };
+    return { token, mesh: id.mesh, name: id.name, tags: id.tags };
   }
 
   async vips(mesh: string): Promise<Record<string, string>> {
@@ -135,6 +136,10 @@ export class DataplaneService {
 
   private async bootstrap(req: BootstrapRequest, who: Who): Promise<BootstrapResponse> {
     const { resource } = decodeResource(req.dataplane, this.opts.registry, { type: 'Dataplane' });
+    if (who.tags && (who.mesh !== resource.mesh || !dataplaneHasTags(resource.spec as DataplaneSpec, who.tags))) {
+      this.opts.logger.warn({ event: 'security', tokenTags: who.tags, asked: `${resource.mesh}.${resource.name}` }, 'bootstrap refused: the Dataplane lacks the tags the token is bound to');
+      throw new RpcError(grpc.status.PERMISSION_DENIED, `the token is bound to tags ${JSON.stringify(who.tags)} in mesh "${who.mesh}": Dataplane "${resource.name}" in "${resource.mesh}" must carry them on every inbound`);
+    }
     if (who.name !== undefined && (who.mesh !== resource.mesh || who.name !== resource.name)) {
       this.opts.logger.warn({ event: 'security', tokenFor: `${who.mesh}.${who.name}`, asked: `${resource.mesh}.${resource.name}` }, 'bootstrap refused: token is for another dataplane');
       throw new RpcError(grpc.status.PERMISSION_DENIED, `the token is for dataplane "${who.name}" in mesh "${who.mesh}", not "${resource.name}" in "${resource.mesh}"`);
@@ -175,10 +180,13 @@ export class DataplaneService {
     return {
       Bootstrap: handle<BootstrapRequest, BootstrapResponse>((req, who) => this.bootstrap(req, who)),
       SignCertificate: handle<{ csr?: unknown; mesh?: string; name?: string }, object>(async (req, who) => {
-        if (!who.token || !who.mesh || !who.name) throw new RpcError(grpc.status.UNAUTHENTICATED, 'certificates are issued to dataplanes with a token only');
+        if (!who.token || !who.mesh) throw new RpcError(grpc.status.UNAUTHENTICATED, 'certificates are issued to dataplanes with a token only');
+        // A tag-bound token names no Dataplane: the request does, and the tags are checked against it.
+        const name = who.name ?? req.name;
+        if (!name) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'name: required with a token bound to tags');
         if (typeof req.csr !== 'string') throw new RpcError(grpc.status.INVALID_ARGUMENT, 'csr: required (PEM)');
-        const issued = await this.opts.certificates.issueForDataplane(who.token, who.mesh, who.name, req.csr);
-        this.opts.logger.info({ mesh: who.mesh, name: who.name, spiffeIds: issued.spiffeIds, expiresAt: issued.expiresAt }, 'workload certificate issued');
+        const issued = await this.opts.certificates.issueForDataplane(who.token, who.mesh, name, req.csr);
+        this.opts.logger.info({ mesh: who.mesh, name, spiffeIds: issued.spiffeIds, expiresAt: issued.expiresAt }, 'workload certificate issued');
         return { certificate: issued.certificate, caBundle: issued.caBundle, expiresAt: issued.expiresAt.toISOString() };
       }),
       Vips: handle<{ mesh?: string }, object>(async (req, who) => {

@@ -1,11 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
-import { isWeftError, type Logger } from '../core/index.js';
+import { dataplaneHasTags, isWeftError, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { streamingMethod } from './protos.js';
 import { XdsStatus } from './status.js';
-import { AdsStream, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
+import { AdsStream, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -45,6 +45,8 @@ export interface AdsServerOptions {
   instanceId: string;
   /** Wait after a NACK before sending that type again (Kuma: 5 s). */
   nackBackoffMs?: number;
+  /** The Dataplane behind a node id, to check a tag-bound token against it. */
+  dataplaneOf?: (mesh: string, name: string) => Promise<DataplaneSpec | undefined>;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
@@ -110,6 +112,7 @@ export class AdsServer {
     call.on('error', abandon);
     void Promise.resolve()
       .then(() => this.opts.authenticator.authenticate({ metadata: call.metadata, peer: call.getPeer() }))
+      .then((identity) => (identity.kind === 'dataplane-tags' ? this.bindTagToken(identity, early, call) : identity))
       .then(
         (identity) => {
           call.off('data', buffer);
@@ -125,6 +128,32 @@ export class AdsServer {
           fail(e);
         },
       );
+  }
+
+  /**
+   * A tag-bound token names no Dataplane: wait for the stream's first request, and let it in as
+   * that node's Dataplane only if the Dataplane exists and carries the token's tags on every inbound.
+   */
+  private async bindTagToken(identity: { mesh: string; tags: Record<string, string> }, early: (DiscoveryRequest | DeltaDiscoveryRequest)[], call: grpc.ServerDuplexStream<unknown, unknown>): Promise<Identity> {
+    const first = await new Promise<DiscoveryRequest | DeltaDiscoveryRequest>((resolve, reject) => {
+      if (early.length > 0) return resolve(early[0]!);
+      const onData = () => {
+        call.off('data', onData);
+        // The buffering listener ran first (it was added first), so early[0] is this request.
+        resolve(early[0]!);
+      };
+      call.on('data', onData);
+      call.once('cancelled', () => reject(new StreamError(GRPC_UNAUTHENTICATED, 'stream closed before its first request')));
+    });
+    const id = first.node?.id ?? '';
+    const dot = id.indexOf('.');
+    const [mesh, name] = [id.slice(0, dot), id.slice(dot + 1)];
+    if (dot <= 0 || mesh !== identity.mesh) throw new StreamError(GRPC_PERMISSION_DENIED, `node.id "${id}" is not a Dataplane of mesh "${identity.mesh}", which the token is for`);
+    const dp = await this.opts.dataplaneOf?.(mesh, name);
+    if (!dp || !dataplaneHasTags(dp, identity.tags)) {
+      throw new StreamError(GRPC_PERMISSION_DENIED, `the token is bound to tags ${JSON.stringify(identity.tags)}, which Dataplane "${name}" ${dp ? 'does not carry on every inbound' : 'cannot show: it does not exist'}`);
+    }
+    return { kind: 'dataplane', mesh, name };
   }
 
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
@@ -230,7 +259,7 @@ export function tokenAuthenticator(tokens: DataplaneTokens, opts: { allowUnauthe
       }
       try {
         const id = await tokens.verify(raw.replace(/^Bearer\s+/i, '').trim());
-        return { kind: 'dataplane', mesh: id.mesh, name: id.name };
+        return id.name !== undefined ? { kind: 'dataplane', mesh: id.mesh, name: id.name } : { kind: 'dataplane-tags', mesh: id.mesh, tags: id.tags ?? {} };
       } catch (err) {
         if (isWeftError(err, 'unauthorized')) throw new StreamError(GRPC_UNAUTHENTICATED, err.message);
         throw err;

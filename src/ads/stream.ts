@@ -51,7 +51,11 @@ export interface DeltaDiscoveryResponse {
 export type Variant = 'sotw' | 'delta';
 
 /** Who the transport says is on the other end; checked against `node.id` on the first request. */
-export type Identity = { kind: 'dataplane'; mesh: string; name: string } | { kind: 'unauthenticated' };
+export type Identity =
+  | { kind: 'dataplane'; mesh: string; name: string }
+  /** A token bound to tags: any Dataplane of the mesh with those tags (checked against the store at connect). */
+  | { kind: 'dataplane-tags'; mesh: string; tags: Record<string, string> }
+  | { kind: 'unauthenticated' };
 
 /** Ends the stream with a gRPC status. */
 export class StreamError extends Error {

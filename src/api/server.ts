@@ -9,6 +9,7 @@ import {
   durationToMs,
   initialPolicies,
   nameSchema,
+  tagsSchema,
   validate,
   isWeftError,
   MESH_TYPE,
@@ -271,18 +272,25 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
 
   app.get<{ Params: { plural: string } }>('/:plural', async (req) => listResponse(req, meshScoped(req.params.plural).name, undefined));
 
-  const tokenRequest = z.strictObject({
-    mesh: nameSchema,
-    name: nameSchema,
-    validFor: durationSchema.default('24h'),
-  });
-  /** Kuma's `kumactl generate dataplane-token`: a token bound to one Dataplane of one mesh. */
+  const tokenRequest = z
+    .strictObject({
+      mesh: nameSchema,
+      name: nameSchema.optional(),
+      /** Bind to tags instead of a name: any Dataplane of the mesh with these tags on every inbound. */
+      tags: tagsSchema.optional(),
+      validFor: durationSchema.default('24h'),
+    })
+    .superRefine((t, ctx) => {
+      if (t.name === undefined && (t.tags === undefined || Object.keys(t.tags).length === 0)) ctx.addIssue({ code: 'custom', path: ['name'], message: 'required unless tags are given' });
+      if (t.name !== undefined && t.tags !== undefined) ctx.addIssue({ code: 'custom', path: ['tags'], message: 'give a name or tags, not both' });
+    });
+  /** Kuma's `kumactl generate dataplane-token`: a token bound to one Dataplane, or to tags, of one mesh. */
   app.post('/tokens/dataplane', async (req) => {
     if (!opts.tokens) throw new WeftError('not_found', 'this control plane issues no tokens');
     const r = validate(tokenRequest, req.body ?? {});
     if (!r.ok) throw new WeftError('invalid_resource', 'invalid token request', r.violations);
-    const issued = await opts.tokens.issue(r.value.mesh, r.value.name, durationToMs(r.value.validFor));
-    req.log.info({ mesh: r.value.mesh, name: r.value.name, tokenId: issued.id, expiresAt: issued.expiresAt }, 'dataplane token issued');
+    const issued = await opts.tokens.issue(r.value.mesh, r.value.name, durationToMs(r.value.validFor), r.value.tags);
+    req.log.info({ mesh: r.value.mesh, name: r.value.name, tags: r.value.tags, tokenId: issued.id, expiresAt: issued.expiresAt }, 'dataplane token issued');
     return { token: issued.token, id: issued.id, expiresAt: issued.expiresAt.toISOString() };
   });
   /**

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import {
+  dataplaneHasTags,
   dataplaneTagSets,
   durationToMs,
   enabledMtlsBackend,
@@ -139,7 +140,7 @@ export class MeshCertificates {
    */
   async issueForDataplane(token: string, mesh: string, name: string, csrPem: string): Promise<IssuedCertificate> {
     const who = await this.tokens.verify(token, { mesh });
-    if (who.name !== name) {
+    if (who.name !== undefined && who.name !== name) {
       this.logger?.warn({ event: 'security', mesh, name, tokenFor: who.name }, 'certificate refused: token is for another dataplane');
       throw new WeftError('forbidden', `the token is for dataplane "${who.name}", not "${name}"`);
     }
@@ -148,6 +149,10 @@ export class MeshCertificates {
     if (!backend) throw new WeftError('mtls_not_enabled', `mesh "${mesh}" has no enabled mTLS backend`);
     const dp = (await this.store.get({ type: 'Dataplane', mesh, name })) as Resource<DataplaneSpec> | undefined;
     if (!dp) throw new WeftError('not_found', `Dataplane "${name}" not found in mesh "${mesh}"`);
+    if (who.tags && !dataplaneHasTags(dp.spec, who.tags)) {
+      this.logger?.warn({ event: 'security', mesh, name, tokenTags: who.tags }, 'certificate refused: the Dataplane lacks the tags the token is bound to');
+      throw new WeftError('forbidden', `the token is bound to tags ${JSON.stringify(who.tags)}, which Dataplane "${name}" does not carry on every inbound`);
+    }
     const csr = await readCsr(csrPem);
     const entitled = this.entitledUris(mesh, dp);
     const allowed = new Set([...entitled.spiffe, ...entitled.tags]);

@@ -10,7 +10,10 @@ const ISSUER = 'weft';
 /** Who a verified dataplane token speaks for. */
 export interface DataplaneIdentity {
   mesh: string;
-  name: string;
+  /** The Dataplane the token is for; absent for a token bound to tags. */
+  name?: string;
+  /** A token bound to tags: valid for any Dataplane of the mesh whose every inbound has them. */
+  tags?: Record<string, string>;
   /** The token's id (`jti`): what a DataplaneTokenRevocation lists. */
   tokenId: string;
   expiresAt: Date;
@@ -20,6 +23,10 @@ export interface IssuedToken {
   token: string;
   id: string;
   expiresAt: Date;
+}
+
+function isTags(v: unknown): v is Record<string, string> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.keys(v).length > 0 && Object.values(v).every((x) => typeof x === 'string');
 }
 
 function refuse(reason: string): WeftError {
@@ -83,18 +90,22 @@ export class DataplaneTokens {
     return current!;
   }
 
-  /** Issues a token for Dataplane `name` of `mesh`, valid for `validForMs`. */
-  async issue(mesh: string, name: string, validForMs: number): Promise<IssuedToken> {
+  /**
+   * Issues a token for Dataplane `name` of `mesh`, or (name undefined) for any Dataplane of the
+   * mesh carrying `tags` on every inbound; valid for `validForMs`.
+   */
+  async issue(mesh: string, name: string | undefined, validForMs: number, tags?: Record<string, string>): Promise<IssuedToken> {
+    if (name === undefined && (!tags || Object.keys(tags).length === 0)) throw new WeftError('invalid_resource', 'a dataplane token needs a name or tags', [{ field: 'name', message: 'required unless tags are given' }]);
     if (!(await this.store.get({ type: 'Mesh', mesh: '', name: mesh }))) throw new WeftError('mesh_not_found', `mesh "${mesh}" does not exist`);
     const key = await this.signingKey(mesh);
     const privateKey = await importPKCS8(this.box.open(key.spec.sealedPrivateKey, `${mesh}/${key.spec.keyId}`), 'ES256');
     const id = randomUUID();
     const now = this.now();
     const expiresAt = new Date(now + validForMs);
-    const token = await new SignJWT({ mesh, name })
+    const token = await new SignJWT({ mesh, ...(name !== undefined ? { name } : {}), ...(tags && Object.keys(tags).length > 0 ? { tags } : {}) })
       .setProtectedHeader({ alg: 'ES256', kid: key.spec.keyId, typ: 'JWT' })
       .setIssuer(ISSUER)
-      .setSubject(`${mesh}/${name}`)
+      .setSubject(name !== undefined ? `${mesh}/${name}` : `${mesh}/tags`)
       .setJti(id)
       .setIssuedAt(Math.floor(now / 1000))
       .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
@@ -129,7 +140,9 @@ export class DataplaneTokens {
       throw refuse('it is not a JWT');
     }
     const mesh = claims.mesh;
-    if (typeof mesh !== 'string' || typeof claims.name !== 'string') throw refuse('it names no mesh and dataplane');
+    const name = typeof claims.name === 'string' ? claims.name : undefined;
+    const tags = isTags(claims.tags) ? claims.tags : undefined;
+    if (typeof mesh !== 'string' || (name === undefined && tags === undefined)) throw refuse('it names no mesh and dataplane (or tags)');
     if (expect.mesh !== undefined && mesh !== expect.mesh) throw refuse(`it is for mesh "${mesh}", not "${expect.mesh}"`);
     const key = (await this.keys(mesh)).find((k) => k.spec.keyId === kid);
     if (!key) throw refuse(`it is signed by a key mesh "${mesh}" does not have (rotated away, or another mesh's)`);
@@ -146,6 +159,6 @@ export class DataplaneTokens {
     const { items } = await this.store.list(DataplaneTokenRevocationType.name, { mesh });
     const revoked = (items as Resource<TokenRevocationSpec>[]).find((r) => r.spec.ids.includes(id));
     if (revoked) throw refuse(`token ${id} is revoked by DataplaneTokenRevocation "${revoked.name}"`);
-    return { mesh, name: claims.name, tokenId: id, expiresAt: new Date(Number(claims.exp) * 1000) };
+    return { mesh, ...(name !== undefined ? { name } : {}), ...(tags ? { tags } : {}), tokenId: id, expiresAt: new Date(Number(claims.exp) * 1000) };
   }
 }

@@ -174,14 +174,16 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
   const generate = program.command('generate').description('generate tokens');
   generate
     .command('dataplane-token')
-    .description('a token that lets one Dataplane connect to the control plane (printed on stdout)')
+    .description('a token that lets a Dataplane connect to the control plane (printed on stdout)')
     .requiredOption('--mesh <mesh>', 'mesh of the Dataplane')
-    .requiredOption('--name <name>', 'name of the Dataplane the token is bound to')
+    .option('--name <name>', 'name of the Dataplane the token is bound to')
     .option('--valid-for <duration>', 'lifetime, e.g. 24h, 30d', '24h')
-    .option('--tag <key=value>', 'bind to tags instead of a name (not supported yet)', collect, [])
-    .action(async (opts: { mesh: string; name: string; validFor: string; tag: string[] }) => {
-      if (opts.tag.length > 0) throw new UsageError('tokens bound to tags are not supported yet: bind the token to one Dataplane with --name');
-      const { body } = await client().request<{ token: string; id: string; expiresAt: string }>('POST', '/tokens/dataplane', { mesh: opts.mesh, name: opts.name, validFor: opts.validFor });
+    .option('--tag <key=value>', 'bind to tags instead of a name: any Dataplane with them on every inbound (repeatable)', collect, [])
+    .action(async (opts: { mesh: string; name?: string; validFor: string; tag: string[] }) => {
+      if (opts.name === undefined && opts.tag.length === 0) throw new UsageError('give --name NAME (one Dataplane) or --tag KEY=VALUE (any Dataplane with those tags)');
+      if (opts.name !== undefined && opts.tag.length > 0) throw new UsageError('give --name or --tag, not both');
+      const tags = opts.tag.length > 0 ? parsePairs(opts.tag, '--tag') : undefined;
+      const { body } = await client().request<{ token: string; id: string; expiresAt: string }>('POST', '/tokens/dataplane', { mesh: opts.mesh, name: opts.name, tags, validFor: opts.validFor });
       out(`${body.token}\n`);
       err(`token id ${body.id}, valid until ${body.expiresAt} (revoke it by listing the id in a DataplaneTokenRevocation)\n`);
     });

@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, VERSION, type Logger } from '../core/index.js';
+import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -128,6 +128,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
       },
     },
     cache: snapshots,
+    dataplaneOf: async (mesh, name) => (await store.get({ type: 'Dataplane', mesh, name }))?.spec as DataplaneSpec | undefined,
     authenticator: tokenAuthenticator(tokens, { allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback }),
     logger: logger.child({ server: 'ads' }),
     metrics,

@@ -50,6 +50,8 @@ export class WorkloadIdentity {
     private readonly opts: {
       cp: CpClient;
       uris: readonly string[];
+      /** The Dataplane's name (a token bound to tags does not name it). */
+      name?: string;
       log: Logger;
       clock?: Clock;
       onIssued: (id: Issued) => void | Promise<void>;
@@ -64,7 +66,7 @@ export class WorkloadIdentity {
 
   async issue(): Promise<Issued> {
     const { keyPem, csrPem } = await createKeyAndCsr(this.opts.uris);
-    const r = await this.opts.cp.call<{ certificate: string; caBundle: string[]; expiresAt: string }>('SignCertificate', { csr: csrPem });
+    const r = await this.opts.cp.call<{ certificate: string; caBundle: string[]; expiresAt: string }>('SignCertificate', { csr: csrPem, name: this.opts.name });
     return { keyPem, certificatePem: r.certificate, caBundle: r.caBundle, issuedAt: this.clock.now(), expiresAt: Date.parse(r.expiresAt) };
   }
 

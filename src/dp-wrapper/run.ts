@@ -164,6 +164,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       const id = new WorkloadIdentity({
         cp,
         uris: identityUris(resource.mesh, resource.spec),
+        name: resource.name,
         log: log.child({ component: 'identity' }),
         clock: opts.clock,
         onIssued: (issued: Issued) => {

@@ -145,9 +145,32 @@ describe('weft-cp authenticates proxies with dataplane tokens, over TLS', () => 
     assert.equal((await http(cp.apiUrl, 'GET', '/meshes/default/dataplane-token-signing-keys')).status, 404);
     const apply = await http(cp.apiUrl, 'POST', '/_apply', { resources: [{ type: 'DataplaneTokenSigningKey', mesh: 'default', name: 'mine', keyId: 'k', algorithm: 'ES256', publicKeyPem: 'x', sealedPrivateKey: 'y' }] });
     assert.equal(apply.body.code, 'unknown_type');
-    const tag = await weftctl(['generate', 'dataplane-token', '--mesh', 'default', '--name', 'dp-1', '--tag', 'kuma.io/service=web'], { env: env() });
-    assert.equal(tag.code, 1);
-    assert.match(tag.stderr, /not supported yet/);
+    const both = await weftctl(['generate', 'dataplane-token', '--mesh', 'default', '--name', 'dp-1', '--tag', 'kuma.io/service=web'], { env: env() });
+    assert.equal(both.code, 1);
+    assert.match(both.stderr, /give --name or --tag, not both/);
+    const none = await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'default' });
+    assert.deepEqual(none.body.violations, [{ field: 'name', message: 'required unless tags are given' }]);
+  });
+
+  it('a token bound to tags serves any Dataplane with those tags on every inbound, and no other', async (t) => {
+    await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/api-1', { ...dp, name: 'api-1', networking: { address: '10.0.0.2', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'api' } }] } });
+    await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/mixed-1', {
+      ...dp,
+      name: 'mixed-1',
+      networking: { address: '10.0.0.3', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web' } }, { port: 9090, tags: { 'kuma.io/service': 'admin' } }] },
+    });
+    const g = await weftctl(['generate', 'dataplane-token', '--mesh', 'default', '--tag', 'kuma.io/service=web'], { env: env() });
+    assert.equal(g.code, 0, g.stderr);
+    const token = g.stdout.trim();
+    for (const name of ['dp-1', 'dp-2']) assert.ok((await connect(t, `default.${name}`, token).next(TypeUrl.Cluster)).resources.length > 0, `${name} serves web`);
+    const api = await connect(t, 'default.api-1', token).closed;
+    assert.equal(api.code, grpc.status.PERMISSION_DENIED);
+    assert.match(api.details, /bound to tags \{"kuma.io\/service":"web"\}, which Dataplane "api-1" does not carry on every inbound/);
+    const mixed = await connect(t, 'default.mixed-1', token).closed;
+    assert.equal(mixed.code, grpc.status.PERMISSION_DENIED, 'a Dataplane that also serves another service is refused');
+    const ghost = await connect(t, 'default.ghost-1', token).closed;
+    assert.equal(ghost.code, grpc.status.PERMISSION_DENIED);
+    assert.match(ghost.details, /does not exist/);
   });
 });
 

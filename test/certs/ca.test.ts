@@ -131,6 +131,16 @@ describe('built-in CA and workload certificates', () => {
     }
   });
 
+  it('a token bound to tags gets certificates for Dataplanes with those tags only', async () => {
+    const { token } = await tokens.issue('tls', undefined, 3600_000, { 'kuma.io/service': 'web' });
+    const { csrPem } = await keyAndCsr(['spiffe://tls/web']);
+    const issued = await certs.issueForDataplane(token, 'tls', 'web-1', csrPem);
+    assert.match(new X509Certificate(issued.certificate).subjectAltName ?? '', /URI:spiffe:\/\/tls\/web/);
+    const other = await keyAndCsr(['spiffe://tls/backend']);
+    await assert.rejects(certs.issueForDataplane(token, 'tls', 'backend-1', other.csrPem), (e: unknown) => isWeftError(e, 'forbidden') && /bound to tags/.test(e.message));
+    await assert.rejects(tokens.issue('tls', undefined, 3600_000), (e: unknown) => isWeftError(e, 'invalid_resource'));
+  });
+
   it('refuses a CSR for an identity the dataplane does not have, and a token of another dataplane', async () => {
     const { csrPem } = await keyAndCsr(['spiffe://tls/backend']);
     const { token } = await tokens.issue('tls', 'web-1', 3600_000);

@@ -189,6 +189,21 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
     assert.match(invalid.stderr, /Dataplane "x-1" is invalid\n  networking\.inbound\[0\]\.port: must be 1-65535/);
   });
 
+  it('a token bound to tags registers, and gets certificates for, any Dataplane carrying them, and no other', async () => {
+    const r = await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: MESH, tags: { 'kuma.io/service': 'batch' } });
+    const token = join(dir, 'batch.token');
+    writeFileSync(token, String(r.body.token), { mode: 0o600 });
+    const ok = startWeftDp([...common('batch-7', token), '--dataplane-var', 'name=batch-7', '--dataplane-var', 'port=1', '--dataplane-var', 'service=batch']);
+    wrappers.push(ok);
+    await ok.line((l) => l.msg === 'weft-dp running');
+    assert.match(readFileSync(join(dir, 'batch-7', 'identity.crt'), 'utf8'), /^-----BEGIN CERTIFICATE-----/);
+    ok.child.kill('SIGTERM');
+    assert.equal(await ok.exited, 0);
+    const wrong = startWeftDp([...common('web-9', token), '--dataplane-var', 'name=web-9', '--dataplane-var', 'port=1', '--dataplane-var', 'service=web']);
+    assert.equal(await wrong.exited, 1);
+    assert.match(wrong.stderr, /the token is bound to tags \{"kuma.io\/service":"batch"\}/);
+  });
+
   it('an unreachable control plane is "not yet": it retries with backoff until stopped', async () => {
     const port = await freePort();
     const w = startWeftDp([...common('x-1', await tokenFile('x-1')).map((a) => (a === `https://${cp.xdsAddress}` ? `https://127.0.0.1:${port}` : a)), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);

@@ -122,3 +122,13 @@ export function dataplaneTagSets(dp: DataplaneSpec): Record<string, string>[] {
 export function dataplaneServices(dp: DataplaneSpec): string[] {
   return [...new Set(dataplaneTagSets(dp).map((t) => t[SERVICE_TAG]).filter((s): s is string => s !== undefined))];
 }
+
+/**
+ * Does a Dataplane carry every tag of a tag-bound token? Every inbound (or the gateway) must have
+ * them all, so a token for `kuma.io/service: web` cannot register a Dataplane that also serves
+ * another service.
+ */
+export function dataplaneHasTags(dp: DataplaneSpec, tags: Readonly<Record<string, string>>): boolean {
+  const sets = dataplaneTagSets(dp);
+  return sets.length > 0 && sets.every((set) => Object.entries(tags).every(([k, v]) => set[k] === v));
+}
