@@ -200,6 +200,9 @@ export class DataplaneService {
         const name = who.name ?? req.name;
         if (!mesh || !name) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'mesh and name: required');
         const dp = await this.opts.store.get({ type: 'Dataplane', mesh, name });
+        if (dp && who.tags && !dataplaneHasTags(dp.spec as DataplaneSpec, who.tags)) {
+          throw new RpcError(grpc.status.PERMISSION_DENIED, `the token is bound to tags ${JSON.stringify(who.tags)}, which Dataplane "${name}" does not carry`);
+        }
         if (dp?.labels[EPHEMERAL_LABEL] === 'true') await this.opts.store.delete({ type: 'Dataplane', mesh, name }, dp.version).catch(() => undefined);
         this.opts.logger.info({ mesh, name }, 'dataplane deregistered by weft-dp');
         return {};

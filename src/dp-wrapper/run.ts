@@ -143,8 +143,10 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     return stopping;
   };
 
+  let registered = false;
   try {
     const bootstrap = await withRetry('bootstrap', () => cp.call<BootstrapResponse>('Bootstrap', { dataplane: toWireDataplane(resource), proxyless: opts.proxyless, version: VERSION }), { log, signal: abort.signal });
+    registered = true;
     log.info({ nodeId: bootstrap.nodeId, mtls: bootstrap.mtls }, 'registered with the control plane');
 
     let identity: WorkloadIdentity | undefined;
@@ -158,8 +160,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     }
     // Identity files of a proxyless app: named in its gRPC bootstrap from the start, written
     // once the mesh has mTLS (now or when it is turned on later).
-    const files: IdentityFiles = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
-    const f = files;
+    const f: IdentityFiles = { certificate_file: join(opts.workDir, 'identity.crt'), private_key_file: join(opts.workDir, 'identity.key'), ca_certificate_file: join(opts.workDir, 'ca.crt') };
     const startIdentity = async (): Promise<void> => {
       const id = new WorkloadIdentity({
         cp,
@@ -235,7 +236,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       cleanup.push(() => relay.close());
       grpcBootstrapFile = join(opts.workDir, 'grpc-xds-bootstrap.json');
       const service = resource.spec.networking.inbound?.[0]?.tags['kuma.io/service'] ?? resource.name;
-      writeAtomic(grpcBootstrapFile, `${JSON.stringify(grpcXdsBootstrap({ relayPort: port, nodeId: bootstrap.nodeId, cluster: service, files }), null, 2)}\n`, 0o644);
+      writeAtomic(grpcBootstrapFile, `${JSON.stringify(grpcXdsBootstrap({ relayPort: port, nodeId: bootstrap.nodeId, cluster: service, files: f }), null, 2)}\n`, 0o644);
       log.info({ GRPC_XDS_BOOTSTRAP: grpcBootstrapFile, relayPort: port }, 'proxyless: start the gRPC app with GRPC_XDS_BOOTSTRAP set to this file');
       readyNow = true;
     } else {
@@ -276,6 +277,8 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     cleanup.unshift(() => new Promise<void>((r) => readiness.close(() => r())));
     return { bootstrap, readyPort: (readiness.address() as AddressInfo).port, dnsPorts: dns?.ports ?? [], grpcBootstrapFile, identity, ready: async () => Boolean(await isReady()), stop, stopped };
   } catch (err) {
+    // Registered but never started: take the Dataplane back (no proxy will ever connect for it).
+    if (registered) await cp.call('Deregister', { mesh: resource.mesh, name: resource.name }, 2000).catch(() => undefined);
     for (const c of cleanup.reverse()) await c();
     throw err;
   }
