@@ -69,13 +69,17 @@ export class CpClient {
  * Retries `fn` while the control plane says "not yet", with capped exponential backoff (0.5 s up
  * to `maxDelayMs`), logging each wait. A fatal answer is thrown at once.
  */
-export async function withRetry<T>(what: string, fn: () => Promise<T>, opts: { log: Logger; maxDelayMs?: number; signal?: AbortSignal }): Promise<T> {
+export async function withRetry<T>(what: string, fn: () => Promise<T>, opts: { log: Logger; maxDelayMs?: number; signal?: AbortSignal; deadlineMs?: number }): Promise<T> {
   let delay = 500;
+  const t0 = Date.now();
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (err) {
       if (!(err instanceof CpError) || !err.retryable || opts.signal?.aborted) throw err;
+      if (opts.deadlineMs !== undefined && Date.now() - t0 + delay > opts.deadlineMs) {
+        throw new CpError(err.code, `the control plane was not ready within ${Math.round(opts.deadlineMs / 1000)} s (${what}): ${err.message}`);
+      }
       opts.log.warn({ attempt, code: grpc.status[err.code], reason: err.message, retryInMs: delay }, `${what}: control plane not ready yet; retrying`);
       await new Promise<void>((r) => {
         const t = setTimeout(r, delay);

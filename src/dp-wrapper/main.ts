@@ -35,6 +35,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
     .addOption(opt('--proxyless', 'no Envoy: relay xDS and keep identity files for a gRPC app on @grpc/grpc-js-xds', 'PROXYLESS'))
     .addOption(opt('--ready-port <port>', 'port of /ready (0: any free port)', 'READY_PORT').default('9902'))
     .addOption(opt('--ready-address <address>', 'address of /ready', 'READY_ADDRESS').default('0.0.0.0'))
+    .addOption(opt('--start-timeout <duration>', 'give up (exit 1) if the control plane is not reachable for this long at start', 'START_TIMEOUT').default('5m'))
     .addOption(opt('--max-restarts <n>', 'give up (exit 2) after this many Envoy failures in a row, each within 10 s of its start', 'MAX_RESTARTS').default('5'))
     .addOption(opt('--restart-backoff <duration>', 'first delay before restarting Envoy; doubled each time, at most 30s', 'RESTART_BACKOFF').default('1s'))
     .addOption(opt('--refresh-interval <duration>', 'how often to refresh virtual IPs and the mesh mTLS state from the control plane', 'REFRESH_INTERVAL').default('5s'))
@@ -88,6 +89,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
             supervision: { maxRapidFailures: Number(o.maxRestarts), backoffMs: durationToMs(String(o.restartBackoff)) },
             dns: o.dnsEnabled ? { port: Number(o.dnsPort) } : undefined,
             refreshMs: durationToMs(String(o.refreshInterval)),
+            startTimeoutMs: durationToMs(String(o.startTimeout)),
             signal: starting.signal,
           },
           log,

@@ -45,6 +45,8 @@ export interface DpOptions {
   dns?: { port: number; addresses?: string[]; resolvConf?: string };
   /** How often to refresh virtual IPs and the mesh's mTLS state (default 5 s). */
   refreshMs?: number;
+  /** Give up starting (exit 1) if the control plane is not ready within this long. */
+  startTimeoutMs?: number;
   /** Aborts start-up (a signal before the proxy runs). */
   signal?: AbortSignal;
 }
@@ -145,7 +147,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
 
   let registered = false;
   try {
-    const bootstrap = await withRetry('bootstrap', () => cp.call<BootstrapResponse>('Bootstrap', { dataplane: toWireDataplane(resource), proxyless: opts.proxyless, version: VERSION }), { log, signal: abort.signal });
+    const bootstrap = await withRetry('bootstrap', () => cp.call<BootstrapResponse>('Bootstrap', { dataplane: toWireDataplane(resource), proxyless: opts.proxyless, version: VERSION }), { log, signal: abort.signal, deadlineMs: opts.startTimeoutMs });
     registered = true;
     log.info({ nodeId: bootstrap.nodeId, mtls: bootstrap.mtls }, 'registered with the control plane');
 

@@ -213,5 +213,10 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
     await w.line((l) => l.msg === 'bootstrap: control plane not ready yet; retrying' && Number(l.attempt) >= 2);
     w.child.kill('SIGTERM');
     assert.equal(await w.exited, 1, 'stopped before it ever started');
+    const timed = startWeftDp(
+      [...common('x-1', await tokenFile('x-1')).map((a) => (a === `https://${cp.xdsAddress}` ? `https://127.0.0.1:${port}` : a)), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x', '--start-timeout', '2s'],
+    );
+    assert.equal(await timed.exited, 1);
+    assert.match(timed.stderr, /weft-dp: the control plane was not ready within 2 s \(bootstrap\)/);
   });
 });
