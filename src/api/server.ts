@@ -19,6 +19,7 @@ import {
   type Logger,
   type MeshSpec,
   type ResourceRegistry,
+  type Resource,
   type ResourceType,
   type Violation,
 } from '../core/index.js';
@@ -162,6 +163,12 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     return { ops: out, origin };
   }
 
+  /** A resource as the API shows it: write-only data (a Secret's) is never read back. */
+  const show = (r: Resource): Record<string, unknown> => {
+    const redact = registry.get(r.type)?.redact;
+    return toWire(redact ? { ...r, spec: redact(r.spec) } : r);
+  };
+
   async function listResponse(req: FastifyRequest, type: string, mesh: string | undefined) {
     const q = req.query as Record<string, unknown>;
     const violations: Violation[] = [];
@@ -187,14 +194,14 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
       u.searchParams.set('size', String(limit));
       next = u.pathname + u.search;
     }
-    return { total: page.total, items: page.items.map(toWire), next };
+    return { total: page.total, items: page.items.map(show), next };
   }
 
   async function getOne(reply: FastifyReply, type: string, mesh: string, name: string) {
     const r = await store.get({ type, mesh, name });
     if (!r) throw new WeftError('not_found', mesh === '' ? `${type} "${name}" not found` : `${type} "${name}" not found in mesh "${mesh}"`);
     void reply.header('etag', `"${r.version}"`);
-    return toWire(r);
+    return show(r);
   }
 
   async function put(req: FastifyRequest, reply: FastifyReply, def: ResourceType<unknown>, mesh: string, name: string) {
@@ -206,7 +213,7 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const { ops } = await withInitialPolicies([{ op: 'upsert', resource, expectedVersion: expectedVersion(req) }]);
     const [result] = await store.write(ops, { dryRun });
     void reply.status(result!.outcome === 'created' ? 201 : 200).header('etag', `"${result!.resource!.version}"`);
-    return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: toWire(result!.resource!) };
+    return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: show(result!.resource!) };
   }
 
   async function del(req: FastifyRequest, type: string, mesh: string, name: string) {

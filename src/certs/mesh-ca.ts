@@ -16,6 +16,7 @@ import {
   type MeshSpec,
   type MtlsBackend,
   type Resource,
+  type SecretSpec,
   validateProvidedCa,
 } from '../core/index.js';
 import type { Store } from '../store/index.js';
@@ -33,11 +34,13 @@ export interface IssuedCertificate {
   expiresAt: Date;
 }
 
-function dataSource(ds: Record<string, string | undefined>, field: string): string {
+async function dataSource(store: Store, mesh: string, ds: Record<string, string | undefined>, field: string): Promise<string> {
   if (ds.inlineString) return ds.inlineString;
   if (ds.inline) return Buffer.from(ds.inline, 'base64').toString('utf8');
   if (ds.file) return readFileSync(ds.file, 'utf8');
-  throw new WeftError('invalid_resource', `provided CA: ${field} from a Secret is not supported yet; use inlineString, inline or file`);
+  const secret = (await store.get({ type: 'Secret', mesh, name: ds.secret! })) as Resource<SecretSpec> | undefined;
+  if (!secret) throw new WeftError('invalid_resource', `provided CA: ${field} names Secret "${ds.secret}", which mesh "${mesh}" does not have`, [{ field: `conf.${field}.secret`, message: `no Secret "${ds.secret}" in mesh "${mesh}"` }]);
+  return Buffer.from(secret.spec.data.replace(/\s+/g, ''), 'base64').toString('utf8');
 }
 
 /**
@@ -58,7 +61,7 @@ export class MeshCertificates {
   async ca(mesh: string, backend: MtlsBackend): Promise<CaMaterial> {
     if (backend.type === 'provided') {
       const conf = backend.conf as { cert: Record<string, string>; key: Record<string, string> };
-      const material = { certPem: dataSource(conf.cert, 'cert'), keyPem: dataSource(conf.key, 'key') };
+      const material = { certPem: await dataSource(this.store, mesh, conf.cert, 'cert'), keyPem: await dataSource(this.store, mesh, conf.key, 'key') };
       const problems = validateProvidedCa(material.certPem, material.keyPem, new Date(this.now()));
       if (problems.length > 0) throw new WeftError('invalid_resource', `provided CA of backend "${backend.name}" cannot be used`, problems);
       return material;

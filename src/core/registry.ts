@@ -5,7 +5,7 @@ import { meshSpec, enabledMtlsBackend, type MeshSpec } from './resources/mesh.js
 import { dataplaneSpec, dataplaneTagSets, dataplaneServices, type DataplaneSpec } from './resources/dataplane.js';
 import { trafficPermissionSpec, type TrafficPermissionSpec } from './resources/traffic-permission.js';
 import { meshTrafficPermissionBody, type MeshTrafficPermissionBody, type TargetRef } from './resources/mesh-traffic-permission.js';
-import { meshCaSpec, signingKeySpec, tokenRevocationSpec, type MeshCaSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
+import { meshCaSpec, secretSpec, signingKeySpec, tokenRevocationSpec, type MeshCaSpec, type SecretSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
 
 export interface Column<S> {
   header: string;
@@ -32,6 +32,8 @@ export interface ResourceType<S = unknown> {
   readonly columns?: readonly Column<S>[];
   /** Kept by the control plane for itself (keys): never read or written through the API. */
   readonly internal?: boolean;
+  /** What API reads show instead of the stored body (write-only fields such as secret data). */
+  readonly redact?: (spec: S) => S;
 }
 
 export function defineType<S>(def: ResourceType<S>): ResourceType<S> {
@@ -147,6 +149,15 @@ export const DataplaneTokenRevocationType = defineType<TokenRevocationSpec>({
   columns: [{ header: 'REVOKED', value: (r) => String(r.spec.ids.length) }],
 });
 
+export const SecretType = defineType<SecretSpec>({
+  name: 'Secret',
+  plural: 'secrets',
+  aliases: ['secret'],
+  scope: 'mesh',
+  schema: secretSpec,
+  redact: () => ({ data: '(write-only: set, not shown)' }),
+});
+
 export const SigningKeyType = defineType<SigningKeySpec>({
   name: 'DataplaneTokenSigningKey',
   plural: 'dataplane-token-signing-keys',
@@ -173,6 +184,7 @@ export function defaultRegistry(): ResourceRegistry {
     .register(TrafficPermissionType)
     .register(MeshTrafficPermissionType)
     .register(DataplaneTokenRevocationType)
+    .register(SecretType)
     .register(SigningKeyType)
     .register(MeshCaType);
 }

@@ -7,6 +7,7 @@ import { http, startTestControlPlane, type TestControlPlane } from '../helpers/c
 import { keyAndCsr } from '../helpers/pki.js';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
+import { createRootCa } from '../../src/certs/index.js';
 
 describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
   let cp: TestControlPlane;
@@ -61,5 +62,41 @@ describe('POST /meshes/{mesh}/dataplanes/{name}/_certificate', () => {
     const off = await http(cp.apiUrl, 'POST', '/meshes/default/dataplanes/web-1/_certificate', { csr: plain.csrPem }, { authorization: `Bearer ${await token('default', 'web-1')}` });
     assert.equal(off.status, 409);
     assert.equal(off.body.code, 'mtls_not_enabled');
+  });
+});
+
+describe('provided CA from Secrets (Kuma\'s `secret` data source)', () => {
+  let cp: TestControlPlane;
+  before(async () => {
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1' });
+  });
+  after(() => cp.stop());
+
+  it('Secrets are write-only through the API; a provided CA reads its certificate and key from them', async () => {
+    const root = await createRootCa({ mesh: 'corp', backend: 'corp-ca', validForMs: 86400_000 });
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/corp', { type: 'Mesh', name: 'corp' })).status, 201);
+    for (const [name, pem] of [['corp-ca-cert', root.certPem], ['corp-ca-key', root.keyPem]] as const) {
+      assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/corp/secrets/${name}`, { type: 'Secret', mesh: 'corp', name, data: b64(pem) })).status, 201);
+    }
+    const shown = JSON.stringify([(await http(cp.apiUrl, 'GET', '/meshes/corp/secrets/corp-ca-key')).body, (await http(cp.apiUrl, 'GET', '/meshes/corp/secrets')).body]);
+    assert.doesNotMatch(shown, /PRIVATE KEY|LS0tLS1CRUdJTi/, 'neither the key nor its base64 is ever read back');
+    assert.match(shown, /write-only/);
+    const bad = await http(cp.apiUrl, 'PUT', '/meshes/corp/secrets/x', { type: 'Secret', mesh: 'corp', name: 'x', data: 'not base64!' });
+    assert.deepEqual(bad.body.violations, [{ field: 'data', message: 'must be base64' }]);
+
+    const provided = (cert: string) => ({ type: 'Mesh', name: 'corp', mtls: { enabledBackend: 'corp-ca', backends: [{ name: 'corp-ca', type: 'provided', conf: { cert: { secret: cert }, key: { secret: 'corp-ca-key' } } }] } });
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/corp', provided('corp-ca-cert'))).status, 200);
+    await http(cp.apiUrl, 'PUT', '/meshes/corp/dataplanes/web-1', { type: 'Dataplane', mesh: 'corp', name: 'web-1', networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'web' } }] } });
+    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'corp', name: 'web-1' })).body.token);
+    const { csrPem } = await keyAndCsr(['spiffe://corp/web']);
+    const r = await http(cp.apiUrl, 'POST', '/meshes/corp/dataplanes/web-1/_certificate', { csr: csrPem }, { authorization: `Bearer ${token}` });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.ok(new X509Certificate(String(r.body.certificate)).checkIssued(new X509Certificate(root.certPem)), 'signed by the provided CA');
+
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/corp', provided('nope'))).status, 200);
+    const missing = await http(cp.apiUrl, 'POST', '/meshes/corp/dataplanes/web-1/_certificate', { csr: csrPem }, { authorization: `Bearer ${token}` });
+    assert.equal(missing.status, 400);
+    assert.match(String(missing.body.message), /names Secret "nope", which mesh "corp" does not have/);
   });
 });

@@ -27,3 +27,16 @@ export const meshCaSpec = z.strictObject({
   sealedKeyPem: z.string().min(1),
 });
 export type MeshCaSpec = z.infer<typeof meshCaSpec>;
+
+/**
+ * Kuma's Secret: opaque data (base64) that other resources refer to by name, e.g. a provided CA's
+ * certificate and key (`conf.cert: {secret: NAME}`). Write-only through the API: reads show that
+ * data is set, never the data.
+ */
+export const secretSpec = z.strictObject({
+  data: z
+    .string()
+    .min(1)
+    .refine((s) => /^[A-Za-z0-9+/]+={0,2}$/.test(s.replace(/\s+/g, '')) && s.replace(/\s+/g, '').length % 4 === 0, 'must be base64'),
+});
+export type SecretSpec = z.infer<typeof secretSpec>;
