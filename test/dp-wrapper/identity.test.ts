@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
+import * as tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/core/index.js';
 import { CpClient } from '../../src/dp-wrapper/cp-client.js';
@@ -85,5 +86,78 @@ describe('workload certificate renewal (controllable clock, real control plane)'
     assert.equal(clock.pending().length, 1, 'the next renewal is scheduled');
     identity.stop();
     assert.equal(clock.pending().length, 0);
+  });
+});
+
+describe('a connection across a renewal (controllable clock, real TLS)', () => {
+  let cp: TestControlPlane;
+  let client: CpClient;
+  before(async () => {
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_TLS_MODE: 'off' });
+    await http(cp.apiUrl, 'PUT', '/meshes/r', { type: 'Mesh', name: 'r', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', dpCert: { rotation: { expiration: '1h' } } }] } });
+    await http(cp.apiUrl, 'PUT', '/meshes/r/dataplanes/srv-1', { type: 'Dataplane', mesh: 'r', name: 'srv-1', networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'srv' } }] } });
+    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'r', name: 'srv-1' })).body.token);
+    client = new CpClient({ address: `http://${cp.xdsAddress}`, token });
+  });
+  after(async () => {
+    client?.close();
+    await cp?.stop();
+  });
+
+  it('an open mTLS connection keeps working when the certificate is renewed; new connections get the new one', async () => {
+    const clock = new ManualClock();
+    let server: tls.Server | undefined;
+    const renewed = new Promise<Issued>((resolve) => {
+      let n = 0;
+      const identity = new WorkloadIdentity({
+        cp: client,
+        uris: ['spiffe://r/srv'],
+        log: createLogger('test', 'silent'),
+        clock,
+        onIssued: (id) => {
+          const ctx = { key: id.keyPem, cert: id.certificatePem, ca: id.caBundle };
+          if (!server) {
+            server = tls.createServer({ ...ctx, requestCert: true, rejectUnauthorized: true }, (s) => s.pipe(s)); // echo
+          } else server.setSecureContext(ctx); // what Envoy does on an SDS push
+          if (++n === 2) {
+            identity.stop();
+            resolve(id);
+          }
+        },
+      });
+      void identity.start();
+    });
+    // The peer: a certificate of the same mesh CA, for another identity.
+    await http(cp.apiUrl, 'PUT', '/meshes/r/dataplanes/cli-1', { type: 'Dataplane', mesh: 'r', name: 'cli-1', networking: { address: '10.0.0.2', inbound: [{ port: 80, tags: { 'kuma.io/service': 'cli' } }] } });
+    const cliToken = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'r', name: 'cli-1' })).body.token);
+    const cliCp = new CpClient({ address: `http://${cp.xdsAddress}`, token: cliToken });
+    const peer = await new WorkloadIdentity({ cp: cliCp, uris: ['spiffe://r/cli'], log: createLogger('test', 'silent'), onIssued: () => undefined }).issue();
+    cliCp.close();
+    // Wait for the first certificate, then open a connection before the renewal.
+    while (!server) await new Promise((r) => setTimeout(r, 10));
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    const port = (server!.address() as { port: number }).port;
+    const connect = () =>
+      new Promise<tls.TLSSocket>((resolve, reject) => {
+        const s = tls.connect({ host: '127.0.0.1', port, key: peer.keyPem, cert: peer.certificatePem, ca: peer.caBundle, checkServerIdentity: () => undefined }, () => resolve(s));
+        s.once('error', reject);
+      });
+    const echo = (s: tls.TLSSocket, text: string) =>
+      new Promise<string>((resolve) => {
+        s.once('data', (d: Buffer) => resolve(d.toString()));
+        s.write(text);
+      });
+    const before = await connect();
+    const firstSerial = before.getPeerCertificate().serialNumber;
+    assert.equal(await echo(before, 'one'), 'one');
+    clock.advance(clock.pending()[0]!); // to 4/5 of the lifetime: renewed with a new key
+    const id2 = await renewed;
+    assert.equal(await echo(before, 'two'), 'two', 'the connection opened before the renewal still works');
+    const after = await connect();
+    assert.notEqual(after.getPeerCertificate().serialNumber, firstSerial, 'a new connection gets the renewed certificate');
+    assert.equal(after.getPeerCertificate().serialNumber.toLowerCase(), new X509Certificate(id2.certificatePem).serialNumber.toLowerCase());
+    before.end();
+    after.end();
+    server!.close();
   });
 });
