@@ -183,6 +183,7 @@ describe('weft-dp --proxyless: two wrappers, a grpc-js-xds server and client, mT
     const wrongToken = startWeftDp([...common('y-1', token), '--dataplane-var', 'name=y-1', '--dataplane-var', 'port=1', '--dataplane-var', 'service=x']);
     assert.equal(await wrongToken.exited, 1);
     assert.match(wrongToken.stderr, /the token is for dataplane "x-1" in mesh "shop", not "y-1"/);
+    assert.doesNotMatch(wrongToken.stderr, /DeprecationWarning/, 'no Node warning noise for a control plane addressed by IP');
 
     const invalid = startWeftDp([...common('x-1', token), '--dataplane-var', 'name=x-1', '--dataplane-var', 'port=70000', '--dataplane-var', 'service=x']);
     assert.equal(await invalid.exited, 1);
