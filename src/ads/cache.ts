@@ -230,6 +230,28 @@ export class ResourceEncoder {
     return problems;
   }
 
+  /**
+   * Secrets that resources of `from` ask for over ADS but `secrets` lacks: Envoy would wait for
+   * them and keep those listeners and clusters warming forever. (An unused secret is harmless.)
+   * Computed once per pair of entries, like crossCheck, so proxies sharing their clusters share it.
+   */
+  missingSecrets(from: TypeEntry, secrets: TypeEntry): SnapshotProblem[] {
+    let bySecrets = this.secretsChecked.get(from);
+    if (!bySecrets) this.secretsChecked.set(from, (bySecrets = new WeakMap()));
+    const known = bySecrets.get(secrets);
+    if (known) return known;
+    const problems: SnapshotProblem[] = [];
+    for (const r of from.map.values()) {
+      for (const ref of r.secretRefs) {
+        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: from.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
+      }
+    }
+    bySecrets.set(secrets, problems);
+    return problems;
+  }
+
+  private readonly secretsChecked = new WeakMap<TypeEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
+
   retain(snapshot: Snapshot): void {
     for (const e of (snapshot as SnapshotInternal).entries) {
       if (e.refs++ === 0) this.adjust(e.contentKeys, 1);
@@ -300,7 +322,8 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     ...entries.flatMap((e) => e.problems),
     ...encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'),
     ...encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'),
-    ...missingSecrets([byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Listener)!], byType.get(TypeUrl.Secret)!),
+    ...encoder.missingSecrets(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Secret)!),
+    ...encoder.missingSecrets(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.Secret)!),
   ];
   if (problems.length > 0) {
     encoder.dropEntries(entries);
@@ -319,22 +342,6 @@ export type SnapshotListener = (snapshot: Snapshot) => void;
  * Per-proxy snapshots, keyed by node id. Knows nothing of gRPC: streams watch it. Setting a
  * snapshot whose version equals the current one changes nothing and wakes nobody (XDS-RULES 6).
  */
-/**
- * Secrets that clusters or listeners ask for over ADS but the snapshot lacks: Envoy would wait for
- * them and keep those listeners and clusters warming forever. (An unused secret is harmless.)
- */
-function missingSecrets(users: readonly TypeEntry[], secrets: TypeEntry): SnapshotProblem[] {
-  const problems: SnapshotProblem[] = [];
-  for (const e of users) {
-    for (const r of e.map.values()) {
-      for (const ref of r.secretRefs) {
-        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: e.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
-      }
-    }
-  }
-  return problems;
-}
-
 export class SnapshotCache {
   private readonly snapshots = new Map<string, Snapshot>();
   private readonly watchers = new Map<string, Set<SnapshotListener>>();

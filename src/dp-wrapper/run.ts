@@ -52,7 +52,7 @@ export interface DpOptions {
 }
 
 /** Exit codes: what happened. */
-export const EXIT = { stopped: 0, startFailed: 1, proxyFailed: 2, appExited: 3 } as const;
+export const EXIT = { stopped: 0, startFailed: 1, proxyFailed: 2 } as const;
 
 /** A start-up problem the user can fix: printed without a stack trace. */
 export class StartError extends Error {}

@@ -36,16 +36,23 @@ class ManualClock implements Clock {
 
 describe('workload certificate renewal (controllable clock, real control plane)', () => {
   let cp: TestControlPlane;
+  const clients: CpClient[] = [];
+  /** A Dataplane of mesh m with one inbound, and weft-dp's client to the control plane with its token. */
+  async function registered(name: string, tags: Record<string, string>): Promise<CpClient> {
+    await http(cp.apiUrl, 'PUT', `/meshes/m/dataplanes/${name}`, { type: 'Dataplane', mesh: 'm', name, networking: { address: '10.0.0.1', inbound: [{ port: 80, tags }] } });
+    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'm', name })).body.token);
+    const c = new CpClient({ address: `http://${cp.xdsAddress}`, token });
+    clients.push(c);
+    return c;
+  }
   let client: CpClient;
   before(async () => {
     cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_TLS_MODE: 'off' });
     await http(cp.apiUrl, 'PUT', '/meshes/m', { type: 'Mesh', name: 'm', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', dpCert: { rotation: { expiration: '1h' } } }] } });
-    await http(cp.apiUrl, 'PUT', '/meshes/m/dataplanes/web-1', { type: 'Dataplane', mesh: 'm', name: 'web-1', networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'web', version: 'v1' } }] } });
-    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'm', name: 'web-1' })).body.token);
-    client = new CpClient({ address: `http://${cp.xdsAddress}`, token });
+    client = await registered('web-1', { 'kuma.io/service': 'web', version: 'v1' });
   });
   after(async () => {
-    client?.close();
+    for (const c of clients) c.close();
     await cp?.stop();
   });
 
@@ -87,31 +94,16 @@ describe('workload certificate renewal (controllable clock, real control plane)'
     identity.stop();
     assert.equal(clock.pending().length, 0);
   });
-});
-
-describe('a connection across a renewal (controllable clock, real TLS)', () => {
-  let cp: TestControlPlane;
-  let client: CpClient;
-  before(async () => {
-    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_TLS_MODE: 'off' });
-    await http(cp.apiUrl, 'PUT', '/meshes/r', { type: 'Mesh', name: 'r', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', dpCert: { rotation: { expiration: '1h' } } }] } });
-    await http(cp.apiUrl, 'PUT', '/meshes/r/dataplanes/srv-1', { type: 'Dataplane', mesh: 'r', name: 'srv-1', networking: { address: '10.0.0.1', inbound: [{ port: 80, tags: { 'kuma.io/service': 'srv' } }] } });
-    const token = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'r', name: 'srv-1' })).body.token);
-    client = new CpClient({ address: `http://${cp.xdsAddress}`, token });
-  });
-  after(async () => {
-    client?.close();
-    await cp?.stop();
-  });
 
   it('an open mTLS connection keeps working when the certificate is renewed; new connections get the new one', async () => {
+    const srv = await registered('srv-1', { 'kuma.io/service': 'srv' });
     const clock = new ManualClock();
     let server: tls.Server | undefined;
     const renewed = new Promise<Issued>((resolve) => {
       let n = 0;
       const identity = new WorkloadIdentity({
-        cp: client,
-        uris: ['spiffe://r/srv'],
+        cp: srv,
+        uris: ['spiffe://m/srv'],
         log: createLogger('test', 'silent'),
         clock,
         onIssued: (id) => {
@@ -128,11 +120,8 @@ describe('a connection across a renewal (controllable clock, real TLS)', () => {
       void identity.start();
     });
     // The peer: a certificate of the same mesh CA, for another identity.
-    await http(cp.apiUrl, 'PUT', '/meshes/r/dataplanes/cli-1', { type: 'Dataplane', mesh: 'r', name: 'cli-1', networking: { address: '10.0.0.2', inbound: [{ port: 80, tags: { 'kuma.io/service': 'cli' } }] } });
-    const cliToken = String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'r', name: 'cli-1' })).body.token);
-    const cliCp = new CpClient({ address: `http://${cp.xdsAddress}`, token: cliToken });
-    const peer = await new WorkloadIdentity({ cp: cliCp, uris: ['spiffe://r/cli'], log: createLogger('test', 'silent'), onIssued: () => undefined }).issue();
-    cliCp.close();
+    const cli = await registered('cli-1', { 'kuma.io/service': 'cli' });
+    const peer = await new WorkloadIdentity({ cp: cli, uris: ['spiffe://m/cli'], log: createLogger('test', 'silent'), onIssued: () => undefined }).issue();
     // Wait for the first certificate, then open a connection before the renewal.
     while (!server) await new Promise((r) => setTimeout(r, 10));
     await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));

@@ -1,22 +1,8 @@
-import 'reflect-metadata';
 import { connect, createServer, type TLSSocket } from 'node:tls';
-import { webcrypto } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
-
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-const ECDSA = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+import { createKeyAndCsr } from '../../src/certs/index.js';
 
 /** What the data-plane wrapper does on its node: a fresh key, and a CSR naming the identities. */
-export async function keyAndCsr(uris: string[]): Promise<{ keyPem: string; csrPem: string }> {
-  const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    keys,
-    signingAlgorithm: ECDSA,
-    extensions: [new x509.SubjectAlternativeNameExtension(uris.map((u) => ({ type: 'url' as const, value: u })))],
-  });
-  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
-  return { keyPem: `-----BEGIN PRIVATE KEY-----\n${der.replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n`, csrPem: csr.toString('pem') };
-}
+export const keyAndCsr = (uris: string[]): Promise<{ keyPem: string; csrPem: string }> => createKeyAndCsr(uris);
 
 export interface Identity {
   keyPem: string;
