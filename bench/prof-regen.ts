@@ -23,10 +23,14 @@ let t = performance.now();
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) rec.track(`default.svc-${s}-${r}`);
 await rec.settle();
 console.log('cold generation ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
-t = performance.now();
-await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: false } }], transparentProxying: {} } } });
-await new Promise((r) => setTimeout(r, 5));
-await rec.settle();
-console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
+// Endpoint changes: one replica of svc-7 flips between ready and not ready (WEFT_PROF_ROUNDS times).
+const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);
+for (let i = 0; i < rounds; i++) {
+  t = performance.now();
+  await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: {} } } });
+  await new Promise((r) => setTimeout(r, 5));
+  await rec.settle();
+  console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
+}
 rec.close();
 await store.close();

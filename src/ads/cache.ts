@@ -3,7 +3,7 @@ import { canonicalJson } from '../core/index.js';
 import { checkResource, type ProtoViolation } from './proto-check.js';
 import { messageType, RESPONSE_ORDER, SHORT_NAME, TypeUrl } from './protos.js';
 
-import type { ResourceSet } from '../xds/index.js';
+import { splitOf, type ResourceSet } from '../xds/index.js';
 
 export type { ResourceSet };
 
@@ -108,31 +108,47 @@ export function secretRefsOf(obj: unknown, out = new Set<string>()): string[] {
   return [...out];
 }
 
+/** One distinct content, encoded; counted by the type sets holding it. */
+interface ContentEntry {
+  /** The map key: type URL and canonical JSON (the very string object the map holds). */
+  readonly key: string;
+  /** Unique per entry, for keys of sets of contents. */
+  readonly serial: number;
+  readonly res: EncodedResource;
+  refs: number;
+  /** False once forgotten; a later equal content gets a new entry. */
+  live: boolean;
+}
+
 /**
  * Encodes resources once: equal content (by canonical JSON) maps to the same EncodedResource, so
  * 2000 proxies sharing a cluster share its bytes. Entries are reference-counted by the snapshots
- * holding them and dropped when none does.
+ * holding them and dropped when none does. The hot paths (a proxy's snapshot built from objects
+ * already seen, retain and release) hold entries directly and never look up content strings:
+ * comparing two equal 300 KB keys is what made them slow.
  */
 export class ResourceEncoder {
-  private readonly byContent = new Map<string, { res: EncodedResource; refs: number }>();
+  private readonly byContent = new Map<string, ContentEntry>();
   /**
    * Fast path for the same object handed in again (translation memoizes resources shared by many
    * proxies): skips re-serializing it. Callers must not mutate resources after handing them in.
    */
-  private readonly byObject = new WeakMap<object, { typeUrl: TypeUrl; key: string }>();
+  private readonly byObject = new WeakMap<object, { typeUrl: TypeUrl; entry: ContentEntry }>();
 
   /** Checks and encodes, or returns the shared encoding; or the problems found. */
   encode(typeUrl: TypeUrl, obj: Record<string, unknown>): EncodedResource | SnapshotProblem[] {
+    const e = this.entryOf(typeUrl, obj);
+    return Array.isArray(e) ? e : e.res;
+  }
+
+  private entryOf(typeUrl: TypeUrl, obj: Record<string, unknown>): ContentEntry | SnapshotProblem[] {
     const seen = this.byObject.get(obj);
-    if (seen && seen.typeUrl === typeUrl) {
-      const e = this.byContent.get(seen.key);
-      if (e) return e.res;
-    }
-    const key = this.keyOf(typeUrl, obj);
+    if (seen && seen.typeUrl === typeUrl && seen.entry.live) return seen.entry;
+    const key = `${typeUrl}\u0000${canonicalJson(obj)}`;
     const hit = this.byContent.get(key);
     if (hit) {
-      this.byObject.set(obj, { typeUrl, key });
-      return hit.res;
+      this.byObject.set(obj, { typeUrl, entry: hit });
+      return hit;
     }
     const name = nameOf(typeUrl, obj);
     const violations: ProtoViolation[] = checkResource(typeUrl, obj);
@@ -141,51 +157,46 @@ export class ResourceEncoder {
     const bytes = type.encode(type.fromObject(obj)).finish();
     const secretRefs = typeUrl === TypeUrl.Cluster || typeUrl === TypeUrl.Listener ? secretRefsOf(obj) : [];
     const res: EncodedResource = { typeUrl, name, version: hash(bytes), bytes, refs: referencesOf(typeUrl, obj), secretRefs };
-    this.byContent.set(key, { res, refs: 0 });
-    this.byObject.set(obj, { typeUrl, key });
-    return res;
+    const entry: ContentEntry = { key, serial: this.nextSerial++, res, refs: 0, live: true };
+    this.byContent.set(key, entry);
+    this.byObject.set(obj, { typeUrl, entry });
+    return entry;
   }
 
-  /** Keys held, for tests and metrics. */
-  /** Forgets entries no snapshot holds (those encoded for a snapshot that was refused). */
-  dropUnused(keys: readonly string[]): void {
-    for (const k of keys) if (this.byContent.get(k)?.refs === 0) this.byContent.delete(k);
-  }
-
+  /** Distinct contents held, for tests and metrics. */
   get size(): number {
     return this.byContent.size;
   }
 
-  private readonly ids = new WeakMap<object, number>();
-  private nextId = 1;
-  private readonly entries = new Map<string, TypeEntry>();
-  private readonly byArray = new WeakMap<readonly object[], TypeEntry>();
-  private readonly checked = new WeakMap<TypeEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
-
-  private idOf(o: object): number {
-    let id = this.ids.get(o);
-    if (id === undefined) this.ids.set(o, (id = this.nextId++));
-    return id;
-  }
+  private nextSerial = 1;
+  /** Type sets by the array they were built from (translation shares arrays between proxies). */
+  private readonly byArray = new WeakMap<readonly object[], TypeEntryInternal>();
+  /** Type sets by content: equal resources, the same set, so a round that changes nothing for a proxy leaves its snapshot alone. */
+  private readonly byContentKey = new Map<string, LeafEntry>();
+  private readonly splits = new Map<string, SplitEntry>();
 
   /**
-   * The resources of one type, checked, encoded and versioned, shared by every snapshot built from
-   * the same objects (translation hands the same objects to proxies with the same config), so a
-   * mesh-wide change costs one build per distinct set, not one per proxy.
+   * The resources of one type, checked, encoded and versioned, shared by every snapshot holding
+   * the same content: a mesh-wide change costs one build per distinct set, not one per proxy.
+   * A list from `joinShared` is built from its parts: the big shared part once for every proxy
+   * holding it, the proxy's own few resources apart.
    */
   typeEntry(typeUrl: TypeUrl, objs: readonly Record<string, unknown>[]): TypeEntry {
     const same = this.byArray.get(objs);
-    if (same && same.typeUrl === typeUrl && this.entries.get(same.key) === same) return same;
-    const key = `${typeUrl} ${objs.map((o) => this.idOf(o)).join(',')}`;
-    const hit = this.entries.get(key);
-    if (hit) {
-      this.byArray.set(objs, hit);
-      return hit;
-    }
+    if (same && same.typeUrl === typeUrl && !same.dead) return same;
+    const split = splitOf(objs);
+    const entry = split ? this.splitEntry(typeUrl, split.shared, split.own) : this.leafEntry(typeUrl, objs);
+    this.byArray.set(objs, entry);
+    return entry;
+  }
+
+  private leafEntry(typeUrl: TypeUrl, objs: readonly Record<string, unknown>[]): LeafEntry {
+    const same = this.byArray.get(objs);
+    if (same && same.typeUrl === typeUrl && !same.dead && same.kind === 'leaf') return same;
     const problems: SnapshotProblem[] = [];
     const refused = new Set<string>();
     const map = new Map<string, EncodedResource>();
-    const contentKeys: string[] = [];
+    const contents: ContentEntry[] = [];
     for (const obj of objs) {
       const name = nameOf(typeUrl, obj);
       if (name === '') {
@@ -196,39 +207,93 @@ export class ResourceEncoder {
         problems.push({ typeUrl, name, message: 'duplicate name in one snapshot' });
         continue;
       }
-      const enc = this.encode(typeUrl, obj);
+      const enc = this.entryOf(typeUrl, obj);
       if (Array.isArray(enc)) {
         problems.push(...enc);
         refused.add(name);
         continue;
       }
-      map.set(name, enc);
-      contentKeys.push(this.keyOf(typeUrl, obj));
+      map.set(name, enc.res);
+      contents.push(enc);
     }
-    const entry: TypeEntry = { key, typeUrl, map, version: setVersion(map.values()), contentKeys, problems, refused, refs: 0 };
-    this.entries.set(key, entry);
+    const contentKey = problems.length === 0 ? `${typeUrl} ${contents.map((c) => c.serial).join(',')}` : undefined;
+    const known = contentKey === undefined ? undefined : this.byContentKey.get(contentKey);
+    if (known) {
+      this.byArray.set(objs, known);
+      return known;
+    }
+    const entry: LeafEntry = { kind: 'leaf', serial: this.nextSerial++, contentKey, typeUrl, map, version: setVersion(map.values()), contents, problems, refused, refs: 0, dead: false };
+    if (contentKey !== undefined) this.byContentKey.set(contentKey, entry);
     this.byArray.set(objs, entry);
+    return entry;
+  }
+
+  private splitEntry(typeUrl: TypeUrl, sharedObjs: readonly Record<string, unknown>[], ownObjs: readonly Record<string, unknown>[]): SplitEntry {
+    const shared = this.leafEntry(typeUrl, sharedObjs);
+    const own = this.leafEntry(typeUrl, ownObjs);
+    const key = `${shared.serial},${own.serial}`;
+    const known = this.splits.get(key);
+    if (known) return known;
+    const problems = [...shared.problems, ...own.problems];
+    for (const name of [...own.map.keys(), ...own.refused]) {
+      if (shared.map.has(name) || shared.refused.has(name)) problems.push({ typeUrl, name, message: 'duplicate name in one snapshot' });
+    }
+    const entry: SplitEntry = {
+      kind: 'split',
+      key,
+      typeUrl,
+      shared,
+      own,
+      map: new SplitMap(shared.map, own.map),
+      version: hash(`${shared.version}+${own.version}`),
+      problems,
+      refused: { has: (n: string) => shared.refused.has(n) || own.refused.has(n) },
+      refs: 0,
+      dead: false,
+    };
+    this.splits.set(key, entry);
     return entry;
   }
 
   /** Reference problems between a referring set and the referred set, computed once per pair. */
   crossCheck(from: TypeEntry, to: TypeEntry, what: string): SnapshotProblem[] {
+    const f = from as TypeEntryInternal;
+    if (f.kind === 'leaf') return this.leafCheck(f, to, what).problems;
+    let byTo = this.splitChecked.get(f);
+    if (!byTo) this.splitChecked.set(f, (byTo = new WeakMap()));
+    const known = byTo.get(to);
+    if (known) return known;
+    const shared = this.leafCheck(f.shared, to, what);
+    const own = this.leafCheck(f.own, to, what);
+    const problems = [...shared.missing, ...own.missing];
+    // Unused by both parts (usually nothing: the shared part refers to every route).
+    const ownUnused = new Set(own.unused);
+    for (const name of shared.unused) if (ownUnused.has(name)) problems.push({ typeUrl: to.typeUrl, name, message: `is not used by any ${SHORT_NAME[from.typeUrl]} resource` });
+    byTo.set(to, problems);
+    return problems;
+  }
+
+  private leafCheck(from: LeafEntry, to: TypeEntry, what: string): { problems: SnapshotProblem[]; missing: SnapshotProblem[]; unused: string[] } {
     let byTo = this.checked.get(from);
     if (!byTo) this.checked.set(from, (byTo = new WeakMap()));
     const known = byTo.get(to);
     if (known) return known;
-    const problems: SnapshotProblem[] = [];
+    const missing: SnapshotProblem[] = [];
     const referenced = new Set<string>();
     for (const r of from.map.values()) {
       for (const ref of r.refs) {
         referenced.add(ref);
-        if (!to.map.has(ref) && !to.refused.has(ref)) problems.push({ typeUrl: from.typeUrl, name: r.name, message: `refers to ${what} "${ref}", which the snapshot lacks` });
+        if (!to.map.has(ref) && !to.refused.has(ref)) missing.push({ typeUrl: from.typeUrl, name: r.name, message: `refers to ${what} "${ref}", which the snapshot lacks` });
       }
     }
-    for (const name of to.map.keys()) if (!referenced.has(name)) problems.push({ typeUrl: to.typeUrl, name, message: `is not used by any ${SHORT_NAME[from.typeUrl]} resource` });
-    byTo.set(to, problems);
-    return problems;
+    const unused = [...to.map.keys()].filter((name) => !referenced.has(name));
+    const result = { missing, unused, problems: [...missing, ...unused.map((name) => ({ typeUrl: to.typeUrl, name, message: `is not used by any ${SHORT_NAME[from.typeUrl]} resource` }))] };
+    byTo.set(to, result);
+    return result;
   }
+
+  private readonly checked = new WeakMap<LeafEntry, WeakMap<TypeEntry, { problems: SnapshotProblem[]; missing: SnapshotProblem[]; unused: string[] }>>();
+  private readonly splitChecked = new WeakMap<SplitEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
 
   /**
    * Secrets that resources of `from` ask for over ADS but `secrets` lacks: Envoy would wait for
@@ -236,77 +301,163 @@ export class ResourceEncoder {
    * Computed once per pair of entries, like crossCheck, so proxies sharing their clusters share it.
    */
   missingSecrets(from: TypeEntry, secrets: TypeEntry): SnapshotProblem[] {
-    let bySecrets = this.secretsChecked.get(from);
-    if (!bySecrets) this.secretsChecked.set(from, (bySecrets = new WeakMap()));
+    const f = from as TypeEntryInternal;
+    if (f.kind === 'split') return [...this.missingSecrets(f.shared, secrets), ...this.missingSecrets(f.own, secrets)];
+    let bySecrets = this.secretsChecked.get(f);
+    if (!bySecrets) this.secretsChecked.set(f, (bySecrets = new WeakMap()));
     const known = bySecrets.get(secrets);
     if (known) return known;
     const problems: SnapshotProblem[] = [];
-    for (const r of from.map.values()) {
+    for (const r of f.map.values()) {
       for (const ref of r.secretRefs) {
-        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: from.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
+        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: f.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
       }
     }
     bySecrets.set(secrets, problems);
     return problems;
   }
 
-  private readonly secretsChecked = new WeakMap<TypeEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
+  private readonly secretsChecked = new WeakMap<LeafEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
 
   retain(snapshot: Snapshot): void {
-    for (const e of (snapshot as SnapshotInternal).entries) {
-      if (e.refs++ === 0) this.adjust(e.contentKeys, 1);
-    }
+    for (const e of (snapshot as SnapshotInternal).entries) this.hold(e);
   }
 
   release(snapshot: Snapshot): void {
-    for (const e of (snapshot as SnapshotInternal).entries) {
-      if (--e.refs === 0) {
-        this.entries.delete(e.key);
-        this.adjust(e.contentKeys, -1);
-      }
+    for (const e of (snapshot as SnapshotInternal).entries) this.unhold(e);
+  }
+
+  private hold(e: TypeEntryInternal): void {
+    if (e.refs++ > 0) return;
+    if (e.kind === 'leaf') this.adjust(e.contents, 1);
+    else {
+      this.hold(e.shared);
+      this.hold(e.own);
     }
   }
 
-  /** Forgets type sets no snapshot holds (built for a snapshot that was refused). */
+  private unhold(e: TypeEntryInternal): void {
+    if (--e.refs > 0) return;
+    this.kill(e);
+    if (e.kind === 'leaf') this.adjust(e.contents, -1);
+    else {
+      this.unhold(e.shared);
+      this.unhold(e.own);
+    }
+  }
+
+  private kill(e: TypeEntryInternal): void {
+    e.dead = true;
+    if (e.kind === 'split') {
+      if (this.splits.get(e.key) === e) this.splits.delete(e.key);
+    } else if (e.contentKey !== undefined && this.byContentKey.get(e.contentKey) === e) this.byContentKey.delete(e.contentKey);
+  }
+
+  /** Forgets type sets no snapshot holds (built for a snapshot that was refused or unchanged). */
   dropEntries(entries: readonly TypeEntry[]): void {
-    for (const e of entries) {
-      if (e.refs === 0) {
-        this.entries.delete(e.key);
-        this.dropUnused(e.contentKeys);
-      }
+    for (const e of entries as readonly TypeEntryInternal[]) {
+      if (e.refs > 0) continue;
+      this.kill(e);
+      if (e.kind === 'leaf') {
+        for (const c of e.contents) if (c.refs === 0) this.forget(c);
+      } else this.dropEntries([e.shared, e.own]);
     }
   }
 
-  private adjust(keys: readonly string[], delta: number): void {
-    for (const k of keys) {
-      const e = this.byContent.get(k);
-      if (!e) continue;
-      e.refs += delta;
-      if (e.refs <= 0) this.byContent.delete(k);
+  private adjust(contents: readonly ContentEntry[], delta: number): void {
+    for (const c of contents) {
+      if (!c.live) continue;
+      c.refs += delta;
+      if (c.refs <= 0) this.forget(c);
     }
   }
 
-  keyOf(typeUrl: TypeUrl, obj: Record<string, unknown>): string {
-    const seen = this.byObject.get(obj);
-    if (seen && seen.typeUrl === typeUrl) return seen.key;
-    return `${typeUrl}\u0000${canonicalJson(obj)}`;
+  private forget(c: ContentEntry): void {
+    c.live = false;
+    if (this.byContent.get(c.key) === c) this.byContent.delete(c.key);
   }
 }
 
-/** One type's resources as a snapshot holds them; shared between snapshots with equal input. */
+/** One type's resources as a snapshot holds them; shared between snapshots with equal content. */
 export interface TypeEntry {
-  readonly key: string;
   readonly typeUrl: TypeUrl;
   readonly map: ReadonlyMap<string, EncodedResource>;
   readonly version: string;
-  readonly contentKeys: readonly string[];
   readonly problems: readonly SnapshotProblem[];
-  readonly refused: ReadonlySet<string>;
+  /** Names whose resources failed their checks. */
+  readonly refused: { has(name: string): boolean };
   refs: number;
 }
 
+interface LeafEntry extends TypeEntry {
+  readonly kind: 'leaf';
+  readonly serial: number;
+  /** Undefined for a set with problems (never shared). */
+  readonly contentKey?: string;
+  readonly contents: readonly ContentEntry[];
+  readonly refused: ReadonlySet<string>;
+  dead: boolean;
+}
+
+/** A list from `joinShared`: the shared part (one entry for every proxy holding it) and this proxy's own. */
+interface SplitEntry extends TypeEntry {
+  readonly kind: 'split';
+  readonly key: string;
+  readonly shared: LeafEntry;
+  readonly own: LeafEntry;
+  dead: boolean;
+}
+
+type TypeEntryInternal = LeafEntry | SplitEntry;
+
+/**
+ * A snapshot's resources of one type when they come in a shared part and a proxy's own part
+ * (names never in both). Streams diff the shared parts once for every proxy holding them.
+ */
+export class SplitMap implements ReadonlyMap<string, EncodedResource> {
+  constructor(
+    readonly shared: ReadonlyMap<string, EncodedResource>,
+    readonly own: ReadonlyMap<string, EncodedResource>,
+  ) {}
+
+  get size(): number {
+    return this.shared.size + this.own.size;
+  }
+
+  get(name: string): EncodedResource | undefined {
+    return this.own.get(name) ?? this.shared.get(name);
+  }
+
+  has(name: string): boolean {
+    return this.own.has(name) || this.shared.has(name);
+  }
+
+  *entries(): MapIterator<[string, EncodedResource]> {
+    yield* this.shared.entries();
+    yield* this.own.entries();
+  }
+
+  *keys(): MapIterator<string> {
+    yield* this.shared.keys();
+    yield* this.own.keys();
+  }
+
+  *values(): MapIterator<EncodedResource> {
+    yield* this.shared.values();
+    yield* this.own.values();
+  }
+
+  [Symbol.iterator](): MapIterator<[string, EncodedResource]> {
+    return this.entries();
+  }
+
+  forEach(fn: (value: EncodedResource, key: string, map: ReadonlyMap<string, EncodedResource>) => void): void {
+    for (const [k, v] of this.entries()) fn(v, k, this);
+  }
+}
+
 interface SnapshotInternal extends Snapshot {
-  entries: TypeEntry[];
+  entries: TypeEntryInternal[];
 }
 
 /**
@@ -332,7 +483,7 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
   const typeVersions = new Map<TypeUrl, string>(entries.map((e) => [e.typeUrl, e.version]));
   const version = hash(RESPONSE_ORDER.map((t) => typeVersions.get(t)).join('|'));
   const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>(entries.map((e) => [e.typeUrl, e.map]));
-  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries };
+  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries: entries as TypeEntryInternal[] };
   return snap;
 }
 

@@ -1,7 +1,7 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
-import { generateProxyConfig, reachOf, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { generateProxyConfig, meshServices, reachOf, servicesShape, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
 /** Changes no proxy config depends on. */
 const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
@@ -28,6 +28,13 @@ interface MeshData {
   meshTrafficPermissions: Resource<MeshTrafficPermissionBody>[];
 }
 
+/** A proxy's last published config and what it was generated from (for the endpoint-only path). */
+interface LastConfig {
+  set: ResourceSet;
+  shape: string;
+  bundle: string;
+}
+
 function meshOf(nodeId: string): [string, string] {
   const dot = nodeId.indexOf('.');
   return [nodeId.slice(0, dot), nodeId.slice(dot + 1)];
@@ -45,6 +52,13 @@ export class Reconciler {
   private readonly dirty = new Map<string, Set<string> | 'all'>();
   /** Per mesh, per Dataplane: the services it provided at the last round (to know who used them). */
   private readonly provided = new Map<string, Map<string, string[]>>();
+  /**
+   * Per mesh: its resources as of the last round, kept current from change events so a round
+   * after a few Dataplane changes reads those Dataplanes, not the whole mesh.
+   */
+  private readonly meshData = new Map<string, MeshData>();
+  private readonly last = new Map<string, LastConfig>();
+  private readonly regenerations: Counter<'kind'>;
   private firstChange = 0;
   private windowStart = 0;
   private timer?: NodeJS.Timeout;
@@ -61,6 +75,12 @@ export class Reconciler {
       name: 'weft_xds_generation_seconds',
       help: 'Time to rebuild the snapshots of one mesh after a change.',
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [opts.metrics],
+    });
+    this.regenerations = new Counter({
+      name: 'weft_xds_proxy_regenerations_total',
+      help: 'Proxy configs rebuilt: "full" translations, or "endpoints" when only endpoints changed and the rest was reused.',
+      labelNames: ['kind'],
       registers: [opts.metrics],
     });
     this.failures = new Counter({ name: 'weft_xds_generation_failures_total', help: 'Snapshots not published because they failed their checks.', registers: [opts.metrics] });
@@ -99,6 +119,7 @@ export class Reconciler {
     if (n > 0) return void this.tracked.set(nodeId, n);
     this.tracked.delete(nodeId);
     this.newcomers.delete(nodeId);
+    this.last.delete(nodeId);
     this.opts.cache.delete(nodeId);
   }
 
@@ -109,8 +130,10 @@ export class Reconciler {
   }
 
   private onChange(e: ChangeEvent): void {
-    if (e.kind === 'resync') for (const id of this.tracked.keys()) this.markDirty(meshOf(id)[0]);
-    else if (e.key.type === 'Dataplane') this.markDirty(e.key.mesh, e.key.name);
+    if (e.kind === 'resync') {
+      this.meshData.clear();
+      for (const id of this.tracked.keys()) this.markDirty(meshOf(id)[0]);
+    } else if (e.key.type === 'Dataplane') this.markDirty(e.key.mesh, e.key.name);
     else if (IRRELEVANT.has(e.key.type)) return;
     else this.markDirty(e.key.type === MESH_TYPE ? e.key.name : e.key.mesh);
     const now = Date.now();
@@ -167,6 +190,37 @@ export class Reconciler {
   }
 
   /**
+   * The mesh as of now: read whole for a full round (or the first), else the cached mesh with the
+   * changed Dataplanes read again. Only Dataplane changes leave the mesh, its policies and the
+   * other Dataplanes as they were.
+   */
+  private async loadFor(mesh: string, changed: Set<string> | 'all'): Promise<MeshData> {
+    const cached = this.meshData.get(mesh);
+    this.meshData.delete(mesh); // until this round has read what it needs
+    let data: MeshData;
+    if (changed === 'all' || !cached) data = await this.load(mesh);
+    else {
+      const names = [...changed];
+      const fresh = await Promise.all(names.map((name) => this.opts.store.get({ type: 'Dataplane', mesh, name })));
+      const byName = new Map(cached.dataplanes.map((d) => [d.name, d]));
+      let added = false;
+      names.forEach((name, i) => {
+        const d = fresh[i] as Resource<DataplaneSpec> | undefined;
+        if (!d) byName.delete(name);
+        else {
+          added ||= !byName.has(name);
+          byName.set(name, d);
+        }
+      });
+      const dataplanes = [...byName.values()];
+      if (added) dataplanes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      data = { ...cached, dataplanes };
+    }
+    this.meshData.set(mesh, data);
+    return data;
+  }
+
+  /**
    * The connected proxies of a mesh a change to some Dataplanes can affect: those Dataplanes
    * themselves, proxies reaching a service they provided before or provide now, and, when the
    * mesh's set of services changed, proxies that reach every service.
@@ -194,9 +248,13 @@ export class Reconciler {
   private async regenerate(mesh: string, changeTime: number, only?: string[], changed: Set<string> | 'all' = 'all'): Promise<void> {
     if (this.closed) return;
     let nodes = (only ?? [...this.tracked.keys()]).filter((id) => meshOf(id)[0] === mesh && this.tracked.has(id));
-    if (nodes.length === 0) return;
+    if (nodes.length === 0) {
+      this.meshData.delete(mesh); // its changes were not applied to the cached copy
+      return;
+    }
     const end = this.generation.startTimer();
-    const data = await this.load(mesh);
+    // Newcomers read the whole mesh: changes still waiting for their round are then in it too.
+    const data = only ? await this.load(mesh) : await this.loadFor(mesh, changed);
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
     this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
     const memo = new Map<string, unknown>();
@@ -210,20 +268,33 @@ export class Reconciler {
         return;
       }
     }
+    const services = meshServices(data.dataplanes);
+    const shape = servicesShape(services);
+    const bundle = trustBundle.join('');
+    // The endpoint-only path needs the translation it stands for (not a test's stand-in).
+    const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
     const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
     for (const nodeId of nodes) {
       if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading
-      const dataplane = byName.get(meshOf(nodeId)[1]);
+      const name = meshOf(nodeId)[1];
+      const dataplane = byName.get(name);
       if (!data.mesh || !dataplane) {
         // No such dataplane (yet, or any more): the proxy gets an empty config.
         this.opts.cache.set(nodeId, {}, changeTime);
+        this.last.delete(nodeId);
         continue;
       }
       try {
-        const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo });
+        const ctx: MeshContext = { mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services };
+        const prev = this.last.get(nodeId);
+        const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle;
+        const set = endpointsOnly ? withEndpoints(prev.set, ctx) : this.generate(ctx);
+        this.regenerations.inc({ kind: endpointsOnly ? 'endpoints' : 'full' });
         this.opts.cache.set(nodeId, set, changeTime);
+        this.last.set(nodeId, { set, shape, bundle });
       } catch (err) {
         this.failures.inc();
+        this.last.delete(nodeId);
         if (err instanceof InconsistentSnapshotError) {
           this.opts.logger.error({ nodeId, problems: err.problems }, 'BUG: generated config failed its checks and was not sent; please report this with the resources of the mesh');
         } else {

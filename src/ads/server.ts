@@ -4,6 +4,8 @@ import type { DataplaneTokens } from '../certs/index.js';
 import { dataplaneHasTags, isWeftError, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { streamingMethod } from './protos.js';
+import { responseSerializer } from './wire.js';
+import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
 import { AdsStream, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
@@ -47,6 +49,8 @@ export interface AdsServerOptions {
   nackBackoffMs?: number;
   /** The Dataplane behind a node id, to check a tag-bound token against it. */
   dataplaneOf?: (mesh: string, name: string) => Promise<DataplaneSpec | undefined>;
+  /** Response bytes all streams may have on their way out at once (default 64 MiB). */
+  sendBudgetBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
@@ -69,8 +73,10 @@ export class AdsServer {
   private readonly streams = new Map<AdsStream, grpc.ServerDuplexStream<unknown, unknown>>();
   private closing?: Promise<void>;
   private readonly hooks: StreamHooks;
+  readonly budget: SendBudget;
 
   constructor(private readonly opts: AdsServerOptions) {
+    this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
     const status = this.status;
     this.hooks = {
@@ -89,8 +95,14 @@ export class AdsServer {
     };
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     const definition: grpc.ServiceDefinition = {
-      StreamAggregatedResources: streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
-      DeltaAggregatedResources: streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+      StreamAggregatedResources: {
+        ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
+        responseSerialize: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
+      },
+      DeltaAggregatedResources: {
+        ...streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+        responseSerialize: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+      },
     };
     this.server.addService(definition, {
       StreamAggregatedResources: (call: grpc.ServerDuplexStream<DiscoveryRequest, object>) => this.serve('sotw', call),
@@ -166,12 +178,29 @@ export class AdsServer {
       controlPlaneId: this.opts.instanceId,
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
       hooks: this.hooks,
-      send: (r) => call.write(r),
+      budget: this.budget,
+      send: (r, bytes) => {
+        // Charged until gRPC has written it; a stream that ends first gives back what it held.
+        this.budget.charge(bytes);
+        outstanding += bytes;
+        call.write(r, () => {
+          if (ended) return;
+          outstanding -= bytes;
+          this.budget.refund(bytes);
+        });
+      },
     });
+    let outstanding = 0;
+    let ended = false;
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     const end = () => {
       stream.close();
       this.streams.delete(stream);
+      if (!ended) {
+        ended = true;
+        this.budget.refund(outstanding);
+        outstanding = 0;
+      }
     };
     const onData = (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
       try {

@@ -1,5 +1,7 @@
-import { setVersion, type EncodedResource, type Snapshot, type SnapshotCache } from './cache.js';
+import { setVersion, SplitMap, type EncodedResource, type Snapshot, type SnapshotCache } from './cache.js';
 import { isTypeUrl, RESPONSE_ORDER, TypeUrl } from './protos.js';
+import { withEncoded } from './wire.js';
+import type { SendBudget } from './budget.js';
 
 export interface Node {
   id?: string;
@@ -122,7 +124,10 @@ export interface StreamOptions {
   controlPlaneId: string;
   nackBackoffMs: number;
   hooks: StreamHooks;
-  send(response: DiscoveryResponse | DeltaDiscoveryResponse): void;
+  /** Hands a response to the transport; `bytes` is the size of the resources it carries. */
+  send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
+  /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
+  budget?: SendBudget;
   now?: () => number;
 }
 
@@ -173,10 +178,17 @@ interface Diff {
   removed: string[];
 }
 
+function bytesOf(resources: readonly EncodedResource[]): number {
+  let n = 0;
+  for (const r of resources) n += r.bytes.length;
+  return n;
+}
+
 /** Differences between two shared snapshot maps, computed once for every client holding `from`. */
 const diffs = new WeakMap<ReadonlyMap<string, EncodedResource>, WeakMap<ReadonlyMap<string, EncodedResource>, Diff>>();
 
 function sharedDiff(from: ReadonlyMap<string, EncodedResource>, to: ReadonlyMap<string, EncodedResource>): Diff {
+  if (from instanceof SplitMap && to instanceof SplitMap) return splitDiff(from, to);
   let byTo = diffs.get(from);
   if (!byTo) diffs.set(from, (byTo = new WeakMap()));
   let d = byTo.get(to);
@@ -189,6 +201,20 @@ function sharedDiff(from: ReadonlyMap<string, EncodedResource>, to: ReadonlyMap<
   return d;
 }
 
+/**
+ * The diff of two split maps from the shared diff of their shared parts (computed once for every
+ * proxy) and the proxy's own few resources. A name that moved between the parts may be sent again
+ * unchanged, which a client takes as a no-op.
+ */
+function splitDiff(from: SplitMap, to: SplitMap): Diff {
+  const d = sharedDiff(from.shared, to.shared);
+  if (from.own === to.own) return d;
+  const send = [...d.send];
+  for (const r of to.own.values()) if (from.get(r.name)?.version !== r.version) send.push(r);
+  const removed = d.removed.filter((n) => !to.own.has(n));
+  for (const n of from.own.keys()) if (!to.has(n)) removed.push(n);
+  return { send, removed };
+}
 
 /**
  * One ADS stream, state of the world or incremental. Feed it requests with `handle`; it answers
@@ -270,8 +296,8 @@ export class AdsStream {
     this.subscribe(state, req.resource_names ?? []);
     // Rule 3: after a reconnect the client says which version it holds; do not resend it.
     if (first && nonce === '' && req.version_info) {
-      const desired = this.desiredSotw(state);
-      if (setVersion(desired.values()) === req.version_info) {
+      const { desired, version } = this.desiredWithVersion(state);
+      if (version === req.version_info) {
         state.sent = desired;
         state.sentVersion = req.version_info;
         state.ackedVersion = req.version_info;
@@ -441,8 +467,12 @@ export class AdsStream {
         wakeAt = Math.min(wakeAt, state.backoffUntil);
         continue;
       }
-      if (this.opts.variant === 'sotw') this.sendSotw(state);
-      else this.sendDelta(state);
+      const sent = this.opts.variant === 'sotw' ? this.sendSotw(state) : this.sendDelta(state);
+      if (sent === 'blocked') {
+        // The rest waits too, so the order above holds; pump runs again when the budget opens.
+        this.opts.budget!.wait(this.resume);
+        break;
+      }
     }
     clearTimeout(this.timer);
     if (wakeAt !== Infinity) {
@@ -451,35 +481,48 @@ export class AdsStream {
     }
   }
 
+  private readonly resume = () => this.pump();
+
+  /** True when the shared send budget is spent: the caller must not send now. */
+  private blocked(): boolean {
+    return this.opts.budget !== undefined && !this.opts.budget.open;
+  }
+
   private nextNonce(): string {
     return `${this.id}-${(++this.nonceCounter).toString(36)}`;
   }
 
-  private sendSotw(state: TypeState): void {
+  private sendSotw(state: TypeState): 'blocked' | void {
     const { desired, version } = this.desiredWithVersion(state);
     const forced = [...state.forced].some((n) => desired.has(n));
     if (version === state.sentVersion && !forced) return;
     if (!this.snapshot) return;
+    if (this.blocked()) return 'blocked';
     this.markClusterChanges(state, desired.values(), (n) => state.sent.get(n)?.version);
     const nonce = this.nextNonce();
     // Rule 14: LDS and CDS carry the full set; so do the others here, which the protocol allows.
-    const res: DiscoveryResponse = {
-      version_info: version,
-      resources: [...desired.values()].map((r) => ({ type_url: state.typeUrl, value: r.bytes })),
-      type_url: state.typeUrl,
-      nonce,
-      control_plane: { identifier: this.opts.controlPlaneId },
-    };
+    const resources = [...desired.values()];
+    const res: DiscoveryResponse = withEncoded(
+      {
+        version_info: version,
+        resources: resources.map((r) => ({ type_url: state.typeUrl, value: r.bytes })),
+        type_url: state.typeUrl,
+        nonce,
+        control_plane: { identifier: this.opts.controlPlaneId },
+      },
+      resources,
+    );
     this.record(state, nonce, version);
     state.sent = desired;
     state.forced.clear();
-    this.opts.send(res);
+    this.opts.send(res, bytesOf(resources));
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);
   }
 
-  private sendDelta(state: TypeState): void {
+  private sendDelta(state: TypeState): 'blocked' | void {
     if (!this.snapshot) return;
     const { some, send, removed, shared, deferred } = this.deltaChanges(state);
+    if (some && this.blocked()) return 'blocked';
     if (!deferred) {
       state.syncedMap = this.current(state.typeUrl);
       state.subsDirty = false;
@@ -487,15 +530,18 @@ export class AdsStream {
     if (!some) return;
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
     const nonce = this.nextNonce();
-    const res: DeltaDiscoveryResponse = {
-      system_version_info: this.snapshot.version,
-      // Rule 16: each resource carries its own version, a content hash.
-      resources: send.map((r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } })),
-      type_url: state.typeUrl,
-      removed_resources: removed,
-      nonce,
-      control_plane: { identifier: this.opts.controlPlaneId },
-    };
+    const res: DeltaDiscoveryResponse = withEncoded(
+      {
+        system_version_info: this.snapshot.version,
+        // Rule 16: each resource carries its own version, a content hash.
+        resources: send.map((r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } })),
+        type_url: state.typeUrl,
+        removed_resources: removed,
+        nonce,
+        control_plane: { identifier: this.opts.controlPlaneId },
+      },
+      send,
+    );
     if (shared) {
       // The client now holds exactly the current shared map.
       state.clientHas.resetTo(this.current(state.typeUrl));
@@ -510,7 +556,7 @@ export class AdsStream {
     }
     state.forced.clear();
     this.record(state, nonce, this.snapshot.version);
-    this.opts.send(res);
+    this.opts.send(res, bytesOf(send));
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
   }
 
@@ -552,6 +598,7 @@ export class AdsStream {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    this.opts.budget?.cancel(this.resume);
     this.unwatch?.();
     if (this.nodeId) this.opts.hooks.onDisconnect(this.nodeId, this.opts.variant);
   }

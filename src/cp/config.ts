@@ -56,6 +56,8 @@ export const configSchema = z
         debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
         /** Delete a Dataplane that weft-dp registered this long after its proxy disconnected for good. */
         ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
+        /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
+        sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
         tls: z
           .strictObject({
             /** auto: a self-signed certificate in the data dir; files: certFile + keyFile; off: plaintext. */
@@ -67,7 +69,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -111,6 +113,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_EPHEMERAL_CLEANUP_MS: { path: ['xds', 'ephemeralCleanupMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
+  WEFT_XDS_SEND_BUDGET_BYTES: { path: ['xds', 'sendBudgetBytes'], kind: 'number' },
   WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },
   WEFT_XDS_TLS_CERT_FILE: { path: ['xds', 'tls', 'certFile'], kind: 'string' },
   WEFT_XDS_TLS_KEY_FILE: { path: ['xds', 'tls', 'keyFile'], kind: 'string' },

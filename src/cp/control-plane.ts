@@ -134,6 +134,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     metrics,
     instanceId,
     nackBackoffMs: config.xds.nackBackoffMs,
+    sendBudgetBytes: config.xds.sendBudgetBytes,
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
   ads.addService(dpServiceDefinition(), dpService.handlers());

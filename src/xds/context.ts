@@ -1,3 +1,4 @@
+import type { ServiceInfo } from './services.js';
 import type { DataplaneSpec, MeshSpec, MeshTrafficPermissionBody, Resource, TrafficPermissionSpec } from '../core/index.js';
 
 /**
@@ -14,6 +15,8 @@ export interface MeshContext {
   meshTrafficPermissions: readonly Resource<MeshTrafficPermissionBody>[];
   /** PEM roots proxies of the mesh trust (two during a CA rotation); empty without mTLS. */
   trustBundle?: readonly string[];
+  /** Optional: `meshServices(dataplanes)`, when the caller has already computed it for this round. */
+  services?: ReadonlyMap<string, ServiceInfo>;
   /**
    * Optional: shared by all proxies of one mesh in one generation round, so resources that are the
    * same for many proxies (a service's cluster and endpoints) are built once and are the same

@@ -15,7 +15,7 @@ import {
 import { dependsOnDataplane, hasShadowDeny, inboundRules, rbacRules } from './permissions.js';
 import { isHttp, isHttp2, meshServices, serviceVips, type Endpoint, type ServiceInfo } from './services.js';
 import { proxylessDownstreamTls, proxylessUpstreamTls, sidecarDownstreamTls, sidecarUpstreamTls } from './tls.js';
-import { ANY, TypeUrl, type ResourceSet } from './type-urls.js';
+import { ANY, joinShared, TypeUrl, type ResourceSet } from './type-urls.js';
 
 /** A failure of one generation stage, named so the bug report says where. */
 export class GenerationError extends Error {
@@ -57,7 +57,7 @@ type MtlsMode = 'off' | 'PERMISSIVE' | 'STRICT';
 /** One proxy's generation: the context, the round's memo, and what every stage shares. */
 class Generation {
   readonly memo: Map<string, unknown>;
-  readonly services: Map<string, ServiceInfo>;
+  readonly services: ReadonlyMap<string, ServiceInfo>;
   readonly mtls: MtlsMode;
   readonly meshName: string;
   readonly dp: Resource<DataplaneSpec>;
@@ -68,7 +68,7 @@ class Generation {
     this.meshName = ctx.mesh.name;
     this.dp = ctx.dataplane;
     this.flavour = isProxyless(ctx.dataplane) ? 'proxyless' : 'sidecar';
-    this.services = this.stage('endpoints', () => this.once('services', () => meshServices(ctx.dataplanes)));
+    this.services = this.stage('endpoints', () => this.once('services', () => ctx.services ?? meshServices(ctx.dataplanes)));
     const backend = enabledMtlsBackend(ctx.mesh.spec);
     this.mtls = backend ? (backend.mode ?? 'STRICT') : 'off';
     if (this.mtls !== 'off' && !ctx.trustBundle?.length) throw new GenerationError('tls', `mTLS is enabled on mesh "${this.meshName}" but its trust bundle is empty`);
@@ -173,8 +173,27 @@ function rbacFilters(g: Generation, ib: Inbound, statPrefix: string): { network?
 function outboundClusters(g: Generation, services: readonly string[]): { clusters: readonly Obj[]; assignments: readonly Obj[] } {
   return g.once(`outbound:${g.flavour}:${idOf(g, services)}`, () => ({
     clusters: services.map((s) => serviceCluster(g, s)),
-    assignments: services.map((s) => g.once(`cla:${s}`, () => loadAssignment(s, g.services.get(s)?.endpoints ?? []))),
+    assignments: services.map((s) => assignmentOf(g, s)),
   }));
+}
+
+/** A service's endpoints: the only part of a proxy's config that other Dataplanes' health and addresses change. */
+function assignmentOf(g: Generation, service: string): Obj {
+  return g.once(`cla:${service}`, () => loadAssignment(service, g.services.get(service)?.endpoints ?? []));
+}
+
+/**
+ * The config `previous`, generated for this proxy in an earlier round, with the endpoints of
+ * `ctx`. Equals `generateProxyConfig(ctx)` when nothing but endpoints changed since: the proxy's
+ * own Dataplane, the mesh, its policies and trust bundle, and the services' names, protocols and
+ * ports (`servicesShape`) are all as they were. Callers check that; then an endpoint change costs
+ * each proxy a lookup instead of a translation, and every proxy keeps sharing its other resources.
+ */
+export function withEndpoints(previous: ResourceSet, ctx: MeshContext): ResourceSet {
+  const g = new Generation(ctx);
+  const old = previous[TypeUrl.ClusterLoadAssignment] ?? [];
+  const fresh = g.once(`cla-list:${idOf(g, old)}`, () => old.map((a) => assignmentOf(g, String(a.cluster_name))));
+  return { ...previous, [TypeUrl.ClusterLoadAssignment]: fresh };
 }
 
 /** The mesh's roots as an SDS Secret, for validation contexts (Kuma's name for it). */
@@ -227,36 +246,30 @@ function sidecarOutbound(g: Generation, name: string, address: string, port: num
 }
 
 /**
- * The transparent proxy's outbound listener on the redirect port: the original_dst listener
- * filter restores where each connection was going, a filter chain per reachable service VIP and
- * port (`<service>.mesh` resolves to the VIP) takes it to the service, anything else goes to the
- * passthrough or blackhole cluster. One object per distinct reach, shared by every proxy with it.
+ * The transparent proxy's outbound side (Kuma's layout): one listener per reachable service VIP
+ * and port (`<service>.mesh` resolves to the VIP; each of the service's ports, plus 80), not bound
+ * to a socket, and the listener on the redirect port, which hands each connection to the listener
+ * of its original destination (`use_original_dst`) and sends anything else to the passthrough or
+ * blackhole cluster. Small listeners rather than one with a filter chain per VIP: a new service
+ * then adds one small listener to each proxy's config instead of changing a big one.
  */
-function transparentOutboundListener(g: Generation, services: readonly string[], port: number, fallback: string): Obj {
+function transparentOutboundListeners(g: Generation, services: readonly string[], port: number, fallback: string): Obj[] {
   const vips = g.once('vips', () => serviceVips(g.services.keys()));
-  const chains: Obj[] = [];
+  const out: Obj[] = [];
   for (const s of services) {
     const vip = vips.get(s);
     const info = g.services.get(s);
     if (!vip || !info) continue;
-    for (const p of new Set([...info.ports, 80])) {
-      chains.push(
-        g.once(`vip-chain:${s}:${p}`, () => ({
-          name: outboundName(vip, p),
-          filter_chain_match: { prefix_ranges: [{ address_prefix: vip, prefix_len: { value: 32 } }], destination_port: { value: p } },
-          filters: [outboundFilter(g, outboundName(vip, p), s)],
-        })),
-      );
-    }
+    for (const p of new Set([...info.ports, 80])) out.push(g.once(`vip-listener:${s}:${p}`, () => ({ ...sidecarOutbound(g, outboundName(vip, p), vip, p, s), bind_to_port: { value: false } })));
   }
-  return {
+  out.push({
     name: OUTBOUND_PASSTHROUGH,
     address: { socket_address: { address: '0.0.0.0', port_value: port } },
     traffic_direction: 'OUTBOUND',
-    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': ANY.OriginalDst } }],
-    filter_chains: chains,
-    default_filter_chain: { name: fallback, filters: [tcpProxy(fallback, fallback)] },
-  };
+    use_original_dst: { value: true },
+    filter_chains: [{ name: fallback, filters: [tcpProxy(fallback, fallback)] }],
+  });
+  return out;
 }
 
 /** The inbound redirect port: hands each connection to the inbound listener of its original destination. */
@@ -277,6 +290,8 @@ function sidecar(g: Generation): ResourceSet {
   const listeners: Obj[] = [];
   const extraClusters: Obj[] = [];
   const explicitHttp = new Set<string>();
+  // Listeners every proxy with the same reach has (the transparent proxy's), apart from its own.
+  let shared: readonly Obj[] = [];
 
   const locals = new Map<string, Obj>();
   for (const ib of net.inbound ?? []) {
@@ -314,8 +329,7 @@ function sidecar(g: Generation): ResourceSet {
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
     const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
-    listeners.push(g.once(`tp:out:${idOf(g, services)}:${outPort}:${fallback}`, () => transparentOutboundListener(g, services, outPort, fallback)));
-    listeners.push(g.once(`tp:in:${inPort}`, () => inboundPassthroughListener(inPort)));
+    shared = g.once(`tp:listeners:${idOf(g, services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(inPort)]);
     extraClusters.push(
       g.once(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
         passthrough
@@ -350,7 +364,7 @@ function sidecar(g: Generation): ResourceSet {
   return {
     [TypeUrl.Cluster]: clusters,
     [TypeUrl.ClusterLoadAssignment]: outbound.assignments,
-    [TypeUrl.Listener]: listeners,
+    [TypeUrl.Listener]: joinShared(shared, listeners),
     [TypeUrl.RouteConfiguration]: routes,
     [TypeUrl.Secret]: meshCaSecret(g),
   };
@@ -399,17 +413,17 @@ function proxyless(g: Generation): ResourceSet {
   const net = g.dp.spec.networking;
   const services = reachableServices(g);
   const outbound = outboundClusters(g, services);
-  const listeners: Obj[] = [];
-  const routes: Obj[] = [];
-  for (const s of services) {
-    listeners.push(
+  // Client listeners and routes of the services it calls: one shared list per distinct reach.
+  const client = g.once(`proxyless:client:${idOf(g, services)}`, () => ({
+    listeners: services.map((s) =>
       g.once(`api-listener:${s}`, () => ({
         name: s,
         api_listener: { api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, ...rdsOf(s), http_filters: [ROUTER_FILTER] } },
       })),
-    );
-    routes.push(g.once(`route:proxyless:${s}`, () => ({ name: s, virtual_hosts: [{ name: s, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: s } }] }] })));
-  }
+    ),
+    routes: services.map((s) => g.once(`route:proxyless:${s}`, () => ({ name: s, virtual_hosts: [{ name: s, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: s } }] }] }))),
+  }));
+  const listeners: Obj[] = [];
   for (const ib of net.inbound ?? []) {
     // The app may bind its Dataplane address or every address; each has its own listener name.
     for (const address of new Set([ib.address ?? net.address, '0.0.0.0', '::'])) listeners.push(g.stage('server listeners', () => proxylessServerListener(g, ib, address)));
@@ -417,8 +431,8 @@ function proxyless(g: Generation): ResourceSet {
   return {
     [TypeUrl.Cluster]: outbound.clusters,
     [TypeUrl.ClusterLoadAssignment]: outbound.assignments,
-    [TypeUrl.Listener]: listeners,
-    [TypeUrl.RouteConfiguration]: routes,
+    [TypeUrl.Listener]: joinShared(client.listeners, listeners),
+    [TypeUrl.RouteConfiguration]: client.routes,
     [TypeUrl.Secret]: [],
   };
 }

@@ -39,6 +39,17 @@ export function meshServices(dataplanes: readonly Resource<DataplaneSpec>[]): Ma
   return result;
 }
 
+/**
+ * What other Dataplanes contribute to a proxy's config apart from endpoints: service names,
+ * protocols and ports. While it stays the same, a Dataplane change elsewhere in the mesh changes
+ * only ClusterLoadAssignments (see `withEndpoints`).
+ */
+export function servicesShape(services: ReadonlyMap<string, ServiceInfo>): string {
+  const parts: string[] = [];
+  for (const [name, info] of services) parts.push(`${name} ${info.protocol} ${info.ports.join(',')}`);
+  return parts.sort().join('\n');
+}
+
 /** Does `protocol` run over HTTP (an HTTP connection manager instead of a TCP proxy)? */
 export function isHttp(protocol: Protocol): boolean {
   return protocol === 'http' || protocol === 'http2' || protocol === 'grpc';

@@ -13,6 +13,26 @@ export type TypeUrl = (typeof TypeUrl)[keyof typeof TypeUrl];
 /** Resources as translation produces them: protobufjs objects (proto field names, `@type` on Any). */
 export type ResourceSet = Partial<Record<TypeUrl, readonly Record<string, unknown>[]>>;
 
+type Obj = Record<string, unknown>;
+const splits = new WeakMap<readonly Obj[], { shared: readonly Obj[]; own: readonly Obj[] }>();
+
+/**
+ * `[...shared, ...own]`, remembering the split: `shared` is one array handed to every proxy with
+ * the same config (a thousand transparent-proxy listeners), `own` is this proxy's few. The control
+ * plane checks, encodes and diffs the shared part once for all of them (see `splitOf`).
+ */
+export function joinShared(shared: readonly Obj[], own: readonly Obj[]): readonly Obj[] {
+  if (shared.length === 0) return own;
+  const list = [...shared, ...own];
+  splits.set(list, { shared, own });
+  return list;
+}
+
+/** The parts a list from `joinShared` was made of (undefined for any other list). */
+export function splitOf(list: readonly Obj[]): { shared: readonly Obj[]; own: readonly Obj[] } | undefined {
+  return splits.get(list);
+}
+
 export const ANY = {
   HttpConnectionManager: `${TYPE_PREFIX}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`,
   TcpProxy: `${TYPE_PREFIX}envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`,
@@ -20,7 +40,6 @@ export const ANY = {
   HttpRbac: `${TYPE_PREFIX}envoy.extensions.filters.http.rbac.v3.RBAC`,
   NetworkRbac: `${TYPE_PREFIX}envoy.extensions.filters.network.rbac.v3.RBAC`,
   TlsInspector: `${TYPE_PREFIX}envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector`,
-  OriginalDst: `${TYPE_PREFIX}envoy.extensions.filters.listener.original_dst.v3.OriginalDst`,
   UpstreamTlsContext: `${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext`,
   DownstreamTlsContext: `${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext`,
   HttpProtocolOptions: `${TYPE_PREFIX}envoy.extensions.upstreams.http.v3.HttpProtocolOptions`,
