@@ -105,12 +105,12 @@ interface TypeState {
   sent: ReadonlyMap<string, EncodedResource>;
   /** Delta: the snapshot map the client was last fully brought up to date with. */
   syncedMap?: ReadonlyMap<string, EncodedResource>;
-  /** Delta: subscriptions changed since the last diff. */
+  /** Delta: compare everything at the next diff (first request, wildcard switched). */
   subsDirty: boolean;
+  /** Delta: names (un)subscribed since the last diff; only they and what changed are compared. */
+  pending: Set<string>;
   /** Delta: what the client holds, name to version. */
   clientHas: ClientView;
-  /** Delta: at the last sync every resource of the type was wanted (wildcard, or all subscribed). */
-  allWanted: boolean;
   /** Delta: subscribed names that do not exist and the client was told so. */
   toldMissing: Set<string>;
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
@@ -250,7 +250,7 @@ export class AdsStream {
     let state = this.types.get(typeUrl);
     const first = !state;
     if (!state) {
-      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), allWanted: false, toldMissing: new Set(), forced: new Set(), subsDirty: true };
+      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), subsDirty: true, pending: new Set() };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -383,7 +383,8 @@ export class AdsStream {
     }
     const sub = req.resource_names_subscribe ?? [];
     const unsub = req.resource_names_unsubscribe ?? [];
-    if (first || sub.length > 0 || unsub.length > 0) state.subsDirty = true;
+    if (first || sub.includes('*') || unsub.includes('*')) state.subsDirty = true;
+    for (const name of [...sub, ...unsub]) state.pending.add(name);
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     for (const name of sub) {
@@ -413,43 +414,48 @@ export class AdsStream {
   }
 
   /**
-   * What a delta response of this type must carry now. `deferred`: removals held back until the
-   * proxy has routes that no longer need them (rule 8), so the client will not hold exactly the
-   * current set afterwards. `shared`: the diff was computed once for every client holding the same
-   * earlier set, and after it the client holds exactly the current set.
+   * What a delta response of this type must carry now. Only names that can differ are compared:
+   * those that changed between the map the client was last brought up to date with and the current
+   * one (a diff computed once for every client holding the same maps), the few the client holds
+   * apart from that map, names (un)subscribed since, and forced ones. So a mesh-wide change costs
+   * each proxy the size of the change, not of its config. `deferred`: removals held back until the
+   * proxy has routes that no longer need them (rule 8).
    */
-  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; shared?: boolean; deferred?: boolean } {
+  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; compared: Iterable<string>; deferred?: boolean } {
     const all = this.current(state.typeUrl);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
-    if (!state.subsDirty && state.forced.size === 0 && state.syncedMap === all) return { some: false, send: [], removed: [] };
+    if (!state.subsDirty && state.pending.size === 0 && state.forced.size === 0 && state.syncedMap === all) return { some: false, send: [], removed: [], compared: [] };
     const view = state.clientHas;
-    if (!state.subsDirty && state.allWanted && view.base && view.extra.size === 0) {
+    let compared: Set<string>;
+    if (view.base && !state.subsDirty) {
       const d = sharedDiff(view.base, all);
-      if (!(keepOld && d.removed.length > 0)) {
-        let send = d.send;
-        if (state.forced.size > 0) {
-          const extra = [...state.forced].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined && !d.send.includes(r));
-          send = [...d.send, ...extra];
-        }
-        return { some: send.length > 0 || d.removed.length > 0, send, removed: d.removed, shared: true };
-      }
+      compared = new Set(state.pending);
+      for (const r of d.send) compared.add(r.name);
+      for (const n of d.removed) compared.add(n);
+      for (const n of view.extra.keys()) compared.add(n);
+      for (const n of state.forced) compared.add(n);
+    } else {
+      compared = new Set([...all.keys(), ...view.keys(), ...state.subscribed, ...state.forced]);
     }
     const send: EncodedResource[] = [];
     const removed: string[] = [];
     let deferred = false;
-    for (const [name, r] of all) {
-      if (!this.wants(state, name)) continue;
-      if (view.get(name) !== r.version || state.forced.has(name)) send.push(r);
+    for (const name of compared) {
+      const r = all.get(name);
+      const has = view.get(name);
+      if (r) {
+        if (this.wants(state, name) && (has !== r.version || state.forced.has(name))) send.push(r);
+      } else if (has !== undefined) {
+        // Rule 17: deletions go in removed_resources...
+        if (keepOld) deferred = true;
+        else removed.push(name);
+      } else if (state.subscribed.has(name) && !state.toldMissing.has(name)) {
+        // ...and so do subscribed names that do not exist.
+        removed.push(name);
+      }
     }
-    // Rule 17: deletions and names that do not exist go in removed_resources.
-    for (const name of view.keys()) {
-      if (all.has(name)) continue;
-      if (keepOld) deferred = true;
-      else removed.push(name);
-    }
-    for (const name of state.subscribed) if (!all.has(name) && !view.has(name) && !state.toldMissing.has(name)) removed.push(name);
-    return { some: send.length > 0 || removed.length > 0, send, removed, deferred };
+    return { some: send.length > 0 || removed.length > 0, send, removed, compared, deferred };
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -521,13 +527,13 @@ export class AdsStream {
 
   private sendDelta(state: TypeState): 'blocked' | void {
     if (!this.snapshot) return;
-    const { some, send, removed, shared, deferred } = this.deltaChanges(state);
+    const all = this.current(state.typeUrl);
+    const { some, send, removed, compared, deferred } = this.deltaChanges(state);
     if (some && this.blocked()) return 'blocked';
-    if (!deferred) {
-      state.syncedMap = this.current(state.typeUrl);
-      state.subsDirty = false;
+    if (!some) {
+      this.synced(state, all, compared, deferred === true);
+      return;
     }
-    if (!some) return;
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
     const nonce = this.nextNonce();
     const res: DeltaDiscoveryResponse = withEncoded(
@@ -542,18 +548,12 @@ export class AdsStream {
       },
       send,
     );
-    if (shared) {
-      // The client now holds exactly the current shared map.
-      state.clientHas.resetTo(this.current(state.typeUrl));
-      for (const n of removed) if (state.subscribed.has(n)) state.toldMissing.add(n);
-    } else {
-      for (const r of send) state.clientHas.set(r.name, r.version);
-      for (const n of removed) {
-        state.clientHas.delete(n);
-        if (state.subscribed.has(n)) state.toldMissing.add(n);
-      }
-      this.compact(state, deferred === true);
+    for (const r of send) state.clientHas.set(r.name, r.version);
+    for (const n of removed) {
+      state.clientHas.delete(n);
+      if (state.subscribed.has(n)) state.toldMissing.add(n);
     }
+    this.synced(state, all, compared, deferred === true);
     state.forced.clear();
     this.record(state, nonce, this.snapshot.version);
     this.opts.send(res, bytesOf(send));
@@ -561,17 +561,20 @@ export class AdsStream {
   }
 
   /**
-   * After a send that brought the client fully up to date with a shared map it wants all of, keep
-   * only a reference to that map.
+   * After a diff: unless removals were held back, the client is up to date with `all`. When it
+   * holds exactly `all` (every compared name agrees; the rest agreed already), keep only a
+   * reference to that shared map instead of a copy per client.
    */
-  private compact(state: TypeState, deferred: boolean): void {
+  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, compared: Iterable<string>, deferred: boolean): void {
     if (deferred) return;
-    const all = this.current(state.typeUrl);
-    state.allWanted = state.wildcard || [...all.keys()].every((n) => state.subscribed.has(n));
-    if (!state.allWanted) return;
-    for (const [name, r] of all) if (state.clientHas.get(name) !== r.version) return;
-    for (const name of state.clientHas.keys()) if (!all.has(name)) return;
-    state.clientHas.resetTo(all);
+    state.syncedMap = all;
+    state.subsDirty = false;
+    state.pending.clear();
+    const view = state.clientHas;
+    if (view.base === all && view.extra.size === 0) return;
+    // Compared covers every name that can differ (see deltaChanges), so agreeing on those is enough.
+    for (const name of compared) if (view.get(name) !== all.get(name)?.version) return;
+    view.resetTo(all);
   }
 
   /** Rule 9: a changed Cluster needs its ClusterLoadAssignment again, even if unchanged. */

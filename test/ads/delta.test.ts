@@ -142,4 +142,21 @@ describe('ADS incremental (delta)', () => {
     for (let i = 0; i < 4; i++) order.push((await c.next()).typeUrl);
     assert.deepEqual(order, [CDS, EDS, LDS, RDS]);
   });
+
+  it('rule 13: a named subscription gets only what it names; a name subscribed later comes alone', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.ack(await c.next(EDS));
+    // A new service appears (as after a mesh-wide change): its endpoints exist but are not subscribed yet.
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    assert.ok(await c.quiet(200, EDS), 'nothing unsubscribed is sent');
+    c.delta({ type_url: EDS, resource_names_subscribe: ['api'] });
+    const r = await c.next(EDS);
+    assert.deepEqual([names(r), r.removed], [['api'], []]);
+    c.ack(r);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]], api: [['10.0.0.2', 80]] }));
+    assert.deepEqual(names(await c.next(EDS)), ['web'], 'later changes still arrive');
+  });
 });

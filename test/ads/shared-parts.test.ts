@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AdsStream, buildSnapshot, InconsistentSnapshotError, messageType, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { SendBudget } from '../../src/ads/budget.js';
+import type { DeltaDiscoveryResponse } from '../../src/ads/stream.js';
+import { SplitMap } from '../../src/ads/cache.js';
+import { PRE_ENCODED, responseSerializer, withEncoded } from '../../src/ads/wire.js';
+import { joinShared, type ResourceSet } from '../../src/xds/index.js';
+import { cla, cluster, listener, route } from '../helpers/xds-fixtures.js';
+
+const L = TypeUrl.Listener;
+
+/** Two routes used by the shared listeners, plus whatever `own` listeners a proxy has. */
+function proxySet(shared: readonly Record<string, unknown>[], own: Record<string, unknown>[], routes = ['r1', 'r2']): ResourceSet {
+  return {
+    [TypeUrl.Cluster]: [cluster('web')],
+    [TypeUrl.ClusterLoadAssignment]: [cla('web', [['10.0.0.1', 80]])],
+    [L]: joinShared(shared, own),
+    [TypeUrl.RouteConfiguration]: routes.map((r) => route(r, 'web')),
+  };
+}
+
+function refusal(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof InconsistentSnapshotError, String(err));
+    return err.problems.map((p) => `${p.name}: ${p.message}`).sort();
+  }
+  assert.fail('expected the snapshot to be refused');
+}
+
+describe('shared parts of a type (joinShared)', () => {
+  const shared = [listener('vip-1', 81, 'r1'), listener('vip-2', 82, 'r2')];
+
+  it('proxies with the same shared part hold one shared map; each has its own part', () => {
+    const cache = new SnapshotCache();
+    const a = cache.set('m.a', proxySet(shared, [listener('inbound-a', 8080, 'r1')])).snapshot.resources.get(L)!;
+    const b = cache.set('m.b', proxySet(shared, [listener('inbound-b', 8080, 'r2')])).snapshot.resources.get(L)!;
+    assert.ok(a instanceof SplitMap && b instanceof SplitMap);
+    assert.equal(a.shared, b.shared, 'one map for the shared listeners');
+    assert.notEqual(a.own, b.own);
+    assert.deepEqual([...a.keys()], ['vip-1', 'vip-2', 'inbound-a']);
+    assert.equal(a.get('inbound-a')?.name, 'inbound-a');
+    assert.equal(a.get('inbound-b'), undefined);
+    assert.equal(a.size, 3);
+  });
+
+  it('the same content built again from new objects is the same type set, so the snapshot is unchanged', () => {
+    const cache = new SnapshotCache();
+    const first = cache.set('m.a', proxySet(shared, [listener('inbound-a', 8080, 'r1')]));
+    const copy = structuredClone(shared);
+    const again = cache.set('m.a', proxySet(copy, [listener('inbound-a', 8080, 'r1')]));
+    assert.equal(again.changed, false);
+    assert.equal(again.snapshot, first.snapshot);
+    const moved = cache.set('m.a', proxySet(copy, [listener('inbound-a', 9090, 'r1')]));
+    assert.equal(moved.changed, true, 'a change in the own part changes the snapshot');
+    assert.notEqual(moved.snapshot.typeVersions.get(L), first.snapshot.typeVersions.get(L));
+    assert.equal((moved.snapshot.resources.get(L) as SplitMap).shared, (first.snapshot.resources.get(L) as SplitMap).shared);
+  });
+
+  it('a name in both parts is a duplicate', () => {
+    assert.deepEqual(
+      refusal(() => buildSnapshot(new ResourceEncoder(), 'm.a', proxySet(shared, [listener('vip-1', 9999, 'r1')]))),
+      ['vip-1: duplicate name in one snapshot'],
+    );
+  });
+
+  it('references are checked across the parts: a route used by the own part only is used; one used by neither is not', () => {
+    const own = [listener('inbound', 8080, 'r3')];
+    buildSnapshot(new ResourceEncoder(), 'm.a', proxySet(shared, own, ['r1', 'r2', 'r3']));
+    assert.deepEqual(refusal(() => buildSnapshot(new ResourceEncoder(), 'm.a', proxySet(shared, own, ['r1', 'r2', 'r3', 'r4']))), ['r4: is not used by any LDS resource']);
+    assert.deepEqual(refusal(() => buildSnapshot(new ResourceEncoder(), 'm.a', proxySet(shared, [listener('inbound', 8080, 'nope')]))), [
+      'inbound: refers to RouteConfiguration "nope", which the snapshot lacks',
+    ]);
+  });
+
+  it('entries are dropped when no snapshot holds them any more', () => {
+    const cache = new SnapshotCache();
+    cache.set('m.a', proxySet(shared, [listener('inbound-a', 8080, 'r1')]));
+    cache.set('m.b', proxySet(shared, [listener('inbound-b', 8080, 'r1')]));
+    const held = cache.encoder.size;
+    cache.delete('m.a');
+    assert.equal(cache.encoder.size, held - 1, 'only inbound-a went');
+    cache.delete('m.b');
+    assert.equal(cache.encoder.size, 0);
+  });
+});
+
+describe('responses spliced from pre-encoded resources', () => {
+  const cache = new SnapshotCache();
+  const snap = cache.set('m.a', proxySet([listener('vip-1', 81, 'r1'), listener('vip-2', 82, 'r2')], [])).snapshot;
+  const resources = [...snap.resources.get(L)!.values()];
+
+  for (const variant of ['DeltaDiscoveryResponse', 'DiscoveryResponse'] as const) {
+    it(`${variant}: decodes to exactly what protobufjs encodes for the same object`, () => {
+      const delta = variant === 'DeltaDiscoveryResponse';
+      const obj = delta
+        ? { system_version_info: snap.version, resources: resources.map((r) => ({ name: r.name, version: r.version, resource: { type_url: L, value: r.bytes } })), type_url: L, removed_resources: ['gone'], nonce: 'n-1', control_plane: { identifier: 'cp-1' } }
+        : { version_info: 'v1', resources: resources.map((r) => ({ type_url: L, value: r.bytes })), type_url: L, nonce: 'n-1', control_plane: { identifier: 'cp-1' } };
+      const type = messageType(`envoy.service.discovery.v3.${variant}`);
+      const serialize = responseSerializer(`envoy.service.discovery.v3.${variant}`);
+      const plain = serialize(obj);
+      const spliced = serialize(withEncoded({ ...obj }, resources));
+      assert.ok(withEncoded({ ...obj }, resources)[PRE_ENCODED], 'marked');
+      assert.notDeepEqual(spliced, plain, 'field order differs, so the bytes differ...');
+      const decode = (b: Buffer) => type.toObject(type.decode(b), { longs: String, bytes: Buffer });
+      assert.deepEqual(decode(spliced), decode(plain), '...but the message is the same');
+      assert.equal((decode(spliced).resources as unknown[]).length, 2);
+    });
+  }
+});
+
+describe('streams over shared parts and the send budget', () => {
+  const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {} };
+  type Sent = { node: string; type: string; names: string[]; removed: string[]; nonce: string; bytes: number };
+
+  function stream(cache: SnapshotCache, node: string, sent: Sent[], budget?: SendBudget) {
+    const s = new AdsStream({
+      variant: 'delta',
+      cache,
+      identity: { kind: 'unauthenticated' },
+      controlPlaneId: 'test',
+      nackBackoffMs: 1000,
+      hooks,
+      budget,
+      send: (r, bytes) => {
+        budget?.charge(bytes); // as the server does, until gRPC has written it
+        const d = r as DeltaDiscoveryResponse;
+        sent.push({ node, type: d.type_url, names: d.resources.map((x) => x.name), removed: d.removed_resources, nonce: d.nonce, bytes });
+      },
+    });
+    return { s, ack: (x: Sent) => s.handle({ type_url: x.type, response_nonce: x.nonce }) };
+  }
+
+  it('a delta stream holding split listeners gets only what changed in either part', () => {
+    const cache = new SnapshotCache();
+    const sent: Sent[] = [];
+    const shared = [listener('vip-1', 81, 'r1'), listener('vip-2', 82, 'r2')];
+    cache.set('m.a', proxySet(shared, [listener('inbound', 8080, 'r1')]));
+    const { s, ack } = stream(cache, 'm.a', sent);
+    s.handle({ node: { id: 'm.a' }, type_url: L });
+    assert.deepEqual(sent.pop()!.names.sort(), ['inbound', 'vip-1', 'vip-2']);
+    s.handle({ type_url: L, response_nonce: s.id + '-1' });
+    cache.set('m.a', proxySet(structuredClone(shared), [listener('inbound', 9090, 'r1')]));
+    let r = sent.pop()!;
+    assert.deepEqual([r.names, r.removed], [['inbound'], []], 'own part changed');
+    ack(r);
+    cache.set('m.a', proxySet([shared[0]!, listener('vip-3', 83, 'r2')], [listener('inbound', 9090, 'r1')]));
+    r = sent.pop()!;
+    assert.deepEqual([r.names, r.removed], [['vip-3'], ['vip-2']], 'shared part changed');
+    ack(r);
+    cache.set('m.a', proxySet([shared[0]!, listener('vip-3', 83, 'r2')], []));
+    r = sent.pop()!;
+    assert.deepEqual([r.names, r.removed], [[], ['inbound']], 'own part emptied');
+    s.close();
+  });
+
+  it('while the budget is spent, streams wait their turn in order and keep CDS before EDS (rule 8)', () => {
+    const cache = new SnapshotCache();
+    const budget = new SendBudget(1);
+    const sent: Sent[] = [];
+    for (const n of ['m.a', 'm.b']) cache.set(n, proxySet([listener('vip-1', 81, 'r1'), listener('vip-2', 82, 'r2')], []));
+    const a = stream(cache, 'm.a', sent, budget);
+    const b = stream(cache, 'm.b', sent, budget);
+    a.s.handle({ node: { id: 'm.a' }, type_url: TypeUrl.Cluster });
+    assert.equal(sent.length, 1);
+    assert.equal(budget.open, false);
+    a.s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
+    b.s.handle({ node: { id: 'm.b' }, type_url: TypeUrl.Cluster });
+    assert.equal(sent.length, 1, 'both wait');
+    assert.equal(budget.streamsWaiting, 2);
+    budget.refund(sent[0]!.bytes);
+    assert.equal(sent.length, 2, 'the first waiter sent...');
+    assert.deepEqual([sent[1]!.node, sent[1]!.type], ['m.a', TypeUrl.ClusterLoadAssignment]);
+    assert.equal(budget.streamsWaiting, 1, '...and spent the budget again, so the next still waits');
+    budget.refund(sent[1]!.bytes);
+    assert.deepEqual([sent[2]!.node, sent[2]!.type], ['m.b', TypeUrl.Cluster]);
+    b.s.close();
+    assert.equal(budget.streamsWaiting, 0);
+    a.s.close();
+  });
+});
