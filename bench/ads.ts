@@ -92,7 +92,7 @@ async function scenario(variant: 'sotw' | 'delta') {
   // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
   const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
   const cp = await spawnControlPlane(
-    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'info' },
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'debug' },
     [process.execPath, ...profile, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];
@@ -107,7 +107,9 @@ async function scenario(variant: 'sotw' | 'delta') {
     const base = procStats(cp.child.pid!);
 
     const workerPath = fileURLToPath(new URL('./ads-worker.js', import.meta.url));
-    for (let w = 0; w < WORKERS; w++) workers.push(fork(workerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    // WEFT_BENCH_CLIENT_PROFILE=DIR writes a V8 CPU profile of each client process there.
+    const clientProfile = process.env.WEFT_BENCH_CLIENT_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CLIENT_PROFILE}`] : [];
+    for (let w = 0; w < WORKERS; w++) workers.push(fork(workerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: clientProfile }));
     await waitFor(workers, 'up', WORKERS, 30_000);
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
@@ -119,19 +121,27 @@ async function scenario(variant: 'sotw' | 'delta') {
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
       workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
       const before = procStats(cp.child.pid!);
+      const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const at = Date.now();
       await change();
       const seen = await seenP;
+      const rounds = cp.logs.filter((l) => l.includes('"proxy configs regenerated')).map((l) => JSON.parse(l) as { ms: number; full: number; endpointsOnly: number; time: number });
       const times = seen.flatMap((m) => m.times as number[]).map((t) => t - at);
       const bytes = seen.reduce((n, m) => n + Number(m.bytes ?? 0), 0);
       const after = procStats(cp.child.pid!);
+      const clientsAfter = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       return {
         proxies: times.length,
         p50Ms: pct(times, 50),
         p99Ms: pct(times, 99),
         maxMs: Math.max(...times),
         cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)),
+        // The control plane's last regeneration round: proxies rebuilt and how long until every
+        // response was handed to its stream (the rest of the latency is debounce and delivery).
+        cpRound: rounds.at(-1) && { ms: rounds.at(-1)!.ms, full: rounds.at(-1)!.full, endpointsOnly: rounds.at(-1)!.endpointsOnly },
+        // The simulated proxies' CPU over the same time, on the same 2 cores.
+        clientsCpuSeconds: Number((clientsAfter - clientsBefore).toFixed(2)),
         // Resource payload the proxies received for this change, summed over all of them.
         bytesSent: bytes,
       };
@@ -150,6 +160,7 @@ async function scenario(variant: 'sotw' | 'delta') {
 
     workers.forEach((w) => w.send({ cmd: 'stop' }));
     const final = procStats(cp.child.pid!);
+    await Promise.all(workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once('exit', r)))));
     return {
       variant,
       proxies: ids.length,

@@ -3,11 +3,13 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
-import { Reconciler, SnapshotCache } from '../src/ads/index.js';
+import { AdsStream, Reconciler, SnapshotCache, TypeUrl } from '../src/ads/index.js';
+import type { DeltaDiscoveryResponse } from '../src/ads/stream.js';
+import { responseSerializer } from '../src/ads/wire.js';
 import { createLogger, defaultRegistry } from '../src/core/index.js';
 import { openStore } from '../src/store/index.js';
 
-const S = 500, R = 4;
+const S = Number(process.env.WEFT_PROF_SERVICES ?? 500), R = 4;
 const store = await openStore({ type: 'embedded', dataDir: mkdtempSync(join(tmpdir(), 'prof-')) }, { registry: defaultRegistry() });
 const ops = [];
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) {
@@ -17,11 +19,41 @@ for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) {
 await store.create({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: {} });
 await store.write(ops);
 const cache = new SnapshotCache();
+// WEFT_PROF_STREAMS=1: each proxy also has a delta stream (no network): responses are serialized as
+// on the wire and ACKed, so a round's time includes sending.
+const streams = process.env.WEFT_PROF_STREAMS === '1';
+const serialize = responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+const acks: (() => void)[] = [];
+const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {} };
+function attach(id: string): void {
+  const s = new AdsStream({
+    variant: 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,
+    send: (r) => {
+      serialize(r);
+      const d = r as DeltaDiscoveryResponse;
+      acks.push(() => {
+        s.handle({ type_url: d.type_url, response_nonce: d.nonce });
+        // Like Envoy: endpoints of the EDS clusters it got.
+        const eds = d.resources.map((x) => x.name).filter((n) => n.startsWith('svc-'));
+        if (d.type_url === TypeUrl.Cluster && eds.length > 0) s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds });
+      });
+    },
+  });
+  s.handle({ node: { id }, type_url: TypeUrl.Cluster });
+  s.handle({ type_url: TypeUrl.Listener });
+}
+async function drainAcks(): Promise<void> {
+  while (acks.length) acks.splice(0).forEach((a) => a());
+}
 const rec = new Reconciler({ store, cache, logger: createLogger('p', 'silent'), metrics: new Registry(), debounceMs: 0, debounceMaxMs: 0 });
 rec.start();
 let t = performance.now();
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) rec.track(`default.svc-${s}-${r}`);
 await rec.settle();
+if (streams) {
+  for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) attach(`default.svc-${s}-${r}`);
+  await drainAcks();
+}
 console.log('cold generation ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
 // Endpoint changes: one replica of svc-7 flips between ready and not ready (WEFT_PROF_ROUNDS times).
 const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);
@@ -30,6 +62,7 @@ for (let i = 0; i < rounds; i++) {
   await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: {} } } });
   await new Promise((r) => setTimeout(r, 5));
   await rec.settle();
+  await drainAcks();
   console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
 }
 rec.close();

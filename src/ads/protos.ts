@@ -81,9 +81,17 @@ export function envoyProtos(): protobuf.Root {
   return r;
 }
 
+const types = new Map<string, protobuf.Type>();
+
+/** A message type by type URL or full name (looked up once: protobufjs's lookup walks namespaces). */
 export function messageType(typeUrlOrName: string): protobuf.Type {
-  const name = typeUrlOrName.startsWith(TYPE_PREFIX) ? typeUrlOrName.slice(TYPE_PREFIX.length) : typeUrlOrName;
-  return envoyProtos().lookupType(name);
+  let type = types.get(typeUrlOrName);
+  if (!type) {
+    const name = typeUrlOrName.startsWith(TYPE_PREFIX) ? typeUrlOrName.slice(TYPE_PREFIX.length) : typeUrlOrName;
+    type = envoyProtos().lookupType(name);
+    types.set(typeUrlOrName, type);
+  }
+  return type;
 }
 
 export const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, bytes: Buffer, defaults: false, oneofs: false };

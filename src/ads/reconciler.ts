@@ -28,6 +28,9 @@ interface MeshData {
   meshTrafficPermissions: Resource<MeshTrafficPermissionBody>[];
 }
 
+/** Proxies handled between pauses of a regeneration round. */
+const YIELD_EVERY = 100;
+
 /** A proxy's last published config and what it was generated from (for the endpoint-only path). */
 interface LastConfig {
   set: ResourceSet;
@@ -253,6 +256,9 @@ export class Reconciler {
       return;
     }
     const end = this.generation.startTimer();
+    const started = performance.now();
+    let full = 0;
+    let endpointsOnlyCount = 0;
     // Newcomers read the whole mesh: changes still waiting for their round are then in it too.
     const data = only ? await this.load(mesh) : await this.loadFor(mesh, changed);
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
@@ -274,8 +280,16 @@ export class Reconciler {
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
     const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
+    let sinceYield = 0;
     for (const nodeId of nodes) {
-      if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading
+      // Let the event loop write what is ready (and read ACKs) every so often: proxies early in
+      // the round get their config while later ones are still being built.
+      if (++sinceYield === YIELD_EVERY) {
+        sinceYield = 0;
+        await new Promise((r) => setImmediate(r));
+        if (this.closed) return;
+      }
+      if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading or in a pause
       const name = meshOf(nodeId)[1];
       const dataplane = byName.get(name);
       if (!data.mesh || !dataplane) {
@@ -289,7 +303,8 @@ export class Reconciler {
         const prev = this.last.get(nodeId);
         const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle;
         const set = endpointsOnly ? withEndpoints(prev.set, ctx) : this.generate(ctx);
-        this.regenerations.inc({ kind: endpointsOnly ? 'endpoints' : 'full' });
+        if (endpointsOnly) endpointsOnlyCount++;
+        else full++;
         this.opts.cache.set(nodeId, set, changeTime);
         this.last.set(nodeId, { set, shape, bundle });
       } catch (err) {
@@ -303,6 +318,9 @@ export class Reconciler {
       }
     }
     end();
+    if (full) this.regenerations.inc({ kind: 'full' }, full);
+    if (endpointsOnlyCount) this.regenerations.inc({ kind: 'endpoints' }, endpointsOnlyCount);
+    this.opts.logger.debug({ mesh, full, endpointsOnly: endpointsOnlyCount, ms: Math.round(performance.now() - started) }, 'proxy configs regenerated and handed to their streams');
   }
 
   /**

@@ -87,12 +87,20 @@ export class XdsStatus implements StreamHooks {
     this.connected.dec({ variant });
   }
 
+  // Metric children per label set, so the hot path does not hash labels on every response.
+  private readonly responseCounters = new Map<string, { inc(): void }>();
+  private readonly ackCounters = new Map<TypeUrl, { inc(): void }>();
+  private readonly deliveryHistograms = new Map<TypeUrl, { observe(v: number): void }>();
+
   onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, _resources?: number): void {
     const t = this.type(nodeId, typeUrl);
     t.lastSentVersion = version;
     t.lastSentAt = new Date().toISOString();
     t.responses++;
-    this.responses.inc({ type: SHORT_NAME[typeUrl], variant });
+    const key = `${typeUrl} ${variant}`;
+    let c = this.responseCounters.get(key);
+    if (!c) this.responseCounters.set(key, (c = this.responses.labels(SHORT_NAME[typeUrl], variant)));
+    c.inc();
   }
 
   onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void {
@@ -100,8 +108,14 @@ export class XdsStatus implements StreamHooks {
     t.lastAckedVersion = version;
     t.lastAckedAt = new Date().toISOString();
     t.acks++;
-    this.acks.inc({ type: SHORT_NAME[typeUrl] });
-    if (changeTime > 0) this.delivery.observe({ type: SHORT_NAME[typeUrl] }, Math.max(0, Date.now() - changeTime) / 1000);
+    let c = this.ackCounters.get(typeUrl);
+    if (!c) this.ackCounters.set(typeUrl, (c = this.acks.labels(SHORT_NAME[typeUrl])));
+    c.inc();
+    if (changeTime > 0) {
+      let h = this.deliveryHistograms.get(typeUrl);
+      if (!h) this.deliveryHistograms.set(typeUrl, (h = this.delivery.labels(SHORT_NAME[typeUrl])));
+      h.observe(Math.max(0, Date.now() - changeTime) / 1000);
+    }
   }
 
   onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void {

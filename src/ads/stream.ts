@@ -421,12 +421,18 @@ export class AdsStream {
    * each proxy the size of the change, not of its config. `deferred`: removals held back until the
    * proxy has routes that no longer need them (rule 8).
    */
-  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; compared: Iterable<string>; deferred?: boolean } {
+  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; compared: Iterable<string> | 'all'; deferred?: boolean } {
     const all = this.current(state.typeUrl);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
     if (!state.subsDirty && state.pending.size === 0 && state.forced.size === 0 && state.syncedMap === all) return { some: false, send: [], removed: [], compared: [] };
     const view = state.clientHas;
+    if (!view.base && view.extra.size === 0 && state.forced.size === 0) {
+      // The client holds nothing of this type yet (a new stream): everything it wants, as is.
+      const send = state.wildcard ? [...all.values()] : [...state.subscribed].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined);
+      const removed = [...state.subscribed].filter((n) => !all.has(n) && !state.toldMissing.has(n));
+      return { some: send.length > 0 || removed.length > 0, send, removed, compared: send.length === all.size ? 'all' : [...all.keys(), ...removed] };
+    }
     let compared: Set<string>;
     if (view.base && !state.subsDirty) {
       const d = sharedDiff(view.base, all);
@@ -508,15 +514,10 @@ export class AdsStream {
     const nonce = this.nextNonce();
     // Rule 14: LDS and CDS carry the full set; so do the others here, which the protocol allows.
     const resources = [...desired.values()];
-    const res: DiscoveryResponse = withEncoded(
-      {
-        version_info: version,
-        resources: resources.map((r) => ({ type_url: state.typeUrl, value: r.bytes })),
-        type_url: state.typeUrl,
-        nonce,
-        control_plane: { identifier: this.opts.controlPlaneId },
-      },
+    const res = withEncoded<DiscoveryResponse>(
+      { version_info: version, type_url: state.typeUrl, nonce, control_plane: { identifier: this.opts.controlPlaneId } },
       resources,
+      (r) => ({ type_url: state.typeUrl, value: r.bytes }),
     );
     this.record(state, nonce, version);
     state.sent = desired;
@@ -536,19 +537,14 @@ export class AdsStream {
     }
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
     const nonce = this.nextNonce();
-    const res: DeltaDiscoveryResponse = withEncoded(
-      {
-        system_version_info: this.snapshot.version,
-        // Rule 16: each resource carries its own version, a content hash.
-        resources: send.map((r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } })),
-        type_url: state.typeUrl,
-        removed_resources: removed,
-        nonce,
-        control_plane: { identifier: this.opts.controlPlaneId },
-      },
+    const res = withEncoded<DeltaDiscoveryResponse>(
+      { system_version_info: this.snapshot.version, type_url: state.typeUrl, removed_resources: removed, nonce, control_plane: { identifier: this.opts.controlPlaneId } },
       send,
+      // Rule 16: each resource carries its own version, a content hash.
+      (r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } }),
     );
-    for (const r of send) state.clientHas.set(r.name, r.version);
+    // A client that gets everything is reset to the shared map below; no need to note each name.
+    if (compared !== 'all') for (const r of send) state.clientHas.set(r.name, r.version);
     for (const n of removed) {
       state.clientHas.delete(n);
       if (state.subscribed.has(n)) state.toldMissing.add(n);
@@ -565,13 +561,15 @@ export class AdsStream {
    * holds exactly `all` (every compared name agrees; the rest agreed already), keep only a
    * reference to that shared map instead of a copy per client.
    */
-  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, compared: Iterable<string>, deferred: boolean): void {
+  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, compared: Iterable<string> | 'all', deferred: boolean): void {
     if (deferred) return;
     state.syncedMap = all;
     state.subsDirty = false;
     state.pending.clear();
     const view = state.clientHas;
     if (view.base === all && view.extra.size === 0) return;
+    // 'all': a client that held nothing was just sent every resource of the type.
+    if (compared === 'all') return view.resetTo(all);
     // Compared covers every name that can differ (see deltaChanges), so agreeing on those is enough.
     for (const name of compared) if (view.get(name) !== all.get(name)?.version) return;
     view.resetTo(all);

@@ -39,10 +39,40 @@ function chunk(r: EncodedResource, delta: boolean): Uint8Array {
   return c;
 }
 
-/** Marks a response object with the encoded resources it carries (its `resources` field, in order). */
-export function withEncoded<T extends object>(response: T, resources: readonly EncodedResource[]): T & PreEncoded {
+/**
+ * Marks a response object with the encoded resources it carries. Its `resources` field (plain
+ * objects, for tests and logs) is built only if read: the wire never needs it.
+ */
+export function withEncoded<T extends { resources: unknown[] }>(response: Omit<T, 'resources'>, resources: readonly EncodedResource[], plain: (r: EncodedResource) => T['resources'][number]): T & PreEncoded {
   Object.defineProperty(response, PRE_ENCODED, { value: resources, enumerable: false });
+  let built: T['resources'] | undefined;
+  Object.defineProperty(response, 'resources', { get: () => (built ??= resources.map(plain)), enumerable: true, configurable: true });
   return response as T & PreEncoded;
+}
+
+interface Head {
+  version_info?: string;
+  system_version_info?: string;
+  type_url?: string;
+  removed_resources?: string[];
+  nonce?: string;
+  control_plane?: { identifier?: string };
+}
+
+/** The per-stream fields of a response, by hand (field numbers from discovery.proto). */
+function writeHead(obj: Head, delta: boolean): Uint8Array {
+  const w = protobuf.Writer.create();
+  const version = delta ? obj.system_version_info : obj.version_info;
+  if (version) w.uint32((1 << 3) | 2).string(version);
+  if (obj.type_url) w.uint32((4 << 3) | 2).string(obj.type_url);
+  if (obj.nonce) w.uint32((5 << 3) | 2).string(obj.nonce);
+  if (delta) for (const n of obj.removed_resources ?? []) w.uint32((6 << 3) | 2).string(n);
+  if (obj.control_plane) {
+    w.uint32(((delta ? 7 : 6) << 3) | 2).fork();
+    if (obj.control_plane.identifier) w.uint32((1 << 3) | 2).string(obj.control_plane.identifier);
+    w.ldelim();
+  }
+  return w.finish();
 }
 
 /**
@@ -55,7 +85,7 @@ export function responseSerializer(typeName: string): (obj: object) => Buffer {
   return (obj) => {
     const encoded = (obj as PreEncoded)[PRE_ENCODED];
     if (!encoded) return Buffer.from(type.encode(type.fromObject(obj)).finish());
-    const head = type.encode(type.fromObject({ ...obj, resources: [] })).finish();
+    const head = writeHead(obj as Head, delta);
     const parts: Uint8Array[] = [head];
     let length = head.length;
     for (const r of encoded) {
