@@ -59,11 +59,14 @@ console.log('cold generation ms', Math.round(performance.now() - t), 'rss MB', M
 const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);
 for (let i = 0; i < rounds; i++) {
   t = performance.now();
-  await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: {} } } });
+  // WEFT_PROF_MESHWIDE=1: a new service each round instead (every proxy reaches it).
+  if (process.env.WEFT_PROF_MESHWIDE === '1') await store.upsert({ ...ops[0]!.resource, name: `new-${i}`, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': `new-${i}` } }], transparentProxying: {} } } });
+  else await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: {} } } });
   await new Promise((r) => setTimeout(r, 5));
   await rec.settle();
   await drainAcks();
-  console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
+  (globalThis as { gc?: () => void }).gc?.();
+  console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
 }
 rec.close();
 await store.close();

@@ -29,7 +29,7 @@ interface MeshData {
 }
 
 /** Proxies handled between pauses of a regeneration round. */
-const YIELD_EVERY = 100;
+const YIELD_EVERY = 500;
 
 /** A proxy's last published config and what it was generated from (for the endpoint-only path). */
 interface LastConfig {

@@ -512,8 +512,10 @@ export class AdsStream {
     if (this.blocked()) return 'blocked';
     this.markClusterChanges(state, desired.values(), (n) => state.sent.get(n)?.version);
     const nonce = this.nextNonce();
-    // Rule 14: LDS and CDS carry the full set; so do the others here, which the protocol allows.
-    const resources = [...desired.values()];
+    // Rule 14: LDS and CDS carry the full set; RDS, EDS and SDS only what the client lacks (new,
+    // changed or forced), so one service's endpoints changing costs each proxy one resource.
+    const fullState = state.typeUrl === TypeUrl.Listener || state.typeUrl === TypeUrl.Cluster || state.sentVersion === undefined;
+    const resources = fullState ? [...desired.values()] : [...desired.values()].filter((r) => state.sent.get(r.name)?.version !== r.version || state.forced.has(r.name));
     const res = withEncoded<DiscoveryResponse>(
       { version_info: version, type_url: state.typeUrl, nonce, control_plane: { identifier: this.opts.controlPlaneId } },
       resources,

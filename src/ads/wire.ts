@@ -40,14 +40,28 @@ function chunk(r: EncodedResource, delta: boolean): Uint8Array {
 }
 
 /**
- * Marks a response object with the encoded resources it carries. Its `resources` field (plain
- * objects, for tests and logs) is built only if read: the wire never needs it.
+ * A response carrying encoded resources. Its `resources` field (plain objects, for tests and logs)
+ * is built only if read: the wire never needs it.
  */
-export function withEncoded<T extends { resources: unknown[] }>(response: Omit<T, 'resources'>, resources: readonly EncodedResource[], plain: (r: EncodedResource) => T['resources'][number]): T & PreEncoded {
-  Object.defineProperty(response, PRE_ENCODED, { value: resources, enumerable: false });
-  let built: T['resources'] | undefined;
-  Object.defineProperty(response, 'resources', { get: () => (built ??= resources.map(plain)), enumerable: true, configurable: true });
-  return response as T & PreEncoded;
+class EncodedResponse<R> {
+  readonly [PRE_ENCODED]: readonly EncodedResource[];
+  #plain: (r: EncodedResource) => R;
+  #built?: R[];
+
+  constructor(head: object, encoded: readonly EncodedResource[], plain: (r: EncodedResource) => R) {
+    Object.assign(this, head);
+    this[PRE_ENCODED] = encoded;
+    this.#plain = plain;
+  }
+
+  get resources(): R[] {
+    return (this.#built ??= this[PRE_ENCODED].map(this.#plain));
+  }
+}
+
+/** A response object (`T` without its resources) marked with the encoded resources it carries. */
+export function withEncoded<T extends { resources: unknown[] }>(head: Omit<T, 'resources'>, resources: readonly EncodedResource[], plain: (r: EncodedResource) => T['resources'][number]): T & PreEncoded {
+  return new EncodedResponse(head, resources, plain) as unknown as T & PreEncoded;
 }
 
 interface Head {

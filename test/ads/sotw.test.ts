@@ -166,10 +166,10 @@ describe('ADS state of the world', () => {
     assert.equal(a.resources.length, 2);
     c.subscribe(EDS, ['web'], { version_info: a.version, response_nonce: a.nonce });
     const b = await c.next(EDS);
-    assert.deepEqual(b.resources.map((r) => r.name), ['web']);
+    assert.deepEqual(b.resources.map((r) => r.name), [], 'web is unchanged, and leaving api out is not a deletion (rule 14)');
     c.subscribe(EDS, ['web', 'api'], { version_info: b.version, response_nonce: b.nonce });
     const again = await c.next(EDS);
-    assert.deepEqual(again.resources.map((r) => r.name).sort(), ['api', 'web']);
+    assert.deepEqual(again.resources.map((r) => r.name), ['api'], 'api again, though the client had it before');
   });
 
   it('rule 13: empty first list and "*" mean everything; after explicit names an empty list means nothing', async () => {
@@ -205,6 +205,20 @@ describe('ADS state of the world', () => {
     assert.deepEqual(d.resources.map((r) => r.name), ['web']);
   });
 
+  it('rule 14: RDS, EDS and SDS carry only what changed; leaving one out is not a deletion', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]], db: [['10.0.0.3', 5432]] }));
+    const c = connect(id);
+    c.subscribe(EDS, ['web', 'api', 'db']);
+    const a = await c.next(EDS);
+    assert.equal(a.resources.length, 3, 'the first response has everything asked for');
+    c.ack(a, ['web', 'api', 'db']);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.7', 80]], db: [['10.0.0.3', 5432]] }));
+    const b = await c.next(EDS);
+    assert.deepEqual(b.resources.map((r) => r.name), ['api'], 'one service moved: one assignment');
+    assert.notEqual(b.version, a.version);
+  });
+
   it('rule 15: a name asked for before it exists is pushed when it appears', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
@@ -215,6 +229,6 @@ describe('ADS state of the world', () => {
     c.ack(a, ['web', 'later']);
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], later: [['10.0.0.9', 80]] }));
     const b = await c.next(EDS);
-    assert.deepEqual(b.resources.map((r) => r.name).sort(), ['later', 'web']);
+    assert.deepEqual(b.resources.map((r) => r.name), ['later']);
   });
 });
