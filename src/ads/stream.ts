@@ -113,6 +113,8 @@ interface TypeState {
   clientHas: ClientView;
   /** Delta: subscribed names that do not exist and the client was told so. */
   toldMissing: Set<string>;
+  /** SotW: whether `subscribed` held every name of `map` (cached per pair). */
+  covers?: { map: ReadonlyMap<string, EncodedResource>; subscribed: ReadonlySet<string>; result: boolean };
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
   forced: Set<string>;
 }
@@ -316,7 +318,8 @@ export class AdsStream {
     } else {
       state.wildcard = false;
       state.explicit = true;
-      state.subscribed = new Set(names);
+      // ACKs repeat the names: keep the same set then (cached checks stay valid).
+      if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = new Set(names);
     }
   }
 
@@ -352,11 +355,22 @@ export class AdsStream {
   private desiredWithVersion(state: TypeState): { desired: ReadonlyMap<string, EncodedResource>; version: string } {
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     const known = this.snapshot?.typeVersions.get(state.typeUrl);
-    if (state.wildcard && known !== undefined && !(keepOld && [...state.sent.keys()].some((n) => !this.current(state.typeUrl).has(n)))) {
-      return { desired: this.current(state.typeUrl), version: known };
+    const all = this.current(state.typeUrl);
+    // Everything current is wanted (wildcard, or every name subscribed, as Envoy's EDS does): the
+    // shared map and its version, without building a copy per proxy.
+    if (known !== undefined && (state.wildcard || this.subscribedCoversAll(state, all)) && !(keepOld && [...state.sent.keys()].some((n) => !all.has(n)))) {
+      return { desired: all, version: known };
     }
     const desired = this.desiredSotw(state);
     return { desired, version: setVersion(desired.values()) };
+  }
+
+  private subscribedCoversAll(state: TypeState, all: ReadonlyMap<string, EncodedResource>): boolean {
+    const c = state.covers;
+    if (c && c.map === all && c.subscribed === state.subscribed) return c.result;
+    const result = all.size <= state.subscribed.size && [...all.keys()].every((n) => state.subscribed.has(n));
+    state.covers = { map: all, subscribed: state.subscribed, result };
+    return result;
   }
 
   private desiredSotw(state: TypeState): Map<string, EncodedResource> {
