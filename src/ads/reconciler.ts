@@ -28,8 +28,8 @@ interface MeshData {
   meshTrafficPermissions: Resource<MeshTrafficPermissionBody>[];
 }
 
-/** Proxies handled between pauses of a regeneration round. */
-const YIELD_EVERY = 500;
+/** Longest stretch a regeneration round keeps the event loop before it lets I/O run. */
+const SLICE_MS = 1000;
 
 /** A proxy's last published config and what it was generated from (for the endpoint-only path). */
 interface LastConfig {
@@ -280,14 +280,15 @@ export class Reconciler {
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
     const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
-    let sinceYield = 0;
+    let sliceStart = performance.now();
     for (const nodeId of nodes) {
-      // Let the event loop write what is ready (and read ACKs) every so often: proxies early in
-      // the round get their config while later ones are still being built.
-      if (++sinceYield === YIELD_EVERY) {
-        sinceYield = 0;
+      // A big round lets the event loop run now and then (writes, ACKs, the API, health checks)
+      // rather than holding it for seconds; not more often, as each pause lets other work in
+      // ahead of the proxies still waiting for this round.
+      if (performance.now() - sliceStart > SLICE_MS) {
         await new Promise((r) => setImmediate(r));
         if (this.closed) return;
+        sliceStart = performance.now();
       }
       if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading or in a pause
       const name = meshOf(nodeId)[1];
