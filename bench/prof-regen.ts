@@ -1,4 +1,12 @@
-/** Profiling aid: time one mesh-wide regeneration of 2000 proxies in-process (no streams). */
+/**
+ * Profiling aid: regeneration rounds of 2000 transparent-proxy sidecars (500 services × 4) in one
+ * process, no network. Prints the cold generation, then each round's time.
+ *
+ *   node dist/bench/prof-regen.js                        # endpoint changes (one replica flips health)
+ *   WEFT_PROF_STREAMS=1 node dist/bench/prof-regen.js    # each proxy also has a delta stream: serialize + ACK
+ *   WEFT_PROF_MESHWIDE=1 ...                             # a new service each round instead
+ *   WEFT_PROF_SERVICES=350 WEFT_PROF_ROUNDS=10 node --cpu-prof dist/bench/prof-regen.js
+ */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
