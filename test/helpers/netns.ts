@@ -110,3 +110,107 @@ export class TwoHosts {
     rmSync(`/etc/netns/${this.app}`, { recursive: true, force: true });
   }
 }
+
+/**
+ * Hosts on one Ethernet segment: a bridge in its own namespace, each host a namespace with a veth
+ * to it at 10.79.<subnet>.<n> (n from 2) and a default route via the root namespace, which is on
+ * the segment too at 10.79.<subnet>.1 (so a control plane started by the test is reachable). Each
+ * host's /etc/hosts (as `ip netns exec` shows it) names the root side `cp.weft.test`, and its
+ * resolv.conf points there.
+ */
+export class Lan {
+  readonly hosts = new Map<string, { ns: string; address: string }>();
+  readonly rootAddress: string;
+  private readonly bridgeNs: string;
+  private readonly id: string;
+  private readonly children: ChildProcess[] = [];
+
+  constructor(
+    tag: string,
+    private readonly subnet: number,
+  ) {
+    this.id = `${tag}${process.pid % 10000}`;
+    this.bridgeNs = `wbr-${this.id}`;
+    this.rootAddress = `10.79.${subnet}.1`;
+  }
+
+  create(names: string[]): void {
+    this.destroy();
+    // A run killed before its cleanup leaves its root-side link on this subnet, which would take
+    // the replies: remove any such link first.
+    for (const line of sh('ip', ['-o', 'addr', 'show', 'to', `10.79.${this.subnet}.0/24`]).split('\n')) {
+      const dev = line.split(/\s+/)[1]?.split('@')[0];
+      if (dev) sh('ip', ['link', 'del', dev]);
+    }
+    sh('ip', ['netns', 'add', this.bridgeNs]);
+    inNs(this.bridgeNs, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    inNs(this.bridgeNs, 'ip', ['link', 'set', 'br0', 'up']);
+    const plug = (outer: string, inner: string, into: string | undefined, address: string) => {
+      sh('ip', ['link', 'add', outer, 'type', 'veth', 'peer', 'name', inner]);
+      sh('ip', ['link', 'set', inner, 'netns', this.bridgeNs]);
+      inNs(this.bridgeNs, 'ip', ['link', 'set', inner, 'master', 'br0']);
+      inNs(this.bridgeNs, 'ip', ['link', 'set', inner, 'up']);
+      if (into) sh('ip', ['link', 'set', outer, 'netns', into]);
+      const run = (args: string[]) => (into ? inNs(into, 'ip', args) : sh('ip', args));
+      run(['addr', 'add', `${address}/24`, 'dev', outer]);
+      run(['link', 'set', outer, 'up']);
+    };
+    plug(`wr${this.id}`, `wb${this.id}`, undefined, this.rootAddress);
+    names.forEach((name, i) => {
+      const ns = `wh-${this.id}-${i}`;
+      const address = `10.79.${this.subnet}.${i + 2}`;
+      sh('ip', ['netns', 'add', ns]);
+      inNs(ns, 'ip', ['link', 'set', 'lo', 'up']);
+      plug(`eth${i}x${this.id}`.slice(0, 15), `wb${i}x${this.id}`.slice(0, 15), ns, address);
+      // Virtual IPs (240.0.0.0/5) need a route before iptables can redirect connections to them.
+      inNs(ns, 'ip', ['route', 'add', 'default', 'via', this.rootAddress]);
+      mkdirSync(`/etc/netns/${ns}`, { recursive: true });
+      writeFileSync(`/etc/netns/${ns}/hosts`, `127.0.0.1 localhost\n${this.rootAddress} cp.weft.test\n`);
+      writeFileSync(`/etc/netns/${ns}/resolv.conf`, `nameserver ${this.rootAddress}\n`);
+      this.hosts.set(name, { ns, address });
+    });
+  }
+
+  host(name: string): { ns: string; address: string } {
+    const h = this.hosts.get(name);
+    if (!h) throw new Error(`no host ${name}`);
+    return h;
+  }
+
+  /** Starts `argv` in a host's namespace (as `uid` if given); resolves once it prints a line. */
+  async start(name: string, argv: string[], uid?: number, env: Record<string, string> = {}): Promise<ChildProcess> {
+    const as = uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
+    const child = spawn('ip', ['netns', 'exec', this.host(name).ns, ...as, ...argv], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+    this.children.push(child);
+    await new Promise<void>((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout! });
+      lines.once('line', () => resolve());
+      // WEFT_TEST_LAN_OUTPUT=1 shows what the processes print (their logs), prefixed by host.
+      if (process.env.WEFT_TEST_LAN_OUTPUT === '1') lines.on('line', (l) => process.stderr.write(`[${name}] ${l}\n`));
+      child.once('exit', (code) => reject(new Error(`${argv.join(' ')} in ${name} exited with ${code}`)));
+    });
+    return child;
+  }
+
+  destroy(): void {
+    for (const c of this.children.splice(0)) c.kill('SIGKILL');
+    for (const { ns } of this.hosts.values()) {
+      try {
+        sh('ip', ['netns', 'del', ns]);
+      } catch {
+        // not there
+      }
+      rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
+    }
+    try {
+      sh('ip', ['netns', 'del', this.bridgeNs]);
+    } catch {
+      // not there
+    }
+    try {
+      sh('ip', ['link', 'del', `wr${this.id}`]);
+    } catch {
+      // went with the bridge namespace
+    }
+  }
+}
