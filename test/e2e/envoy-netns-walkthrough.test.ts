@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { run } from '../helpers/bin.js';
+import { envoyBinary } from '../helpers/envoy.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { Lan, netnsMissing } from '../helpers/netns.js';
 import { systemRequirement } from '../helpers/require.js';
@@ -23,15 +23,6 @@ import { systemRequirement } from '../helpers/require.js';
  * path has not run yet and may need fixes the first time it does. WEFT_TEST_LAN_OUTPUT=1 shows the
  * apps' and wrappers' logs.
  */
-function envoyBinary(): string | undefined {
-  if (process.env.ENVOY_BINARY) return process.env.ENVOY_BINARY;
-  try {
-    return execFileSync('sh', ['-c', 'command -v envoy'], { encoding: 'utf8' }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 const envoy = envoyBinary();
 if (!envoy) console.log('# Envoy walkthrough in network namespaces skipped: no Envoy binary (set ENVOY_BINARY or put envoy on PATH)');
 const requirement = envoy ? systemRequirement('network namespaces and iptables', netnsMissing()) : { skip: 'no Envoy binary (ENVOY_BINARY)' };

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { envoyBinary } from '../helpers/envoy.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { freePort } from '../helpers/postgres.js';
 
@@ -15,15 +16,6 @@ import { freePort } from '../helpers/postgres.js';
  * through the other's outbound; mTLS between the Envoys and permissions as HTTP RBAC; a drain that
  * lets an in-flight request finish. Without Envoy: skipped, with one line saying so.
  */
-function envoyBinary(): string | undefined {
-  if (process.env.ENVOY_BINARY) return process.env.ENVOY_BINARY;
-  try {
-    return execFileSync('sh', ['-c', 'command -v envoy'], { encoding: 'utf8' }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 const envoy = envoyBinary();
 if (!envoy) console.log('# Envoy end-to-end tests skipped: no Envoy binary (set ENVOY_BINARY or put envoy on PATH)');
 const weftDp = fileURLToPath(new URL('../../src/cmd/weft-dp.js', import.meta.url));
