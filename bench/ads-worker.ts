@@ -77,7 +77,8 @@ function onResponse(id: string, c: XdsTestClient, r: Received, state: { eds: Set
 process.on('message', (m: Msg) => {
   if (m.cmd === 'start') {
     for (const id of m.nodeIds) {
-      const c = new XdsTestClient(m.address, m.variant, { id }, { retain: false });
+      // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
+      const c = new XdsTestClient(m.address, m.variant, { id }, { retain: false, ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1' });
       const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
       clients.set(id, c);
       const pump = () => {

@@ -49,6 +49,8 @@ export class XdsTestClient {
       retain?: boolean;
       /** Connect with TLS, trusting this PEM CA (the control plane's xds-tls.crt). */
       tlsCa?: string;
+      /** A connection of its own, as each Envoy has (grpc-js otherwise shares one per target). */
+      ownConnection?: boolean;
     } = {},
   ) {
     this.retain = opts.retain !== false;
@@ -56,7 +58,7 @@ export class XdsTestClient {
     const req = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryRequest' : 'envoy.service.discovery.v3.DeltaDiscoveryRequest');
     const res = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
     const path = `/envoy.service.discovery.v3.AggregatedDiscoveryService/${sotw ? 'StreamAggregatedResources' : 'DeltaAggregatedResources'}`;
-    this.client = new grpc.Client(address, opts.tlsCa ? grpc.credentials.createSsl(Buffer.from(opts.tlsCa)) : grpc.credentials.createInsecure());
+    this.client = new grpc.Client(address, opts.tlsCa ? grpc.credentials.createSsl(Buffer.from(opts.tlsCa)) : grpc.credentials.createInsecure(), opts.ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {});
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(opts.metadata ?? {})) md.set(k, v);
     this.call = this.client.makeBidiStreamRequest(path, req.serialize, res.deserialize, md);
