@@ -35,10 +35,6 @@ export class SendBudget {
     return this.inFlight < this.limitBytes;
   }
 
-  get bytesInFlight(): number {
-    return this.inFlight;
-  }
-
   get streamsWaiting(): number {
     return this.waiting.size;
   }

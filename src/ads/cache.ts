@@ -136,11 +136,6 @@ export class ResourceEncoder {
   private readonly byObject = new WeakMap<object, { typeUrl: TypeUrl; entry: ContentEntry }>();
 
   /** Checks and encodes, or returns the shared encoding; or the problems found. */
-  encode(typeUrl: TypeUrl, obj: Record<string, unknown>): EncodedResource | SnapshotProblem[] {
-    const e = this.entryOf(typeUrl, obj);
-    return Array.isArray(e) ? e : e.res;
-  }
-
   private entryOf(typeUrl: TypeUrl, obj: Record<string, unknown>): ContentEntry | SnapshotProblem[] {
     const seen = this.byObject.get(obj);
     if (seen && seen.typeUrl === typeUrl && seen.entry.live) return seen.entry;

@@ -7,11 +7,11 @@ import { messageType } from './protos.js';
  * encoded once (cache.ts); here its wrapper in a response (a delta `Resource` with name and
  * version, or a SotW `Any`) is encoded once too, as the length-delimited field 2 both response
  * types use for `resources`. A response is then its few per-stream fields (nonce, versions),
- * encoded by protobufjs, followed by those chunks: protobuf fields may come in any order, and a
+ * written by hand, followed by those chunks: protobuf fields may come in any order, and a
  * repeated field's elements may be split around others, so the result decodes to the same message.
  */
 
-/** The resources a response object carries, already encoded; read by `serializeResponse`. */
+/** The resources a response object carries, already encoded; read by `responseSerializer`. */
 export const PRE_ENCODED = Symbol('weft.preEncoded');
 
 export interface PreEncoded {
