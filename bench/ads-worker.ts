@@ -78,19 +78,9 @@ process.on('message', (m: Msg) => {
   if (m.cmd === 'start') {
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
-      const c = new XdsTestClient(m.address, m.variant, { id }, { retain: false, ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1' });
       const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
+      const c: XdsTestClient = new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', onResponse: (r) => onResponse(id, c, r, state) });
       clients.set(id, c);
-      const pump = () => {
-        c.next(undefined, 3_600_000).then(
-          (r) => {
-            onResponse(id, c, r, state);
-            pump();
-          },
-          () => {},
-        );
-      };
-      pump();
       if (m.variant === 'sotw') {
         c.subscribe(TypeUrl.Cluster, []);
         c.subscribe(TypeUrl.Listener, []);

@@ -73,8 +73,9 @@ for (let i = 0; i < rounds; i++) {
   await new Promise((r) => setTimeout(r, 5));
   await rec.settle();
   await drainAcks();
+  const ms = Math.round(performance.now() - t);
   (globalThis as { gc?: () => void }).gc?.();
-  console.log('endpoint change regeneration ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
+  console.log(process.env.WEFT_PROF_MESHWIDE === '1' ? 'mesh-wide change ms' : 'endpoint change ms', ms, 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
 }
 rec.close();
 await store.close();

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash as digest } from 'node:crypto';
 import { canonicalJson } from '../core/index.js';
 import { checkResource, type ProtoViolation } from './proto-check.js';
 import { messageType, RESPONSE_ORDER, SHORT_NAME, TypeUrl } from './protos.js';
@@ -61,7 +61,8 @@ export function setVersion(resources: Iterable<EncodedResource>): string {
 }
 
 function hash(s: string | Uint8Array): string {
-  return createHash('sha256').update(s).digest('base64url').slice(0, 22);
+  // One-shot hashing: about a third of the cost of createHash() for the short inputs here.
+  return digest('sha256', s, 'base64url').slice(0, 22);
 }
 
 function nameOf(typeUrl: TypeUrl, r: Record<string, unknown>): string {

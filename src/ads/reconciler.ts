@@ -1,7 +1,7 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
-import { generateProxyConfig, meshServices, reachOf, servicesShape, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
 /** Changes no proxy config depends on. */
 const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
@@ -61,6 +61,11 @@ export class Reconciler {
    */
   private readonly meshData = new Map<string, MeshData>();
   private readonly last = new Map<string, LastConfig>();
+  /**
+   * Per mesh: translation's memo across rounds, so a proxy whose own inputs did not change gets
+   * the very objects of last round (found by identity in the encoder: no re-checking, re-encoding).
+   */
+  private readonly lasting = new Map<string, { memo: LastingMemo; sweptSize: number }>();
   private readonly regenerations: Counter<'kind'>;
   private firstChange = 0;
   private windowStart = 0;
@@ -124,6 +129,8 @@ export class Reconciler {
     this.newcomers.delete(nodeId);
     this.last.delete(nodeId);
     this.opts.cache.delete(nodeId);
+    const mesh = meshOf(nodeId)[0];
+    if (![...this.tracked.keys()].some((id) => meshOf(id)[0] === mesh)) this.lasting.delete(mesh);
   }
 
   private markDirty(mesh: string, dataplane?: string): void {
@@ -264,6 +271,9 @@ export class Reconciler {
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
     this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
     const memo = new Map<string, unknown>();
+    let lasting = this.lasting.get(mesh);
+    if (!lasting) this.lasting.set(mesh, (lasting = { memo: new LastingMemo(), sweptSize: 0 }));
+    lasting.memo.startRound();
     let trustBundle: string[] = [];
     if (data.mesh && enabledMtlsBackend(data.mesh.spec) && this.opts.trustBundle) {
       try {
@@ -300,7 +310,7 @@ export class Reconciler {
         continue;
       }
       try {
-        const ctx: MeshContext = { mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services };
+        const ctx: MeshContext = { mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo };
         const prev = this.last.get(nodeId);
         const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle;
         const set = endpointsOnly ? withEndpoints(prev.set, ctx) : this.generate(ctx);
@@ -319,6 +329,13 @@ export class Reconciler {
       }
     }
     end();
+    // After a round over every proxy of the mesh, what it did not use is stale; partial rounds
+    // sweep only when the memo has grown well past its last swept size.
+    const everyone = nodes.length >= [...this.tracked.keys()].filter((id) => meshOf(id)[0] === mesh).length;
+    if (everyone || lasting.memo.size > 2 * lasting.sweptSize + 10_000) {
+      lasting.memo.sweep();
+      lasting.sweptSize = lasting.memo.size;
+    }
     if (full) this.regenerations.inc({ kind: 'full' }, full);
     if (endpointsOnlyCount) this.regenerations.inc({ kind: 'endpoints' }, endpointsOnlyCount);
     this.opts.logger.debug({ mesh, full, endpointsOnly: endpointsOnlyCount, ms: Math.round(performance.now() - started) }, 'proxy configs regenerated and handed to their streams');

@@ -24,12 +24,18 @@ export interface ProxyStatus {
   types: Record<string, TypeStatus>;
 }
 
+/** A type's status as kept: times as epoch milliseconds (formatting a date per response and ACK is costly). */
+type TypeRecord = Omit<TypeStatus, 'lastSentAt' | 'lastAckedAt'> & { lastSentAt?: number; lastAckedAt?: number };
+type ProxyRecord = Omit<ProxyStatus, 'types'> & { streams: number; types: Record<string, TypeRecord> };
+
+const iso = (ms: number | undefined) => (ms === undefined ? undefined : new Date(ms).toISOString());
+
 /**
  * Per-proxy xDS status (Kuma's dataplane insight) and the Prometheus metrics of the ADS server.
  * It is the StreamHooks implementation the server passes to every stream.
  */
 export class XdsStatus implements StreamHooks {
-  private readonly proxies = new Map<string, ProxyStatus & { streams: number }>();
+  private readonly proxies = new Map<string, ProxyRecord>();
   private readonly connected: Gauge<'variant'>;
   private readonly responses: Counter<'type' | 'variant'>;
   private readonly acks: Counter<'type'>;
@@ -55,13 +61,13 @@ export class XdsStatus implements StreamHooks {
     });
   }
 
-  private entry(nodeId: string): ProxyStatus & { streams: number } {
+  private entry(nodeId: string): ProxyRecord {
     let p = this.proxies.get(nodeId);
     if (!p) this.proxies.set(nodeId, (p = { nodeId, connected: false, controlPlaneInstance: this.instanceId, types: {}, streams: 0 }));
     return p;
   }
 
-  private type(nodeId: string, typeUrl: TypeUrl): TypeStatus {
+  private type(nodeId: string, typeUrl: TypeUrl): TypeRecord {
     const p = this.entry(nodeId);
     const k = SHORT_NAME[typeUrl];
     return (p.types[k] ??= { responses: 0, acks: 0, nacks: 0 });
@@ -95,7 +101,7 @@ export class XdsStatus implements StreamHooks {
   onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, _resources?: number): void {
     const t = this.type(nodeId, typeUrl);
     t.lastSentVersion = version;
-    t.lastSentAt = new Date().toISOString();
+    t.lastSentAt = Date.now();
     t.responses++;
     const key = `${typeUrl} ${variant}`;
     let c = this.responseCounters.get(key);
@@ -106,7 +112,7 @@ export class XdsStatus implements StreamHooks {
   onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void {
     const t = this.type(nodeId, typeUrl);
     t.lastAckedVersion = version;
-    t.lastAckedAt = new Date().toISOString();
+    t.lastAckedAt = Date.now();
     t.acks++;
     let c = this.ackCounters.get(typeUrl);
     if (!c) this.ackCounters.set(typeUrl, (c = this.acks.labels(SHORT_NAME[typeUrl])));
@@ -132,8 +138,10 @@ export class XdsStatus implements StreamHooks {
   get(nodeId: string): ProxyStatus | undefined {
     const p = this.proxies.get(nodeId);
     if (!p) return undefined;
-    const { streams: _s, ...rest } = p;
-    return structuredClone(rest);
+    const { streams: _s, types, ...rest } = p;
+    const out: Record<string, TypeStatus> = {};
+    for (const [k, { lastSentAt, lastAckedAt, ...t }] of Object.entries(types)) out[k] = { ...t, lastSentAt: iso(lastSentAt), lastAckedAt: iso(lastAckedAt) };
+    return structuredClone({ ...rest, types: out });
   }
 
   all(): ProxyStatus[] {

@@ -171,7 +171,7 @@ export class ClientView {
 
   resetTo(map: ReadonlyMap<string, EncodedResource>): void {
     this.base = map;
-    this.extra.clear();
+    if (this.extra.size > 0) this.extra.clear();
   }
 }
 
@@ -537,7 +537,7 @@ export class AdsStream {
     );
     this.record(state, nonce, version);
     state.sent = desired;
-    state.forced.clear();
+    if (state.forced.size > 0) state.forced.clear(); // clear() allocates even when empty
     this.opts.send(res, bytesOf(resources));
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);
   }
@@ -566,7 +566,7 @@ export class AdsStream {
       if (state.subscribed.has(n)) state.toldMissing.add(n);
     }
     this.synced(state, all, compared, deferred === true);
-    state.forced.clear();
+    if (state.forced.size > 0) state.forced.clear();
     this.record(state, nonce, this.snapshot.version);
     this.opts.send(res, bytesOf(send));
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
@@ -581,7 +581,7 @@ export class AdsStream {
     if (deferred) return;
     state.syncedMap = all;
     state.subsDirty = false;
-    state.pending.clear();
+    if (state.pending.size > 0) state.pending.clear();
     const view = state.clientHas;
     if (view.base === all && view.extra.size === 0) return;
     // 'all': a client that held nothing was just sent every resource of the type.

@@ -82,6 +82,28 @@ class Generation {
     return v;
   }
 
+  /**
+   * Like `once`, but kept across rounds when the caller keeps a `LastingMemo`: `key` must
+   * determine the result entirely (every input spelled out, or named by `inputsId`).
+   */
+  lasting<T>(key: string, build: () => T): T {
+    const memo = this.ctx.lasting;
+    if (!memo) return this.once(key, build);
+    const known = memo.get(key);
+    if (known !== undefined) return known as T;
+    const v = build();
+    memo.set(key, v);
+    return v;
+  }
+
+  /** Names, by identity, the inputs a proxy's own listeners depend on: its Dataplane, the Mesh, the policies. */
+  inputsId(): string {
+    const memo = this.ctx.lasting;
+    const ctx = this.ctx;
+    const id = (o: object) => (memo ? memo.idOf(o) : idOf(this, o));
+    return `${id(ctx.dataplane)}:${id(ctx.mesh)}:${id(ctx.meshTrafficPermissions)}:${id(ctx.trafficPermissions)}`;
+  }
+
   stage<T>(name: string, build: () => T): T {
     try {
       return build();
@@ -125,7 +147,7 @@ const HTTP2_OPTIONS = {
 
 /** The cluster of a service: endpoints over EDS; HTTP/2 for gRPC and http2; mTLS to the peer's identity. */
 function serviceCluster(g: Generation, service: string): Obj {
-  return g.once(`cluster:${g.flavour}:${service}`, () => {
+  return g.lasting(`cluster:${g.flavour}:${service}:${g.protocolOf(service)}:${g.mtls}:${g.meshName}`, () => {
     const c: Obj = { name: service, type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE }, connect_timeout: CONNECT_TIMEOUT, lb_policy: 'ROUND_ROBIN' };
     if (g.flavour === 'sidecar' && isHttp2(g.protocolOf(service))) c.typed_extension_protocol_options = HTTP2_OPTIONS;
     if (g.mtls !== 'off') c.transport_socket = g.flavour === 'sidecar' ? sidecarUpstreamTls(g.meshName, service) : proxylessUpstreamTls(g.meshName, service);
@@ -260,27 +282,31 @@ function transparentOutboundListeners(g: Generation, services: readonly string[]
     const vip = vips.get(s);
     const info = g.services.get(s);
     if (!vip || !info) continue;
-    for (const p of new Set([...info.ports, 80])) out.push(g.once(`vip-listener:${s}:${p}`, () => ({ ...sidecarOutbound(g, outboundName(vip, p), vip, p, s), bind_to_port: { value: false } })));
+    for (const p of new Set([...info.ports, 80])) {
+      out.push(g.lasting(`vip-listener:${s}:${p}:${vip}:${g.protocolOf(s)}`, () => ({ ...sidecarOutbound(g, outboundName(vip, p), vip, p, s), bind_to_port: { value: false } })));
+    }
   }
-  out.push({
-    name: OUTBOUND_PASSTHROUGH,
-    address: { socket_address: { address: '0.0.0.0', port_value: port } },
-    traffic_direction: 'OUTBOUND',
-    use_original_dst: { value: true },
-    filter_chains: [{ name: fallback, filters: [tcpProxy(fallback, fallback)] }],
-  });
+  out.push(
+    g.lasting(`outbound-passthrough:${port}:${fallback}`, () => ({
+      name: OUTBOUND_PASSTHROUGH,
+      address: { socket_address: { address: '0.0.0.0', port_value: port } },
+      traffic_direction: 'OUTBOUND',
+      use_original_dst: { value: true },
+      filter_chains: [{ name: fallback, filters: [tcpProxy(fallback, fallback)] }],
+    })),
+  );
   return out;
 }
 
 /** The inbound redirect port: hands each connection to the inbound listener of its original destination. */
-function inboundPassthroughListener(port: number): Obj {
-  return {
+function inboundPassthroughListener(g: Generation, port: number): Obj {
+  return g.lasting(`inbound-passthrough:${port}`, () => ({
     name: INBOUND_PASSTHROUGH,
     address: { socket_address: { address: '0.0.0.0', port_value: port } },
     traffic_direction: 'INBOUND',
     use_original_dst: { value: true },
     filter_chains: [{ filters: [tcpProxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)] }],
-  };
+  }));
 }
 
 function sidecar(g: Generation): ResourceSet {
@@ -294,14 +320,14 @@ function sidecar(g: Generation): ResourceSet {
   let shared: readonly Obj[] = [];
 
   const locals = new Map<string, Obj>();
-  for (const ib of net.inbound ?? []) {
+  for (const [i, ib] of (net.inbound ?? []).entries()) {
     const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
     const local = localClusterName(target.port);
     const protocol = (ib.tags[PROTOCOL_TAG] ?? 'tcp') as Protocol;
     if (!locals.has(local) && !services.includes(local)) {
       locals.set(
         local,
-        g.once(`local:${local}:${target.address}:${isHttp2(protocol)}`, () => ({
+        g.lasting(`local:${local}:${target.address}:${isHttp2(protocol)}`, () => ({
           name: local,
           type: 'STATIC',
           connect_timeout: CONNECT_TIMEOUT,
@@ -310,7 +336,8 @@ function sidecar(g: Generation): ResourceSet {
         })),
       );
     }
-    listeners.push(g.stage('inbound listeners', () => sidecarInbound(g, ib, local)));
+    // The same inputs (this Dataplane, the Mesh, the policies: by identity), the same listener object as last round.
+    listeners.push(g.stage('inbound listeners', () => g.lasting(`inbound:${g.inputsId()}:${i}`, () => sidecarInbound(g, ib, local))));
   }
   extraClusters.push(...locals.values());
 
@@ -329,14 +356,14 @@ function sidecar(g: Generation): ResourceSet {
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
     const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
-    shared = g.once(`tp:listeners:${idOf(g, services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(inPort)]);
+    shared = g.once(`tp:listeners:${idOf(g, services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
     extraClusters.push(
-      g.once(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
+      g.lasting(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
         passthrough
           ? { name: OUTBOUND_PASSTHROUGH, type: 'ORIGINAL_DST', lb_policy: 'CLUSTER_PROVIDED', connect_timeout: CONNECT_TIMEOUT }
           : { name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } },
       ),
-      g.once(`cluster:${INBOUND_PASSTHROUGH}`, () => ({
+      g.lasting(`cluster:${INBOUND_PASSTHROUGH}`, () => ({
         name: INBOUND_PASSTHROUGH,
         type: 'ORIGINAL_DST',
         lb_policy: 'CLUSTER_PROVIDED',
@@ -353,7 +380,7 @@ function sidecar(g: Generation): ResourceSet {
     [...new Set([...(tp ? services : []), ...explicit])]
       .filter((s) => isHttp(g.protocolOf(s)))
       .sort()
-      .map((s) => g.once(`route:sidecar:${s}`, () => routeTo(outboundRouteName(s), s, g.protocolOf(s)))),
+      .map((s) => g.lasting(`route:sidecar:${s}:${g.protocolOf(s)}`, () => routeTo(outboundRouteName(s), s, g.protocolOf(s)))),
   );
   let clusters = outbound.clusters;
   if (extraClusters.length > 0) {
@@ -416,17 +443,19 @@ function proxyless(g: Generation): ResourceSet {
   // Client listeners and routes of the services it calls: one shared list per distinct reach.
   const client = g.once(`proxyless:client:${idOf(g, services)}`, () => ({
     listeners: services.map((s) =>
-      g.once(`api-listener:${s}`, () => ({
+      g.lasting(`api-listener:${s}`, () => ({
         name: s,
         api_listener: { api_listener: { '@type': ANY.HttpConnectionManager, stat_prefix: s, ...rdsOf(s), http_filters: [ROUTER_FILTER] } },
       })),
     ),
-    routes: services.map((s) => g.once(`route:proxyless:${s}`, () => ({ name: s, virtual_hosts: [{ name: s, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: s } }] }] }))),
+    routes: services.map((s) => g.lasting(`route:proxyless:${s}`, () => ({ name: s, virtual_hosts: [{ name: s, domains: ['*'], routes: [{ match: { prefix: '' }, route: { cluster: s } }] }] }))),
   }));
   const listeners: Obj[] = [];
-  for (const ib of net.inbound ?? []) {
+  for (const [i, ib] of (net.inbound ?? []).entries()) {
     // The app may bind its Dataplane address or every address; each has its own listener name.
-    for (const address of new Set([ib.address ?? net.address, '0.0.0.0', '::'])) listeners.push(g.stage('server listeners', () => proxylessServerListener(g, ib, address)));
+    for (const address of new Set([ib.address ?? net.address, '0.0.0.0', '::'])) {
+      listeners.push(g.stage('server listeners', () => g.lasting(`grpc-server:${g.inputsId()}:${i}:${address}`, () => proxylessServerListener(g, ib, address))));
+    }
   }
   return {
     [TypeUrl.Cluster]: outbound.clusters,

@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Registry } from 'prom-client';
+import { buildSnapshot, Reconciler, ResourceEncoder, SnapshotCache } from '../../src/ads/index.js';
+import { createLogger, defaultRegistry, type DataplaneSpec, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type ResourceInput, type TrafficPermissionSpec } from '../../src/core/index.js';
+import { openStore, type Store } from '../../src/store/index.js';
+import { generateProxyConfig, LastingMemo, PROXYLESS_LABEL, TypeUrl, type MeshContext } from '../../src/xds/index.js';
+import { meshInput } from '../helpers/fixtures.js';
+
+const MESH = 'lm';
+
+/**
+ * The reconciler keeps translation's memo across rounds (`LastingMemo`): a proxy whose Dataplane,
+ * Mesh and policies are the same objects as last round gets last round's listener objects. This
+ * checks that against translation from scratch after every step of a sequence of changes to
+ * exactly those inputs: policies, a Dataplane's tags, the mesh's mTLS mode, protocols.
+ */
+describe('reconciler: translation memo kept across rounds', () => {
+  let dir: string;
+  let store: Store;
+  let bundle = ['-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n'];
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'weft-lasting-'));
+    store = await openStore({ type: 'embedded', dataDir: dir }, { registry: defaultRegistry() });
+  });
+  after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const dp = (name: string, service: string, address: string, opts: { ready?: boolean; protocol?: string; proxyless?: boolean; tags?: Record<string, string> } = {}): ResourceInput => ({
+    type: 'Dataplane',
+    mesh: MESH,
+    name,
+    labels: opts.proxyless ? { [PROXYLESS_LABEL]: 'true' } : ({} as Record<string, string>),
+    spec: {
+      networking: {
+        address,
+        inbound: [{ port: 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': opts.protocol ?? 'http', ...opts.tags }, ...(opts.ready === false ? { health: { ready: false } } : {}) }],
+        ...(opts.proxyless ? {} : { transparentProxying: {} }),
+      },
+    },
+  });
+  const mesh = (mode?: 'STRICT' | 'PERMISSIVE') => meshInput(MESH, mode ? { mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', mode }] } } : {});
+  const mtp = (name: string, targetRef: Record<string, unknown>, action: string): ResourceInput => ({
+    type: 'MeshTrafficPermission',
+    mesh: MESH,
+    name,
+    labels: {},
+    spec: { spec: { targetRef, from: [{ targetRef: { kind: 'MeshService', name: 'web' }, default: { action } }] } },
+  });
+
+  async function expectFromScratch(cache: SnapshotCache, ids: string[], step: string): Promise<void> {
+    const m = (await store.get({ type: 'Mesh', mesh: '', name: MESH })) as Resource<MeshSpec>;
+    const list = async <T>(type: string) => (await store.list(type, { mesh: MESH })).items as Resource<T>[];
+    const dataplanes = await list<DataplaneSpec>('Dataplane');
+    const trafficPermissions = await list<TrafficPermissionSpec>('TrafficPermission');
+    const meshTrafficPermissions = await list<MeshTrafficPermissionBody>('MeshTrafficPermission');
+    for (const id of ids) {
+      const dataplane = dataplanes.find((d) => `${MESH}.${d.name}` === id)!;
+      const full = generateProxyConfig({ mesh: m, dataplane, dataplanes, trafficPermissions, meshTrafficPermissions, trustBundle: m.spec.mtls?.enabledBackend ? bundle : [] });
+      assert.equal(cache.get(id)?.version, buildSnapshot(new ResourceEncoder(), id, full).version, `${id} after ${step}`);
+    }
+  }
+
+  it('through policy, tag, mTLS mode, trust bundle and protocol changes', async () => {
+    await store.create(mesh('STRICT'));
+    await store.write([
+      { op: 'upsert', resource: dp('web-1', 'web', '10.2.0.1') },
+      { op: 'upsert', resource: dp('web-2', 'web', '10.2.0.2') },
+      { op: 'upsert', resource: dp('api-1', 'api', '10.2.0.3', { protocol: 'tcp' }) },
+      { op: 'upsert', resource: dp('grpc-1', 'grpc', '10.2.0.4', { protocol: 'grpc', proxyless: true }) },
+    ]);
+    const cache = new SnapshotCache();
+    const rec = new Reconciler({ store, cache, logger: createLogger('test', 'silent'), metrics: new Registry(), debounceMs: 0, debounceMaxMs: 0, trustBundle: async () => bundle });
+    rec.start();
+    const ids = ['web-1', 'web-2', 'api-1', 'grpc-1'].map((n) => `${MESH}.${n}`);
+    ids.forEach((id) => rec.track(id));
+    await rec.settle();
+    await expectFromScratch(cache, ids, 'connecting');
+
+    const steps: [string, () => Promise<unknown>][] = [
+      ['a policy for api', () => store.upsert(mtp('api-from-web', { kind: 'MeshService', name: 'api' }, 'Deny'))],
+      ['an endpoint change', () => store.upsert(dp('web-2', 'web', '10.2.0.2', { ready: false }))],
+      ['a policy for one Dataplane', () => store.upsert(mtp('web-1-only', { kind: 'Dataplane', name: 'web-1' }, 'Deny'))],
+      ['web-1 tags changed', () => store.upsert(dp('web-1', 'web', '10.2.0.1', { tags: { version: 'v2' } }))],
+      ['web-1 address changed', () => store.upsert(dp('web-1', 'web', '10.2.0.11', { tags: { version: 'v2' } }))],
+      ['the policy for api flipped', () => store.upsert(mtp('api-from-web', { kind: 'MeshService', name: 'api' }, 'Allow'))],
+      ['mTLS PERMISSIVE', () => store.upsert(mesh('PERMISSIVE'))],
+      [
+        'a new trust bundle with a mesh change',
+        () => {
+          bundle = [...bundle, '-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n'];
+          return store.upsert(mesh('STRICT'));
+        },
+      ],
+      ['api becomes http', () => store.upsert(dp('api-1', 'api', '10.2.0.3', { protocol: 'http' }))],
+      ['the Dataplane policy deleted', () => store.delete({ type: 'MeshTrafficPermission', mesh: MESH, name: 'web-1-only' })],
+      ['mTLS off', () => store.upsert(mesh())],
+    ];
+    for (const [step, change] of steps) {
+      await change();
+      await new Promise((r) => setTimeout(r, 5));
+      await rec.settle();
+      await expectFromScratch(cache, ids, step);
+    }
+    rec.close();
+  });
+});
+
+describe('translation with a LastingMemo', () => {
+  const meshOf = (spec: Record<string, unknown>): Resource<MeshSpec> => ({ type: 'Mesh', mesh: '', name: 'm', labels: {}, spec, version: '1', creationTime: '', modificationTime: '' }) as unknown as Resource<MeshSpec>;
+  const dataplane = (address: string): Resource<DataplaneSpec> =>
+    ({
+      type: 'Dataplane',
+      mesh: 'm',
+      name: 'web-1',
+      labels: {},
+      spec: { networking: { address, inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web', 'kuma.io/protocol': 'http' } }], transparentProxying: { redirectPortInbound: 15006, redirectPortOutbound: 15001 } } },
+      version: '1',
+      creationTime: '',
+      modificationTime: '',
+    }) as unknown as Resource<DataplaneSpec>;
+  const inbound = (ctx: MeshContext) => (generateProxyConfig(ctx)[TypeUrl.Listener] ?? []).find((l) => String(l.name).startsWith('inbound:10.'));
+
+  it('hands out the same objects while the inputs are the same objects, and new ones when they are not', () => {
+    const lasting = new LastingMemo();
+    const mesh = meshOf({});
+    const dp = dataplane('10.3.0.1');
+    const base = { mesh, dataplane: dp, dataplanes: [dp], trafficPermissions: [], meshTrafficPermissions: [], lasting };
+    lasting.startRound();
+    const first = inbound({ ...base, memo: new Map() });
+    lasting.startRound();
+    assert.equal(inbound({ ...base, memo: new Map() }), first, 'a later round, same inputs: the same object');
+    const moved = dataplane('10.3.0.2');
+    const other = inbound({ ...base, dataplane: moved, dataplanes: [moved], memo: new Map() });
+    assert.notEqual(other, first);
+    assert.equal((other?.address as { socket_address: { address: string } }).socket_address.address, '10.3.0.2');
+    const strict = inbound({ ...base, mesh: meshOf({ mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } }), trustBundle: ['x'], memo: new Map() });
+    assert.notEqual(strict, first, 'another Mesh object');
+    assert.ok((strict?.filter_chains as unknown[]).length === 1 && 'transport_socket' in (strict!.filter_chains as Record<string, unknown>[])[0]!, 'with mTLS');
+    lasting.sweep();
+    assert.ok(lasting.size > 0, 'what this round used stays');
+    lasting.startRound();
+    lasting.sweep();
+    assert.equal(lasting.size, 0, 'a round that used nothing leaves nothing');
+  });
+});
