@@ -55,6 +55,13 @@ function pct(xs: number[], p: number): number {
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
 }
 
+/** The CP's memory by kind, from its own Prometheus metrics: V8 heap used and committed, buffers outside the heap. */
+async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
+  const text = await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text();
+  const mb = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 1048576);
+  return { heapUsedMB: mb('nodejs_heap_size_used_bytes'), heapTotalMB: mb('nodejs_heap_size_total_bytes'), externalMB: mb('nodejs_external_memory_bytes') };
+}
+
 async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
   const res = await fetch(`${cp.apiUrl}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
@@ -117,6 +124,9 @@ async function scenario(variant: 'sotw' | 'delta') {
     await readyP;
     const coldStart = (Date.now() - t0) / 1000;
     const afterCold = procStats(cp.child.pid!);
+    const memoryAfterCold = await memoryOf(cp);
+    // WEFT_BENCH_SMAPS=FILE: the CP's memory mappings at this point, to see what its RSS is made of.
+    if (process.env.WEFT_BENCH_SMAPS) writeFileSync(process.env.WEFT_BENCH_SMAPS, readFileSync(`/proc/${cp.child.pid}/smaps`));
 
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
       workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
@@ -169,7 +179,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },
       endpointChange,
       meshWideChange: meshWide,
-      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
+      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
     workers.forEach((w) => w.kill('SIGKILL'));

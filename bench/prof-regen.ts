@@ -62,6 +62,8 @@ if (streams) {
   for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) attach(`default.svc-${s}-${r}`);
   await drainAcks();
 }
+// WEFT_PROF_HEAPSNAPSHOT=FILE: a heap snapshot once every proxy has its config.
+if (process.env.WEFT_PROF_HEAPSNAPSHOT) (await import('node:v8')).writeHeapSnapshot(process.env.WEFT_PROF_HEAPSNAPSHOT);
 console.log('cold generation ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
 // Endpoint changes: one replica of svc-7 flips between ready and not ready (WEFT_PROF_ROUNDS times).
 const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);

@@ -150,7 +150,9 @@ export class ResourceEncoder {
     const violations: ProtoViolation[] = checkResource(typeUrl, obj);
     if (violations.length > 0) return violations.map((v) => ({ typeUrl, name, field: v.field, message: v.message }));
     const type = messageType(typeUrl);
-    const bytes = type.encode(type.fromObject(obj)).finish();
+    // A copy of its own: protobufjs writes small messages into Node's shared 8 KB buffer slabs, and
+    // a long-lived slice would keep its whole slab (mostly garbage) alive.
+    const bytes = new Uint8Array(type.encode(type.fromObject(obj)).finish());
     const secretRefs = typeUrl === TypeUrl.Cluster || typeUrl === TypeUrl.Listener ? secretRefsOf(obj) : [];
     const res: EncodedResource = { typeUrl, name, version: hash(bytes), bytes, refs: referencesOf(typeUrl, obj), secretRefs };
     const entry: ContentEntry = { key, serial: this.nextSerial++, res, refs: 0, live: true };

@@ -90,7 +90,8 @@ export interface StreamHooks {
 
 interface TypeState {
   readonly typeUrl: TypeUrl;
-  subscribed: Set<string>;
+  /** Never changed in place: replaced, and shared between streams subscribing the same names (`internNames`). */
+  subscribed: ReadonlySet<string>;
   wildcard: boolean;
   /** The client named resources explicitly at least once (then an empty list means none). */
   explicit: boolean;
@@ -134,6 +135,26 @@ export interface StreamOptions {
 }
 
 let streamCounter = 0;
+
+/**
+ * Subscriptions by content: thousands of proxies subscribe the same hundreds of EDS names, and a
+ * set of them each costs ~10 KB. Sets handed in must not be changed afterwards. An entry goes
+ * when no stream holds its set any more.
+ */
+const internedNames = new Map<string, WeakRef<ReadonlySet<string>>>();
+const internedGone = new FinalizationRegistry<string>((key) => {
+  if (internedNames.get(key)?.deref() === undefined) internedNames.delete(key);
+});
+
+export function internNames(names: ReadonlySet<string>): ReadonlySet<string> {
+  if (names.size < 32) return names;
+  const key = [...names].sort().join('\n');
+  const known = internedNames.get(key)?.deref();
+  if (known) return known;
+  internedNames.set(key, new WeakRef(names));
+  internedGone.register(names, key);
+  return names;
+}
 
 /**
  * What a delta client holds, name to version. After a full sync it is just a reference to the
@@ -311,7 +332,7 @@ export class AdsStream {
   private subscribe(state: TypeState, names: string[]): void {
     if (names.includes('*')) {
       state.wildcard = true;
-      state.subscribed = new Set(names.filter((n) => n !== '*'));
+      state.subscribed = internNames(new Set(names.filter((n) => n !== '*')));
     } else if (names.length === 0) {
       state.wildcard = !state.explicit;
       state.subscribed = new Set();
@@ -319,7 +340,7 @@ export class AdsStream {
       state.wildcard = false;
       state.explicit = true;
       // ACKs repeat the names: keep the same set then (cached checks stay valid).
-      if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = new Set(names);
+      if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = internNames(new Set(names));
     }
   }
 
@@ -401,13 +422,14 @@ export class AdsStream {
     for (const name of [...sub, ...unsub]) state.pending.add(name);
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
+    const subscribed = sub.length + unsub.length > 0 ? new Set(state.subscribed) : undefined;
     for (const name of sub) {
       if (name === '*') {
         state.wildcard = true;
         continue;
       }
       state.explicit = true;
-      state.subscribed.add(name);
+      subscribed!.add(name);
       // Rule 19: a (re)subscribed name is sent even if we think the client has it...
       if (initial[name] === undefined) state.clientHas.delete(name);
       state.toldMissing.delete(name);
@@ -415,12 +437,13 @@ export class AdsStream {
     for (const name of unsub) {
       // Rule 21: unsubscribing a name the client never had is harmless.
       if (name === '*') state.wildcard = false;
-      state.subscribed.delete(name);
+      subscribed!.delete(name);
       state.clientHas.delete(name);
       state.toldMissing.delete(name);
     }
     // Rule 20: ...unless it came with the version the client already holds after a reconnect.
     for (const [name, version] of Object.entries(initial)) state.clientHas.set(name, version);
+    if (subscribed) state.subscribed = internNames(subscribed);
   }
 
   private wants(state: TypeState, name: string): boolean {

@@ -21,9 +21,9 @@ export interface PreEncoded {
 const deltaChunks = new WeakMap<EncodedResource, Uint8Array>();
 const sotwChunks = new WeakMap<EncodedResource, Uint8Array>();
 
-/** Field 2, wire type 2 (length-delimited), around `body`. */
+/** Field 2, wire type 2 (length-delimited), around `body`; in a buffer of its own, as it lives long (see cache.ts). */
 function field2(body: Uint8Array): Uint8Array {
-  return protobuf.Writer.create().uint32((2 << 3) | 2).bytes(body).finish();
+  return new Uint8Array(protobuf.Writer.create().uint32((2 << 3) | 2).bytes(body).finish());
 }
 
 function chunk(r: EncodedResource, delta: boolean): Uint8Array {

@@ -23,9 +23,25 @@ const splits = new WeakMap<readonly Obj[], { shared: readonly Obj[]; own: readon
  */
 export function joinShared(shared: readonly Obj[], own: readonly Obj[]): readonly Obj[] {
   if (shared.length === 0) return own;
-  const list = [...shared, ...own];
-  splits.set(list, { shared, own });
-  return list;
+  // The joined array is built only if someone reads the list (tests, the config API): the control
+  // plane uses the parts, and 2000 proxies' copies of a thousand-listener array cost ~25 MB to keep
+  // and as much garbage each round. Read-only, like every list translation hands out.
+  let joined: Obj[] | undefined;
+  const list = (): Obj[] => (joined ??= [...shared, ...own]);
+  const readOnly = () => {
+    throw new TypeError('a list from translation is read-only');
+  };
+  const lazy = new Proxy<Obj[]>([], {
+    get: (_t, key) => Reflect.get(list(), key),
+    has: (_t, key) => Reflect.has(list(), key),
+    ownKeys: () => Reflect.ownKeys(list()),
+    getOwnPropertyDescriptor: (_t, key) => Reflect.getOwnPropertyDescriptor(list(), key),
+    set: readOnly,
+    defineProperty: readOnly,
+    deleteProperty: readOnly,
+  });
+  splits.set(lazy, { shared, own });
+  return lazy;
 }
 
 /** The parts a list from `joinShared` was made of (undefined for any other list). */
