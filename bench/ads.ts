@@ -59,7 +59,15 @@ function pct(xs: number[], p: number): number {
 async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
   const text = await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text();
   const mb = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 1048576);
-  return { heapUsedMB: mb('nodejs_heap_size_used_bytes'), heapTotalMB: mb('nodejs_heap_size_total_bytes'), externalMB: mb('nodejs_external_memory_bytes') };
+  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN);
+  return {
+    heapUsedMB: mb('nodejs_heap_size_used_bytes'),
+    heapTotalMB: mb('nodejs_heap_size_total_bytes'),
+    externalMB: mb('nodejs_external_memory_bytes'),
+    // Response bytes handed to gRPC and not yet written, and streams waiting for the send budget.
+    sendBytesInFlight: value('weft_xds_send_bytes_in_flight'),
+    streamsWaitingToSend: value('weft_xds_streams_waiting_to_send'),
+  };
 }
 
 async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
