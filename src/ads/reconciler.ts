@@ -268,6 +268,9 @@ export class Reconciler {
     let endpointsOnlyCount = 0;
     // Newcomers read the whole mesh: changes still waiting for their round are then in it too.
     const data = only ? await this.load(mesh) : await this.loadFor(mesh, changed);
+    // Whole and current, so the next round can start from it (the changes it has not handled yet
+    // are still marked dirty and are read again then).
+    if (only) this.meshData.set(mesh, data);
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
     this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
     const memo = new Map<string, unknown>();
