@@ -231,6 +231,26 @@ export class Reconciler {
   }
 
   /**
+   * The mesh as of now for proxies that just connected: the cached mesh with the Dataplanes changed
+   * since the last round read again (they stay marked for their own round), or the whole mesh when
+   * there is no cached copy or more than Dataplanes changed. Connecting proxies then do not each
+   * cost a read of every Dataplane.
+   */
+  private async loadForNewcomers(mesh: string): Promise<MeshData> {
+    const dirty = this.dirty.get(mesh);
+    const cached = this.meshData.get(mesh);
+    if (dirty === 'all' || !cached) {
+      const data = await this.load(mesh);
+      this.meshData.set(mesh, data);
+      return data;
+    }
+    return dirty && dirty.size > 0 ? this.loadFor(mesh, new Set(dirty)) : cached;
+  }
+
+  /** Services and their shape, per list of Dataplanes (a round that read nothing new reuses them). */
+  private readonly derived = new WeakMap<readonly Resource<DataplaneSpec>[], { services: ReturnType<typeof meshServices>; shape: string }>();
+
+  /**
    * The connected proxies of a mesh a change to some Dataplanes can affect: those Dataplanes
    * themselves, proxies reaching a service they provided before or provide now, and, when the
    * mesh's set of services changed, proxies that reach every service.
@@ -266,13 +286,11 @@ export class Reconciler {
     const started = performance.now();
     let full = 0;
     let endpointsOnlyCount = 0;
-    // Newcomers read the whole mesh: changes still waiting for their round are then in it too.
-    const data = only ? await this.load(mesh) : await this.loadFor(mesh, changed);
-    // Whole and current, so the next round can start from it (the changes it has not handled yet
-    // are still marked dirty and are read again then).
-    if (only) this.meshData.set(mesh, data);
+    const data = only ? await this.loadForNewcomers(mesh) : await this.loadFor(mesh, changed);
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
-    this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
+    // A newcomers' round may see changes whose own round has not run yet; that round must still
+    // compare them with what was provided before them.
+    if (!only || !this.provided.has(mesh)) this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
     const memo = new Map<string, unknown>();
     let lasting = this.lasting.get(mesh);
     if (!lasting) this.lasting.set(mesh, (lasting = { memo: new LastingMemo(), sweptSize: 0 }));
@@ -287,8 +305,12 @@ export class Reconciler {
         return;
       }
     }
-    const services = meshServices(data.dataplanes);
-    const shape = servicesShape(services);
+    let derived = this.derived.get(data.dataplanes);
+    if (!derived) {
+      const services = meshServices(data.dataplanes);
+      this.derived.set(data.dataplanes, (derived = { services, shape: servicesShape(services) }));
+    }
+    const { services, shape } = derived;
     const bundle = trustBundle.join('');
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;

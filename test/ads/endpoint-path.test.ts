@@ -92,4 +92,30 @@ describe('reconciler: endpoint-only rounds equal full translation', () => {
     assert.ok((counts.full ?? 0) >= ids.length * 2, 'and full translation where the services changed');
     rec.close();
   });
+
+  it('a proxy connecting between a change and its round does not hide the change from that round', async () => {
+    // api-9 stops providing "api" and provides "db"; before the change's round runs, a proxy
+    // connects and its round reads the mesh with the change in it. The change's round must still
+    // see that "api" lost an endpoint, or proxies reaching only "api" would keep api-9 for ever.
+    await store.write([
+      { op: 'upsert', resource: dp('api-9', 'api', '10.1.9.1', { protocol: 'tcp', port: 9000 }) },
+      { op: 'upsert', resource: dp('api-8', 'api', '10.1.9.2', { protocol: 'tcp', port: 9000 }) },
+      { op: 'upsert', resource: dp('db-9', 'db', '10.1.9.3', { protocol: 'tcp', port: 5432 }) },
+      { op: 'upsert', resource: dp('narrow-9', 'narrow', '10.1.9.4', { reach: ['api'] }) },
+      { op: 'upsert', resource: dp('late-9', 'late', '10.1.9.5', { reach: ['db'] }) },
+    ]);
+    const cache = new SnapshotCache();
+    const rec = new Reconciler({ store, cache, logger: createLogger('test', 'silent'), metrics: new Registry(), debounceMs: 10_000, debounceMaxMs: 10_000 });
+    rec.start();
+    rec.track('eps.narrow-9');
+    await rec.settle();
+    await expectFullEquivalence(cache, ['eps.narrow-9'], 'connecting');
+    await store.upsert(dp('api-9', 'db', '10.1.9.1', { protocol: 'tcp', port: 5432 }));
+    await new Promise((r) => setTimeout(r, 20)); // the change is marked, its round waits for the debounce
+    rec.track('eps.late-9'); // its round runs now, while the change's round waits
+    while (!cache.get('eps.late-9')) await new Promise((r) => setTimeout(r, 5));
+    await rec.settle();
+    await expectFullEquivalence(cache, ['eps.narrow-9', 'eps.late-9'], 'a service change with a proxy connecting before its round');
+    rec.close();
+  });
 });
