@@ -6,6 +6,7 @@
  *   WEFT_PROF_STREAMS=1 node dist/bench/prof-regen.js    # each proxy also has a delta stream: serialize + ACK
  *   WEFT_PROF_MESHWIDE=1 ...                             # a new service each round instead
  *   WEFT_PROF_SERVICES=350 WEFT_PROF_ROUNDS=10 node --cpu-prof dist/bench/prof-regen.js
+ *   WEFT_PROF_HEAPSNAPSHOT=/tmp/cp.heapsnapshot ...       # a heap snapshot after the cold generation
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';

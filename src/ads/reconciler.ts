@@ -106,6 +106,8 @@ export class Reconciler {
   track(nodeId: string): void {
     this.tracked.set(nodeId, (this.tracked.get(nodeId) ?? 0) + 1);
     if (this.tracked.get(nodeId) !== 1) return;
+    const mesh = meshOf(nodeId)[0];
+    this.trackedInMesh.set(mesh, (this.trackedInMesh.get(mesh) ?? 0) + 1);
     this.newcomers.add(nodeId);
     if (this.newcomers.size === 1) setImmediate(() => this.flushNewcomers());
   }
@@ -130,8 +132,16 @@ export class Reconciler {
     this.last.delete(nodeId);
     this.opts.cache.delete(nodeId);
     const mesh = meshOf(nodeId)[0];
-    if (![...this.tracked.keys()].some((id) => meshOf(id)[0] === mesh)) this.lasting.delete(mesh);
+    const left = (this.trackedInMesh.get(mesh) ?? 1) - 1;
+    if (left > 0) this.trackedInMesh.set(mesh, left);
+    else {
+      this.trackedInMesh.delete(mesh);
+      this.lasting.delete(mesh);
+    }
   }
+
+  /** Distinct tracked proxies per mesh. */
+  private readonly trackedInMesh = new Map<string, number>();
 
   private markDirty(mesh: string, dataplane?: string): void {
     const cur = this.dirty.get(mesh);
@@ -356,7 +366,7 @@ export class Reconciler {
     end();
     // After a round over every proxy of the mesh, what it did not use is stale; partial rounds
     // sweep only when the memo has grown well past its last swept size.
-    const everyone = nodes.length >= [...this.tracked.keys()].filter((id) => meshOf(id)[0] === mesh).length;
+    const everyone = nodes.length >= (this.trackedInMesh.get(mesh) ?? 0);
     if (everyone || lasting.memo.size > 2 * lasting.sweptSize + 10_000) {
       lasting.memo.sweep();
       lasting.sweptSize = lasting.memo.size;
