@@ -148,7 +148,8 @@ const internedGone = new FinalizationRegistry<string>((key) => {
 
 export function internNames(names: ReadonlySet<string>): ReadonlySet<string> {
   if (names.size < 32) return names;
-  const key = [...names].sort().join('\n');
+  // JSON, not a plain join: clients choose names, and "a\nb" must not stand for "a" and "b".
+  const key = JSON.stringify([...names].sort());
   const known = internedNames.get(key)?.deref();
   if (known) return known;
   internedNames.set(key, new WeakRef(names));

@@ -184,3 +184,17 @@ describe('streams over shared parts and the send budget', () => {
     a.s.close();
   });
 });
+
+describe('subscriptions shared between streams', () => {
+  it('equal name sets share one set; names that only join to the same text do not', async () => {
+    const { internNames } = await import('../../src/ads/stream.js');
+    const others = Array.from({ length: 31 }, (_, i) => `x${String(i).padStart(2, '0')}`);
+    const first = internNames(new Set([...others, 'a']));
+    assert.equal(internNames(new Set(['a', ...others].reverse())), first, 'the same names in another order: the same set');
+    // A client picks its names: "a\nb" must not make another stream's {"a", "b"} resolve to its set.
+    const crafted = internNames(new Set([...others, 'a\nb']));
+    const honest = internNames(new Set([...others, 'a', 'b']));
+    assert.notEqual(honest, crafted);
+    assert.deepEqual([...honest].sort(), [...others, 'a', 'b'].sort());
+  });
+});

@@ -1,0 +1,43 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { DataplaneSpec, MeshSpec, Resource } from '../../src/core/index.js';
+import { generateProxyConfig, LastingMemo, TypeUrl, type MeshContext } from '../../src/xds/index.js';
+
+describe('translation with a LastingMemo', () => {
+  const meshOf = (spec: Record<string, unknown>): Resource<MeshSpec> => ({ type: 'Mesh', mesh: '', name: 'm', labels: {}, spec, version: '1', creationTime: '', modificationTime: '' }) as unknown as Resource<MeshSpec>;
+  const dataplane = (address: string): Resource<DataplaneSpec> =>
+    ({
+      type: 'Dataplane',
+      mesh: 'm',
+      name: 'web-1',
+      labels: {},
+      spec: { networking: { address, inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web', 'kuma.io/protocol': 'http' } }], transparentProxying: { redirectPortInbound: 15006, redirectPortOutbound: 15001 } } },
+      version: '1',
+      creationTime: '',
+      modificationTime: '',
+    }) as unknown as Resource<DataplaneSpec>;
+  const inbound = (ctx: MeshContext) => (generateProxyConfig(ctx)[TypeUrl.Listener] ?? []).find((l) => String(l.name).startsWith('inbound:10.'));
+
+  it('hands out the same objects while the inputs are the same objects, and new ones when they are not', () => {
+    const lasting = new LastingMemo();
+    const mesh = meshOf({});
+    const dp = dataplane('10.3.0.1');
+    const base = { mesh, dataplane: dp, dataplanes: [dp], trafficPermissions: [], meshTrafficPermissions: [], lasting };
+    lasting.startRound();
+    const first = inbound({ ...base, memo: new Map() });
+    lasting.startRound();
+    assert.equal(inbound({ ...base, memo: new Map() }), first, 'a later round, same inputs: the same object');
+    const moved = dataplane('10.3.0.2');
+    const other = inbound({ ...base, dataplane: moved, dataplanes: [moved], memo: new Map() });
+    assert.notEqual(other, first);
+    assert.equal((other?.address as { socket_address: { address: string } }).socket_address.address, '10.3.0.2');
+    const strict = inbound({ ...base, mesh: meshOf({ mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } }), trustBundle: ['x'], memo: new Map() });
+    assert.notEqual(strict, first, 'another Mesh object');
+    assert.ok((strict?.filter_chains as unknown[]).length === 1 && 'transport_socket' in (strict!.filter_chains as Record<string, unknown>[])[0]!, 'with mTLS');
+    lasting.sweep();
+    assert.ok(lasting.size > 0, 'what this round used stays');
+    lasting.startRound();
+    lasting.sweep();
+    assert.equal(lasting.size, 0, 'a round that used nothing leaves nothing');
+  });
+});
