@@ -24,6 +24,10 @@ interface Watch {
 }
 type Msg = Start | Watch | { cmd: 'stop' };
 
+// HTTP/2 flow-control window of each proxy's connection: Envoy's default for the xDS cluster of
+// its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
+const FLOW_WINDOW = Number(process.env.WEFT_BENCH_FLOW_WINDOW ?? 268_435_456);
+
 const clients = new Map<string, XdsTestClient>();
 const ready = new Set<string>();
 let watch: Watch | undefined;
@@ -79,7 +83,7 @@ process.on('message', (m: Msg) => {
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
       const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
-      const c: XdsTestClient = new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', onResponse: (r) => onResponse(id, c, r, state) });
+      const c: XdsTestClient = new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, onResponse: (r) => onResponse(id, c, r, state) });
       clients.set(id, c);
       if (m.variant === 'sotw') {
         c.subscribe(TypeUrl.Cluster, []);

@@ -7,7 +7,7 @@
  *   WEFT_BENCH_SERVICES=50 WEFT_BENCH_VARIANTS=delta npm run bench:ads
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,6 +70,26 @@ async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
   };
 }
 
+/** Signals the CP to write a heap snapshot into dir, waits until the file is complete, and returns its memory then. */
+async function heapSnapshot(cp: CpProcess, dir: string): Promise<Record<string, number>> {
+  const before = new Set(readdirSync(dir));
+  cp.child.kill('SIGUSR2');
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 500));
+    // The snapshot is written on the CP's main thread: once it answers again, the file is complete.
+    if (readdirSync(dir).some((f) => !before.has(f) && f.endsWith('.heapsnapshot'))) {
+      // A kept-alive connection may have been reset while the CP was busy: ask again.
+      for (let i = 0; ; i++) {
+        try {
+          return await memoryOf(cp);
+        } catch (e) {
+          if (i === 3) throw e;
+        }
+      }
+    }
+  }
+}
+
 async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
   const res = await fetch(`${cp.apiUrl}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
@@ -106,6 +126,9 @@ async function scenario(variant: 'sotw' | 'delta') {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-bench-ads-'));
   // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
   const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
+  // WEFT_BENCH_CP_HEAPSNAPSHOT=DIR writes a heap snapshot of weft-cp there after cold start.
+  const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
+  if (snapshotDir) profile.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
   const cp = await spawnControlPlane(
     { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'debug' },
     [process.execPath, ...profile, binPath('weft-cp'), 'run'],
@@ -135,6 +158,8 @@ async function scenario(variant: 'sotw' | 'delta') {
     const memoryAfterCold = await memoryOf(cp);
     // WEFT_BENCH_SMAPS=FILE: the CP's memory mappings at this point, to see what its RSS is made of.
     if (process.env.WEFT_BENCH_SMAPS) writeFileSync(process.env.WEFT_BENCH_SMAPS, readFileSync(`/proc/${cp.child.pid}/smaps`));
+    // A heap snapshot collects garbage first, so the heap used after it is what the CP keeps.
+    const memoryAfterSnapshot = snapshotDir ? await heapSnapshot(cp, snapshotDir) : undefined;
 
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
       workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
@@ -187,7 +212,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },
       endpointChange,
       meshWideChange: meshWide,
-      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
+      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
     workers.forEach((w) => w.kill('SIGKILL'));

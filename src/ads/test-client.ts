@@ -53,6 +53,8 @@ export class XdsTestClient {
       ownConnection?: boolean;
       /** Called with every response instead of recording it (benchmarks: no promise or timer per response). */
       onResponse?: (r: Received) => void;
+      /** HTTP/2 flow-control window in bytes (grpc-js: 64 KiB; Envoy's default for its xDS cluster: 256 MiB). */
+      flowControlWindow?: number;
     } = {},
   ) {
     this.retain = opts.retain !== false;
@@ -61,7 +63,11 @@ export class XdsTestClient {
     const res = codec(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
     const path = `/envoy.service.discovery.v3.AggregatedDiscoveryService/${sotw ? 'StreamAggregatedResources' : 'DeltaAggregatedResources'}`;
     // No channelz: nothing reads it, and it costs each call and connection (a real Envoy has no such cost).
-    const channelOptions = { 'grpc.enable_channelz': 0, ...(opts.ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {}) };
+    const channelOptions = {
+      'grpc.enable_channelz': 0,
+      ...(opts.ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {}),
+      ...(opts.flowControlWindow ? { 'grpc-node.flow_control_window': opts.flowControlWindow } : {}),
+    };
     this.client = new grpc.Client(address, opts.tlsCa ? grpc.credentials.createSsl(Buffer.from(opts.tlsCa)) : grpc.credentials.createInsecure(), channelOptions);
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(opts.metadata ?? {})) md.set(k, v);

@@ -199,9 +199,16 @@ function outboundClusters(g: Generation, services: readonly string[]): { cluster
   }));
 }
 
-/** A service's endpoints: the only part of a proxy's config that other Dataplanes' health and addresses change. */
+/**
+ * A service's endpoints: the only part of a proxy's config that other Dataplanes' health and
+ * addresses change. Kept across rounds by content, so proxies configured in different rounds share
+ * one object (and its encoding) for as long as the service's endpoints stay the same.
+ */
 function assignmentOf(g: Generation, service: string): Obj {
-  return g.once(`cla:${service}`, () => loadAssignment(service, g.services.get(service)?.endpoints ?? []));
+  return g.once(`cla:${service}`, () => {
+    const endpoints = g.services.get(service)?.endpoints ?? [];
+    return g.lasting(`cla:${JSON.stringify([service, ...endpoints.map((e) => [e.address, e.port])])}`, () => loadAssignment(service, endpoints));
+  });
 }
 
 /**

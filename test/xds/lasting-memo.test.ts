@@ -40,4 +40,29 @@ describe('translation with a LastingMemo', () => {
     lasting.sweep();
     assert.equal(lasting.size, 0, 'a round that used nothing leaves nothing');
   });
+  it('shares a service\'s endpoints across rounds while they are the same, in new Dataplane lists too', () => {
+    const lasting = new LastingMemo();
+    const mesh = meshOf({});
+    const caller = dataplane('10.3.0.1');
+    const backend = (name: string, address: string, ready = true): Resource<DataplaneSpec> =>
+      ({ ...dataplane(address), name, spec: { networking: { address, inbound: [{ port: 9000, tags: { 'kuma.io/service': 'db' }, ...(ready ? {} : { health: { ready: false } }) }] } } }) as unknown as Resource<DataplaneSpec>;
+    const dbOf = (dataplanes: Resource<DataplaneSpec>[]) => {
+      lasting.startRound();
+      const set = generateProxyConfig({ mesh, dataplane: caller, dataplanes, trafficPermissions: [], meshTrafficPermissions: [], lasting, memo: new Map() });
+      return (set[TypeUrl.ClusterLoadAssignment] ?? []).find((a) => a.cluster_name === 'db');
+    };
+    const first = dbOf([caller, backend('db-1', '10.4.0.1'), backend('db-2', '10.4.0.2')]);
+    assert.ok(first, 'the caller gets the endpoints of db');
+    // Every round reads a new list of new Dataplane objects with the same endpoints.
+    assert.equal(dbOf([caller, backend('db-1', '10.4.0.1'), backend('db-2', '10.4.0.2')]), first, 'same endpoints: the same object');
+    const down = dbOf([caller, backend('db-1', '10.4.0.1'), backend('db-2', '10.4.0.2', false)]);
+    assert.notEqual(down, first);
+    assert.deepEqual(
+      (down!.endpoints as { lb_endpoints: { endpoint: { address: { socket_address: { address: string } } } }[] }[])[0]!.lb_endpoints.map((e) => e.endpoint.address.socket_address.address),
+      ['10.4.0.1'],
+      'a replica not ready: new endpoints',
+    );
+    lasting.sweep();
+    assert.notEqual(dbOf([caller, backend('db-1', '10.4.0.1'), backend('db-2', '10.4.0.2')]), first, 'swept when a round did not use it');
+  });
 });
