@@ -6,6 +6,7 @@
  */
 import { TypeUrl } from '../src/ads/index.js';
 import { XdsTestClient, type Received } from '../src/ads/test-client.js';
+import { H2AdsClient } from './h2-client.js';
 
 interface Start {
   cmd: 'start';
@@ -28,7 +29,11 @@ type Msg = Start | Watch | { cmd: 'stop' };
 // its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
 const FLOW_WINDOW = Number(process.env.WEFT_BENCH_FLOW_WINDOW ?? 268_435_456);
 
-const clients = new Map<string, XdsTestClient>();
+// WEFT_BENCH_CLIENT=http2: proxies on node:http2 directly (bench/h2-client.ts, delta only) instead of grpc-js.
+const CLIENT = process.env.WEFT_BENCH_CLIENT ?? 'grpc-js';
+
+type Client = Pick<XdsTestClient, 'variant' | 'ack' | 'delta' | 'subscribe' | 'close'>;
+const clients = new Map<string, Client>();
 const ready = new Set<string>();
 let watch: Watch | undefined;
 let seen = new Map<string, number>();
@@ -43,7 +48,7 @@ function size(r: Received): number {
   return res.reduce((n, x) => n + (x.value?.length ?? x.resource?.value.length ?? 0), 0);
 }
 
-function onResponse(id: string, c: XdsTestClient, r: Received, state: { eds: Set<string>; rds: Set<string>; got: Set<string> }): void {
+function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string>; rds: Set<string>; got: Set<string> }): void {
   bytes += size(r);
   if (c.variant === 'sotw') c.ack(r);
   else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
@@ -83,7 +88,11 @@ process.on('message', (m: Msg) => {
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
       const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
-      const c: XdsTestClient = new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, onResponse: (r) => onResponse(id, c, r, state) });
+      const onR = (r: Received) => onResponse(id, c, r, state);
+      const c: Client =
+        CLIENT === 'http2' && m.variant === 'delta'
+          ? new H2AdsClient(m.address, { id }, { flowControlWindow: FLOW_WINDOW, onResponse: onR })
+          : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, onResponse: onR });
       clients.set(id, c);
       if (m.variant === 'sotw') {
         c.subscribe(TypeUrl.Cluster, []);
@@ -99,6 +108,7 @@ process.on('message', (m: Msg) => {
     bytes = 0;
     if (m.expect.length === 0) send({ type: 'seen', times: [], bytes: 0 });
   } else if (m.cmd === 'stop') {
+    if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);
     send({ type: 'bytes', bytes });
     for (const c of clients.values()) c.close();
     setTimeout(() => process.exit(0), 100);

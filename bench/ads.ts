@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { VERSION } from '../src/core/index.js';
 import { binPath } from '../test/helpers/bin.js';
 import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
+import { pct, procStats, waitFor } from './common.js';
 
 const SERVICES = Number(process.env.WEFT_BENCH_SERVICES ?? 500);
 const REPLICAS = Number(process.env.WEFT_BENCH_REPLICAS ?? 4);
@@ -41,18 +42,6 @@ function dataplane(s: number, r: number, service = `svc-${s}`, ready = true) {
       transparentProxying: reach ? { reachableServices: reach } : {},
     },
   };
-}
-
-function procStats(pid: number): { rssMB: number; cpuSeconds: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rss = Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return { rssMB: Math.round(rss), cpuSeconds: (Number(stat[11]) + Number(stat[12])) / 100 };
-}
-
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
 }
 
 /** The CP's memory by kind, from its own Prometheus metrics: V8 heap used and committed, buffers outside the heap. */
@@ -93,33 +82,6 @@ async function heapSnapshot(cp: CpProcess, dir: string): Promise<Record<string, 
 async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
   const res = await fetch(`${cp.apiUrl}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
-}
-
-function waitFor(workers: ChildProcess[], type: string, count: number, ms: number, onMsg?: (m: Record<string, unknown>) => void): Promise<Record<string, unknown>[]> {
-  const got: Record<string, unknown>[] = [];
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      cleanup();
-      reject(new Error(`timed out waiting for ${count} "${type}" (got ${got.length})`));
-    }, ms);
-    const handlers = workers.map((w) => {
-      const h = (m: Record<string, unknown>) => {
-        if (m.type !== type) return;
-        got.push(m);
-        onMsg?.(m);
-        if (got.length === count) {
-          cleanup();
-          resolve(got);
-        }
-      };
-      w.on('message', h);
-      return h;
-    });
-    const cleanup = () => {
-      clearTimeout(timer);
-      workers.forEach((w, i) => w.off('message', handlers[i]!));
-    };
-  });
 }
 
 async function scenario(variant: 'sotw' | 'delta') {
@@ -215,6 +177,8 @@ async function scenario(variant: 'sotw' | 'delta') {
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
+    // WEFT_BENCH_CP_LOG=FILE: the CP's log lines (debug level: one line per regeneration round).
+    if (process.env.WEFT_BENCH_CP_LOG) writeFileSync(process.env.WEFT_BENCH_CP_LOG, `${cp.logs.join('\n')}\n`);
     workers.forEach((w) => w.kill('SIGKILL'));
     cp.child.kill('SIGTERM');
     const killer = setTimeout(() => cp.child.kill('SIGKILL'), 60_000);

@@ -24,6 +24,26 @@ function decodeAny(any: { type_url: string; value: Uint8Array }): Record<string,
   return type.toObject(type.decode(any.value), TO_OBJECT);
 }
 
+/** A decoded (Delta)DiscoveryResponse with each of its resources decoded too. */
+export function toReceived(raw: Record<string, unknown>, sotw: boolean): Received {
+  const resources = (raw.resources as Record<string, unknown>[] | undefined) ?? [];
+  return {
+    typeUrl: String(raw.type_url),
+    nonce: String(raw.nonce),
+    version: String(sotw ? (raw.version_info ?? '') : (raw.system_version_info ?? '')),
+    resources: resources.map((x) => {
+      if (sotw) {
+        const body = decodeAny(x as { type_url: string; value: Uint8Array });
+        return { name: String(body.name ?? body.cluster_name), body };
+      }
+      const body = decodeAny(x.resource as { type_url: string; value: Uint8Array });
+      return { name: String(x.name), version: String(x.version), body };
+    }),
+    removed: (raw.removed_resources as string[] | undefined) ?? [],
+    raw,
+  };
+}
+
 /**
  * A real ADS client on Envoy's protos, for tests and benchmarks: it opens one stream, sends the
  * requests it is told to, decodes every response and records what it saw. It does not ACK on its
@@ -77,22 +97,7 @@ export class XdsTestClient {
       this.call.on('error', () => {});
     });
     this.call.on('data', (raw: Record<string, unknown>) => {
-      const resources = (raw.resources as Record<string, unknown>[] | undefined) ?? [];
-      const r: Received = {
-        typeUrl: String(raw.type_url),
-        nonce: String(raw.nonce),
-        version: String(sotw ? (raw.version_info ?? '') : (raw.system_version_info ?? '')),
-        resources: resources.map((x) => {
-          if (sotw) {
-            const body = decodeAny(x as { type_url: string; value: Uint8Array });
-            return { name: String(body.name ?? body.cluster_name), body };
-          }
-          const body = decodeAny(x.resource as { type_url: string; value: Uint8Array });
-          return { name: String(x.name), version: String(x.version), body };
-        }),
-        removed: (raw.removed_resources as string[] | undefined) ?? [],
-        raw,
-      };
+      const r = toReceived(raw, sotw);
       if (opts.autoAck) this.ack(r);
       if (opts.onResponse) return opts.onResponse(r);
       const i = this.waiters.findIndex((w) => w.match(r));

@@ -96,12 +96,24 @@ class Generation {
     return v;
   }
 
+  /** Names an object by identity: across rounds with a LastingMemo, else within this round. */
+  lastingId(o: object): string {
+    return this.ctx.lasting ? this.ctx.lasting.idOf(o) : idOf(this, o);
+  }
+
   /** Names, by identity, the inputs a proxy's own listeners depend on: its Dataplane, the Mesh, the policies. */
   inputsId(): string {
-    const memo = this.ctx.lasting;
     const ctx = this.ctx;
-    const id = (o: object) => (memo ? memo.idOf(o) : idOf(this, o));
-    return `${id(ctx.dataplane)}:${id(ctx.mesh)}:${id(ctx.meshTrafficPermissions)}:${id(ctx.trafficPermissions)}`;
+    return `${this.lastingId(ctx.dataplane)}:${this.lastingId(ctx.mesh)}:${this.lastingId(ctx.meshTrafficPermissions)}:${this.lastingId(ctx.trafficPermissions)}`;
+  }
+
+  /**
+   * Names the mesh's services (names, ports, protocols, endpoints) by identity: the reconciler
+   * hands every round the same object until a Dataplane changes, so what is built from it alone
+   * is built once, not once per round (proxies that connect one by one each make a round).
+   */
+  servicesId(): string {
+    return this.lastingId(this.services);
   }
 
   stage<T>(name: string, build: () => T): T {
@@ -118,12 +130,22 @@ class Generation {
   }
 }
 
-/** Services this proxy calls, sorted; proxies with the same answer get the same array. */
+/**
+ * Services this proxy calls, sorted; proxies with the same answer get the same array, in later
+ * rounds too (by content), so what is keyed by the array's identity is found again.
+ */
 function reachableServices(g: Generation): readonly string[] {
   const reach = reachOf(g.dp);
-  if (reach.all && reach.services.length === 0) return g.once('reach:all', () => [...g.services.keys()].sort());
+  if (reach.all && reach.services.length === 0) {
+    // Every service: named by the services' identity, so the sorted list is not rebuilt per proxy or round.
+    const all = g.lasting(`reach:all:${g.servicesId()}`, () => {
+      const list = [...g.services.keys()].sort();
+      return { key: `reach:${JSON.stringify(list)}`, list };
+    });
+    return g.lasting(all.key, () => all.list);
+  }
   const list = [...new Set([...(reach.all ? [...g.services.keys()] : []), ...reach.services])].sort();
-  return g.once(`reach:${list.join(',')}`, () => list);
+  return g.lasting(`reach:${JSON.stringify(list)}`, () => list);
 }
 
 function loadAssignment(name: string, endpoints: readonly Endpoint[]) {
@@ -193,7 +215,8 @@ function rbacFilters(g: Generation, ib: Inbound, statPrefix: string): { network?
 
 /** The outbound clusters and endpoints of a proxy; proxies reaching the same services share them. */
 function outboundClusters(g: Generation, services: readonly string[]): { clusters: readonly Obj[]; assignments: readonly Obj[] } {
-  return g.once(`outbound:${g.flavour}:${idOf(g, services)}`, () => ({
+  // Clusters depend on the flavour, mTLS mode, mesh and each service's protocol, endpoints on the services.
+  return g.lasting(`outbound:${g.flavour}:${g.servicesId()}:${g.lastingId(services)}:${g.mtls}:${g.meshName}`, () => ({
     clusters: services.map((s) => serviceCluster(g, s)),
     assignments: services.map((s) => assignmentOf(g, s)),
   }));
@@ -228,7 +251,7 @@ export function withEndpoints(previous: ResourceSet, ctx: MeshContext): Resource
 /** The mesh's roots as an SDS Secret, for validation contexts (Kuma's name for it). */
 function meshCaSecret(g: Generation): Obj[] {
   if (g.mtls === 'off') return [];
-  return [g.once('secret:mesh_ca', () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: g.ctx.trustBundle!.join('') } } }))];
+  return [g.lasting(`secret:mesh_ca:${JSON.stringify(g.ctx.trustBundle)}`, () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: g.ctx.trustBundle!.join('') } } }))];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,7 +306,7 @@ function sidecarOutbound(g: Generation, name: string, address: string, port: num
  * then adds one small listener to each proxy's config instead of changing a big one.
  */
 function transparentOutboundListeners(g: Generation, services: readonly string[], port: number, fallback: string): Obj[] {
-  const vips = g.once('vips', () => serviceVips(g.services.keys()));
+  const vips = g.lasting(`vips:${g.servicesId()}`, () => serviceVips(g.services.keys()));
   const out: Obj[] = [];
   for (const s of services) {
     const vip = vips.get(s);
@@ -363,7 +386,7 @@ function sidecar(g: Generation): ResourceSet {
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
     const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
-    shared = g.once(`tp:listeners:${idOf(g, services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
+    shared = g.lasting(`tp:listeners:${g.servicesId()}:${g.lastingId(services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
     extraClusters.push(
       g.lasting(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
         passthrough
@@ -383,7 +406,7 @@ function sidecar(g: Generation): ResourceSet {
 
   // Route configurations of the HTTP services this proxy calls; one shared list per distinct set.
   const explicit = [...explicitHttp].sort();
-  const routes = g.once(`routes:${tp ? idOf(g, services) : '-'}:${explicit.join(',')}`, () =>
+  const routes = g.lasting(`routes:${g.servicesId()}:${tp ? g.lastingId(services) : '-'}:${JSON.stringify(explicit)}`, () =>
     [...new Set([...(tp ? services : []), ...explicit])]
       .filter((s) => isHttp(g.protocolOf(s)))
       .sort()
@@ -392,8 +415,8 @@ function sidecar(g: Generation): ResourceSet {
   let clusters = outbound.clusters;
   if (extraClusters.length > 0) {
     // Proxies with equal extra clusters (same local ports) share one list, so it is encoded once.
-    const key = [outbound, ...extraClusters].map((o) => idOf(g, o)).join(',');
-    clusters = g.once(`cds:${key}`, () => [...outbound.clusters, ...extraClusters]);
+    const key = [outbound, ...extraClusters].map((o) => g.lastingId(o)).join(',');
+    clusters = g.lasting(`cds:${key}`, () => [...outbound.clusters, ...extraClusters]);
   }
   return {
     [TypeUrl.Cluster]: clusters,
@@ -448,7 +471,7 @@ function proxyless(g: Generation): ResourceSet {
   const services = reachableServices(g);
   const outbound = outboundClusters(g, services);
   // Client listeners and routes of the services it calls: one shared list per distinct reach.
-  const client = g.once(`proxyless:client:${idOf(g, services)}`, () => ({
+  const client = g.lasting(`proxyless:client:${g.lastingId(services)}`, () => ({
     listeners: services.map((s) =>
       g.lasting(`api-listener:${s}`, () => ({
         name: s,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { DataplaneSpec, MeshSpec, Resource } from '../../src/core/index.js';
-import { generateProxyConfig, LastingMemo, TypeUrl, type MeshContext } from '../../src/xds/index.js';
+import { generateProxyConfig, LastingMemo, meshServices, TypeUrl, type MeshContext } from '../../src/xds/index.js';
 
 describe('translation with a LastingMemo', () => {
   const meshOf = (spec: Record<string, unknown>): Resource<MeshSpec> => ({ type: 'Mesh', mesh: '', name: 'm', labels: {}, spec, version: '1', creationTime: '', modificationTime: '' }) as unknown as Resource<MeshSpec>;
@@ -64,5 +64,41 @@ describe('translation with a LastingMemo', () => {
     );
     lasting.sweep();
     assert.notEqual(dbOf([caller, backend('db-1', '10.4.0.1'), backend('db-2', '10.4.0.2')]), first, 'swept when a round did not use it');
+  });
+  it('builds what depends on the services once across rounds, and still follows the Mesh and the reach', () => {
+    const lasting = new LastingMemo();
+    const backend = (name: string, service: string, address: string): Resource<DataplaneSpec> =>
+      ({ ...dataplane(address), name, spec: { networking: { address, inbound: [{ port: 9000, tags: { 'kuma.io/service': service } }] } } }) as unknown as Resource<DataplaneSpec>;
+    const dataplanes = [dataplane('10.3.0.1'), backend('db-1', 'db', '10.4.0.1'), backend('cache-1', 'cache', '10.4.0.2')];
+    // The reconciler hands every round the same services object until a Dataplane changes.
+    const services = meshServices(dataplanes);
+    const round = (mesh: Resource<MeshSpec>, caller = dataplane('10.3.0.1'), trustBundle?: string[]) => {
+      lasting.startRound();
+      return generateProxyConfig({ mesh, dataplane: caller, dataplanes, services, trafficPermissions: [], meshTrafficPermissions: [], lasting, memo: new Map(), trustBundle });
+    };
+    const plain = meshOf({});
+    const first = round(plain);
+    const again = round(plain);
+    assert.equal(again[TypeUrl.Cluster], first[TypeUrl.Cluster], 'the same cluster list, not rebuilt');
+    assert.equal(again[TypeUrl.ClusterLoadAssignment], first[TypeUrl.ClusterLoadAssignment]);
+    assert.deepEqual(again[TypeUrl.Listener], first[TypeUrl.Listener]);
+
+    const db = (set: ReturnType<typeof round>) => set[TypeUrl.Cluster]!.find((c) => c.name === 'db');
+    const secured = round(meshOf({ mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] } }), undefined, ['root']);
+    assert.ok(db(secured)?.transport_socket, 'mTLS on, same services: clusters originate TLS');
+    assert.equal(db(round(plain))?.transport_socket, undefined, 'and off again');
+
+    const closed = round(meshOf({ networking: { outbound: { passthrough: false } } }));
+    assert.ok(closed[TypeUrl.Cluster]!.some((c) => c.name === 'outbound:blackhole'), 'no passthrough: the blackhole cluster');
+    const redirect = closed[TypeUrl.Listener]!.find((l) => l.name === 'outbound:passthrough:ipv4');
+    assert.equal((redirect?.filter_chains as { name: string }[])[0]!.name, 'outbound:blackhole', 'and the redirect listener sends unknown traffic there');
+
+    const reaching = (names: string[]) => {
+      const caller = dataplane('10.3.0.1');
+      (caller.spec.networking.transparentProxying as { reachableServices?: string[] }).reachableServices = names;
+      return round(plain, caller)[TypeUrl.ClusterLoadAssignment]!.map((a) => a.cluster_name);
+    };
+    assert.deepEqual(reaching(['cache']), ['cache'], 'another reach, same services: its own list');
+    assert.deepEqual(reaching(['db']), ['db']);
   });
 });
