@@ -28,6 +28,14 @@ function rulesOf(options: Record<string, unknown> | undefined, key = '(validate.
   return out;
 }
 
+/** The rules of each field, parsed once (every resource sent is checked, so this is a hot path). */
+const fieldRules = new WeakMap<protobuf.Field, Rules | null>();
+function rulesOfField(field: protobuf.Field): Rules | undefined {
+  let r = fieldRules.get(field);
+  if (r === undefined) fieldRules.set(field, (r = rulesOf(field.options) ?? null));
+  return r ?? undefined;
+}
+
 const INT_TYPES = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const WRAPPERS: Record<string, string> = {
   '.google.protobuf.UInt32Value': 'uint32',
@@ -54,6 +62,17 @@ function durationNanos(v: unknown): bigint | undefined {
   return BigInt(String(v.seconds ?? 0)) * 1_000_000_000n + BigInt(String(v.nanos ?? 0));
 }
 
+/** protobufjs computes `fullName` on each read by walking the parents: remembered per type. */
+const fullNames = new WeakMap<protobuf.ReflectionObject, string>();
+function fullNameOf(t: protobuf.ReflectionObject): string {
+  let n = fullNames.get(t);
+  if (n === undefined) fullNames.set(t, (n = t.fullName));
+  return n;
+}
+
+/** Types named by `@type` URLs, looked up once per URL (null: unknown). */
+const anyTypes = new Map<string, protobuf.Type | null>();
+
 class Checker {
   readonly out: ProtoViolation[] = [];
   constructor(private readonly root: protobuf.Root) {}
@@ -64,8 +83,9 @@ class Checker {
 
   message(type: protobuf.Type, obj: unknown, path: string): void {
     if (!isPlain(obj)) return this.add(path, `must be a ${type.name} message`);
-    if (type.fullName === '.google.protobuf.Any') return this.any(obj, path);
-    if (type.fullName === '.google.protobuf.Struct' || type.fullName === '.google.protobuf.Value' || type.fullName === '.google.protobuf.ListValue') return;
+    const name = fullNameOf(type);
+    if (name === '.google.protobuf.Any') return this.any(obj, path);
+    if (name === '.google.protobuf.Struct' || name === '.google.protobuf.Value' || name === '.google.protobuf.ListValue') return;
     if (type.options?.['(validate.disabled)'] === true) return;
     for (const key of Object.keys(obj)) if (!type.fields[key]) this.add(join(path, key), `unknown field of ${type.name}`);
     for (const field of type.fieldsArray) this.field(field, obj[field.name], join(path, field.name));
@@ -81,20 +101,25 @@ class Checker {
   private any(obj: Record<string, unknown>, path: string): void {
     const url = obj['@type'];
     if (typeof url !== 'string') return this.add(join(path, '@type'), 'required on a typed_config');
-    const name = url.slice(url.lastIndexOf('/') + 1);
-    let inner: protobuf.Type;
-    try {
-      inner = this.root.lookupType(name);
-    } catch {
-      return this.add(join(path, '@type'), `unknown type ${url}`);
+    let inner = anyTypes.get(url);
+    if (inner === undefined) {
+      try {
+        inner = this.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
+      } catch {
+        inner = null;
+      }
+      if (anyTypes.size < 10_000) anyTypes.set(url, inner);
     }
+    if (!inner) return this.add(join(path, '@type'), `unknown type ${url}`);
     const { '@type': _t, ...rest } = obj;
     this.message(inner, rest, path);
   }
 
   private field(field: protobuf.Field, value: unknown, path: string): void {
-    const rules = rulesOf(field.options);
     const unset = value === undefined || value === null;
+    // Fields of a oneof, and proto3 optional fields, are checked only when set.
+    if (unset && field.partOf && !field.map && !field.repeated) return;
+    const rules = rulesOfField(field);
     if (field.map) {
       if (unset) value = {};
       if (!isPlain(value)) return this.add(path, 'must be a map');
@@ -115,8 +140,6 @@ class Checker {
       value.forEach((v, i) => this.single(field, v, `${path}[${i}]`, r?.items as Rules | undefined, false));
       return;
     }
-    // Fields of a oneof, and proto3 optional fields, are checked only when set.
-    if (unset && field.partOf) return;
     this.single(field, value, path, rules, unset);
   }
 
@@ -129,14 +152,15 @@ class Checker {
         }
         return;
       }
-      const wrapped = WRAPPERS[rt.fullName];
+      const rtName = fullNameOf(rt);
+      const wrapped = WRAPPERS[rtName];
       if (wrapped) {
         if (!isPlain(value)) return this.add(path, `must be {value: ...}`);
         const extra = Object.keys(value).filter((k) => k !== 'value');
         if (extra.length > 0) this.add(path, `unknown field ${extra[0]} of ${rt.name}`);
         return this.scalar(wrapped, value.value ?? (wrapped === 'string' ? '' : wrapped === 'bool' ? false : 0), `${path}.value`, rules);
       }
-      if (rt.fullName === '.google.protobuf.Duration') {
+      if (rtName === '.google.protobuf.Duration') {
         const n = durationNanos(value);
         if (n === undefined) return this.add(path, 'must be {seconds, nanos}');
         const d = rules?.duration as Record<string, unknown> | undefined;
@@ -248,7 +272,8 @@ function join(path: string, key: string): string {
  */
 export function checkResource(typeName: string, obj: unknown): ProtoViolation[] {
   const root = envoyProtos();
-  const type = root.lookupType(typeName.slice(typeName.lastIndexOf('/') + 1));
+  let type = anyTypes.get(typeName);
+  if (!type) anyTypes.set(typeName, (type = root.lookupType(typeName.slice(typeName.lastIndexOf('/') + 1))));
   const c = new Checker(root);
   c.message(type, obj, '');
   return c.out;
