@@ -191,6 +191,22 @@ export class ResourceEncoder {
   private leafEntry(typeUrl: TypeUrl, objs: readonly Record<string, unknown>[]): LeafEntry {
     const same = this.byArray.get(objs);
     if (same && same.typeUrl === typeUrl && !same.dead && same.kind === 'leaf') return same;
+    // A new array of objects already seen (a proxy's own listeners, rebuilt each round): when they
+    // all are, and a set of exactly those is known, that set is the answer (it was checked for
+    // names then). Nothing else is built.
+    const seen: ContentEntry[] = [];
+    for (const obj of objs) {
+      const e = this.byObject.get(obj);
+      if (!e || e.typeUrl !== typeUrl || !e.entry.live) break;
+      seen.push(e.entry);
+    }
+    if (seen.length === objs.length) {
+      const known = this.byContentKey.get(`${typeUrl} ${seen.map((c) => c.serial).join(',')}`);
+      if (known) {
+        this.byArray.set(objs, known);
+        return known;
+      }
+    }
     const problems: SnapshotProblem[] = [];
     const refused = new Set<string>();
     const map = new Map<string, EncodedResource>();
@@ -479,7 +495,9 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     throw new InconsistentSnapshotError(nodeId, problems);
   }
   const typeVersions = new Map<TypeUrl, string>(entries.map((e) => [e.typeUrl, e.version]));
-  const version = hash(RESPONSE_ORDER.map((t) => typeVersions.get(t)).join('|'));
+  // The type versions are content hashes already: their first 48 bits each, joined, are enough to
+  // tell this node's snapshots apart, without hashing again for every proxy in every round.
+  const version = RESPONSE_ORDER.map((t) => typeVersions.get(t)!.slice(0, 8)).join('.');
   const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>(entries.map((e) => [e.typeUrl, e.map]));
   const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries: entries as TypeEntryInternal[] };
   return snap;

@@ -354,7 +354,7 @@ function sidecar(g: Generation): ResourceSet {
     const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
     const local = localClusterName(target.port);
     const protocol = (ib.tags[PROTOCOL_TAG] ?? 'tcp') as Protocol;
-    if (!locals.has(local) && !services.includes(local)) {
+    if (!locals.has(local) && !setOf(services).has(local)) {
       locals.set(
         local,
         g.lasting(`local:${local}:${target.address}:${isHttp2(protocol)}`, () => ({
@@ -425,6 +425,14 @@ function sidecar(g: Generation): ResourceSet {
     [TypeUrl.RouteConfiguration]: routes,
     [TypeUrl.Secret]: meshCaSecret(g),
   };
+}
+
+/** A list's members as a set, made once per list (lists are shared by many proxies and rounds). */
+const sets = new WeakMap<readonly string[], ReadonlySet<string>>();
+function setOf(list: readonly string[]): ReadonlySet<string> {
+  let set = sets.get(list);
+  if (!set) sets.set(list, (set = new Set(list)));
+  return set;
 }
 
 /** A short id per memoized object of this round (they are shared, so equal ids mean the same object). */

@@ -20,6 +20,20 @@ describe('snapshot checks before publishing', () => {
     assert.deepEqual(problems(() => buildSnapshot(new ResourceEncoder(), 'm.dp', set)), ['web: duplicate name in one snapshot']);
   });
 
+  it('rule 7: objects seen before, in a new list, are still checked for duplicates', () => {
+    const encoder = new ResourceEncoder();
+    const web = cluster('web');
+    const set = meshSet({ web: [['10.0.0.1', 80]] });
+    set[TypeUrl.Cluster] = [web];
+    buildSnapshot(encoder, 'm.dp', set);
+    // The same objects in a new array: the set known for them is reused...
+    set[TypeUrl.Cluster] = [web];
+    assert.equal(buildSnapshot(encoder, 'm.dp', set).resources.get(TypeUrl.Cluster)!.size, 1);
+    // ...but one object twice is a set never accepted, and is refused.
+    set[TypeUrl.Cluster] = [web, web];
+    assert.deepEqual(problems(() => buildSnapshot(encoder, 'm.dp', set)), ['web: duplicate name in one snapshot']);
+  });
+
   it('rule 10: every EDS name is used by a cluster and every cluster has its endpoints', () => {
     const set = meshSet({ web: [['10.0.0.1', 80]] });
     set[TypeUrl.Cluster] = [cluster('web'), cluster('api')];
