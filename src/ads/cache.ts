@@ -495,8 +495,9 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     throw new InconsistentSnapshotError(nodeId, problems);
   }
   const typeVersions = new Map<TypeUrl, string>(entries.map((e) => [e.typeUrl, e.version]));
-  // The type versions are content hashes already: their first 48 bits each, joined, are enough to
-  // tell this node's snapshots apart, without hashing again for every proxy in every round.
+  // The type versions are content hashes already (each a hash of its whole set, never a
+  // composition of parts, or a prefix could miss a change): their first 48 bits each, joined, tell
+  // this node's snapshots apart without hashing again for every proxy in every round.
   const version = RESPONSE_ORDER.map((t) => typeVersions.get(t)!.slice(0, 8)).join('.');
   const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>(entries.map((e) => [e.typeUrl, e.map]));
   const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries: entries as TypeEntryInternal[] };
