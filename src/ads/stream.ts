@@ -157,6 +157,32 @@ export function internNames(names: ReadonlySet<string>): ReadonlySet<string> {
   return names;
 }
 
+/** The empty subscription every type starts from (shared, so first subscriptions are shared too). */
+const NO_NAMES: ReadonlySet<string> = new Set();
+
+/** Per subscription set: the sets that delta changes to it led to, by change. */
+const transitions = new WeakMap<ReadonlySet<string>, Map<string, WeakRef<ReadonlySet<string>>>>();
+
+/**
+ * `from` with `sub` added and then `unsub` removed (`*` aside), interned. Thousands of proxies
+ * make the same change to the same set (a new cluster: one more EDS name for each); the first
+ * builds the new set, the others find it without copying and sorting hundreds of names.
+ */
+export function changedNames(from: ReadonlySet<string>, sub: readonly string[], unsub: readonly string[]): ReadonlySet<string> {
+  const key = JSON.stringify([sub, unsub]);
+  let byChange = transitions.get(from);
+  const known = byChange?.get(key)?.deref();
+  if (known) return known;
+  const next = new Set(from);
+  for (const n of sub) if (n !== '*') next.add(n);
+  for (const n of unsub) next.delete(n);
+  const result = internNames(next);
+  if (!byChange) transitions.set(from, (byChange = new Map()));
+  // Bounded: a client choosing endless distinct changes from a shared set must not grow this.
+  if (byChange.size < 64) byChange.set(key, new WeakRef(result));
+  return result;
+}
+
 /**
  * What a delta client holds, name to version. After a full sync it is just a reference to the
  * shared snapshot map it was brought up to date with (`base`), plus the few names that differ
@@ -274,7 +300,7 @@ export class AdsStream {
     let state = this.types.get(typeUrl);
     const first = !state;
     if (!state) {
-      state = { typeUrl, subscribed: new Set(), wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), subsDirty: true, pending: new Set() };
+      state = { typeUrl, subscribed: NO_NAMES, wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), subsDirty: true, pending: new Set() };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -423,14 +449,13 @@ export class AdsStream {
     for (const name of [...sub, ...unsub]) state.pending.add(name);
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
-    const subscribed = sub.length + unsub.length > 0 ? new Set(state.subscribed) : undefined;
+    if (sub.length + unsub.length > 0) state.subscribed = changedNames(state.subscribed, sub, unsub);
     for (const name of sub) {
       if (name === '*') {
         state.wildcard = true;
         continue;
       }
       state.explicit = true;
-      subscribed!.add(name);
       // Rule 19: a (re)subscribed name is sent even if we think the client has it...
       if (initial[name] === undefined) state.clientHas.delete(name);
       state.toldMissing.delete(name);
@@ -438,13 +463,11 @@ export class AdsStream {
     for (const name of unsub) {
       // Rule 21: unsubscribing a name the client never had is harmless.
       if (name === '*') state.wildcard = false;
-      subscribed!.delete(name);
       state.clientHas.delete(name);
       state.toldMissing.delete(name);
     }
     // Rule 20: ...unless it came with the version the client already holds after a reconnect.
     for (const [name, version] of Object.entries(initial)) state.clientHas.set(name, version);
-    if (subscribed) state.subscribed = internNames(subscribed);
   }
 
   private wants(state: TypeState, name: string): boolean {

@@ -197,4 +197,16 @@ describe('subscriptions shared between streams', () => {
     assert.notEqual(honest, crafted);
     assert.deepEqual([...honest].sort(), [...others, 'a', 'b'].sort());
   });
+
+  it('the same delta change to the same set gives the same set, and its content is the change applied', async () => {
+    const { changedNames, internNames } = await import('../../src/ads/stream.js');
+    const base = internNames(new Set(Array.from({ length: 40 }, (_, i) => `svc-${i}`)));
+    const grown = changedNames(base, ['svc-new'], []);
+    assert.equal(grown.size, 41);
+    assert.ok(grown.has('svc-new') && !base.has('svc-new'), 'a new set; the old one is not changed');
+    assert.equal(changedNames(base, ['svc-new'], []), grown, 'another stream making the same change shares the result');
+    assert.deepEqual([...changedNames(base, ['svc-new', '*'], ['svc-0'])].sort(), [...grown].filter((n) => n !== 'svc-0').sort(), 'added, then removed; "*" is not a name');
+    assert.deepEqual([...changedNames(base, ['svc-1'], ['svc-1'])].sort(), [...base].filter((n) => n !== 'svc-1').sort(), 'removal comes after addition');
+    assert.notEqual(changedNames(base, ['svc-other'], []), grown, 'another change, another set');
+  });
 });
