@@ -251,7 +251,8 @@ export function withEndpoints(previous: ResourceSet, ctx: MeshContext): Resource
 /** The mesh's roots as an SDS Secret, for validation contexts (Kuma's name for it). */
 function meshCaSecret(g: Generation): Obj[] {
   if (g.mtls === 'off') return [];
-  return [g.lasting(`secret:mesh_ca:${JSON.stringify(g.ctx.trustBundle)}`, () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: g.ctx.trustBundle!.join('') } } }))];
+  // Kept across rounds by the bundle's content (looked up once per round: the key is a few KB of PEM).
+  return [g.once('secret:mesh_ca', () => g.lasting(`secret:mesh_ca:${JSON.stringify(g.ctx.trustBundle)}`, () => ({ name: MESH_CA_SECRET, validation_context: { trusted_ca: { inline_string: g.ctx.trustBundle!.join('') } } })))];
 }
 
 // ---------------------------------------------------------------------------------------------
