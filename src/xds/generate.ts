@@ -108,12 +108,20 @@ class Generation {
   }
 
   /**
-   * Names the mesh's services (names, ports, protocols, endpoints) by identity: the reconciler
-   * hands every round the same object until a Dataplane changes, so what is built from it alone
-   * is built once, not once per round (proxies that connect one by one each make a round).
+   * Like `lasting`, for what is built from the mesh's services (names, ports, protocols,
+   * endpoints) and the other inputs `key` spells out. The reconciler hands every round the same
+   * services object until a Dataplane changes, so this is built once, not once per round (proxies
+   * that connect one by one each make a round). Only the entry for the current services object is
+   * kept: a newer one replaces it, so a mesh whose Dataplanes keep changing piles up no old ones.
    */
-  servicesId(): string {
-    return this.lastingId(this.services);
+  forServices<T>(key: string, build: () => T): T {
+    const memo = this.ctx.lasting;
+    if (!memo) return this.once(key, build);
+    const slot = memo.get(key) as { services: object; value: T } | undefined;
+    if (slot?.services === this.services) return slot.value;
+    const value = build();
+    memo.set(key, { services: this.services, value });
+    return value;
   }
 
   stage<T>(name: string, build: () => T): T {
@@ -137,8 +145,8 @@ class Generation {
 function reachableServices(g: Generation): readonly string[] {
   const reach = reachOf(g.dp);
   if (reach.all && reach.services.length === 0) {
-    // Every service: named by the services' identity, so the sorted list is not rebuilt per proxy or round.
-    const all = g.lasting(`reach:all:${g.servicesId()}`, () => {
+    // Every service: kept for the current services object, so the sorted list is not rebuilt per proxy or round.
+    const all = g.forServices('reach:all', () => {
       const list = [...g.services.keys()].sort();
       return { key: `reach:${JSON.stringify(list)}`, list };
     });
@@ -216,7 +224,7 @@ function rbacFilters(g: Generation, ib: Inbound, statPrefix: string): { network?
 /** The outbound clusters and endpoints of a proxy; proxies reaching the same services share them. */
 function outboundClusters(g: Generation, services: readonly string[]): { clusters: readonly Obj[]; assignments: readonly Obj[] } {
   // Clusters depend on the flavour, mTLS mode, mesh and each service's protocol, endpoints on the services.
-  return g.lasting(`outbound:${g.flavour}:${g.servicesId()}:${g.lastingId(services)}:${g.mtls}:${g.meshName}`, () => ({
+  return g.forServices(`outbound:${g.flavour}:${g.lastingId(services)}:${g.mtls}:${g.meshName}`, () => ({
     clusters: services.map((s) => serviceCluster(g, s)),
     assignments: services.map((s) => assignmentOf(g, s)),
   }));
@@ -307,7 +315,7 @@ function sidecarOutbound(g: Generation, name: string, address: string, port: num
  * then adds one small listener to each proxy's config instead of changing a big one.
  */
 function transparentOutboundListeners(g: Generation, services: readonly string[], port: number, fallback: string): Obj[] {
-  const vips = g.lasting(`vips:${g.servicesId()}`, () => serviceVips(g.services.keys()));
+  const vips = g.forServices('vips', () => serviceVips(g.services.keys()));
   const out: Obj[] = [];
   for (const s of services) {
     const vip = vips.get(s);
@@ -387,7 +395,7 @@ function sidecar(g: Generation): ResourceSet {
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
     const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
-    shared = g.lasting(`tp:listeners:${g.servicesId()}:${g.lastingId(services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
+    shared = g.forServices(`tp:listeners:${g.lastingId(services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
     extraClusters.push(
       g.lasting(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
         passthrough
@@ -407,7 +415,7 @@ function sidecar(g: Generation): ResourceSet {
 
   // Route configurations of the HTTP services this proxy calls; one shared list per distinct set.
   const explicit = [...explicitHttp].sort();
-  const routes = g.lasting(`routes:${g.servicesId()}:${tp ? g.lastingId(services) : '-'}:${JSON.stringify(explicit)}`, () =>
+  const routes = g.forServices(`routes:${tp ? g.lastingId(services) : '-'}:${JSON.stringify(explicit)}`, () =>
     [...new Set([...(tp ? services : []), ...explicit])]
       .filter((s) => isHttp(g.protocolOf(s)))
       .sort()
@@ -416,8 +424,9 @@ function sidecar(g: Generation): ResourceSet {
   let clusters = outbound.clusters;
   if (extraClusters.length > 0) {
     // Proxies with equal extra clusters (same local ports) share one list, so it is encoded once.
-    const key = [outbound, ...extraClusters].map((o) => g.lastingId(o)).join(',');
-    clusters = g.lasting(`cds:${key}`, () => [...outbound.clusters, ...extraClusters]);
+    // Built from the outbound clusters (what `outboundClusters` is keyed by) and the extra ones.
+    const extras = extraClusters.map((o) => g.lastingId(o)).join(',');
+    clusters = g.forServices(`cds:${g.flavour}:${g.lastingId(services)}:${g.mtls}:${g.meshName}:${extras}`, () => [...outbound.clusters, ...extraClusters]);
   }
   return {
     [TypeUrl.Cluster]: clusters,

@@ -101,4 +101,20 @@ describe('translation with a LastingMemo', () => {
     assert.deepEqual(reaching(['cache']), ['cache'], 'another reach, same services: its own list');
     assert.deepEqual(reaching(['db']), ['db']);
   });
+  it('keeps what depends on the services for the current services object only: new ones replace it', () => {
+    const lasting = new LastingMemo();
+    const mesh = meshOf({});
+    const backend = { ...dataplane('10.4.0.1'), name: 'db-1', spec: { networking: { address: '10.4.0.1', inbound: [{ port: 9000, tags: { 'kuma.io/service': 'db' } }] } } } as unknown as Resource<DataplaneSpec>;
+    const caller = dataplane('10.3.0.1');
+    const dataplanes = [caller, backend];
+    const none = { trafficPermissions: [], meshTrafficPermissions: [] };
+    const sizes: number[] = [];
+    for (let round = 0; round < 20; round++) {
+      lasting.startRound();
+      // A Dataplane changed somewhere: the reconciler derives a new services object each time.
+      generateProxyConfig({ mesh, dataplane: caller, dataplanes, services: meshServices(dataplanes), ...none, lasting, memo: new Map() });
+      sizes.push(lasting.size);
+    }
+    assert.equal(sizes.at(-1), sizes[1], `no entries pile up without a sweep (sizes ${sizes.join(',')})`);
+  });
 });
