@@ -13,6 +13,7 @@ import { TypeUrl } from '../src/ads/index.js';
 import type { EncodedResource } from '../src/ads/cache.js';
 import { grpcCodec, messageType } from '../src/ads/protos.js';
 import { responseSerializer, withEncoded } from '../src/ads/wire.js';
+import { deframer, frame } from './grpc-framing.js';
 
 const TRANSPORT = process.env.WEFT_FLOOR_TRANSPORT ?? 'grpc-js';
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
@@ -57,14 +58,6 @@ function onRequest(s: Stream, req: Record<string, unknown>): void {
   else if (type === TypeUrl.ClusterLoadAssignment) s.send(response(s, type, [current]));
 }
 
-function frame(msg: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(msg.length + 5);
-  out[0] = 0;
-  out.writeUInt32BE(msg.length, 1);
-  msg.copy(out, 5);
-  return out;
-}
-
 async function listen(): Promise<number> {
   if (TRANSPORT === 'grpc-js') {
     const server = new grpc.Server({ 'grpc.enable_channelz': 0 });
@@ -92,16 +85,7 @@ async function listen(): Promise<number> {
     stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
     const s: Stream = { send: (b) => stream.write(frame(b)), nonce: 0 };
     streams.add(s);
-    let pending: Buffer = Buffer.alloc(0);
-    stream.on('data', (chunk: Buffer) => {
-      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-      while (pending.length >= 5) {
-        const length = pending.readUInt32BE(1);
-        if (pending.length < 5 + length) break;
-        onRequest(s, request.deserialize(pending.subarray(5, 5 + length)));
-        pending = pending.subarray(5 + length);
-      }
-    });
+    stream.on('data', deframer((msg) => onRequest(s, request.deserialize(msg))));
     stream.on('close', () => streams.delete(s));
     stream.on('error', () => streams.delete(s));
   });

@@ -10,6 +10,7 @@ import http2 from 'node:http2';
 import { grpcCodec } from '../src/ads/protos.js';
 import type { DeltaDiscoveryRequest, Node } from '../src/ads/stream.js';
 import { toReceived, type Received } from '../src/ads/test-client.js';
+import { deframer, frame } from './grpc-framing.js';
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
 const request = grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryRequest');
@@ -51,27 +52,17 @@ export class H2AdsClient {
       setTimeout(() => this.connect(), 200 + Math.random() * 800);
     });
     for (const b of this.early ?? []) stream.write(b);
-    let pending: Buffer = Buffer.alloc(0);
+    const onMessages = deframer((msg) => this.opts.onResponse(toReceived(response.deserialize(msg), false)));
     stream.on('data', (chunk: Buffer) => {
       this.early = undefined;
-      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-      while (pending.length >= 5) {
-        const length = pending.readUInt32BE(1);
-        if (pending.length < 5 + length) break;
-        const raw = response.deserialize(pending.subarray(5, 5 + length));
-        pending = pending.subarray(5 + length);
-        this.opts.onResponse(toReceived(raw, false));
-      }
+      onMessages(chunk);
     });
   }
 
   delta(req: DeltaDiscoveryRequest): void {
     const msg = request.serialize(this.firstSent ? req : { ...req, node: this.node });
     this.firstSent = true;
-    const framed = Buffer.allocUnsafe(msg.length + 5);
-    framed[0] = 0;
-    framed.writeUInt32BE(msg.length, 1);
-    msg.copy(framed, 5);
+    const framed = frame(msg);
     this.early?.push(framed);
     this.stream.write(framed);
   }
