@@ -177,13 +177,15 @@ async function scenario(variant: 'sotw' | 'delta') {
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
-    // WEFT_BENCH_CP_LOG=FILE: the CP's log lines (debug level: one line per regeneration round).
-    if (process.env.WEFT_BENCH_CP_LOG) writeFileSync(process.env.WEFT_BENCH_CP_LOG, `${cp.logs.join('\n')}\n`);
     workers.forEach((w) => w.kill('SIGKILL'));
+    const stopAt = Date.now();
     cp.child.kill('SIGTERM');
     const killer = setTimeout(() => cp.child.kill('SIGKILL'), 60_000);
-    await cp.exited;
+    const exit = await cp.exited;
     clearTimeout(killer);
+    process.stderr.write(`weft-cp ${exit.signal === 'SIGKILL' ? 'was killed: it did not stop' : 'stopped'} ${Date.now() - stopAt} ms after SIGTERM\n`);
+    // WEFT_BENCH_CP_LOG=FILE: the CP's log lines (debug level: one line per regeneration round), shutdown included.
+    if (process.env.WEFT_BENCH_CP_LOG) writeFileSync(process.env.WEFT_BENCH_CP_LOG, `${cp.logs.join('\n')}\n`);
     rmSync(dataDir, { recursive: true, force: true });
   }
 }

@@ -51,6 +51,8 @@ export interface AdsServerOptions {
   dataplaneOf?: (mesh: string, name: string) => Promise<DataplaneSpec | undefined>;
   /** Response bytes all streams may have on their way out at once (default 64 MiB). */
   sendBudgetBytes?: number;
+  /** On close, how long connections get to go away before they are cut (default 5 s). */
+  shutdownGraceMs?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
@@ -258,7 +260,7 @@ export class AdsServer {
         stream.close();
       }
       this.streams.clear();
-      const timer = setTimeout(() => this.server.forceShutdown(), 5000);
+      const timer = setTimeout(() => this.server.forceShutdown(), this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
         resolve();

@@ -79,6 +79,11 @@ export const configSchema = z
         keyFile: z.string().min(1).optional(),
       })
       .default({}),
+    /**
+     * On shutdown, how long requests and xDS streams in flight get to finish before their
+     * connections are closed.
+     */
+    shutdownGraceMs: z.number().int().min(0).max(600_000).default(5000),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') })
       .default({ level: 'info' }),
@@ -119,6 +124,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_TLS_KEY_FILE: { path: ['xds', 'tls', 'keyFile'], kind: 'string' },
   WEFT_XDS_TLS_DNS_NAMES: { path: ['xds', 'tls', 'dnsNames'], kind: 'list' },
   WEFT_SECRETS_KEY_FILE: { path: ['secrets', 'keyFile'], kind: 'string' },
+  WEFT_SHUTDOWN_GRACE_MS: { path: ['shutdownGraceMs'], kind: 'number' },
   WEFT_LOG_LEVEL: { path: ['log', 'level'], kind: 'string' },
   WEFT_DEFAULTS_SKIP_MESH_CREATION: { path: ['defaults', 'skipMeshCreation'], kind: 'boolean' },
 };

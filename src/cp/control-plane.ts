@@ -30,6 +30,21 @@ export interface ControlPlane {
   close(): Promise<void>;
 }
 
+/**
+ * Closes an HTTP server: it stops accepting, idle connections close, requests in flight may
+ * finish; after `graceMs` whatever is still open is closed. Node counts a connection that never
+ * sent a request as busy, so without the deadline one such client holds the shutdown until
+ * Node's header timeout (60 s).
+ */
+async function closeHttp(server: Server, close: () => Promise<void>, graceMs: number): Promise<void> {
+  const deadline = setTimeout(() => server.closeAllConnections(), graceMs);
+  try {
+    await close();
+  } finally {
+    clearTimeout(deadline);
+  }
+}
+
 function urlOf(server: { address(): AddressInfo | string | null }): string {
   const a = server.address() as AddressInfo;
   const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
@@ -135,6 +150,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     instanceId,
     nackBackoffMs: config.xds.nackBackoffMs,
     sendBudgetBytes: config.xds.sendBudgetBytes,
+    shutdownGraceMs: config.shutdownGraceMs,
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
   ads.addService(dpServiceDefinition(), dpService.handlers());
@@ -207,8 +223,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
         await ads.close();
         for (const t of cleanups.values()) clearTimeout(t);
         reconciler.close();
-        await api.close();
-        await new Promise<void>((resolve) => diagnostics.close(() => resolve()));
+        const grace = config.shutdownGraceMs;
+        await Promise.all([closeHttp(api.server, () => api.close(), grace), closeHttp(diagnostics, () => new Promise<void>((resolve) => diagnostics.close(() => resolve())), grace)]);
         await store.close();
         logger.info('control plane stopped');
       })();
