@@ -22,6 +22,9 @@ const REACHABLE = process.env.WEFT_BENCH_REACHABLE ?? 'all';
 const WORKERS = Number(process.env.WEFT_BENCH_WORKERS ?? 4);
 const VARIANTS = (process.env.WEFT_BENCH_VARIANTS ?? 'sotw,delta').split(',') as ('sotw' | 'delta')[];
 const TIMEOUT_MS = Number(process.env.WEFT_BENCH_TIMEOUT_MS ?? 300_000);
+// How many endpoint changes, and mesh-wide changes, are measured (one after another, PAUSE_MS apart).
+const CHANGES = Number(process.env.WEFT_BENCH_CHANGES ?? 5);
+const PAUSE_MS = Number(process.env.WEFT_BENCH_CHANGE_PAUSE_MS ?? 1000);
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -79,6 +82,17 @@ async function heapSnapshot(cp: CpProcess, dir: string): Promise<Record<string, 
   }
 }
 
+type Measured = { p99Ms: number } & Record<string, unknown>;
+
+/**
+ * The first change (its code paths run for the first time since start) apart from the later
+ * ones (steady state), each with every figure, and the later p99s' median and worst.
+ */
+function summary(changes: Measured[]) {
+  const later = changes.slice(1).map((c) => c.p99Ms).sort((a, b) => a - b);
+  return { first: changes[0], laterP99Ms: later.length ? { median: later[Math.floor((later.length - 1) / 2)], worst: later.at(-1) } : undefined, each: changes };
+}
+
 async function api(cp: CpProcess, method: string, path: string, body: unknown): Promise<void> {
   const res = await fetch(`${cp.apiUrl}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
@@ -88,6 +102,8 @@ async function scenario(variant: 'sotw' | 'delta') {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-bench-ads-'));
   // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
   const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
+  // WEFT_BENCH_CP_NODE_FLAGS: more flags for weft-cp's node (e.g. --trace-gc; its lines land in WEFT_BENCH_CP_LOG).
+  profile.push(...(process.env.WEFT_BENCH_CP_NODE_FLAGS ?? '').split(' ').filter(Boolean));
   // WEFT_BENCH_CP_HEAPSNAPSHOT=DIR writes a heap snapshot of weft-cp there after cold start.
   const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
   if (snapshotDir) profile.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
@@ -152,16 +168,26 @@ async function scenario(variant: 'sotw' | 'delta') {
       };
     };
 
-    // One endpoint change: one replica of svc-7 goes unhealthy; proxies reaching svc-7 must see 3 endpoints.
+    // Endpoint changes: one replica of svc-7 goes unhealthy, then healthy again, and so on;
+    // proxies reaching svc-7 must see 3, then 4 endpoints.
     const reachesSvc7 = ids.filter((_, j) => {
       const s = Math.floor(j / REPLICAS);
       const reach = reachableOf(s);
       return !reach || reach.includes('svc-7');
     });
-    const endpointChange = await measure('endpoints', 'svc-7', reachesSvc7, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-7-0', dataplane(7, 0, 'svc-7', false)), REPLICAS - 1);
+    const endpointChanges = [];
+    for (let i = 0; i < CHANGES; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, PAUSE_MS));
+      const ready = i % 2 === 1;
+      endpointChanges.push(await measure('endpoints', 'svc-7', reachesSvc7, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-7-0', dataplane(7, 0, 'svc-7', ready)), ready ? REPLICAS : REPLICAS - 1));
+    }
 
-    // One mesh-wide change: a new service every proxy reaches (only when all services are reachable).
-    const meshWide = REACHABLE === 'all' ? await measure('cluster', 'svc-new', ids, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-new-0', dataplane(SERVICES, 0, 'svc-new'))) : 'n/a: proxies reach a fixed list of services';
+    // Mesh-wide changes: each a new service every proxy reaches (only when all services are reachable).
+    const meshWideChanges = [];
+    for (let i = 0; REACHABLE === 'all' && i < CHANGES; i++) {
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
+      meshWideChanges.push(await measure('cluster', `svc-new-${i}`, ids, () => api(cp, 'PUT', `/meshes/default/dataplanes/svc-new-${i}-0`, dataplane(SERVICES, 0, `svc-new-${i}`))));
+    }
 
     workers.forEach((w) => w.send({ cmd: 'stop' }));
     const final = procStats(cp.child.pid!);
@@ -172,8 +198,8 @@ async function scenario(variant: 'sotw' | 'delta') {
       services: SERVICES,
       reachable: REACHABLE,
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },
-      endpointChange,
-      meshWideChange: meshWide,
+      endpointChange: summary(endpointChanges),
+      meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services',
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {

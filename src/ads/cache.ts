@@ -316,22 +316,25 @@ export class ResourceEncoder {
    */
   missingSecrets(from: TypeEntry, secrets: TypeEntry): SnapshotProblem[] {
     const f = from as TypeEntryInternal;
-    if (f.kind === 'split') return [...this.missingSecrets(f.shared, secrets), ...this.missingSecrets(f.own, secrets)];
     let bySecrets = this.secretsChecked.get(f);
     if (!bySecrets) this.secretsChecked.set(f, (bySecrets = new WeakMap()));
     const known = bySecrets.get(secrets);
     if (known) return known;
-    const problems: SnapshotProblem[] = [];
-    for (const r of f.map.values()) {
-      for (const ref of r.secretRefs) {
-        if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: f.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
+    let problems: SnapshotProblem[];
+    if (f.kind === 'split') problems = [...this.missingSecrets(f.shared, secrets), ...this.missingSecrets(f.own, secrets)];
+    else {
+      problems = [];
+      for (const r of f.map.values()) {
+        for (const ref of r.secretRefs) {
+          if (!secrets.map.has(ref) && !secrets.refused.has(ref)) problems.push({ typeUrl: f.typeUrl, name: r.name, message: `refers to Secret "${ref}", which the snapshot lacks` });
+        }
       }
     }
     bySecrets.set(secrets, problems);
     return problems;
   }
 
-  private readonly secretsChecked = new WeakMap<LeafEntry, WeakMap<TypeEntry, SnapshotProblem[]>>();
+  private readonly secretsChecked = new WeakMap<TypeEntryInternal, WeakMap<TypeEntry, SnapshotProblem[]>>();
 
   retain(snapshot: Snapshot): void {
     for (const e of (snapshot as SnapshotInternal).entries) this.hold(e);
@@ -483,13 +486,16 @@ interface SnapshotInternal extends Snapshot {
 export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: ResourceSet, changeTime = Date.now()): Snapshot {
   const entries = RESPONSE_ORDER.map((t) => encoder.typeEntry(t, set[t] ?? []));
   const byType = new Map(entries.map((e) => [e.typeUrl, e]));
-  const problems = [
-    ...entries.flatMap((e) => e.problems),
-    ...encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'),
-    ...encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'),
-    ...encoder.missingSecrets(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Secret)!),
-    ...encoder.missingSecrets(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.Secret)!),
-  ];
+  // Each check is remembered per pair of entries, so this usually allocates nothing.
+  const problems: SnapshotProblem[] = [];
+  const add = (found: readonly SnapshotProblem[]) => {
+    if (found.length > 0) problems.push(...found);
+  };
+  for (const e of entries) add(e.problems);
+  add(encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'));
+  add(encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'));
+  add(encoder.missingSecrets(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Secret)!));
+  add(encoder.missingSecrets(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.Secret)!));
   if (problems.length > 0) {
     encoder.dropEntries(entries);
     throw new InconsistentSnapshotError(nodeId, problems);

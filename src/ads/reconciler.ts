@@ -46,6 +46,21 @@ interface LastConfig {
   bundle: string;
 }
 
+/** What a list of Dataplanes provides: each one's services, and the Dataplanes by name. */
+interface Provision {
+  readonly services: ReadonlyMap<string, readonly string[]>;
+  readonly byName: ReadonlyMap<string, Resource<DataplaneSpec>>;
+}
+
+/** Per Dataplane resource (never changed in place: a changed Dataplane is a new object). */
+const servicesOfDataplane = new WeakMap<Resource<DataplaneSpec>, readonly string[]>();
+
+function servicesOf(d: Resource<DataplaneSpec>): readonly string[] {
+  let s = servicesOfDataplane.get(d);
+  if (!s) servicesOfDataplane.set(d, (s = dataplaneServices(d.spec)));
+  return s;
+}
+
 function meshOf(nodeId: string): [string, string] {
   const dot = nodeId.indexOf('.');
   return [nodeId.slice(0, dot), nodeId.slice(dot + 1)];
@@ -61,8 +76,8 @@ export class Reconciler {
   private readonly tracked = new Map<string, number>();
   /** Per mesh: the Dataplanes changed since the last round, or 'all' (mesh, policies, resync). */
   private readonly dirty = new Map<string, Set<string> | 'all'>();
-  /** Per mesh, per Dataplane: the services it provided at the last round (to know who used them). */
-  private readonly provided = new Map<string, Map<string, string[]>>();
+  /** Per mesh: what its Dataplanes provided at the last round (to know who used them). */
+  private readonly provided = new Map<string, Provision>();
   /**
    * Per mesh: its resources as of the last round, kept current from change events so a round
    * after a few Dataplane changes reads those Dataplanes, not the whole mesh.
@@ -265,31 +280,46 @@ export class Reconciler {
     return dirty && dirty.size > 0 ? this.loadFor(mesh, new Set(dirty)) : cached;
   }
 
+  private readonly provisions = new WeakMap<readonly Resource<DataplaneSpec>[], Provision>();
+
+  /** Per list of Dataplanes, built once (a round that read nothing new reuses it). */
+  private provisionOf(dataplanes: readonly Resource<DataplaneSpec>[]): Provision {
+    let p = this.provisions.get(dataplanes);
+    if (!p) {
+      const services = new Map<string, readonly string[]>();
+      const byName = new Map<string, Resource<DataplaneSpec>>();
+      for (const d of dataplanes) {
+        services.set(d.name, servicesOf(d));
+        byName.set(d.name, d);
+      }
+      this.provisions.set(dataplanes, (p = { services, byName }));
+    }
+    return p;
+  }
+
   /** Services and their shape, per list of Dataplanes (a round that read nothing new reuses them). */
   private readonly derived = new WeakMap<readonly Resource<DataplaneSpec>[], { services: ReturnType<typeof meshServices>; shape: string }>();
 
   /**
    * The connected proxies of a mesh a change to some Dataplanes can affect: those Dataplanes
-   * themselves, proxies reaching a service they provided before or provide now, and, when the
-   * mesh's set of services changed, proxies that reach every service.
+   * themselves, and proxies reaching a service they provided before or provide now (so every
+   * proxy that reaches all services, when they provide any).
    */
   private affected(mesh: string, data: MeshData, changed: Set<string>, candidates: string[]): string[] {
-    const before = this.provided.get(mesh) ?? new Map<string, string[]>();
-    const now = new Map<string, string[]>(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)]));
+    const before = this.provided.get(mesh);
+    const now = this.provisionOf(data.dataplanes);
     const services = new Set<string>();
-    for (const name of changed) for (const s of [...(before.get(name) ?? []), ...(now.get(name) ?? [])]) services.add(s);
-    const setOf = (m: Map<string, string[]>) => new Set([...m.values()].flat());
-    const beforeAll = setOf(before);
-    const nowAll = setOf(now);
-    const serviceSetChanged = beforeAll.size !== nowAll.size || [...nowAll].some((s) => !beforeAll.has(s));
-    const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
+    for (const name of changed) for (const s of [...(before?.services.get(name) ?? []), ...(now.services.get(name) ?? [])]) services.add(s);
+    // No need to compare the mesh's whole service set: a service can appear or go only with a
+    // changed Dataplane that provides it now or did before, so it is in `services`.
+    const byName = now.byName;
     return candidates.filter((id) => {
       const name = meshOf(id)[1];
       if (changed.has(name)) return true;
       const dp = byName.get(name);
       if (!dp) return false;
       const reach = reachOf(dp);
-      return reach.all ? services.size > 0 || serviceSetChanged : reach.services.some((s) => services.has(s));
+      return reach.all ? services.size > 0 : reach.services.some((s) => services.has(s));
     });
   }
 
@@ -308,7 +338,7 @@ export class Reconciler {
     if (changed !== 'all' && !only) nodes = this.affected(mesh, data, changed, nodes);
     // A newcomers' round may see changes whose own round has not run yet; that round must still
     // compare them with what was provided before them.
-    if (!only || !this.provided.has(mesh)) this.provided.set(mesh, new Map(data.dataplanes.map((d) => [d.name, dataplaneServices(d.spec)])));
+    if (!only || !this.provided.has(mesh)) this.provided.set(mesh, this.provisionOf(data.dataplanes));
     const memo = new Map<string, unknown>();
     let lasting = this.lasting.get(mesh);
     if (!lasting) this.lasting.set(mesh, (lasting = { memo: new LastingMemo(), sweptSize: 0 }));
@@ -332,7 +362,7 @@ export class Reconciler {
     const bundle = trustBundle.join('');
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
-    const byName = new Map(data.dataplanes.map((d) => [d.name, d]));
+    const byName = this.provisionOf(data.dataplanes).byName;
     let sliceStart = performance.now();
     const slice = only ? NEWCOMERS_SLICE_MS : SLICE_MS;
     for (const nodeId of nodes) {

@@ -223,6 +223,9 @@ export class ClientView {
   }
 }
 
+/** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
+const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]) as unknown as EncodedResource[], removed: Object.freeze([]) as unknown as string[], compared: Object.freeze([]) as readonly string[] });
+
 interface Diff {
   send: EncodedResource[];
   removed: string[];
@@ -486,7 +489,7 @@ export class AdsStream {
     const all = this.current(state.typeUrl);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
-    if (!state.subsDirty && state.pending.size === 0 && state.forced.size === 0 && state.syncedMap === all) return { some: false, send: [], removed: [], compared: [] };
+    if (!state.subsDirty && state.pending.size === 0 && state.forced.size === 0 && state.syncedMap === all) return UNCHANGED;
     const view = state.clientHas;
     if (!view.base && view.extra.size === 0 && state.forced.size === 0) {
       // The client holds nothing of this type yet (a new stream): everything it wants, as is.
