@@ -177,7 +177,8 @@ async function scenario(variant: 'sotw' | 'delta') {
     });
     const endpointChanges = [];
     for (let i = 0; i < CHANGES; i++) {
-      if (i > 0) await new Promise((r) => setTimeout(r, PAUSE_MS));
+      // The first change too waits: the proxies' last ACKs of cold start are still coming in.
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
       const ready = i % 2 === 1;
       endpointChanges.push(await measure('endpoints', 'svc-7', reachesSvc7, () => api(cp, 'PUT', '/meshes/default/dataplanes/svc-7-0', dataplane(7, 0, 'svc-7', ready)), ready ? REPLICAS : REPLICAS - 1));
     }
