@@ -114,8 +114,6 @@ interface TypeState {
   clientHas: ClientView;
   /** Delta: subscribed names that do not exist and the client was told so. */
   toldMissing: Set<string>;
-  /** SotW: whether `subscribed` held every name of `map` (cached per pair). */
-  covers?: { map: ReadonlyMap<string, EncodedResource>; subscribed: ReadonlySet<string>; result: boolean };
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
   forced: Set<string>;
 }
@@ -181,6 +179,30 @@ export function changedNames(from: ReadonlySet<string>, sub: readonly string[], 
   // Bounded: a client choosing endless distinct changes from a shared set must not grow this.
   if (byChange.size < 64) byChange.set(key, new WeakRef(result));
   return result;
+}
+
+/**
+ * Answers about pairs of a shared snapshot map and a shared set (subscriptions are interned, sent
+ * sets are snapshot maps or answers from here), computed once for every stream holding the pair:
+ * with 2000 proxies each asking about the same 500 names, per-stream answers cost most of a round.
+ */
+function pairwise<K extends object, V>(cache: WeakMap<object, WeakMap<K, V>>, a: object, b: K, compute: () => V): V {
+  let byB = cache.get(a);
+  if (!byB) cache.set(a, (byB = new WeakMap()));
+  let v = byB.get(b);
+  if (v === undefined) byB.set(b, (v = compute()));
+  return v;
+}
+/** What a subscription gets of a map, and its version. */
+const subsets = new WeakMap<object, WeakMap<ReadonlySet<string>, { desired: ReadonlyMap<string, EncodedResource>; version: string }>>();
+const lacking = new WeakMap<object, WeakMap<object, boolean>>();
+
+/** Does `from` have a name `within` lacks? Remembered per pair. */
+function lacksSome(within: { has(name: string): boolean }, from: { keys(): Iterable<string> } & object): boolean {
+  return pairwise(lacking, within, from, () => {
+    for (const n of from.keys()) if (!within.has(n)) return true;
+    return false;
+  });
 }
 
 /**
@@ -407,24 +429,19 @@ export class AdsStream {
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     const known = this.snapshot?.typeVersions.get(state.typeUrl);
     const all = this.current(state.typeUrl);
+    // Rule 8 keeps sent resources the current set lacks; when there are none, the shared answers below hold.
+    const holdsOld = keepOld && lacksSome(all, state.sent);
     // Everything current is wanted (wildcard, or every name subscribed, as Envoy's EDS does): the
     // shared map and its version, without building a copy per proxy.
-    if (known !== undefined && (state.wildcard || this.subscribedCoversAll(state, all)) && !(keepOld && [...state.sent.keys()].some((n) => !all.has(n)))) {
+    if (known !== undefined && !holdsOld && (state.wildcard || !lacksSome(state.subscribed, all))) {
       return { desired: all, version: known };
     }
-    const desired = this.desiredSotw(state);
-    return { desired, version: setVersion(desired.values()) };
+    // Some names subscribed: the same for every stream with the same (interned) subscription.
+    if (!holdsOld && !state.wildcard) return pairwise(subsets, all, state.subscribed, () => this.desiredSotw(state));
+    return this.desiredSotw(state);
   }
 
-  private subscribedCoversAll(state: TypeState, all: ReadonlyMap<string, EncodedResource>): boolean {
-    const c = state.covers;
-    if (c && c.map === all && c.subscribed === state.subscribed) return c.result;
-    const result = all.size <= state.subscribed.size && [...all.keys()].every((n) => state.subscribed.has(n));
-    state.covers = { map: all, subscribed: state.subscribed, result };
-    return result;
-  }
-
-  private desiredSotw(state: TypeState): Map<string, EncodedResource> {
+  private desiredSotw(state: TypeState): { desired: Map<string, EncodedResource>; version: string } {
     const all = this.current(state.typeUrl);
     const out = new Map<string, EncodedResource>();
     for (const [name, r] of all) if (state.wildcard || state.subscribed.has(name)) out.set(name, r);
@@ -432,7 +449,7 @@ export class AdsStream {
     if ((state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached) {
       for (const [name, r] of state.sent) if (!out.has(name) && (state.wildcard || state.subscribed.has(name))) out.set(name, r);
     }
-    return out;
+    return { desired: out, version: setVersion(out.values()) };
   }
 
   private routingPendingCached = false;

@@ -125,6 +125,30 @@ describe('ADS state of the world', () => {
     assert.deepEqual(final.resources.map((r) => r.name).sort(), ['new', 'newer']);
   });
 
+  it('rule 8: a removed cluster also stays for a client that names its clusters (as grpc-js does)', async () => {
+    const id = nodeId();
+    // "other" is never asked for: the client's names do not cover the snapshot.
+    ads.cache.set(id, meshSet({ old: [['10.0.0.1', 80]], new: [['10.0.0.2', 80]], other: [['10.0.0.9', 80]] }, 'old'));
+    const c = connect(id);
+    c.subscribe(CDS, ['old', 'new', 'newer']);
+    c.ack(await c.next(CDS));
+    c.subscribe(EDS, ['old', 'new']);
+    c.ack(await c.next(EDS));
+    c.subscribe(LDS, []);
+    c.ack(await c.next(LDS));
+    c.subscribe(RDS, ['http-routes']);
+    c.ack(await c.next(RDS));
+    ads.cache.set(id, meshSet({ new: [['10.0.0.2', 80]], newer: [['10.0.0.3', 80]], other: [['10.0.0.9', 80]] }, 'newer'));
+    const cds = await c.next(CDS);
+    assert.deepEqual(cds.resources.map((r) => r.name).sort(), ['new', 'newer', 'old'], 'old is kept while routes still use it');
+    c.ack(cds);
+    const rds = await c.next(RDS);
+    assert.ok(await c.quiet(150, CDS), 'removal waits for the route ACK');
+    c.ack(rds);
+    const final = await c.next(CDS);
+    assert.deepEqual(final.resources.map((r) => r.name).sort(), ['new', 'newer']);
+  });
+
   it('rule 9: an updated cluster is followed by its endpoints even when they did not change', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
