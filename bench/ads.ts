@@ -101,15 +101,15 @@ async function api(cp: CpProcess, method: string, path: string, body: unknown): 
 async function scenario(variant: 'sotw' | 'delta') {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-bench-ads-'));
   // WEFT_BENCH_CP_PROFILE=DIR writes a V8 CPU profile of weft-cp there.
-  const profile = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
+  const cpFlags = process.env.WEFT_BENCH_CP_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CP_PROFILE}`] : [];
   // WEFT_BENCH_CP_NODE_FLAGS: more flags for weft-cp's node (e.g. --trace-gc; its lines land in WEFT_BENCH_CP_LOG).
-  profile.push(...(process.env.WEFT_BENCH_CP_NODE_FLAGS ?? '').split(' ').filter(Boolean));
+  cpFlags.push(...(process.env.WEFT_BENCH_CP_NODE_FLAGS ?? '').split(' ').filter(Boolean));
   // WEFT_BENCH_CP_HEAPSNAPSHOT=DIR writes a heap snapshot of weft-cp there after cold start.
   const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
-  if (snapshotDir) profile.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
+  if (snapshotDir) cpFlags.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
   const cp = await spawnControlPlane(
     { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'debug' },
-    [process.execPath, ...profile, binPath('weft-cp'), 'run'],
+    [process.execPath, ...cpFlags, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];
   try {

@@ -183,8 +183,9 @@ export function changedNames(from: ReadonlySet<string>, sub: readonly string[], 
 
 /**
  * Answers about pairs of a shared snapshot map and a shared set (subscriptions are interned, sent
- * sets are snapshot maps or answers from here), computed once for every stream holding the pair:
- * with 2000 proxies each asking about the same 500 names, per-stream answers cost most of a round.
+ * sets are snapshot maps or answers from here), computed once for every stream holding the pair.
+ * Worked out per stream they were a fifth of the CP's CPU in a SotW mesh-wide change with 2000
+ * proxies naming 500 clusters' endpoints each. Keys are never changed in place.
  */
 function pairwise<K extends object, V>(cache: WeakMap<object, WeakMap<K, V>>, a: object, b: K, compute: () => V): V {
   let byB = cache.get(a);
