@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import type { Server as NetServer, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { dataplaneHasTags, isWeftError, type DataplaneSpec, type Logger } from '../core/index.js';
@@ -240,8 +241,32 @@ export class AdsServer {
   listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
     const host = address.includes(':') ? `[${address}]` : address;
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(`${host}:${port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+      this.server.bindAsync(`${host}:${port}`, credentials, (err, bound) => {
+        if (err) return reject(err);
+        this.trackConnections();
+        resolve(bound);
+      });
     });
+  }
+
+  /** Every TCP connection of the port, from accept on, so `destroy` can cut them all. */
+  private readonly sockets = new Set<Socket>();
+
+  /**
+   * grpc-js's `forceShutdown` cuts only the HTTP/2 sessions channelz tracks (none with channelz
+   * off, as here), and a connection still in its TLS handshake or before the HTTP/2 preface has
+   * no session at all: one such client held `close()` for TLS's 120 s handshake timeout or for
+   * ever (test/cp/shutdown.test.ts). grpc-js (1.14) exposes no listening server, so this reads
+   * its `http2Servers`; if a later version drops that, nothing is tracked and that test fails.
+   */
+  private trackConnections(): void {
+    const servers = (this.server as unknown as { http2Servers?: Map<NetServer, unknown> }).http2Servers;
+    for (const server of servers?.keys() ?? []) {
+      server.on('connection', (socket: Socket) => {
+        this.sockets.add(socket);
+        socket.once('close', () => this.sockets.delete(socket));
+      });
+    }
   }
 
   /** Number of open streams. */
@@ -260,7 +285,7 @@ export class AdsServer {
         stream.close();
       }
       this.streams.clear();
-      const timer = setTimeout(() => this.server.forceShutdown(), this.opts.shutdownGraceMs ?? 5000);
+      const timer = setTimeout(() => this.destroy(), this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
         resolve();
@@ -273,6 +298,7 @@ export class AdsServer {
   destroy(): void {
     for (const s of this.streams.keys()) s.close();
     this.streams.clear();
+    for (const socket of this.sockets) socket.destroy();
     this.server.forceShutdown();
   }
 }
