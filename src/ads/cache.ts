@@ -486,7 +486,7 @@ interface SnapshotInternal extends Snapshot {
 export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: ResourceSet, changeTime = Date.now()): Snapshot {
   const entries = RESPONSE_ORDER.map((t) => encoder.typeEntry(t, set[t] ?? []));
   const byType = new Map(entries.map((e) => [e.typeUrl, e]));
-  // Each check is remembered per pair of entries, so this usually allocates nothing.
+  // Each check is remembered per pair of entries; the ones that pass add nothing here.
   const problems: SnapshotProblem[] = [];
   const add = (found: readonly SnapshotProblem[]) => {
     if (found.length > 0) problems.push(...found);

@@ -80,8 +80,8 @@ export const configSchema = z
       })
       .default({}),
     /**
-     * On shutdown, how long requests and xDS streams in flight get to finish before their
-     * connections are closed.
+     * On shutdown, how long HTTP requests in flight get to finish, and clients of the ended xDS
+     * streams to go, before every connection still open is cut.
      */
     shutdownGraceMs: z.number().int().min(0).max(600_000).default(5000),
     log: z
