@@ -46,10 +46,15 @@ interface LastConfig {
   bundle: string;
 }
 
-/** What a list of Dataplanes provides: each one's services, and the Dataplanes by name. */
+/**
+ * What a list of Dataplanes provides: each one's services, the Dataplanes by name, and the mesh's
+ * services with their shape. Built once per list (a round that read nothing new reuses it).
+ */
 interface Provision {
-  readonly services: ReadonlyMap<string, readonly string[]>;
+  readonly provides: ReadonlyMap<string, readonly string[]>;
   readonly byName: ReadonlyMap<string, Resource<DataplaneSpec>>;
+  readonly services: ReturnType<typeof meshServices>;
+  readonly shape: string;
 }
 
 /** Per Dataplane resource (never changed in place: a changed Dataplane is a new object). */
@@ -282,23 +287,20 @@ export class Reconciler {
 
   private readonly provisions = new WeakMap<readonly Resource<DataplaneSpec>[], Provision>();
 
-  /** Per list of Dataplanes, built once (a round that read nothing new reuses it). */
   private provisionOf(dataplanes: readonly Resource<DataplaneSpec>[]): Provision {
     let p = this.provisions.get(dataplanes);
     if (!p) {
-      const services = new Map<string, readonly string[]>();
+      const provides = new Map<string, readonly string[]>();
       const byName = new Map<string, Resource<DataplaneSpec>>();
       for (const d of dataplanes) {
-        services.set(d.name, servicesOf(d));
+        provides.set(d.name, servicesOf(d));
         byName.set(d.name, d);
       }
-      this.provisions.set(dataplanes, (p = { services, byName }));
+      const services = meshServices(dataplanes);
+      this.provisions.set(dataplanes, (p = { provides, byName, services, shape: servicesShape(services) }));
     }
     return p;
   }
-
-  /** Services and their shape, per list of Dataplanes (a round that read nothing new reuses them). */
-  private readonly derived = new WeakMap<readonly Resource<DataplaneSpec>[], { services: ReturnType<typeof meshServices>; shape: string }>();
 
   /**
    * The connected proxies of a mesh a change to some Dataplanes can affect: those Dataplanes
@@ -309,7 +311,7 @@ export class Reconciler {
     const before = this.provided.get(mesh);
     const now = this.provisionOf(data.dataplanes);
     const services = new Set<string>();
-    for (const name of changed) for (const s of [...(before?.services.get(name) ?? []), ...(now.services.get(name) ?? [])]) services.add(s);
+    for (const name of changed) for (const s of [...(before?.provides.get(name) ?? []), ...(now.provides.get(name) ?? [])]) services.add(s);
     // No need to compare the mesh's whole service set: a service can appear or go only with a
     // changed Dataplane that provides it now or did before, so it is in `services`.
     const byName = now.byName;
@@ -353,16 +355,10 @@ export class Reconciler {
         return;
       }
     }
-    let derived = this.derived.get(data.dataplanes);
-    if (!derived) {
-      const services = meshServices(data.dataplanes);
-      this.derived.set(data.dataplanes, (derived = { services, shape: servicesShape(services) }));
-    }
-    const { services, shape } = derived;
+    const { services, shape, byName } = this.provisionOf(data.dataplanes);
     const bundle = trustBundle.join('');
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
-    const byName = this.provisionOf(data.dataplanes).byName;
     let sliceStart = performance.now();
     const slice = only ? NEWCOMERS_SLICE_MS : SLICE_MS;
     for (const nodeId of nodes) {
