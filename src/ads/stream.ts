@@ -45,7 +45,7 @@ export interface DeltaDiscoveryResponse {
   system_version_info: string;
   resources: { name: string; version: string; resource: Any }[];
   type_url: string;
-  removed_resources: string[];
+  removed_resources: readonly string[];
   nonce: string;
   control_plane: { identifier: string };
 }
@@ -247,7 +247,7 @@ export class ClientView {
 }
 
 /** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
-const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]) as unknown as EncodedResource[], removed: Object.freeze([]) as unknown as string[], compared: Object.freeze([]) as readonly string[] });
+const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), compared: Object.freeze([]) });
 
 interface Diff {
   send: EncodedResource[];
@@ -503,7 +503,7 @@ export class AdsStream {
    * each proxy the size of the change, not of its config. `deferred`: removals held back until the
    * proxy has routes that no longer need them (rule 8).
    */
-  private deltaChanges(state: TypeState): { some: boolean; send: EncodedResource[]; removed: string[]; compared: Iterable<string> | 'all'; deferred?: boolean } {
+  private deltaChanges(state: TypeState): { some: boolean; send: readonly EncodedResource[]; removed: readonly string[]; compared: Iterable<string> | 'all'; deferred?: boolean } {
     const all = this.current(state.typeUrl);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
