@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
@@ -31,16 +31,46 @@ export interface ControlPlane {
 }
 
 /**
- * Closes an HTTP server: it stops accepting, idle connections close, requests in flight may
- * finish; after `graceMs` whatever is still open is closed. Node counts a connection that never
- * sent a request as busy, so without the deadline one such client holds the shutdown until
- * Node's header timeout (60 s).
+ * A connection that has sent no byte this long after it was accepted counts as idle at shutdown:
+ * HTTP clients open spare connections they may never use (Node's fetch did, in the ADS bench),
+ * and Node counts those as busy. Go's http.Server does the same after 5 s; a client that meant
+ * to send a request would have within a second, and one cut before sending anything can retry.
  */
-async function closeHttp(server: Server, close: () => Promise<void>, graceMs: number): Promise<void> {
+const SILENT_IS_IDLE_MS = 1000;
+
+/** How often, during shutdown, connections that have become idle are closed. */
+const SWEEP_MS = 100;
+
+/** The connections of an HTTP server from accept on, for `closeHttp`. */
+function trackConnections(server: Server): Map<Socket, number> {
+  const accepted = new Map<Socket, number>();
+  server.on('connection', (socket: Socket) => {
+    accepted.set(socket, performance.now());
+    socket.once('close', () => accepted.delete(socket));
+  });
+  return accepted;
+}
+
+/**
+ * Closes an HTTP server: it stops accepting, and requests in flight may finish. Connections with
+ * nothing to finish are closed as they are found: idle keep-alive ones (also those whose request
+ * finishes during shutdown) and ones that stayed silent since accept. After `graceMs` whatever is
+ * still open is closed (a client that sent half a request and stopped).
+ */
+async function closeHttp(server: Server, connections: Map<Socket, number>, close: () => Promise<void>, graceMs: number): Promise<void> {
+  const sweep = () => {
+    server.closeIdleConnections();
+    const now = performance.now();
+    for (const [socket, at] of connections) if (socket.bytesRead === 0 && now - at >= SILENT_IS_IDLE_MS) socket.destroy();
+  };
+  const sweeper = setInterval(sweep, SWEEP_MS);
   const deadline = setTimeout(() => server.closeAllConnections(), graceMs);
   try {
-    await close();
+    const closed = close();
+    sweep();
+    await closed;
   } finally {
+    clearInterval(sweeper);
     clearTimeout(deadline);
   }
 }
@@ -168,6 +198,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     tokens,
     certificates,
   });
+  const apiConnections = trackConnections(api.server);
   let serving = false;
   const diagnostics = createDiagnosticsServer({
     metrics,
@@ -177,6 +208,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
       return undefined;
     },
   });
+
+  const diagnosticsConnections = trackConnections(diagnostics);
 
   let xdsPort: number;
   try {
@@ -224,7 +257,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
         for (const t of cleanups.values()) clearTimeout(t);
         reconciler.close();
         const grace = config.shutdownGraceMs;
-        await Promise.all([closeHttp(api.server, () => api.close(), grace), closeHttp(diagnostics, () => new Promise<void>((resolve) => diagnostics.close(() => resolve())), grace)]);
+        await Promise.all([closeHttp(api.server, apiConnections, () => api.close(), grace), closeHttp(diagnostics, diagnosticsConnections, () => new Promise<void>((resolve) => diagnostics.close(() => resolve())), grace)]);
         await store.close();
         logger.info('control plane stopped');
       })();
