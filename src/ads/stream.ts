@@ -246,8 +246,8 @@ export class ClientView {
   }
 }
 
-/** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
-const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), compared: Object.freeze([]) });
+/** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). Its answers all have the same fields. */
+const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), compared: Object.freeze([]), deferred: false });
 
 interface Diff {
   send: EncodedResource[];
@@ -326,7 +326,11 @@ export class AdsStream {
     let state = this.types.get(typeUrl);
     const first = !state;
     if (!state) {
-      state = { typeUrl, subscribed: NO_NAMES, wildcard: false, explicit: false, sentChangeTime: 0, inFlight: false, backoffUntil: 0, sent: new Map(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), subsDirty: true, pending: new Set() };
+      // Every field from the start, undefined ones too, so states share one hidden class whatever
+      // happened to them. Fields added later gave each order of events its own class, and V8 threw
+      // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
+      // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
+      state = { typeUrl, subscribed: NO_NAMES, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), syncedMap: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set() };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -513,7 +517,7 @@ export class AdsStream {
       // The client holds nothing of this type yet (a new stream): everything it wants, as is.
       const send = state.wildcard ? [...all.values()] : [...state.subscribed].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined);
       const removed = [...state.subscribed].filter((n) => !all.has(n) && !state.toldMissing.has(n));
-      return { some: send.length > 0 || removed.length > 0, send, removed, compared: send.length === all.size ? 'all' : [...all.keys(), ...removed] };
+      return { some: send.length > 0 || removed.length > 0, send, removed, compared: send.length === all.size ? 'all' : [...all.keys(), ...removed], deferred: false };
     }
     let compared: Set<string>;
     if (view.base && !state.subsDirty) {
