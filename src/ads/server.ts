@@ -5,7 +5,7 @@ import type { DataplaneTokens } from '../certs/index.js';
 import { dataplaneHasTags, isWeftError, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { streamingMethod } from './protos.js';
-import { responseSerializer } from './wire.js';
+import { requestDeserializer, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
 import { AdsStream, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
@@ -102,10 +102,12 @@ export class AdsServer {
     const definition: grpc.ServiceDefinition = {
       StreamAggregatedResources: {
         ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
+        requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DiscoveryRequest', 'resource_names'),
         responseSerialize: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
       },
       DeltaAggregatedResources: {
         ...streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+        requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe'),
         responseSerialize: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
       },
     };

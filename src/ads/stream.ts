@@ -12,7 +12,7 @@ export interface Node {
 export interface DiscoveryRequest {
   version_info?: string;
   node?: Node;
-  resource_names?: string[];
+  resource_names?: readonly string[];
   type_url?: string;
   response_nonce?: string;
   error_detail?: { code?: number; message?: string } | null;
@@ -21,8 +21,8 @@ export interface DiscoveryRequest {
 export interface DeltaDiscoveryRequest {
   node?: Node;
   type_url?: string;
-  resource_names_subscribe?: string[];
-  resource_names_unsubscribe?: string[];
+  resource_names_subscribe?: readonly string[];
+  resource_names_unsubscribe?: readonly string[];
   initial_resource_versions?: Record<string, string>;
   response_nonce?: string;
   error_detail?: { code?: number; message?: string } | null;
@@ -92,6 +92,8 @@ interface TypeState {
   readonly typeUrl: TypeUrl;
   /** Never changed in place: replaced, and shared between streams subscribing the same names (`internNames`). */
   subscribed: ReadonlySet<string>;
+  /** SotW: the frozen request list `subscribed` was last set from (see `subscribe`). */
+  namesFrom: readonly string[] | undefined;
   wildcard: boolean;
   /** The client named resources explicitly at least once (then an empty list means none). */
   explicit: boolean;
@@ -260,6 +262,15 @@ function bytesOf(resources: readonly EncodedResource[]): number {
   return n;
 }
 
+/** A shared map's resources as a list, built once for every stream sending it whole. */
+const valueLists = new WeakMap<ReadonlyMap<string, EncodedResource>, readonly EncodedResource[]>();
+
+function valuesOf(map: ReadonlyMap<string, EncodedResource>): readonly EncodedResource[] {
+  let list = valueLists.get(map);
+  if (!list) valueLists.set(map, (list = [...map.values()]));
+  return list;
+}
+
 /** Differences between two shared snapshot maps, computed once for every client holding `from`. */
 const diffs = new WeakMap<ReadonlyMap<string, EncodedResource>, WeakMap<ReadonlyMap<string, EncodedResource>, Diff>>();
 
@@ -330,7 +341,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), syncedMap: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set() };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), syncedMap: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set() };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -386,7 +397,11 @@ export class AdsStream {
   }
 
   /** Rule 13: `*` or a legacy empty first list means all; after explicit names, empty means none. */
-  private subscribe(state: TypeState, names: string[]): void {
+  private subscribe(state: TypeState, names: readonly string[]): void {
+    // The very (frozen) list the subscription was set from: the deserializer hands out one array
+    // per distinct list of names (wire.ts), so an ACK repeating them costs no comparison.
+    if (names === state.namesFrom) return;
+    state.namesFrom = Object.isFrozen(names) ? names : undefined;
     if (names.includes('*')) {
       state.wildcard = true;
       state.subscribed = internNames(new Set(names.filter((n) => n !== '*')));
@@ -601,7 +616,8 @@ export class AdsStream {
     // Rule 14: LDS and CDS carry the full set; RDS, EDS and SDS only what the client lacks (new,
     // changed or forced), so one service's endpoints changing costs each proxy one resource.
     const fullState = state.typeUrl === TypeUrl.Listener || state.typeUrl === TypeUrl.Cluster || state.sentVersion === undefined;
-    const resources = fullState ? [...desired.values()] : [...desired.values()].filter((r) => state.sent.get(r.name)?.version !== r.version || state.forced.has(r.name));
+    // What differs from the last response is found once for every stream holding the same two maps.
+    const resources = fullState ? valuesOf(desired) : state.forced.size === 0 ? sharedDiff(state.sent, desired).send : [...desired.values()].filter((r) => state.sent.get(r.name)?.version !== r.version || state.forced.has(r.name));
     const res = withEncoded<DiscoveryResponse>(
       { version_info: version, type_url: state.typeUrl, nonce, control_plane: { identifier: this.opts.controlPlaneId } },
       resources,
@@ -611,7 +627,7 @@ export class AdsStream {
     state.sent = desired;
     if (state.forced.size > 0) state.forced.clear(); // clear() allocates even when empty
     this.opts.send(res, bytesOf(resources));
-    this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', res.resources.length);
+    this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', resources.length);
   }
 
   private sendDelta(state: TypeState): 'blocked' | void {

@@ -1,6 +1,6 @@
 import protobuf from 'protobufjs';
 import type { EncodedResource } from './cache.js';
-import { messageType } from './protos.js';
+import { messageType, TO_OBJECT } from './protos.js';
 
 /**
  * Responses on the wire without re-encoding what every proxy shares. A resource's bytes are
@@ -108,5 +108,57 @@ export function responseSerializer(typeName: string): (obj: object) => Buffer {
       length += c.length;
     }
     return Buffer.concat(parts, length);
+  };
+}
+
+/** Distinct name lists remembered by `requestDeserializer` (each a few KB of bytes as its key). */
+const NAME_LISTS_KEPT = 256;
+/** Longer lists are decoded each time (a key that size would cost more than it saves). */
+const NAME_LIST_MAX_BYTES = 1 << 20;
+
+/**
+ * A request deserializer for `typeName` that decodes its repeated string field `namesField` once per
+ * distinct list. SotW clients repeat every name they subscribe in each ACK (Envoy's EDS: one per
+ * cluster), and thousands of proxies send the same list: decoding those strings was a third of the
+ * control plane's CPU in a SotW endpoint change with 2000 proxies naming 500 clusters' endpoints.
+ * The field's bytes are the key instead; equal bytes give the very same frozen array, so a stream
+ * can also tell an unchanged list by identity. Anything else in the message is decoded as usual;
+ * a message whose field is split around others, or that does not parse, takes the plain path.
+ */
+export function requestDeserializer(typeName: string, namesField: string): (buf: Buffer) => Record<string, unknown> {
+  const type = messageType(typeName);
+  const field = type.fields[namesField];
+  if (!field?.repeated || field.type !== 'string') throw new Error(`${typeName} has no repeated string field ${namesField}`);
+  const id = field.id;
+  const plain = (buf: Uint8Array) => type.toObject(type.decode(buf), TO_OBJECT);
+  const lists = new Map<string, readonly string[]>();
+  return (buf) => {
+    let start = -1;
+    let end = -1;
+    try {
+      const r = protobuf.Reader.create(buf);
+      while (r.pos < r.len) {
+        const at = r.pos;
+        const tag = r.uint32();
+        r.skipType(tag & 7);
+        if (tag >>> 3 !== id) continue;
+        if (start >= 0 && at !== end) return plain(buf); // split around other fields
+        if (start < 0) start = at;
+        end = r.pos;
+      }
+    } catch {
+      return plain(buf); // it reports what is wrong
+    }
+    if (start < 0 || end - start > NAME_LIST_MAX_BYTES) return plain(buf);
+    const key = buf.toString('latin1', start, end);
+    let names = lists.get(key);
+    if (!names) {
+      names = Object.freeze(plain(buf.subarray(start, end))[field.name] as string[]);
+      if (lists.size >= NAME_LISTS_KEPT) lists.delete(lists.keys().next().value!);
+      lists.set(key, names);
+    }
+    const rest = start === 0 && end === buf.length ? {} : plain(Buffer.concat([buf.subarray(0, start), buf.subarray(end)]));
+    rest[field.name] = names;
+    return rest;
   };
 }

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import protobuf from 'protobufjs';
+import { messageType, TypeUrl } from '../../src/ads/index.js';
+import { TO_OBJECT } from '../../src/ads/protos.js';
+import { requestDeserializer } from '../../src/ads/wire.js';
+
+const SOTW = 'envoy.service.discovery.v3.DiscoveryRequest';
+const DELTA = 'envoy.service.discovery.v3.DeltaDiscoveryRequest';
+const EDS = TypeUrl.ClusterLoadAssignment;
+
+function encode(typeName: string, obj: Record<string, unknown>): Buffer {
+  const type = messageType(typeName);
+  return Buffer.from(type.encode(type.fromObject(obj)).finish());
+}
+
+function plain(typeName: string, buf: Buffer): Record<string, unknown> {
+  const type = messageType(typeName);
+  return type.toObject(type.decode(buf), TO_OBJECT);
+}
+
+const names = Array.from({ length: 500 }, (_, i) => `svc-${i}`);
+
+describe('request deserializer: subscribed names decoded once per distinct list', () => {
+  it('decodes every request exactly as protobufjs does', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    const requests = [
+      { type_url: EDS, resource_names: names, version_info: 'v1', response_nonce: 'n-1' },
+      { type_url: EDS, resource_names: names, node: { id: 'default.web-1', cluster: 'web', metadata: { fields: { a: { string_value: 'b' } } } }, error_detail: { code: 3, message: 'bad' } },
+      { type_url: TypeUrl.Cluster },
+      { resource_names: ['ünïcødé', 'a,b', '', '*'] },
+      {},
+    ];
+    for (const req of requests) {
+      const buf = encode(SOTW, req);
+      assert.deepEqual(d(buf), plain(SOTW, buf), JSON.stringify(req).slice(0, 80));
+    }
+  });
+
+  it('equal lists give the very same frozen array, a different list its own', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    const a = d(encode(SOTW, { type_url: EDS, resource_names: names, response_nonce: 'n-1', version_info: 'v1' }));
+    const b = d(encode(SOTW, { type_url: EDS, resource_names: names, response_nonce: 'n-2', version_info: 'v2' }));
+    const c = d(encode(SOTW, { type_url: EDS, resource_names: [...names, 'svc-new'] }));
+    assert.equal(a.resource_names, b.resource_names, 'one array for the same names');
+    assert.ok(Object.isFrozen(a.resource_names), 'shared, so nobody may change it');
+    assert.equal(b.response_nonce, 'n-2', 'the rest of each message is its own');
+    assert.notEqual(c.resource_names, a.resource_names);
+    assert.deepEqual(c.resource_names, [...names, 'svc-new']);
+  });
+
+  it('a list split around other fields is decoded whole, as protobufjs does', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    const w = protobuf.Writer.create();
+    w.uint32((3 << 3) | 2).string('a');
+    w.uint32((4 << 3) | 2).string(EDS);
+    w.uint32((3 << 3) | 2).string('b');
+    const buf = Buffer.from(w.finish());
+    assert.deepEqual(d(buf), { resource_names: ['a', 'b'], type_url: EDS });
+    assert.deepEqual(d(buf), plain(SOTW, buf));
+  });
+
+  it('garbage gets what protobufjs makes of it (an error, or its lenient reading of a cut string), and a good request after it is still read right', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    const good = encode(SOTW, { type_url: EDS, resource_names: ['web'] });
+    const outcome = (f: () => unknown) => {
+      try {
+        return { value: f() };
+      } catch (err) {
+        return { error: (err as Error).message };
+      }
+    };
+    const garbage = [Buffer.from([0x1a, 0xff, 0xff, 0x01]), Buffer.from([0x1a, 0x05, 0x61]), good.subarray(0, good.length - 2), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Buffer.from([0x1a, 0x01, 0x61, 0x0f])];
+    const outcomes = garbage.map((g) => outcome(() => d(g)));
+    garbage.forEach((g, i) => assert.deepEqual(outcomes[i], outcome(() => plain(SOTW, g)), g.toString('hex')));
+    assert.ok(outcomes.some((o) => 'error' in o), 'some of it is refused');
+    assert.deepEqual(d(good), { type_url: EDS, resource_names: ['web'] });
+  });
+
+  it('delta: the subscribed names, the unsubscribed ones decoded as usual', () => {
+    const d = requestDeserializer(DELTA, 'resource_names_subscribe');
+    const req = { type_url: EDS, resource_names_subscribe: names, resource_names_unsubscribe: ['old'], initial_resource_versions: { 'svc-1': 'v1' } };
+    const x = d(encode(DELTA, req));
+    assert.deepEqual(x, plain(DELTA, encode(DELTA, req)));
+    assert.equal(d(encode(DELTA, { ...req, response_nonce: 'n' })).resource_names_subscribe, x.resource_names_subscribe);
+  });
+
+  it('refuses a field that is not a repeated string', () => {
+    assert.throws(() => requestDeserializer(SOTW, 'type_url'), /no repeated string field type_url/);
+  });
+});
