@@ -111,9 +111,14 @@ export function responseSerializer(typeName: string): (obj: object) => Buffer {
   };
 }
 
-/** Distinct name lists remembered by `requestDeserializer` (each a few KB of bytes as its key). */
-const NAME_LISTS_KEPT = 256;
-/** Longer lists are decoded each time (a key that size would cost more than it saves). */
+/**
+ * Bytes of name lists `requestDeserializer` remembers (their keys; the decoded lists take about as
+ * much again). Proxies reaching the same services send the same list, so a mesh has few: 500
+ * services' EDS names are about 5 KB, and 500 distinct lists of 10 names about 75 KB. The oldest go
+ * first when a client sends more.
+ */
+const NAME_LISTS_KEPT_BYTES = 4 << 20;
+/** A longer list is decoded each time. */
 const NAME_LIST_MAX_BYTES = 1 << 20;
 
 /**
@@ -132,6 +137,7 @@ export function requestDeserializer(typeName: string, namesField: string): (buf:
   const id = field.id;
   const plain = (buf: Uint8Array) => type.toObject(type.decode(buf), TO_OBJECT);
   const lists = new Map<string, readonly string[]>();
+  let keptBytes = 0;
   return (buf) => {
     let start = -1;
     let end = -1;
@@ -154,8 +160,13 @@ export function requestDeserializer(typeName: string, namesField: string): (buf:
     let names = lists.get(key);
     if (!names) {
       names = Object.freeze(plain(buf.subarray(start, end))[field.name] as string[]);
-      if (lists.size >= NAME_LISTS_KEPT) lists.delete(lists.keys().next().value!);
+      for (const old of lists.keys()) {
+        if (keptBytes + key.length <= NAME_LISTS_KEPT_BYTES) break;
+        lists.delete(old);
+        keptBytes -= old.length;
+      }
       lists.set(key, names);
+      keptBytes += key.length;
     }
     const rest = start === 0 && end === buf.length ? {} : plain(Buffer.concat([buf.subarray(0, start), buf.subarray(end)]));
     rest[field.name] = names;

@@ -49,6 +49,22 @@ describe('request deserializer: subscribed names decoded once per distinct list'
     assert.deepEqual(c.resource_names, [...names, 'svc-new']);
   });
 
+  it('remembers a bounded amount: the oldest lists go first, and a list over 1 MiB is decoded each time', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    // About 1 MB each: four fit in what is kept (4 MiB), the fifth lets the first go.
+    const big = (tag: string, count = 1000) => Array.from({ length: count }, (_, i) => `${tag}-${i}-`.padEnd(1000, 'x'));
+    const read = (list: string[]) => d(encode(SOTW, { type_url: EDS, resource_names: list })).resource_names;
+    const lists = ['a', 'b', 'c', 'd', 'e'].map((t) => big(t));
+    const first = lists.map(read);
+    assert.equal(read(lists[1]!), first[1], 'the second is still kept');
+    assert.notEqual(read(lists[0]!), first[0], 'the first was let go');
+    assert.equal(read(lists[4]!), first[4], 'the newest is kept');
+    const huge = big('h', 1100);
+    const [x, y] = [read(huge), read(huge)];
+    assert.notEqual(x, y);
+    assert.deepEqual(x, huge);
+  });
+
   it('a list split around other fields is decoded whole, as protobufjs does', () => {
     const d = requestDeserializer(SOTW, 'resource_names');
     const w = protobuf.Writer.create();
