@@ -477,6 +477,15 @@ interface SnapshotInternal extends Snapshot {
   entries: TypeEntryInternal[];
 }
 
+/** Where each type is in RESPONSE_ORDER (so in a snapshot's entries). */
+const AT = {
+  cds: RESPONSE_ORDER.indexOf(TypeUrl.Cluster),
+  eds: RESPONSE_ORDER.indexOf(TypeUrl.ClusterLoadAssignment),
+  lds: RESPONSE_ORDER.indexOf(TypeUrl.Listener),
+  rds: RESPONSE_ORDER.indexOf(TypeUrl.RouteConfiguration),
+  sds: RESPONSE_ORDER.indexOf(TypeUrl.Secret),
+};
+
 /**
  * Builds a snapshot after the checks a proxy relies on: every resource encodes against Envoy's
  * protos and passes its `(validate.rules)`; no duplicate names; every EDS name is used by a CDS
@@ -484,29 +493,36 @@ interface SnapshotInternal extends Snapshot {
  * listener and every listener's route config exists (XDS-RULES 7, 10).
  */
 export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: ResourceSet, changeTime = Date.now()): Snapshot {
-  const entries = RESPONSE_ORDER.map((t) => encoder.typeEntry(t, set[t] ?? []));
-  const byType = new Map(entries.map((e) => [e.typeUrl, e]));
+  // Built per proxy in every round, so without intermediate arrays and maps.
+  const entries: TypeEntryInternal[] = [];
+  for (const t of RESPONSE_ORDER) entries.push(encoder.typeEntry(t, set[t] ?? []) as TypeEntryInternal);
+  const [cds, eds, lds, rds, sds] = [entries[AT.cds]!, entries[AT.eds]!, entries[AT.lds]!, entries[AT.rds]!, entries[AT.sds]!];
   // Each check is remembered per pair of entries; the ones that pass add nothing here.
-  const problems: SnapshotProblem[] = [];
+  let problems: SnapshotProblem[] | undefined;
   const add = (found: readonly SnapshotProblem[]) => {
-    if (found.length > 0) problems.push(...found);
+    if (found.length > 0) (problems ??= []).push(...found);
   };
   for (const e of entries) add(e.problems);
-  add(encoder.crossCheck(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.ClusterLoadAssignment)!, 'ClusterLoadAssignment'));
-  add(encoder.crossCheck(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.RouteConfiguration)!, 'RouteConfiguration'));
-  add(encoder.missingSecrets(byType.get(TypeUrl.Cluster)!, byType.get(TypeUrl.Secret)!));
-  add(encoder.missingSecrets(byType.get(TypeUrl.Listener)!, byType.get(TypeUrl.Secret)!));
-  if (problems.length > 0) {
+  add(encoder.crossCheck(cds, eds, 'ClusterLoadAssignment'));
+  add(encoder.crossCheck(lds, rds, 'RouteConfiguration'));
+  add(encoder.missingSecrets(cds, sds));
+  add(encoder.missingSecrets(lds, sds));
+  if (problems) {
     encoder.dropEntries(entries);
     throw new InconsistentSnapshotError(nodeId, problems);
   }
-  const typeVersions = new Map<TypeUrl, string>(entries.map((e) => [e.typeUrl, e.version]));
+  const typeVersions = new Map<TypeUrl, string>();
+  const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>();
   // The type versions are content hashes already (each a hash of its whole set, never a
   // composition of parts, or a prefix could miss a change): their first 48 bits each, joined, tell
   // this node's snapshots apart without hashing again for every proxy in every round.
-  const version = RESPONSE_ORDER.map((t) => typeVersions.get(t)!.slice(0, 8)).join('.');
-  const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>(entries.map((e) => [e.typeUrl, e.map]));
-  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries: entries as TypeEntryInternal[] };
+  let version = '';
+  for (const e of entries) {
+    typeVersions.set(e.typeUrl, e.version);
+    resources.set(e.typeUrl, e.map);
+    version += version === '' ? e.version.slice(0, 8) : `.${e.version.slice(0, 8)}`;
+  }
+  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries };
   return snap;
 }
 
