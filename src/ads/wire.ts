@@ -1,6 +1,6 @@
 import protobuf from 'protobufjs';
 import type { EncodedResource } from './cache.js';
-import { messageType, TO_OBJECT } from './protos.js';
+import { grpcCodec, messageType } from './protos.js';
 
 /**
  * Responses on the wire without re-encoding what every proxy shares. A resource's bytes are
@@ -120,6 +120,8 @@ export function responseSerializer(typeName: string): (obj: object) => Buffer {
 const NAME_LISTS_KEPT_BYTES = 4 << 20;
 /** A longer list is decoded each time. */
 const NAME_LIST_MAX_BYTES = 1 << 20;
+/** Shorter requests are decoded as they are. */
+const NAME_LIST_MIN_BYTES = 256;
 
 /**
  * A request deserializer for `typeName` that decodes its repeated string field `namesField` once per
@@ -135,10 +137,12 @@ export function requestDeserializer(typeName: string, namesField: string): (buf:
   const field = type.fields[namesField];
   if (!field?.repeated || field.type !== 'string') throw new Error(`${typeName} has no repeated string field ${namesField}`);
   const id = field.id;
-  const plain = (buf: Uint8Array) => type.toObject(type.decode(buf), TO_OBJECT);
+  const plain = grpcCodec(typeName).deserialize;
   const lists = new Map<string, readonly string[]>();
   let keptBytes = 0;
   return (buf) => {
+    // An ACK without names, or with a few, decodes faster than it is parsed twice.
+    if (buf.length < NAME_LIST_MIN_BYTES) return plain(buf);
     let start = -1;
     let end = -1;
     try {

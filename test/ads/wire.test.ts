@@ -67,12 +67,13 @@ describe('request deserializer: subscribed names decoded once per distinct list'
 
   it('a list split around other fields is decoded whole, as protobufjs does', () => {
     const d = requestDeserializer(SOTW, 'resource_names');
+    const [a, b] = ['a'.repeat(300), 'b'.repeat(300)]; // long enough for the names to be looked up at all
     const w = protobuf.Writer.create();
-    w.uint32((3 << 3) | 2).string('a');
+    w.uint32((3 << 3) | 2).string(a);
     w.uint32((4 << 3) | 2).string(EDS);
-    w.uint32((3 << 3) | 2).string('b');
+    w.uint32((3 << 3) | 2).string(b);
     const buf = Buffer.from(w.finish());
-    assert.deepEqual(d(buf), { resource_names: ['a', 'b'], type_url: EDS });
+    assert.deepEqual(d(buf), { resource_names: [a, b], type_url: EDS });
     assert.deepEqual(d(buf), plain(SOTW, buf));
   });
 
