@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Server as NetServer, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
-import { dataplaneHasTags, isWeftError, type DataplaneSpec, type Logger } from '../core/index.js';
+import { dataplaneHasTags, isWeftError, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { streamingMethod } from './protos.js';
 import { requestDeserializer, responseSerializer } from './wire.js';
@@ -252,7 +252,7 @@ export class AdsServer {
   }
 
   /** Every TCP connection of the port, from accept on, so `destroy` can cut them all. */
-  private readonly sockets = new Set<Socket>();
+  private readonly sockets: ReadonlyMap<Socket, number>[] = [];
 
   /**
    * grpc-js's `forceShutdown` cuts only the HTTP/2 sessions channelz tracks (none with channelz
@@ -263,12 +263,7 @@ export class AdsServer {
    */
   private trackConnections(): void {
     const servers = (this.server as unknown as { http2Servers?: Map<NetServer, unknown> }).http2Servers;
-    for (const server of servers?.keys() ?? []) {
-      server.on('connection', (socket: Socket) => {
-        this.sockets.add(socket);
-        socket.once('close', () => this.sockets.delete(socket));
-      });
-    }
+    for (const server of servers?.keys() ?? []) this.sockets.push(trackSockets(server));
   }
 
   /** Number of open streams. */
@@ -300,7 +295,7 @@ export class AdsServer {
   destroy(): void {
     for (const s of this.streams.keys()) s.close();
     this.streams.clear();
-    for (const socket of this.sockets) socket.destroy();
+    for (const tracked of this.sockets) for (const socket of tracked.keys()) socket.destroy();
     this.server.forceShutdown();
   }
 }

@@ -18,3 +18,4 @@ export * from './identity.js';
 export * from './resources/initial-policies.js';
 export * from './template.js';
 export * from './resolv.js';
+export * from './sockets.js';

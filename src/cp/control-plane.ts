@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
+import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -41,23 +41,13 @@ const SILENT_IS_IDLE_MS = 1000;
 /** How often, during shutdown, connections that have become idle are closed. */
 const SWEEP_MS = 100;
 
-/** The connections of an HTTP server from accept on, for `closeHttp`. */
-function trackConnections(server: Server): Map<Socket, number> {
-  const accepted = new Map<Socket, number>();
-  server.on('connection', (socket: Socket) => {
-    accepted.set(socket, performance.now());
-    socket.once('close', () => accepted.delete(socket));
-  });
-  return accepted;
-}
-
 /**
  * Closes an HTTP server: it stops accepting, and requests in flight may finish. Connections with
  * nothing to finish are closed as they are found: idle keep-alive ones (also those whose request
  * finishes during shutdown) and ones that stayed silent since accept. After `graceMs` whatever is
  * still open is closed (a client that sent half a request and stopped).
  */
-async function closeHttp(server: Server, connections: Map<Socket, number>, close: () => Promise<void>, graceMs: number): Promise<void> {
+async function closeHttp(server: Server, connections: ReadonlyMap<Socket, number>, close: () => Promise<void>, graceMs: number): Promise<void> {
   const sweep = () => {
     server.closeIdleConnections();
     const now = performance.now();
@@ -198,7 +188,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     tokens,
     certificates,
   });
-  const apiConnections = trackConnections(api.server);
+  const apiConnections = trackSockets(api.server);
   let serving = false;
   const diagnostics = createDiagnosticsServer({
     metrics,
@@ -209,7 +199,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     },
   });
 
-  const diagnosticsConnections = trackConnections(diagnostics);
+  const diagnosticsConnections = trackSockets(diagnostics);
 
   let xdsPort: number;
   try {
