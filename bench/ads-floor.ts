@@ -15,7 +15,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../src/core/index.js';
-import { pct, procStats, waitFor } from './common.js';
+import { benchClient, pct, procStats, waitFor } from './common.js';
 
 const PROXIES = Number(process.env.WEFT_BENCH_PROXIES ?? 2000);
 const WORKERS = Number(process.env.WEFT_BENCH_WORKERS ?? 4);
@@ -61,6 +61,7 @@ async function scenario(transport: string) {
     workers.forEach((w) => w.send({ cmd: 'stop' }));
     return {
       transport,
+      client: benchClient(),
       proxies: PROXIES,
       connectSeconds: connect,
       median: { p50Ms: median('p50Ms'), p99Ms: median('p99Ms'), maxMs: median('maxMs'), serverCpuSeconds: median('serverCpuSeconds'), clientsCpuSeconds: median('clientsCpuSeconds') },

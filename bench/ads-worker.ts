@@ -6,6 +6,7 @@
  */
 import { TypeUrl } from '../src/ads/index.js';
 import { XdsTestClient, type Received } from '../src/ads/test-client.js';
+import { benchClient } from './common.js';
 import { H2AdsClient } from './h2-client.js';
 
 interface Start {
@@ -29,8 +30,7 @@ type Msg = Start | Watch | { cmd: 'stop' };
 // its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
 const FLOW_WINDOW = Number(process.env.WEFT_BENCH_FLOW_WINDOW ?? 268_435_456);
 
-// WEFT_BENCH_CLIENT=http2: proxies on node:http2 directly (bench/h2-client.ts, delta only) instead of grpc-js.
-const CLIENT = process.env.WEFT_BENCH_CLIENT ?? 'grpc-js';
+const CLIENT = benchClient();
 
 type Client = Pick<XdsTestClient, 'variant' | 'ack' | 'delta' | 'subscribe' | 'close'>;
 const clients = new Map<string, Client>();
@@ -90,8 +90,8 @@ process.on('message', (m: Msg) => {
       const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
       const onR = (r: Received) => onResponse(id, c, r, state);
       const c: Client =
-        CLIENT === 'http2' && m.variant === 'delta'
-          ? new H2AdsClient(m.address, { id }, { flowControlWindow: FLOW_WINDOW, onResponse: onR })
+        CLIENT === 'http2'
+          ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: FLOW_WINDOW, onResponse: onR })
           : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, onResponse: onR });
       clients.set(id, c);
       if (m.variant === 'sotw') {

@@ -5,6 +5,7 @@
  *   npm run bench:ads                                  # 500 services x 4 = 2000 proxies, SotW and delta, all reachable
  *   WEFT_BENCH_REACHABLE=10 npm run bench:ads          # each proxy reaches 10 services
  *   WEFT_BENCH_SERVICES=50 WEFT_BENCH_VARIANTS=delta npm run bench:ads
+ *   WEFT_BENCH_CLIENT=grpc-js npm run bench:ads        # proxies on grpc-js instead of the lean node:http2 clients
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { VERSION } from '../src/core/index.js';
 import { binPath } from '../test/helpers/bin.js';
 import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
-import { pct, procStats, waitFor } from './common.js';
+import { benchClient, pct, procStats, waitFor } from './common.js';
 
 const SERVICES = Number(process.env.WEFT_BENCH_SERVICES ?? 500);
 const REPLICAS = Number(process.env.WEFT_BENCH_REPLICAS ?? 4);
@@ -195,6 +196,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     await Promise.all(workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once('exit', r)))));
     return {
       variant,
+      client: benchClient(),
       proxies: ids.length,
       services: SERVICES,
       reachable: REACHABLE,

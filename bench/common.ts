@@ -42,3 +42,13 @@ export function waitFor(workers: ChildProcess[], type: string, count: number, ms
     };
   });
 }
+
+/**
+ * The simulated proxies' ADS client (`WEFT_BENCH_CLIENT`): `http2`, lean clients on node:http2
+ * (bench/h2-client.ts, the default), or `grpc-js` (src/ads/test-client.ts).
+ */
+export function benchClient(): 'http2' | 'grpc-js' {
+  const c = process.env.WEFT_BENCH_CLIENT ?? 'http2';
+  if (c !== 'http2' && c !== 'grpc-js') throw new Error(`WEFT_BENCH_CLIENT must be http2 or grpc-js, not ${c}`);
+  return c;
+}

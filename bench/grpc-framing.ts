@@ -9,16 +9,32 @@ export function frame(msg: Uint8Array): Buffer {
   return out;
 }
 
-/** A `data` handler that calls `onMessage` with each whole message as chunks arrive. */
+/**
+ * A `data` handler that calls `onMessage` with each whole message as chunks arrive. A message
+ * spread over many chunks (a SotW response of hundreds of KB comes in 16 KB frames) is joined
+ * once, when it is all there.
+ */
 export function deframer(onMessage: (msg: Buffer) => void): (chunk: Buffer) => void {
-  let pending: Buffer = Buffer.alloc(0);
+  let chunks: Buffer[] = [];
+  let held = 0;
+  /** Bytes the message being received needs, prefix included (0: not known yet). */
+  let need = 0;
   return (chunk) => {
-    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-    while (pending.length >= 5) {
-      const length = pending.readUInt32BE(1);
-      if (pending.length < 5 + length) break;
-      const msg = pending.subarray(5, 5 + length);
-      pending = pending.subarray(5 + length);
+    chunks.push(chunk);
+    held += chunk.length;
+    for (;;) {
+      if (need === 0) {
+        if (held < 5) return;
+        if (chunks[0]!.length < 5) chunks = [Buffer.concat(chunks, held)];
+        need = 5 + chunks[0]!.readUInt32BE(1);
+      }
+      if (held < need) return;
+      let pending = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, held);
+      const msg = pending.subarray(5, need);
+      pending = pending.subarray(need);
+      held -= need;
+      need = 0;
+      chunks = held > 0 ? [pending] : [];
       onMessage(msg);
     }
   };

@@ -1,34 +1,38 @@
 /**
- * A simulated proxy's ADS client on node:http2 directly, for the benchmarks (WEFT_BENCH_CLIENT=http2).
- * It speaks gRPC's wire format by hand (length-prefixed messages on one POST stream) and decodes
- * every response and its resources exactly as XdsTestClient does; it leaves out grpc-js's client
- * call stack (resolver, load balancer, retries, filters), which costs these simulated proxies far
- * more CPU per message than the control plane spends, on the same 2 cores. Envoy's own client is
- * C++ on another machine. Delta only.
+ * A simulated proxy's ADS client on node:http2 directly, for the benchmarks (the default; 
+ * WEFT_BENCH_CLIENT=grpc-js uses XdsTestClient instead). It speaks gRPC's wire format by hand
+ * (length-prefixed messages on one POST stream) and decodes every response and its resources
+ * exactly as XdsTestClient does; it leaves out grpc-js's client call stack (resolver, load
+ * balancer, retries, filters), which costs these simulated proxies more CPU per message than the
+ * control plane spends, on the same 2 cores. Envoy's own client is C++ on another machine.
  */
 import http2 from 'node:http2';
 import { grpcCodec } from '../src/ads/protos.js';
-import type { DeltaDiscoveryRequest, Node } from '../src/ads/stream.js';
+import type { DeltaDiscoveryRequest, DiscoveryRequest, Node } from '../src/ads/stream.js';
 import { toReceived, type Received } from '../src/ads/test-client.js';
 import { deframer, frame } from './grpc-framing.js';
 
-const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
-const request = grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryRequest');
-const response = grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
+const codecs = {
+  sotw: { path: `${SERVICE}/StreamAggregatedResources`, request: grpcCodec('envoy.service.discovery.v3.DiscoveryRequest'), response: grpcCodec('envoy.service.discovery.v3.DiscoveryResponse') },
+  delta: { path: `${SERVICE}/DeltaAggregatedResources`, request: grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryRequest'), response: grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryResponse') },
+};
 
 export class H2AdsClient {
-  readonly variant = 'delta' as const;
   private session!: http2.ClientHttp2Session;
   private stream!: http2.ClientHttp2Stream;
   private firstSent = false;
   /** Requests written before the first response: sent again if the connection fails before it. */
   private early: Buffer[] | undefined = [];
   private closed = false;
+  /** SotW: the names last subscribed per type, which every ACK repeats (as Envoy's do). */
+  private readonly names = new Map<string, string[]>();
   /** Connections that failed before their first response and were made again, in this process. */
   static reconnects = 0;
 
   constructor(
     private readonly address: string,
+    readonly variant: 'sotw' | 'delta',
     private readonly node: Node,
     private readonly opts: { onResponse: (r: Received) => void; flowControlWindow?: number },
   ) {
@@ -43,7 +47,8 @@ export class H2AdsClient {
     session.once('connect', () => {
       if (window > 65_535) session.setLocalWindowSize(window);
     });
-    const stream = (this.stream = session.request({ ':method': 'POST', ':path': PATH, 'content-type': 'application/grpc', te: 'trailers' }));
+    const { path, response } = codecs[this.variant];
+    const stream = (this.stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' }));
     stream.on('error', () => {});
     stream.on('close', () => {
       if (this.closed || !this.early) return;
@@ -52,27 +57,37 @@ export class H2AdsClient {
       setTimeout(() => this.connect(), 200 + Math.random() * 800);
     });
     for (const b of this.early ?? []) stream.write(b);
-    const onMessages = deframer((msg) => this.opts.onResponse(toReceived(response.deserialize(msg), false)));
+    const sotw = this.variant === 'sotw';
+    const onMessages = deframer((msg) => this.opts.onResponse(toReceived(response.deserialize(msg), sotw)));
     stream.on('data', (chunk: Buffer) => {
       this.early = undefined;
       onMessages(chunk);
     });
   }
 
-  delta(req: DeltaDiscoveryRequest): void {
-    const msg = request.serialize(this.firstSent ? req : { ...req, node: this.node });
+  private write(req: DiscoveryRequest | DeltaDiscoveryRequest): void {
+    const msg = codecs[this.variant].request.serialize(this.firstSent ? req : { ...req, node: this.node });
     this.firstSent = true;
     const framed = frame(msg);
     this.early?.push(framed);
     this.stream.write(framed);
   }
 
-  ack(r: Received): void {
-    this.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
+  delta(req: DeltaDiscoveryRequest): void {
+    if (this.variant !== 'delta') throw new Error('delta() on a SotW client');
+    this.write(req);
   }
 
-  subscribe(): never {
-    throw new Error('H2AdsClient speaks delta only');
+  /** SotW: subscribes `names` of a type (none: wildcard), remembered for the ACKs. */
+  subscribe(typeUrl: string, names: string[]): void {
+    if (this.variant !== 'sotw') throw new Error('subscribe() on a delta client');
+    this.names.set(typeUrl, names);
+    this.write({ type_url: typeUrl, resource_names: names });
+  }
+
+  ack(r: Received): void {
+    if (this.variant === 'delta') return this.write({ type_url: r.typeUrl, response_nonce: r.nonce });
+    this.write({ type_url: r.typeUrl, resource_names: this.names.get(r.typeUrl) ?? [], version_info: r.version, response_nonce: r.nonce });
   }
 
   close(): void {
