@@ -526,6 +526,19 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
   return snap;
 }
 
+/**
+ * Equal versions, type by type: the same entry (shared by content) or the same type version. Not
+ * the snapshot versions, which are built by concatenation and would be flattened to compare.
+ */
+function sameContent(a: SnapshotInternal, b: SnapshotInternal): boolean {
+  for (let i = 0; i < a.entries.length; i++) {
+    const x = a.entries[i]!;
+    const y = b.entries[i]!;
+    if (x !== y && x.version !== y.version) return false;
+  }
+  return a.entries.length === b.entries.length;
+}
+
 export type SnapshotListener = (snapshot: Snapshot) => void;
 
 /**
@@ -542,7 +555,7 @@ export class SnapshotCache {
   set(nodeId: string, set: ResourceSet, changeTime?: number): { snapshot: Snapshot; changed: boolean } {
     const snapshot = buildSnapshot(this.encoder, nodeId, set, changeTime);
     const old = this.snapshots.get(nodeId);
-    if (old && old.version === snapshot.version) {
+    if (old && sameContent(old as SnapshotInternal, snapshot as SnapshotInternal)) {
       this.encoder.dropEntries((snapshot as SnapshotInternal).entries);
       return { snapshot: old, changed: false };
     }

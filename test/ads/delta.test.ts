@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
-import { adsSuite, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
+import { adsSuite, listener, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
@@ -141,6 +141,32 @@ describe('ADS incremental (delta)', () => {
     const order = [];
     for (let i = 0; i < 4; i++) order.push((await c.next()).typeUrl);
     assert.deepEqual(order, [CDS, EDS, LDS, RDS]);
+  });
+
+  it('rule 8: a removal held back for pending routes still goes out when the snapshot returns to the clusters the proxy had', async () => {
+    const id = nodeId();
+    const a = () => meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] });
+    // Another proxy holds the same clusters, so going back to them gives this proxy the very map it had.
+    ads.cache.set(nodeId(), a());
+    ads.cache.set(id, a());
+    const c = connect(id);
+    c.delta({ type_url: CDS });
+    c.ack(await c.next(CDS));
+    c.delta({ type_url: LDS });
+    c.ack(await c.next(LDS));
+    // A cluster added and one gone, with new listeners: api's removal waits for them (rule 8).
+    const b = meshSet({ web: [['10.0.0.1', 80]], extra: [['10.0.0.3', 80]] }, 'web');
+    b[LDS] = [listener('http', 8081, 'http-routes')];
+    ads.cache.set(id, b);
+    const added = await c.next(CDS);
+    assert.deepEqual([names(added), added.removed], [['extra'], []], 'api is kept while the listeners are in flight');
+    await c.next(LDS);
+    // Back to the first snapshot before the proxy took those listeners: it holds extra, which must go.
+    ads.cache.set(id, a());
+    const back = await c.next(LDS);
+    c.ack(back);
+    const removal = await c.next(CDS);
+    assert.deepEqual([names(removal), removal.removed], [[], ['extra']]);
   });
 
   it('rule 13: a named subscription gets only what it names; a name subscribed later comes alone', async () => {
