@@ -256,8 +256,28 @@ export class ClientView {
 /** The types whose responses decide what a proxy routes to (rule 8). */
 const ROUTING_TYPES = [TypeUrl.Listener, TypeUrl.RouteConfiguration] as const;
 
-/** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). Its answers all have the same fields. */
-const UNCHANGED = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), compared: Object.freeze([]), deferred: false });
+/**
+ * What a delta response of one type must carry. Every answer has the same fields of the same
+ * types, so the code reading them stays optimized whichever path produced them (a string standing
+ * for "all" in a field otherwise holding a Set made V8 deoptimize sendDelta and synced in the first
+ * endpoint change after start).
+ */
+interface DeltaChanges {
+  some: boolean;
+  send: readonly EncodedResource[];
+  removed: readonly string[];
+  /** After this response the client holds exactly the current map (then `compared` is empty). */
+  exact: boolean;
+  /** Otherwise: every name that can differ, which were compared. */
+  compared: ReadonlySet<string>;
+  /** Removals held back until the proxy has routes that no longer need them (rule 8). */
+  deferred: boolean;
+}
+
+const NO_NAMES_COMPARED: ReadonlySet<string> = new Set();
+
+/** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
+const UNCHANGED: DeltaChanges = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), exact: false, compared: NO_NAMES_COMPARED, deferred: false });
 
 interface Diff {
   send: EncodedResource[];
@@ -528,10 +548,9 @@ export class AdsStream {
    * those that changed between the map the client was last brought up to date with and the current
    * one (a diff computed once for every client holding the same maps), the few the client holds
    * apart from that map, names (un)subscribed since, and forced ones. So a mesh-wide change costs
-   * each proxy the size of the change, not of its config. `deferred`: removals held back until the
-   * proxy has routes that no longer need them (rule 8).
+   * each proxy the size of the change, not of its config.
    */
-  private deltaChanges(state: TypeState): { some: boolean; send: readonly EncodedResource[]; removed: readonly string[]; compared: Iterable<string> | 'all'; deferred?: boolean } {
+  private deltaChanges(state: TypeState): DeltaChanges {
     const all = this.current(state.typeUrl);
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
@@ -541,7 +560,18 @@ export class AdsStream {
       // The client holds nothing of this type yet (a new stream): everything it wants, as is.
       const send = state.wildcard ? [...all.values()] : [...state.subscribed].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined);
       const removed = [...state.subscribed].filter((n) => !all.has(n) && !state.toldMissing.has(n));
-      return { some: send.length > 0 || removed.length > 0, send, removed, compared: send.length === all.size ? 'all' : [...all.keys(), ...removed], deferred: false };
+      const exact = send.length === all.size;
+      return { some: send.length > 0 || removed.length > 0, send, removed, exact, compared: exact ? NO_NAMES_COMPARED : new Set([...all.keys(), ...removed]), deferred: false };
+    }
+    if (view.base && view.extra.size === 0 && !state.subsDirty && state.pending.size === 0 && state.forced.size === 0) {
+      // The client holds exactly a shared map and asked for nothing since (every proxy in an
+      // endpoint change): if it wants all that the shared diff sends, the diff is the answer and
+      // leaves it holding the current map. The diff's removals are names it holds; a subscribed
+      // name missing from both maps was reported when it was subscribed.
+      const d = sharedDiff(view.base, all);
+      if ((!keepOld || d.removed.length === 0) && (state.wildcard || d.send.every((r) => state.subscribed.has(r.name)))) {
+        return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, exact: true, compared: NO_NAMES_COMPARED, deferred: false };
+      }
     }
     let compared: Set<string>;
     if (view.base && !state.subsDirty) {
@@ -571,7 +601,7 @@ export class AdsStream {
         removed.push(name);
       }
     }
-    return { some: send.length > 0 || removed.length > 0, send, removed, compared, deferred };
+    return { some: send.length > 0 || removed.length > 0, send, removed, exact: false, compared, deferred };
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -642,10 +672,11 @@ export class AdsStream {
   private sendDelta(state: TypeState): 'blocked' | void {
     if (!this.snapshot) return;
     const all = this.current(state.typeUrl);
-    const { some, send, removed, compared, deferred } = this.deltaChanges(state);
+    const changes = this.deltaChanges(state);
+    const { some, send, removed } = changes;
     if (some && this.blocked()) return 'blocked';
     if (!some) {
-      this.synced(state, all, compared, deferred === true);
+      this.synced(state, all, changes);
       return;
     }
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
@@ -656,14 +687,14 @@ export class AdsStream {
       // Rule 16: each resource carries its own version, a content hash.
       (r) => ({ name: r.name, version: r.version, resource: { type_url: state.typeUrl, value: r.bytes } }),
     );
-    // A client that gets everything is reset to the shared map below; no need to note each name.
-    if (compared !== 'all') for (const r of send) state.clientHas.set(r.name, r.version);
+    // A client left holding exactly the current map is reset to it below; no need to note each name.
+    if (!changes.exact) for (const r of send) state.clientHas.set(r.name, r.version);
     for (const n of removed) {
       state.clientHas.delete(n);
       if (state.subscribed.has(n)) state.toldMissing.add(n);
     }
     if (state.forced.size > 0) state.forced.clear();
-    this.synced(state, all, compared, deferred === true);
+    this.synced(state, all, changes);
     this.record(state, nonce, this.snapshot.version);
     this.opts.send(res, bytesOf(send));
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
@@ -674,7 +705,7 @@ export class AdsStream {
    * holds exactly `all` (every compared name agrees; the rest agreed already), keep only a
    * reference to that shared map instead of a copy per client.
    */
-  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, compared: Iterable<string> | 'all', deferred: boolean): void {
+  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, { exact, compared, deferred }: DeltaChanges): void {
     if (deferred) {
       // Not up to date with any map now (it may hold some of `all` already): should the snapshot
       // go back to the map it was settled with, that must not pass for "nothing changed".
@@ -687,8 +718,7 @@ export class AdsStream {
     state.settled = state.forced.size === 0 ? all : undefined;
     const view = state.clientHas;
     if (view.base === all && view.extra.size === 0) return;
-    // 'all': a client that held nothing was just sent every resource of the type.
-    if (compared === 'all') return view.resetTo(all);
+    if (exact) return view.resetTo(all);
     // Compared covers every name that can differ (see deltaChanges), so agreeing on those is enough.
     for (const name of compared) if (view.get(name) !== all.get(name)?.version) return;
     view.resetTo(all);
