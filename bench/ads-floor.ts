@@ -6,7 +6,8 @@
  * weft-cp's endpoint change cannot be faster than this on the same machine, plus its API call,
  * debounce and round. JSON on stdout and in bench/results/.
  *
- *   npm run bench:ads-floor                                  # 2000 proxies, grpc-js and node:http2
+ *   npm run bench:ads-floor                                  # 2000 proxies; servers on grpc-js and node:http2
+ *   WEFT_BENCH_CLIENT=grpc-js npm run bench:ads-floor        # the proxies on grpc-js (default: lean, as in bench/ads.ts)
  *   WEFT_BENCH_PROXIES=500 WEFT_FLOOR_TRANSPORTS=http2 npm run bench:ads-floor
  */
 import { fork, type ChildProcess } from 'node:child_process';
