@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Server as NetServer, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
-import { dataplaneHasTags, isWeftError, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { streamingMethod } from './protos.js';
 import { requestDeserializer, responseSerializer } from './wire.js';
@@ -273,7 +273,9 @@ export class AdsServer {
 
   /**
    * Stops accepting streams and ends the open ones with UNAVAILABLE, so proxies reconnect to
-   * another replica at once instead of waiting out a timeout. Idempotent.
+   * another replica at once instead of waiting out a timeout. Connections that have sent nothing
+   * for a second since accept (a probe, a spare connection) are cut as they are found; the rest
+   * get `shutdownGraceMs` to go. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
@@ -282,11 +284,17 @@ export class AdsServer {
         stream.close();
       }
       this.streams.clear();
+      const sweep = () => {
+        for (const tracked of this.sockets) cutSilent(tracked);
+      };
+      const sweeper = setInterval(sweep, SHUTDOWN_SWEEP_MS);
       const timer = setTimeout(() => this.destroy(), this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
+        clearInterval(sweeper);
         clearTimeout(timer);
         resolve();
       });
+      sweep();
     });
     return this.closing;
   }

@@ -14,3 +14,20 @@ export function trackSockets(server: Server): ReadonlyMap<Socket, number> {
   });
   return accepted;
 }
+
+/**
+ * A connection that has sent no byte this long after it was accepted counts as idle at shutdown:
+ * clients open spare connections they may never use (Node's fetch did, in the ADS bench), probes
+ * connect and wait, and Node's HTTP server and grpc-js count those as busy. Go's http.Server does
+ * the same after 5 s; a client that meant to send a request would have within a second, and one
+ * cut before sending anything can retry.
+ */
+export const SILENT_IS_IDLE_MS = 1000;
+
+/** How often, during a shutdown, connections that have become idle are closed. */
+export const SHUTDOWN_SWEEP_MS = 100;
+
+/** Destroys the tracked connections that have sent nothing since accept, for `SILENT_IS_IDLE_MS` or more. */
+export function cutSilent(connections: ReadonlyMap<Socket, number>, now = performance.now()): void {
+  for (const [socket, at] of connections) if (socket.bytesRead === 0 && now - at >= SILENT_IS_IDLE_MS) socket.destroy();
+}

@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, SHUTDOWN_SWEEP_MS, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -31,17 +31,6 @@ export interface ControlPlane {
 }
 
 /**
- * A connection that has sent no byte this long after it was accepted counts as idle at shutdown:
- * HTTP clients open spare connections they may never use (Node's fetch did, in the ADS bench),
- * and Node counts those as busy. Go's http.Server does the same after 5 s; a client that meant
- * to send a request would have within a second, and one cut before sending anything can retry.
- */
-const SILENT_IS_IDLE_MS = 1000;
-
-/** How often, during shutdown, connections that have become idle are closed. */
-const SWEEP_MS = 100;
-
-/**
  * Closes an HTTP server: it stops accepting, and requests in flight may finish. Connections with
  * nothing to finish are closed as they are found: idle keep-alive ones (also those whose request
  * finishes during shutdown) and ones that stayed silent since accept. After `graceMs` whatever is
@@ -50,10 +39,9 @@ const SWEEP_MS = 100;
 async function closeHttp(server: Server, connections: ReadonlyMap<Socket, number>, close: () => Promise<void>, graceMs: number): Promise<void> {
   const sweep = () => {
     server.closeIdleConnections();
-    const now = performance.now();
-    for (const [socket, at] of connections) if (socket.bytesRead === 0 && now - at >= SILENT_IS_IDLE_MS) socket.destroy();
+    cutSilent(connections);
   };
-  const sweeper = setInterval(sweep, SWEEP_MS);
+  const sweeper = setInterval(sweep, SHUTDOWN_SWEEP_MS);
   const deadline = setTimeout(() => server.closeAllConnections(), graceMs);
   try {
     const closed = close();

@@ -41,11 +41,13 @@ describe('control plane shutdown', () => {
     });
   }
 
-  it('closes at once the HTTP connections with nothing to finish: silent for a second since accept, idle keep-alive, idle once a request in flight finished', async () => {
-    const cp = await startTestControlPlane({ WEFT_SHUTDOWN_GRACE_MS: '5000', WEFT_XDS_TLS_MODE: 'off' });
-    // Spare connections an HTTP client opened and never used (Node's fetch left three to the API in
-    // the ADS bench): weft-cp took the whole grace to stop.
-    const silent = await Promise.all([open(cp.apiUrl), open(cp.diagnosticsUrl)]);
+  it('closes at once the connections with nothing to finish: silent for a second since accept (HTTP and ADS), idle keep-alive, idle once a request in flight finished', async () => {
+    // TLS on the ADS port (the default): a connection that never starts its handshake held the ADS
+    // server's close for the whole grace (with TLS off the HTTP/2 server drops it itself).
+    const cp = await startTestControlPlane({ WEFT_SHUTDOWN_GRACE_MS: '5000', WEFT_XDS_TLS_MODE: 'auto' });
+    // Spare connections a client opened and never used (Node's fetch left three to the API in the
+    // ADS bench), or a probe that connected and waits: weft-cp took the whole grace to stop.
+    const silent = await Promise.all([open(cp.apiUrl), open(cp.diagnosticsUrl), open(`http://127.0.0.1:${cp.xdsAddress.split(':').at(-1)}`)]);
     const res = await fetch(`${cp.apiUrl}/meshes`);
     await res.text();
     // A request in flight when shutdown starts (its body not all sent): it is served, and its
