@@ -17,10 +17,10 @@ export function trackSockets(server: Server): ReadonlyMap<Socket, number> {
 
 /**
  * A connection that has sent no byte this long after it was accepted counts as idle at shutdown:
- * clients open spare connections they may never use (Node's fetch did, in the ADS bench), probes
- * connect and wait, and Node's HTTP server and grpc-js count those as busy. Go's http.Server does
- * the same after 5 s; a client that meant to send a request would have within a second, and one
- * cut before sending anything can retry.
+ * clients open spare connections they may never use (Node's fetch did, in the ADS bench) and
+ * probes connect and wait, and Node's HTTP server, like the ADS port with TLS (a handshake never
+ * begun), waits for them. Go's http.Server does the same after 5 s; a client that meant to send a
+ * request would have within a second, and one cut before sending anything can retry.
  */
 export const SILENT_IS_IDLE_MS = 1000;
 
