@@ -1,8 +1,8 @@
 /**
  * One process of simulated proxies for bench/ads.ts. Each proxy is a real ADS client on Envoy's
- * protos (src/ads/test-client.ts): it subscribes like Envoy (CDS and LDS wildcard, then EDS for the
- * clusters and RDS for the route configs it got), decodes every response and ACKs it.
- * Talks to the parent over IPC.
+ * protos (bench/h2-client.ts, or src/ads/test-client.ts with WEFT_BENCH_CLIENT=grpc-js): it
+ * subscribes like Envoy (CDS and LDS wildcard, then EDS for the clusters it got), decodes every
+ * response and ACKs it. Talks to the parent over IPC.
  */
 import { TypeUrl } from '../src/ads/index.js';
 import { XdsTestClient, type Received } from '../src/ads/test-client.js';
@@ -48,7 +48,7 @@ function size(r: Received): number {
   return res.reduce((n, x) => n + (x.value?.length ?? x.resource?.value.length ?? 0), 0);
 }
 
-function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string>; rds: Set<string>; got: Set<string> }): void {
+function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string>; got: Set<string> }): void {
   bytes += size(r);
   if (c.variant === 'sotw') c.ack(r);
   else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
@@ -87,7 +87,7 @@ process.on('message', (m: Msg) => {
   if (m.cmd === 'start') {
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
-      const state = { eds: new Set<string>(), rds: new Set<string>(), got: new Set<string>() };
+      const state = { eds: new Set<string>(), got: new Set<string>() };
       const onR = (r: Received) => onResponse(id, c, r, state);
       const c: Client =
         CLIENT === 'http2'

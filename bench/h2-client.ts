@@ -1,5 +1,5 @@
 /**
- * A simulated proxy's ADS client on node:http2 directly, for the benchmarks (the default; 
+ * A simulated proxy's ADS client on node:http2 directly, for the benchmarks (the default;
  * WEFT_BENCH_CLIENT=grpc-js uses XdsTestClient instead). It speaks gRPC's wire format by hand
  * (length-prefixed messages on one POST stream) and decodes every response and its resources
  * exactly as XdsTestClient does; it leaves out grpc-js's client call stack (resolver, load
