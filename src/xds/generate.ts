@@ -5,10 +5,13 @@ import {
   grpcServerListenerName,
   INBOUND_PASSTHROUGH,
   INBOUND_PASSTHROUGH_SOURCE,
+  INBOUND_PASSTHROUGH_SOURCE_V6,
+  INBOUND_PASSTHROUGH_V6,
   inboundName,
   localClusterName,
   MESH_CA_SECRET,
   OUTBOUND_PASSTHROUGH,
+  OUTBOUND_PASSTHROUGH_V6,
   outboundName,
   outboundRouteName,
 } from './names.js';
@@ -267,9 +270,10 @@ function meshCaSecret(g: Generation): Obj[] {
 // Envoy sidecars
 // ---------------------------------------------------------------------------------------------
 
-function sidecarInbound(g: Generation, ib: Inbound, localCluster: string): Obj {
+/** An inbound's listener, on its address or (`bindAddress`) another, such as one family's any address. */
+function sidecarInbound(g: Generation, ib: Inbound, localCluster: string, bindAddress?: string): Obj {
   const net = g.dp.spec.networking;
-  const address = ib.address ?? net.address;
+  const address = bindAddress ?? ib.address ?? net.address;
   const name = inboundName(address, ib.port);
   const protocol = (ib.tags[PROTOCOL_TAG] ?? 'tcp') as Protocol;
   const service = ib.tags[SERVICE_TAG]!;
@@ -314,7 +318,7 @@ function sidecarOutbound(g: Generation, name: string, address: string, port: num
  * blackhole cluster. Small listeners rather than one with a filter chain per VIP: a new service
  * then adds one small listener to each proxy's config instead of changing a big one.
  */
-function transparentOutboundListeners(g: Generation, services: readonly string[], port: number, fallback: string): Obj[] {
+function transparentOutboundListeners(g: Generation, services: readonly string[], port: number, passthrough: boolean, families: readonly Family[]): Obj[] {
   const vips = g.forServices('vips', () => serviceVips(g.services.keys()));
   const out: Obj[] = [];
   for (const s of services) {
@@ -325,28 +329,57 @@ function transparentOutboundListeners(g: Generation, services: readonly string[]
       out.push(g.lasting(`vip-listener:${s}:${p}:${vip}:${g.protocolOf(s)}`, () => ({ ...sidecarOutbound(g, outboundName(vip, p), vip, p, s), bind_to_port: { value: false } })));
     }
   }
-  out.push(
-    g.lasting(`outbound-passthrough:${port}:${fallback}`, () => ({
-      name: OUTBOUND_PASSTHROUGH,
-      address: { socket_address: { address: '0.0.0.0', port_value: port } },
-      traffic_direction: 'OUTBOUND',
-      use_original_dst: { value: true },
-      filter_chains: [{ name: fallback, filters: [tcpProxy(fallback, fallback)] }],
-    })),
-  );
+  for (const f of families) {
+    const fallback = passthrough ? f.outbound : BLACKHOLE_CLUSTER;
+    out.push(
+      g.lasting(`outbound-passthrough:${f.any}:${port}:${fallback}`, () => ({
+        name: f.outbound,
+        address: { socket_address: { address: f.any, port_value: port } },
+        traffic_direction: 'OUTBOUND',
+        use_original_dst: { value: true },
+        filter_chains: [{ name: fallback, filters: [tcpProxy(fallback, fallback)] }],
+      })),
+    );
+  }
   return out;
 }
 
-/** The inbound redirect port: hands each connection to the inbound listener of its original destination. */
-function inboundPassthroughListener(g: Generation, port: number): Obj {
-  return g.lasting(`inbound-passthrough:${port}`, () => ({
-    name: INBOUND_PASSTHROUGH,
-    address: { socket_address: { address: '0.0.0.0', port_value: port } },
+/** The inbound redirect port of one family: hands each connection to the inbound listener of its original destination. */
+function inboundPassthroughListener(g: Generation, port: number, f: Family): Obj {
+  return g.lasting(`inbound-passthrough:${f.any}:${port}`, () => ({
+    name: f.inbound,
+    address: { socket_address: { address: f.any, port_value: port } },
     traffic_direction: 'INBOUND',
     use_original_dst: { value: true },
-    filter_chains: [{ filters: [tcpProxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)] }],
+    filter_chains: [{ filters: [tcpProxy(f.inbound, f.inbound)] }],
   }));
 }
+
+/**
+ * What the transparent proxy needs per IP family (Kuma's names): the redirect ports' listeners on
+ * the family's any address, and the passthrough clusters, whose inbound one connects from an
+ * address the iptables rules do not redirect again. An `::` listener is IPv6 only (Envoy binds it
+ * with IPV6_V6ONLY unless `ipv4_compat` is set), so both families can hold the same port.
+ */
+interface Family {
+  readonly any: string;
+  readonly outbound: string;
+  readonly inbound: string;
+  readonly source: string;
+}
+const IPV4: Family = { any: '0.0.0.0', outbound: OUTBOUND_PASSTHROUGH, inbound: INBOUND_PASSTHROUGH, source: INBOUND_PASSTHROUGH_SOURCE };
+const IPV6: Family = { any: '::', outbound: OUTBOUND_PASSTHROUGH_V6, inbound: INBOUND_PASSTHROUGH_V6, source: INBOUND_PASSTHROUGH_SOURCE_V6 };
+
+/**
+ * The families a transparent proxy takes traffic in: IPv4 always, IPv6 too when the Dataplane says
+ * so (`ipFamilyMode` dual stack or IPv6, or an IPv6 inbound redirect port as older Kuma wrote).
+ */
+function familiesOf(tp: NonNullable<DataplaneSpec['networking']['transparentProxying']>): readonly Family[] {
+  const mode = tp.ipFamilyMode?.toLowerCase();
+  return mode === 'dualstack' || mode === 'ipv6' || tp.redirectPortInboundV6 !== undefined ? [IPV4, IPV6] : [IPV4];
+}
+
+const familyOfAddress = (address: string): Family => (address.includes(':') ? IPV6 : IPV4);
 
 function sidecar(g: Generation): ResourceSet {
   const net = g.dp.spec.networking;
@@ -358,6 +391,8 @@ function sidecar(g: Generation): ResourceSet {
   // Listeners every proxy with the same reach has (the transparent proxy's), apart from its own.
   let shared: readonly Obj[] = [];
 
+  const tp = net.transparentProxying;
+  const families = tp ? familiesOf(tp) : [];
   const locals = new Map<string, Obj>();
   for (const [i, ib] of (net.inbound ?? []).entries()) {
     const target = { address: ib.serviceAddress ?? '127.0.0.1', port: ib.servicePort ?? ib.port };
@@ -377,6 +412,13 @@ function sidecar(g: Generation): ResourceSet {
     }
     // The same inputs (this Dataplane, the Mesh, the policies: by identity), the same listener object as last round.
     listeners.push(g.stage('inbound listeners', () => g.lasting(`inbound:${g.inputsId()}:${i}`, () => sidecarInbound(g, ib, local))));
+    // Connections of the other family to this port come through that family's inbound redirect:
+    // they get the same listener (mTLS, permissions) on its any address, or they would reach the
+    // app through the inbound passthrough.
+    const own = familyOfAddress(ib.address ?? net.address);
+    for (const f of families) {
+      if (f !== own) listeners.push(g.stage('inbound listeners', () => g.lasting(`inbound:${f.any}:${g.inputsId()}:${i}`, () => sidecarInbound(g, ib, local, f.any))));
+    }
   }
   extraClusters.push(...locals.values());
 
@@ -388,29 +430,31 @@ function sidecar(g: Generation): ResourceSet {
     if (isHttp(g.protocolOf(service))) explicitHttp.add(service);
   }
 
-  const tp = net.transparentProxying;
   if (tp) {
     const passthrough = g.ctx.mesh.spec.networking?.outbound?.passthrough ?? true;
     // Stored resources normally carry the defaults; older or hand-written ones may not.
     const outPort = tp.redirectPortOutbound ?? 15001;
     const inPort = tp.redirectPortInbound ?? 15006;
-    const fallback = passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER;
-    shared = g.forServices(`tp:listeners:${g.lastingId(services)}:${outPort}:${fallback}:${inPort}`, () => [...transparentOutboundListeners(g, services, outPort, fallback), inboundPassthroughListener(g, inPort)]);
-    extraClusters.push(
-      g.lasting(`cluster:${passthrough ? OUTBOUND_PASSTHROUGH : BLACKHOLE_CLUSTER}`, () =>
-        passthrough
-          ? { name: OUTBOUND_PASSTHROUGH, type: 'ORIGINAL_DST', lb_policy: 'CLUSTER_PROVIDED', connect_timeout: CONNECT_TIMEOUT }
-          : { name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } },
-      ),
-      g.lasting(`cluster:${INBOUND_PASSTHROUGH}`, () => ({
-        name: INBOUND_PASSTHROUGH,
-        type: 'ORIGINAL_DST',
-        lb_policy: 'CLUSTER_PROVIDED',
-        connect_timeout: CONNECT_TIMEOUT,
-        // The apps's own traffic from this address is not redirected again (see the iptables rules).
-        upstream_bind_config: { source_address: { address: INBOUND_PASSTHROUGH_SOURCE, port_value: 0 } },
-      })),
-    );
+    // weft's rules redirect both families to the same ports; older Kuma named an IPv6 one.
+    const inPortOf = (f: Family) => (f === IPV6 ? (tp.redirectPortInboundV6 ?? inPort) : inPort);
+    const key = `tp:listeners:${g.lastingId(services)}:${outPort}:${passthrough}:${families.map((f) => `${f.any}=${inPortOf(f)}`).join(',')}`;
+    shared = g.forServices(key, () => [...transparentOutboundListeners(g, services, outPort, passthrough, families), ...families.map((f) => inboundPassthroughListener(g, inPortOf(f), f))]);
+    if (!passthrough) {
+      extraClusters.push(g.lasting(`cluster:${BLACKHOLE_CLUSTER}`, () => ({ name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } })));
+    }
+    for (const f of families) {
+      if (passthrough) extraClusters.push(g.lasting(`cluster:${f.outbound}`, () => ({ name: f.outbound, type: 'ORIGINAL_DST', lb_policy: 'CLUSTER_PROVIDED', connect_timeout: CONNECT_TIMEOUT })));
+      extraClusters.push(
+        g.lasting(`cluster:${f.inbound}`, () => ({
+          name: f.inbound,
+          type: 'ORIGINAL_DST',
+          lb_policy: 'CLUSTER_PROVIDED',
+          connect_timeout: CONNECT_TIMEOUT,
+          // The apps's own traffic from this address is not redirected again (see the iptables rules).
+          upstream_bind_config: { source_address: { address: f.source, port_value: 0 } },
+        })),
+      );
+    }
   }
 
   // Route configurations of the HTTP services this proxy calls; one shared list per distinct set.

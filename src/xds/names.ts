@@ -24,10 +24,13 @@ export function grpcServerListenerName(address: string, port: number): string {
 
 export const OUTBOUND_PASSTHROUGH = 'outbound:passthrough:ipv4';
 export const INBOUND_PASSTHROUGH = 'inbound:passthrough:ipv4';
+export const OUTBOUND_PASSTHROUGH_V6 = 'outbound:passthrough:ipv6';
+export const INBOUND_PASSTHROUGH_V6 = 'inbound:passthrough:ipv6';
 /** A cluster with no endpoints: where unknown destinations go when the mesh disables passthrough. */
 export const BLACKHOLE_CLUSTER = 'outbound:blackhole';
 /** Source address of inbound passthrough connections, excluded from redirection so nothing loops. */
 export const INBOUND_PASSTHROUGH_SOURCE = '127.0.0.6';
+export const INBOUND_PASSTHROUGH_SOURCE_V6 = '::6';
 
 /** `address:port`, with IPv6 addresses in brackets. */
 export const hostPort = (address: string, port: number): string => `${address.includes(':') ? `[${address}]` : address}:${port}`;

@@ -42,6 +42,43 @@ describe('translation', () => {
     assert.deepEqual(names(generateProxyConfig(ctx(narrow))[TypeUrl.ClusterLoadAssignment]), ['redis']);
   });
 
+  it('transparent proxy in both IP families: IPv6 redirect listeners and passthrough clusters, and each inbound on the other family\'s any address', () => {
+    type L = { name: string; address: { socket_address: { address: string; port_value: number } }; filter_chains: { filters: { typed_config: { cluster?: string } }[] }[] };
+    const tp = (name: string, address: string, transparentProxying: Record<string, unknown>, meshOf = mesh) => {
+      const me = dp(name, { networking: { address, inbound: [{ port: 7000, tags: { 'kuma.io/service': 'tp' } }], transparentProxying } });
+      const set = generateProxyConfig({ ...ctx(me), mesh: meshOf });
+      buildSnapshot(new ResourceEncoder(), `default.${name}`, set); // passes Envoy's rules and reference checks
+      const listeners = new Map((set[TypeUrl.Listener] as unknown as L[]).map((l) => [l.name, l]));
+      const at = (n: string) => `${listeners.get(n)?.address.socket_address.address} ${listeners.get(n)?.address.socket_address.port_value}`;
+      return { set, listeners, at, clusters: names(set[TypeUrl.Cluster]) };
+    };
+    const v4 = tp('tp-4', '10.0.0.9', {});
+    assert.deepEqual([...v4.listeners.keys()].filter((n) => n.includes('ipv6') || n.includes('[::]')), [], 'IPv4 only unless the Dataplane asks');
+
+    const dual = tp('tp-d', '10.0.0.9', { ipFamilyMode: 'dualstack' });
+    assert.equal(dual.at('outbound:passthrough:ipv6'), ':: 15001');
+    assert.equal(dual.at('inbound:passthrough:ipv6'), ':: 15006');
+    assert.equal(dual.at('inbound:[::]:7000'), ':: 7000');
+    const strip = (l: L | undefined) => JSON.stringify(l?.filter_chains).replaceAll('inbound:[::]:7000', 'X').replaceAll('inbound:10.0.0.9:7000', 'X');
+    assert.equal(strip(dual.listeners.get('inbound:[::]:7000')), strip(dual.listeners.get('inbound:10.0.0.9:7000')), 'the IPv6 twin has the same filter chains');
+    assert.ok(dual.clusters.includes('outbound:passthrough:ipv6') && dual.clusters.includes('inbound:passthrough:ipv6'));
+    const bind = (dual.set[TypeUrl.Cluster] as { name: string; upstream_bind_config?: { source_address: { address: string } } }[]).find((c) => c.name === 'inbound:passthrough:ipv6')?.upstream_bind_config;
+    assert.equal(bind?.source_address.address, '::6', 'the inbound passthrough connects from ::6, which the rules do not redirect');
+
+    // Older Kuma named an IPv6 inbound redirect port.
+    assert.equal(tp('tp-k', '10.0.0.9', { redirectPortInboundV6: 15010 }).at('inbound:passthrough:ipv6'), ':: 15010');
+
+    // An IPv6 Dataplane gets its inbound on 0.0.0.0 too, for IPv4 connections through the IPv4 redirect.
+    const six = tp('tp-6', 'fd00::9', {});
+    assert.equal(six.at('inbound:[fd00::9]:7000'), 'fd00::9 7000');
+    assert.equal(six.at('inbound:0.0.0.0:7000'), '0.0.0.0 7000');
+
+    // No passthrough in the mesh: both families fall back to the one blackhole cluster.
+    const closed = tp('tp-c', '10.0.0.9', { ipFamilyMode: 'DualStack' }, res<MeshSpec>({ type: 'Mesh', name: 'default', networking: { outbound: { passthrough: false } } }));
+    assert.deepEqual(closed.clusters.filter((c) => c.startsWith('outbound:')), ['outbound:blackhole']);
+    for (const n of ['outbound:passthrough:ipv4', 'outbound:passthrough:ipv6']) assert.equal(closed.listeners.get(n)?.filter_chains[0]!.filters[0]!.typed_config.cluster, 'outbound:blackhole');
+  });
+
   it('proxyless: one API listener and route per service, named so xds:///<service> resolves', () => {
     const me = dp('grpc-app', { labels: { 'weft.io/proxyless': 'true' }, networking: { address: '10.0.0.9', inbound: [{ port: 1, tags: { 'kuma.io/service': 'grpc-app' } }] } });
     const set = generateProxyConfig(ctx(me));
