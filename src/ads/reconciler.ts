@@ -66,6 +66,11 @@ function servicesOf(d: Resource<DataplaneSpec>): readonly string[] {
   return s;
 }
 
+/** The services a sidecar's app may call by their Dataplanes' own addresses (`*`: all). */
+function directAccessOf(d: Resource<DataplaneSpec>): readonly string[] {
+  return d.spec.networking.transparentProxying?.directAccessServices ?? [];
+}
+
 function meshOf(nodeId: string): [string, string] {
   const dot = nodeId.indexOf('.');
   return [nodeId.slice(0, dot), nodeId.slice(dot + 1)];
@@ -321,7 +326,9 @@ export class Reconciler {
       const dp = byName.get(name);
       if (!dp) return false;
       const reach = reachOf(dp);
-      return reach.all ? services.size > 0 : reach.services.some((s) => services.has(s));
+      if (reach.all ? services.size > 0 : reach.services.some((s) => services.has(s))) return true;
+      // Direct access listeners name other Dataplanes' addresses.
+      return directAccessOf(dp).some((s) => (s === '*' ? services.size > 0 : services.has(s)));
     });
   }
 
@@ -381,7 +388,8 @@ export class Reconciler {
       try {
         const ctx: MeshContext = { mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo };
         const prev = this.last.get(nodeId);
-        const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle;
+        // Direct access listeners follow other Dataplanes' addresses, which the shortcut does not redo.
+        const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle && directAccessOf(dataplane).length === 0;
         const set = endpointsOnly ? withEndpoints(prev.set, ctx) : this.generate(ctx);
         if (endpointsOnly) endpointsOnlyCount++;
         else full++;

@@ -2,7 +2,10 @@ import { enabledMtlsBackend, PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type
 import { isProxyless, type MeshContext } from './context.js';
 import {
   BLACKHOLE_CLUSTER,
+  DIRECT_ACCESS_CLUSTER,
+  directAccessName,
   grpcServerListenerName,
+  hostPort,
   INBOUND_PASSTHROUGH,
   INBOUND_PASSTHROUGH_SOURCE,
   INBOUND_PASSTHROUGH_SOURCE_V6,
@@ -381,6 +384,47 @@ function familiesOf(tp: NonNullable<DataplaneSpec['networking']['transparentProx
 
 const familyOfAddress = (address: string): Family => (address.includes(':') ? IPV6 : IPV4);
 
+/**
+ * Kuma's direct access (`directAccessServices`, `*` for all): the app may call the Dataplanes of
+ * those services by their own addresses instead of a service VIP. Each such address and port gets
+ * a listener, not bound, that sends the connection on to its original destination through
+ * `direct_access`, a cluster that originates mTLS when the mesh has it (any identity of the mesh:
+ * the destination is known only by its address). Without them such connections would leave
+ * through the passthrough in plaintext, which a destination in STRICT mode refuses. One listener
+ * per endpoint: Kuma too advises listing few services.
+ */
+function directAccessListeners(g: Generation, wanted: readonly string[]): Obj[] {
+  if (wanted.length === 0) return [];
+  const all = wanted.includes('*');
+  const want = new Set(wanted);
+  const net = g.dp.spec.networking;
+  // An explicit outbound on the same address and port keeps it.
+  const taken = new Set((net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port)));
+  const out: Obj[] = [];
+  for (const dp of [...g.ctx.dataplanes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    if (dp.name === g.dp.name) continue;
+    for (const ib of dp.spec.networking.inbound ?? []) {
+      const service = ib.tags[SERVICE_TAG];
+      if (!service || !(all || want.has(service))) continue;
+      const address = ib.address ?? dp.spec.networking.address;
+      const key = hostPort(address, ib.port);
+      if (taken.has(key)) continue;
+      taken.add(key);
+      const name = directAccessName(address, ib.port);
+      out.push(
+        g.lasting(`direct-access:${key}`, () => ({
+          name,
+          address: { socket_address: { address, port_value: ib.port } },
+          traffic_direction: 'OUTBOUND',
+          bind_to_port: { value: false },
+          filter_chains: [{ filters: [tcpProxy(name, DIRECT_ACCESS_CLUSTER)] }],
+        })),
+      );
+    }
+  }
+  return out;
+}
+
 function sidecar(g: Generation): ResourceSet {
   const net = g.dp.spec.networking;
   const services = reachableServices(g);
@@ -441,6 +485,19 @@ function sidecar(g: Generation): ResourceSet {
     shared = g.forServices(key, () => [...transparentOutboundListeners(g, services, outPort, passthrough, families), ...families.map((f) => inboundPassthroughListener(g, inPortOf(f), f))]);
     if (!passthrough) {
       extraClusters.push(g.lasting(`cluster:${BLACKHOLE_CLUSTER}`, () => ({ name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } })));
+    }
+    const direct = directAccessListeners(g, tp.directAccessServices ?? []);
+    if (direct.length > 0) {
+      listeners.push(...direct);
+      extraClusters.push(
+        g.lasting(`cluster:${DIRECT_ACCESS_CLUSTER}:${g.mtls}:${g.meshName}`, () => ({
+          name: DIRECT_ACCESS_CLUSTER,
+          type: 'ORIGINAL_DST',
+          lb_policy: 'CLUSTER_PROVIDED',
+          connect_timeout: CONNECT_TIMEOUT,
+          ...(g.mtls !== 'off' ? { transport_socket: sidecarUpstreamTls(g.meshName) } : {}),
+        })),
+      );
     }
     for (const f of families) {
       if (passthrough) extraClusters.push(g.lasting(`cluster:${f.outbound}`, () => ({ name: f.outbound, type: 'ORIGINAL_DST', lb_policy: 'CLUSTER_PROVIDED', connect_timeout: CONNECT_TIMEOUT })));

@@ -26,6 +26,8 @@ export const OUTBOUND_PASSTHROUGH = 'outbound:passthrough:ipv4';
 export const INBOUND_PASSTHROUGH = 'inbound:passthrough:ipv4';
 export const OUTBOUND_PASSTHROUGH_V6 = 'outbound:passthrough:ipv6';
 export const INBOUND_PASSTHROUGH_V6 = 'inbound:passthrough:ipv6';
+/** Kuma's direct access: connections to a listed service's Dataplane by its own address (see `directAccessListeners`). */
+export const DIRECT_ACCESS_CLUSTER = 'direct_access';
 /** A cluster with no endpoints: where unknown destinations go when the mesh disables passthrough. */
 export const BLACKHOLE_CLUSTER = 'outbound:blackhole';
 /** Source address of inbound passthrough connections, excluded from redirection so nothing loops. */
@@ -36,6 +38,7 @@ export const INBOUND_PASSTHROUGH_SOURCE_V6 = '::6';
 export const hostPort = (address: string, port: number): string => `${address.includes(':') ? `[${address}]` : address}:${port}`;
 export const inboundName = (address: string, port: number): string => `inbound:${hostPort(address, port)}`;
 export const outboundName = (address: string, port: number): string => `outbound:${hostPort(address, port)}`;
+export const directAccessName = (address: string, port: number): string => `direct_access_${hostPort(address, port)}`;
 /** Route configuration of a service, shared by every proxy that calls it over HTTP. */
 export const outboundRouteName = (service: string): string => `outbound:${service}`;
 /** Cluster of the application behind an inbound. */

@@ -19,8 +19,11 @@ const meshCaSds = { name: MESH_CA_SECRET, sds_config: ADS_SOURCE };
 
 const uriSan = (m: Record<string, string>) => ({ san_type: 'URI', matcher: m });
 
-/** A sidecar calling `service`: present our identity, verify the peer is that service of the mesh. */
-export function sidecarUpstreamTls(mesh: string, service: string) {
+/**
+ * A sidecar calling `service`: present our identity, verify the peer is that service of the mesh.
+ * Without a service (a destination known only by its address), any identity of the mesh will do.
+ */
+export function sidecarUpstreamTls(mesh: string, service?: string) {
   return {
     name: 'envoy.transport_sockets.tls',
     typed_config: {
@@ -28,7 +31,7 @@ export function sidecarUpstreamTls(mesh: string, service: string) {
       common_tls_context: {
         tls_certificate_sds_secret_configs: [identitySds],
         combined_validation_context: {
-          default_validation_context: { match_typed_subject_alt_names: [uriSan({ exact: spiffeId(mesh, service) })] },
+          default_validation_context: { match_typed_subject_alt_names: [uriSan(service === undefined ? { prefix: meshSpiffePrefix(mesh) } : { exact: spiffeId(mesh, service) })] },
           validation_context_sds_secret_config: meshCaSds,
         },
       },

@@ -28,7 +28,7 @@ describe('reconciler: endpoint-only rounds equal full translation', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const dp = (name: string, service: string, address: string, opts: { ready?: boolean; port?: number; protocol?: string; proxyless?: boolean; reach?: string[] } = {}): ResourceInput => ({
+  const dp = (name: string, service: string, address: string, opts: { ready?: boolean; port?: number; protocol?: string; proxyless?: boolean; reach?: string[]; direct?: string[] } = {}): ResourceInput => ({
     type: 'Dataplane',
     mesh: 'eps',
     name,
@@ -37,7 +37,7 @@ describe('reconciler: endpoint-only rounds equal full translation', () => {
       networking: {
         address,
         inbound: [{ port: opts.port ?? 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': opts.protocol ?? 'http' }, ...(opts.ready === false ? { health: { ready: false } } : {}) }],
-        ...(opts.proxyless ? {} : { transparentProxying: opts.reach ? { reachableServices: opts.reach } : {} }),
+        ...(opts.proxyless ? {} : { transparentProxying: { ...(opts.reach ? { reachableServices: opts.reach } : {}), ...(opts.direct ? { directAccessServices: opts.direct } : {}) } }),
       },
     },
   });
@@ -60,12 +60,14 @@ describe('reconciler: endpoint-only rounds equal full translation', () => {
       { op: 'upsert', resource: dp('api-1', 'api', '10.1.0.3', { protocol: 'tcp', port: 9000 }) },
       { op: 'upsert', resource: dp('grpc-1', 'grpc', '10.1.0.4', { protocol: 'grpc', proxyless: true, port: 7000 }) },
       { op: 'upsert', resource: dp('narrow-1', 'narrow', '10.1.0.5', { reach: ['api'] }) },
+      // Reaches api only, but calls web's Dataplanes by address: web's changes are its too.
+      { op: 'upsert', resource: dp('direct-1', 'direct', '10.1.0.8', { reach: ['api'], direct: ['web'] }) },
     ]);
     const cache = new SnapshotCache();
     const metrics = new Registry();
     const rec = new Reconciler({ store, cache, logger: createLogger('test', 'silent'), metrics, debounceMs: 0, debounceMaxMs: 0 });
     rec.start();
-    const ids = ['web-1', 'web-2', 'api-1', 'grpc-1', 'narrow-1'].map((n) => `eps.${n}`);
+    const ids = ['web-1', 'web-2', 'api-1', 'grpc-1', 'narrow-1', 'direct-1'].map((n) => `eps.${n}`);
     ids.forEach((id) => rec.track(id));
     await rec.settle();
     await expectFullEquivalence(cache, ids, 'connecting');

@@ -79,6 +79,25 @@ describe('translation', () => {
     for (const n of ['outbound:passthrough:ipv4', 'outbound:passthrough:ipv6']) assert.equal(closed.listeners.get(n)?.filter_chains[0]!.filters[0]!.typed_config.cluster, 'outbound:blackhole');
   });
 
+  it('direct access: a listener per address and port of the listed services (* for all) into direct_access, none for itself', () => {
+    const gen = (name: string, directAccessServices?: string[]) => {
+      const me = dp(name, { networking: { address: '10.0.0.4', inbound: [{ port: 7000, tags: { 'kuma.io/service': 'me' } }], transparentProxying: directAccessServices ? { directAccessServices } : {} } });
+      const set = generateProxyConfig(ctx(me));
+      buildSnapshot(new ResourceEncoder(), `default.${name}`, set);
+      return set;
+    };
+    const none = gen('da-0');
+    assert.deepEqual(names(none[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), []);
+    assert.ok(!names(none[TypeUrl.Cluster]).includes('direct_access'), 'no cluster without direct access');
+    const star = gen('da-1', ['*']);
+    // Every other Dataplane's inbound, by its own address (not advertisedAddress), ready or not;
+    // redis-1 shares this proxy's address but is another Dataplane.
+    assert.deepEqual(names(star[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), ['direct_access_10.0.0.1:8080', 'direct_access_10.0.0.2:8080', 'direct_access_10.0.0.3:8080', 'direct_access_10.0.0.4:6379']);
+    const cluster = (star[TypeUrl.Cluster] as Record<string, unknown>[]).find((c) => c.name === 'direct_access');
+    assert.deepEqual([cluster?.type, cluster?.transport_socket], ['ORIGINAL_DST', undefined], 'plaintext without mTLS in the mesh');
+    assert.deepEqual(names(gen('da-2', ['redis'])[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), ['direct_access_10.0.0.4:6379']);
+  });
+
   it('proxyless: one API listener and route per service, named so xds:///<service> resolves', () => {
     const me = dp('grpc-app', { labels: { 'weft.io/proxyless': 'true' }, networking: { address: '10.0.0.9', inbound: [{ port: 1, tags: { 'kuma.io/service': 'grpc-app' } }] } });
     const set = generateProxyConfig(ctx(me));
