@@ -1,5 +1,5 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
-import { dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
+import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
 import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
@@ -266,7 +266,7 @@ export class Reconciler {
         }
       });
       const dataplanes = [...byName.values()];
-      if (added) dataplanes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      if (added) dataplanes.sort(compareNames);
       data = { ...cached, dataplanes };
     }
     this.meshData.set(mesh, data);

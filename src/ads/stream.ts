@@ -162,7 +162,7 @@ export function internNames(names: ReadonlySet<string>): ReadonlySet<string> {
   return names;
 }
 
-/** The empty subscription every type starts from (shared, so first subscriptions are shared too). */
+/** The empty set: the subscription every type starts from (shared, so first subscriptions are shared too), and the names an exact diff compares. */
 const NO_NAMES: ReadonlySet<string> = new Set();
 
 /** Per subscription set: the sets that delta changes to it led to, by change. */
@@ -274,10 +274,8 @@ interface DeltaChanges {
   deferred: boolean;
 }
 
-const NO_NAMES_COMPARED: ReadonlySet<string> = new Set();
-
 /** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
-const UNCHANGED: DeltaChanges = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), exact: false, compared: NO_NAMES_COMPARED, deferred: false });
+const UNCHANGED: DeltaChanges = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), exact: false, compared: NO_NAMES, deferred: false });
 
 interface Diff {
   send: EncodedResource[];
@@ -561,7 +559,7 @@ export class AdsStream {
       const send = state.wildcard ? [...all.values()] : [...state.subscribed].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined);
       const removed = [...state.subscribed].filter((n) => !all.has(n) && !state.toldMissing.has(n));
       const exact = send.length === all.size;
-      return { some: send.length > 0 || removed.length > 0, send, removed, exact, compared: exact ? NO_NAMES_COMPARED : new Set([...all.keys(), ...removed]), deferred: false };
+      return { some: send.length > 0 || removed.length > 0, send, removed, exact, compared: exact ? NO_NAMES : new Set([...all.keys(), ...removed]), deferred: false };
     }
     if (view.base && view.extra.size === 0 && !state.subsDirty && state.pending.size === 0 && state.forced.size === 0) {
       // The client holds exactly a shared map and asked for nothing since (every proxy in an
@@ -570,7 +568,7 @@ export class AdsStream {
       // name missing from both maps was reported when it was subscribed.
       const d = sharedDiff(view.base, all);
       if ((!keepOld || d.removed.length === 0) && (state.wildcard || d.send.every((r) => state.subscribed.has(r.name)))) {
-        return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, exact: true, compared: NO_NAMES_COMPARED, deferred: false };
+        return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, exact: true, compared: NO_NAMES, deferred: false };
       }
     }
     let compared: Set<string>;

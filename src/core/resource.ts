@@ -27,3 +27,8 @@ export function keyOf(r: ResourceKey): ResourceKey {
 export function describeKey(k: ResourceKey): string {
   return k.mesh === '' ? `${k.type} "${k.name}"` : `${k.type} "${k.name}" in mesh "${k.mesh}"`;
 }
+
+/** Orders resources by name (code-unit order, as the stores list them), for deterministic output. */
+export function compareNames(a: { name: string }, b: { name: string }): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}

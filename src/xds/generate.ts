@@ -1,4 +1,4 @@
-import { enabledMtlsBackend, PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type Inbound, type Protocol, type Resource } from '../core/index.js';
+import { compareNames, enabledMtlsBackend, PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type Inbound, type Protocol, type Resource } from '../core/index.js';
 import { isProxyless, type MeshContext } from './context.js';
 import {
   BLACKHOLE_CLUSTER,
@@ -401,7 +401,7 @@ function directAccessListeners(g: Generation, wanted: readonly string[]): Obj[] 
   // An explicit outbound on the same address and port keeps it.
   const taken = new Set((net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port)));
   const out: Obj[] = [];
-  for (const dp of [...g.ctx.dataplanes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+  for (const dp of [...g.ctx.dataplanes].sort(compareNames)) {
     if (dp.name === g.dp.name) continue;
     for (const ib of dp.spec.networking.inbound ?? []) {
       const service = ib.tags[SERVICE_TAG];

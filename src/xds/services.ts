@@ -1,4 +1,4 @@
-import { PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type Protocol, type Resource } from '../core/index.js';
+import { compareNames, PROTOCOL_TAG, SERVICE_TAG, type DataplaneSpec, type Protocol, type Resource } from '../core/index.js';
 
 export interface Endpoint {
   address: string;
@@ -18,7 +18,7 @@ export interface ServiceInfo {
 /** Services of a mesh, by name: every inbound tagged with one (not-ready inbounds are not endpoints). */
 export function meshServices(dataplanes: readonly Resource<DataplaneSpec>[]): Map<string, ServiceInfo> {
   const out = new Map<string, ServiceInfo & { protocols: Set<string> }>();
-  for (const dp of [...dataplanes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+  for (const dp of [...dataplanes].sort(compareNames)) {
     const net = dp.spec.networking;
     for (const ib of net.inbound ?? []) {
       const service = ib.tags[SERVICE_TAG];
