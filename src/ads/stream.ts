@@ -205,6 +205,25 @@ function pairwise<K extends object, V>(cache: WeakMap<object, WeakMap<K, V>>, a:
 const subsets = new WeakMap<object, WeakMap<ReadonlySet<string>, { desired: ReadonlyMap<string, EncodedResource>; version: string }>>();
 const lacking = new WeakMap<object, WeakMap<object, boolean>>();
 
+/** What a named delta subscription gets of a map, by map and interned subscription. */
+const subscribedParts = new WeakMap<object, WeakMap<ReadonlySet<string>, ReadonlyMap<string, EncodedResource>>>();
+
+/**
+ * The part of a type's current map a delta client wants: the map itself for a wildcard
+ * subscription or one naming all of it (every proxy's EDS when it reaches every service), else
+ * one map per distinct subscription, shared by the streams holding it. It is what a client is
+ * brought up to date with, so diffs between two of them concern only what it subscribed.
+ */
+function wantedPart(all: ReadonlyMap<string, EncodedResource>, wildcard: boolean, subscribed: ReadonlySet<string>): ReadonlyMap<string, EncodedResource> {
+  if (wildcard) return all;
+  return pairwise(subscribedParts, all, subscribed, () => {
+    if (!lacksSome(subscribed, all)) return all;
+    const part = new Map<string, EncodedResource>();
+    for (const [name, r] of all) if (subscribed.has(name)) part.set(name, r);
+    return part;
+  });
+}
+
 /** Does `from` have a name `within` lacks? Remembered per pair. */
 function lacksSome(within: { has(name: string): boolean }, from: { keys(): Iterable<string> } & object): boolean {
   return pairwise(lacking, within, from, () => {
@@ -266,7 +285,9 @@ interface DeltaChanges {
   some: boolean;
   send: readonly EncodedResource[];
   removed: readonly string[];
-  /** After this response the client holds exactly the current map (then `compared` is empty). */
+  /** What the client wants of the current map (see wantedPart): what it is brought up to date with. */
+  target: ReadonlyMap<string, EncodedResource>;
+  /** After this response the client holds exactly `target` (then `compared` is empty). */
   exact: boolean;
   /** Otherwise: every name that can differ, which were compared. */
   compared: ReadonlySet<string>;
@@ -275,7 +296,7 @@ interface DeltaChanges {
 }
 
 /** deltaChanges' answer when nothing can differ (the common case: asked up to 7 times per proxy per round). */
-const UNCHANGED: DeltaChanges = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), exact: false, compared: NO_NAMES, deferred: false });
+const UNCHANGED: DeltaChanges = Object.freeze({ some: false, send: Object.freeze([]), removed: Object.freeze([]), target: new Map<string, EncodedResource>(), exact: false, compared: NO_NAMES, deferred: false });
 
 interface Diff {
   send: EncodedResource[];
@@ -553,27 +574,26 @@ export class AdsStream {
     const keepOld = (state.typeUrl === TypeUrl.Cluster || state.typeUrl === TypeUrl.ClusterLoadAssignment) && this.routingPendingCached;
     // Nothing changed since the client was brought up to date with this very set.
     if (state.settled === all) return UNCHANGED;
+    const target = wantedPart(all, state.wildcard, state.subscribed);
     const view = state.clientHas;
     if (!view.base && view.extra.size === 0 && state.forced.size === 0) {
       // The client holds nothing of this type yet (a new stream): everything it wants, as is.
-      const send = state.wildcard ? [...all.values()] : [...state.subscribed].map((n) => all.get(n)).filter((r): r is EncodedResource => r !== undefined);
+      const send = [...target.values()];
       const removed = [...state.subscribed].filter((n) => !all.has(n) && !state.toldMissing.has(n));
-      const exact = send.length === all.size;
-      return { some: send.length > 0 || removed.length > 0, send, removed, exact, compared: exact ? NO_NAMES : new Set([...all.keys(), ...removed]), deferred: false };
+      return { some: send.length > 0 || removed.length > 0, send, removed, target, exact: true, compared: NO_NAMES, deferred: false };
     }
     if (view.base && view.extra.size === 0 && !state.subsDirty && state.pending.size === 0 && state.forced.size === 0) {
       // The client holds exactly a shared map and asked for nothing since (every proxy in an
-      // endpoint change): if it wants all that the shared diff sends, the diff is the answer and
-      // leaves it holding the current map. The diff's removals are names it holds; a subscribed
-      // name missing from both maps was reported when it was subscribed.
-      const d = sharedDiff(view.base, all);
-      if ((!keepOld || d.removed.length === 0) && (state.wildcard || d.send.every((r) => state.subscribed.has(r.name)))) {
-        return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, exact: true, compared: NO_NAMES, deferred: false };
+      // endpoint change): the shared diff to what it wants is the answer. Its removals are names
+      // the client holds; a subscribed name missing from both maps was reported when subscribed.
+      const d = sharedDiff(view.base, target);
+      if (!keepOld || d.removed.length === 0) {
+        return { some: d.send.length > 0 || d.removed.length > 0, send: d.send, removed: d.removed, target, exact: true, compared: NO_NAMES, deferred: false };
       }
     }
     let compared: Set<string>;
     if (view.base && !state.subsDirty) {
-      const d = sharedDiff(view.base, all);
+      const d = sharedDiff(view.base, target);
       compared = new Set(state.pending);
       for (const r of d.send) compared.add(r.name);
       for (const n of d.removed) compared.add(n);
@@ -599,7 +619,7 @@ export class AdsStream {
         removed.push(name);
       }
     }
-    return { some: send.length > 0 || removed.length > 0, send, removed, exact: false, compared, deferred };
+    return { some: send.length > 0 || removed.length > 0, send, removed, target, exact: false, compared, deferred };
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -700,10 +720,13 @@ export class AdsStream {
 
   /**
    * After a diff: unless removals were held back, the client is up to date with `all`. When it
-   * holds exactly `all` (every compared name agrees; the rest agreed already), keep only a
-   * reference to that shared map instead of a copy per client.
+   * holds exactly what it wants of it (every compared name agrees; the rest agreed already), keep
+   * only a reference to that shared map instead of a copy per client.
    */
-  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, { exact, compared, deferred }: DeltaChanges): void {
+  private synced(state: TypeState, all: ReadonlyMap<string, EncodedResource>, changes: DeltaChanges): void {
+    // Settled with this very map already, and nothing asked since: all below was done then.
+    if (changes === UNCHANGED) return;
+    const { target, exact, compared, deferred } = changes;
     if (deferred) {
       // Not up to date with any map now (it may hold some of `all` already): should the snapshot
       // go back to the map it was settled with, that must not pass for "nothing changed".
@@ -715,11 +738,11 @@ export class AdsStream {
     // Names forced but not sent (not subscribed, or gone) are compared again next time.
     state.settled = state.forced.size === 0 ? all : undefined;
     const view = state.clientHas;
-    if (view.base === all && view.extra.size === 0) return;
-    if (exact) return view.resetTo(all);
+    if (view.base === target && view.extra.size === 0) return;
+    if (exact) return view.resetTo(target);
     // Compared covers every name that can differ (see deltaChanges), so agreeing on those is enough.
-    for (const name of compared) if (view.get(name) !== all.get(name)?.version) return;
-    view.resetTo(all);
+    for (const name of compared) if (view.get(name) !== target.get(name)?.version) return;
+    view.resetTo(target);
   }
 
   /** Rule 9: a changed Cluster needs its ClusterLoadAssignment again, even if unchanged. */

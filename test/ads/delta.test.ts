@@ -185,4 +185,25 @@ describe('ADS incremental (delta)', () => {
     ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]], api: [['10.0.0.2', 80]] }));
     assert.deepEqual(names(await c.next(EDS)), ['web'], 'later changes still arrive');
   });
+
+  it('rules 13 and 17: a named subscription is not told of removals of names it never subscribed', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.ack(await c.next(EDS));
+    c.delta({ type_url: LDS });
+    c.ack(await c.next(LDS));
+    // A change elsewhere makes the stream look at EDS again while its map is the same.
+    const relisten = meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] });
+    relisten[LDS] = [listener('http', 8081, 'http-routes')];
+    ads.cache.set(id, relisten);
+    c.ack(await c.next(LDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    c.ack(await c.next(LDS));
+    assert.ok(await c.quiet(200, EDS), 'api was never subscribed: nothing to remove');
+    ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]] }));
+    const r = await c.next(EDS);
+    assert.deepEqual([names(r), r.removed], [['web'], []]);
+  });
 });
