@@ -142,6 +142,24 @@ export interface StreamOptions {
 let streamCounter = 0;
 
 /**
+ * Subscriptions by the (frozen) list of names they came from: the request deserializer hands out
+ * one array per distinct list (wire.ts), so 2000 SotW proxies ACKing a new list of 500 EDS names
+ * build and intern its set once, not once each (that was 4% of the CP's CPU in a mesh-wide change).
+ */
+const subscriptionsOfLists = new WeakMap<readonly string[], ReadonlySet<string>>();
+
+/** The interned set of `names` without `*`. */
+function subscriptionOf(names: readonly string[]): ReadonlySet<string> {
+  const frozen = Object.isFrozen(names);
+  let set = frozen ? subscriptionsOfLists.get(names) : undefined;
+  if (!set) {
+    set = internNames(new Set(names.includes('*') ? names.filter((n) => n !== '*') : names));
+    if (frozen) subscriptionsOfLists.set(names, set);
+  }
+  return set;
+}
+
+/**
  * Subscriptions by content: thousands of proxies subscribe the same hundreds of EDS names, and a
  * set of them each costs ~10 KB. Sets handed in must not be changed afterwards. An entry goes
  * when no stream holds its set any more.
@@ -313,6 +331,9 @@ function bytesOf(resources: readonly EncodedResource[]): number {
 const valueLists = new WeakMap<ReadonlyMap<string, EncodedResource>, readonly EncodedResource[]>();
 
 function valuesOf(map: ReadonlyMap<string, EncodedResource>): readonly EncodedResource[] {
+  // A proxy's own split map is sent by that proxy alone: join the parts' lists, keep nothing.
+  // (Walking its generator per proxy was 6% of the CP's CPU in a SotW mesh-wide change.)
+  if (map instanceof SplitMap) return valuesOf(map.shared).concat(valuesOf(map.own));
   let list = valueLists.get(map);
   if (!list) valueLists.set(map, (list = [...map.values()]));
   return list;
@@ -451,7 +472,7 @@ export class AdsStream {
     state.namesFrom = Object.isFrozen(names) ? names : undefined;
     if (names.includes('*')) {
       state.wildcard = true;
-      state.subscribed = internNames(new Set(names.filter((n) => n !== '*')));
+      state.subscribed = subscriptionOf(names);
     } else if (names.length === 0) {
       state.wildcard = !state.explicit;
       state.subscribed = new Set();
@@ -459,7 +480,7 @@ export class AdsStream {
       state.wildcard = false;
       state.explicit = true;
       // ACKs repeat the names: keep the same set then (cached checks stay valid).
-      if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = internNames(new Set(names));
+      if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = subscriptionOf(names);
     }
   }
 
