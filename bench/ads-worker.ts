@@ -13,6 +13,8 @@ interface Start {
   cmd: 'start';
   address: string;
   variant: 'sotw' | 'delta';
+  /** The control plane's ADS certificate (PEM), to connect with TLS trusting it. */
+  tlsCa?: string;
   nodeIds: string[];
 }
 interface Watch {
@@ -91,8 +93,8 @@ process.on('message', (m: Msg) => {
       const onR = (r: Received) => onResponse(id, c, r, state);
       const c: Client =
         CLIENT === 'http2'
-          ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: FLOW_WINDOW, onResponse: onR })
-          : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, onResponse: onR });
+          ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR })
+          : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR });
       clients.set(id, c);
       if (m.variant === 'sotw') {
         c.subscribe(TypeUrl.Cluster, []);

@@ -26,6 +26,8 @@ const TIMEOUT_MS = Number(process.env.WEFT_BENCH_TIMEOUT_MS ?? 300_000);
 // How many endpoint changes, and mesh-wide changes, are measured (one after another, PAUSE_MS apart).
 const CHANGES = Number(process.env.WEFT_BENCH_CHANGES ?? 5);
 const PAUSE_MS = Number(process.env.WEFT_BENCH_CHANGE_PAUSE_MS ?? 1000);
+// WEFT_BENCH_TLS=1: the ADS port with TLS as shipped (xds.tls.mode auto), the proxies trusting its certificate.
+const TLS = process.env.WEFT_BENCH_TLS === '1';
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -109,7 +111,7 @@ async function scenario(variant: 'sotw' | 'delta') {
   const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
   if (snapshotDir) cpFlags.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
   const cp = await spawnControlPlane(
-    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_LOG_LEVEL: 'debug' },
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: TLS ? 'auto' : 'off', WEFT_LOG_LEVEL: 'debug' },
     [process.execPath, ...cpFlags, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];
@@ -130,7 +132,8 @@ async function scenario(variant: 'sotw' | 'delta') {
     await waitFor(workers, 'up', WORKERS, 30_000);
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
-    workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
+    const tlsCa = TLS ? readFileSync(join(dataDir, 'xds-tls.crt'), 'utf8') : undefined;
+    workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, tlsCa, nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
     await readyP;
     const coldStart = (Date.now() - t0) / 1000;
     const afterCold = procStats(cp.child.pid!);
@@ -197,6 +200,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     return {
       variant,
       client: benchClient(),
+      tls: TLS,
       proxies: ids.length,
       services: SERVICES,
       reachable: REACHABLE,

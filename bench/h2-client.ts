@@ -34,7 +34,7 @@ export class H2AdsClient {
     private readonly address: string,
     readonly variant: 'sotw' | 'delta',
     private readonly node: Node,
-    private readonly opts: { onResponse: (r: Received) => void; flowControlWindow?: number },
+    private readonly opts: { onResponse: (r: Received) => void; flowControlWindow?: number; /** Connect with TLS, trusting this PEM CA. */ tlsCa?: string },
   ) {
     this.connect();
   }
@@ -42,7 +42,8 @@ export class H2AdsClient {
   /** Connects and opens the stream; when thousands connect at once some are refused, and retry as Envoy would. */
   private connect(): void {
     const window = this.opts.flowControlWindow ?? 65_535;
-    const session = (this.session = http2.connect(`http://${this.address}`, { settings: { initialWindowSize: window } }));
+    const { tlsCa } = this.opts;
+    const session = (this.session = http2.connect(`${tlsCa ? 'https' : 'http'}://${this.address}`, { settings: { initialWindowSize: window }, ...(tlsCa ? { ca: tlsCa } : {}) }));
     session.on('error', () => {});
     session.once('connect', () => {
       if (window > 65_535) session.setLocalWindowSize(window);

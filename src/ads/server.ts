@@ -190,15 +190,31 @@ export class AdsServer {
         // Charged until gRPC has written it; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
         outstanding += bytes;
-        call.write(r, () => {
-          if (ended) return;
-          outstanding -= bytes;
-          this.budget.refund(bytes);
-        });
+        if (queued.length === 0 && !writtenThisTurn) write(r, bytes);
+        else queued.push([r, bytes]);
       },
     });
     let outstanding = 0;
     let ended = false;
+    // One response per stream per turn of the event loop: HTTP/2 sends what a turn wrote to a
+    // connection as one write, and over TLS Node keeps an encryption buffer the size of a
+    // connection's largest write for as long as it lives (see DELTA_PIECE_BYTES in stream.ts).
+    const queued: [object, number][] = [];
+    let writtenThisTurn = false;
+    const write = (r: object, bytes: number) => {
+      writtenThisTurn = true;
+      setImmediate(nextTurn);
+      call.write(r, () => {
+        if (ended) return;
+        outstanding -= bytes;
+        this.budget.refund(bytes);
+      });
+    };
+    const nextTurn = () => {
+      writtenThisTurn = false;
+      const next = queued.shift();
+      if (next && !ended) write(...next);
+    };
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     const end = () => {
       stream.close();
@@ -207,6 +223,7 @@ export class AdsServer {
         ended = true;
         this.budget.refund(outstanding);
         outstanding = 0;
+        queued.length = 0;
       }
     };
     const onData = (req: DiscoveryRequest | DeltaDiscoveryRequest) => {

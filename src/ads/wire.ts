@@ -39,6 +39,11 @@ function chunk(r: EncodedResource, delta: boolean): Uint8Array {
   return c;
 }
 
+/** The bytes a resource takes in a response: its wrapper (delta `Resource` or SotW `Any`) with its tag. */
+export function wireBytes(r: EncodedResource, delta: boolean): number {
+  return chunk(r, delta).length;
+}
+
 /**
  * A response carrying encoded resources. Its `resources` field (plain objects, for tests and logs)
  * is built only if read: the wire never needs it.

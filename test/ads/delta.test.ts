@@ -1,12 +1,24 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
-import { adsSuite, listener, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
+import type { Received } from '../../src/ads/test-client.js';
+import { adsSuite, cla, cluster, listener, meshSet, route, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
 const nodeId = () => `default.delta-${++n}`;
 const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
+
+/** A set with `n` clusters and `n` listeners: well over DELTA_PIECE_BYTES of each. */
+function bigSet(n: number, tag = 'c') {
+  const cs = Array.from({ length: n }, (_, i) => `${tag}-${i}`);
+  return {
+    [CDS]: cs.map((c) => cluster(c)),
+    [EDS]: cs.map((c) => cla(c, [['10.0.0.1', 80]])),
+    [LDS]: cs.map((c, i) => listener(`l-${c}`, 10000 + i, 'routes')),
+    [RDS]: [route('routes', cs[0]!)],
+  };
+}
 
 describe('ADS incremental (delta)', () => {
   const suite = adsSuite('delta', { nackBackoffMs: 400 });
@@ -184,6 +196,87 @@ describe('ADS incremental (delta)', () => {
     c.ack(r);
     ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]], api: [['10.0.0.2', 80]] }));
     assert.deepEqual(names(await c.next(EDS)), ['web'], 'later changes still arrive');
+  });
+
+  it('rules 8 and 16: a big response comes in pieces with nonces of their own, in order, removals last', async () => {
+    const id = nodeId();
+    ads.cache.set(id, bigSet(400));
+    const c = connect(id);
+    c.delta({ type_url: CDS });
+    c.delta({ type_url: LDS });
+    const got: Received[] = [];
+    const seen = new Set<string>();
+    while (seen.size < 800) {
+      const r = await c.next();
+      got.push(r);
+      for (const x of r.resources) {
+        assert.ok(!seen.has(x.name), `${x.name} sent twice`);
+        seen.add(x.name);
+      }
+    }
+    assert.ok(got.length > 2, `${got.length} responses`);
+    assert.equal(new Set(got.map((r) => r.nonce)).size, got.length, 'a nonce each');
+    const order = got.map((r) => r.typeUrl);
+    assert.deepEqual(order, [...order].sort((a, b) => (a === CDS ? 0 : 1) - (b === CDS ? 0 : 1)), 'every cluster before any listener');
+    for (const r of got) c.ack(r);
+    assert.ok(await c.quiet(200), 'nothing more');
+    // Half the listeners go, new ones come: removals ride with the last piece only.
+    const next = bigSet(400, 'd');
+    next[CDS] = bigSet(400)[CDS];
+    next[EDS] = bigSet(400)[EDS];
+    ads.cache.set(id, next);
+    const pieces = [];
+    let removed: string[] = [];
+    while (removed.length === 0) {
+      const r = await c.next(LDS);
+      pieces.push(r);
+      removed = r.removed;
+    }
+    assert.ok(pieces.length > 1);
+    assert.equal(pieces.flatMap((r) => r.resources).length, 400, 'all new listeners before the removals');
+    assert.equal(removed.length, 400);
+  });
+
+  it('rules 4 and 5: only the last piece ACKs the response; a rejected piece is a NACK and the last ACK does not undo it', async () => {
+    const id = nodeId();
+    ads.cache.set(id, bigSet(400));
+    const c = connect(id);
+    c.delta({ type_url: LDS });
+    const status = () => ads.server.status.get(id)!.types.LDS!;
+    const stale = async () => Number(/weft_xds_ignored_requests_total\{reason="stale_nonce"\} (\d+)/.exec(await ads.metrics.metrics())?.[1] ?? 0);
+    const staleBefore = await stale();
+    const first = await c.next(LDS);
+    c.ack(first);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(status().acks, 0, 'one piece acknowledged is not the response');
+    const rest = [];
+    let n = first.resources.length;
+    while (n < 400) {
+      const r = await c.next(LDS);
+      rest.push(r);
+      n += r.resources.length;
+    }
+    for (const r of rest) c.ack(r);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(status().acks, 1, 'acknowledged with the last piece');
+    assert.equal(status().lastAckedVersion, status().lastSentVersion);
+    assert.equal(await stale(), staleBefore, "the pieces' ACKs are not stale");
+
+    ads.cache.set(id, bigSet(400, 'e'));
+    const a = await c.next(LDS);
+    c.nack(a, 'listener rejected');
+    const later = [];
+    let m = a.resources.length;
+    while (m < 400) {
+      const r = await c.next(LDS);
+      later.push(r);
+      m += r.resources.length;
+    }
+    for (const r of later) c.ack(r);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(status().lastNack?.message, 'listener rejected');
+    assert.equal(status().acks, 1, 'not acknowledged: part of it was rejected');
+    assert.notEqual(status().lastAckedVersion, status().lastSentVersion);
   });
 
   it('rules 13 and 17: a named subscription is not told of removals of names it never subscribed', async () => {
