@@ -8,7 +8,7 @@ import { streamingMethod } from './protos.js';
 import { requestDeserializer, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
-import { AdsStream, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
+import { AdsStream, DELTA_PIECE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -54,6 +54,8 @@ export interface AdsServerOptions {
   sendBudgetBytes?: number;
   /** On close, how long connections get to go away before they are cut (default 5 s). */
   shutdownGraceMs?: number;
+  /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, never in plaintext). */
+  deltaPieceBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
@@ -77,6 +79,8 @@ export class AdsServer {
   private closing?: Promise<void>;
   private readonly hooks: StreamHooks;
   readonly budget: SendBudget;
+  /** Serving TLS (see DELTA_PIECE_BYTES). */
+  private secure = false;
 
   constructor(private readonly opts: AdsServerOptions) {
     this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
@@ -186,6 +190,7 @@ export class AdsServer {
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
       hooks: this.hooks,
       budget: this.budget,
+      pieceBytes: this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : undefined),
       send: (r, bytes) => {
         // Charged until gRPC has written it; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
@@ -258,6 +263,7 @@ export class AdsServer {
 
   /** Binds and starts serving; resolves to the bound port. */
   listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+    this.secure = credentials._isSecure();
     const host = address.includes(':') ? `[${address}]` : address;
     return new Promise((resolve, reject) => {
       this.server.bindAsync(`${host}:${port}`, credentials, (err, bound) => {

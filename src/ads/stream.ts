@@ -140,18 +140,20 @@ export interface StreamOptions {
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
   /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
   budget?: SendBudget;
+  /** Delta: send responses of more bytes than this in pieces (DELTA_PIECE_BYTES; default: never). */
+  pieceBytes?: number;
   now?: () => number;
 }
 
 let streamCounter = 0;
 
 /**
- * A delta response of more bytes than this goes out as several responses, each
+ * On a TLS port, a delta response of more bytes than this goes out as several responses, each
  * with its own nonce, written one per turn of the event loop (server.ts). Over TLS, Node keeps for
  * the whole life of a connection an encryption buffer the size of the largest write it made at
  * once (a 280 KB LDS response at cold start with 500 services: 1.1 GB of RSS with 2000 proxies,
- * against 280 MB in plaintext). Delta lets a type's resources come in any number of responses;
- * SotW's full LDS and CDS sets cannot be split.
+ * against 280 MB in plaintext, where nothing is kept). Delta lets a type's resources come in any
+ * number of responses; SotW's full LDS and CDS sets cannot be split.
  */
 export const DELTA_PIECE_BYTES = 16 * 1024;
 
@@ -773,7 +775,7 @@ export class AdsStream {
       return;
     }
     this.markClusterChanges(state, send, (n) => state.clientHas.get(n));
-    const runs = pieces(send, DELTA_PIECE_BYTES);
+    const runs = pieces(send, this.opts.pieceBytes ?? Infinity);
     const responses = runs.map((run, i) =>
       withEncoded<DeltaDiscoveryResponse>(
         // Removals go with the last piece, after everything that replaces them (rule 8).

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { Registry } from 'prom-client';
+import { AdsServer, loopbackOnlyAuthenticator, SnapshotCache } from '../../src/ads/index.js';
+import { createServingCertificate } from '../../src/certs/index.js';
+import { createLogger } from '../../src/core/index.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
 import { TypeUrl } from '../../src/ads/index.js';
+import { DELTA_PIECE_BYTES } from '../../src/ads/stream.js';
 import type { Received } from '../../src/ads/test-client.js';
 import { adsSuite, cla, cluster, listener, meshSet, route, type TestAds } from '../helpers/xds-fixtures.js';
 
@@ -21,7 +28,8 @@ function bigSet(n: number, tag = 'c') {
 }
 
 describe('ADS incremental (delta)', () => {
-  const suite = adsSuite('delta', { nackBackoffMs: 400 });
+  // Pieces as on a TLS port (plaintext sends a response whole).
+  const suite = adsSuite('delta', { nackBackoffMs: 400, deltaPieceBytes: DELTA_PIECE_BYTES });
   const connect = suite.connect;
   let ads: TestAds;
   before(() => {
@@ -299,4 +307,29 @@ describe('ADS incremental (delta)', () => {
     const r = await c.next(EDS);
     assert.deepEqual([names(r), r.removed], [['web'], []]);
   });
+});
+
+describe('ADS delta responses in pieces: over TLS by default, never in plaintext', () => {
+  for (const tls of [false, true]) {
+    it(`${tls ? 'TLS' : 'plaintext'}: a big LDS response comes ${tls ? 'in pieces' : 'whole'}`, async (t) => {
+      const cache = new SnapshotCache();
+      const server = new AdsServer({ cache, authenticator: loopbackOnlyAuthenticator, logger: createLogger('weft-cp', 'silent'), metrics: new Registry(), instanceId: 'test-cp' });
+      const m = tls ? await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 }) : undefined;
+      const creds = m ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false) : grpc.ServerCredentials.createInsecure();
+      const port = await server.listen('127.0.0.1', 0, creds);
+      t.after(() => server.close());
+      cache.set('default.big', bigSet(400));
+      const c = new XdsTestClient(`127.0.0.1:${port}`, 'delta', { id: 'default.big' }, m ? { tlsCa: m.certPem } : {});
+      t.after(() => c.close());
+      c.delta({ type_url: LDS });
+      let n = 0;
+      let responses = 0;
+      while (n < 400) {
+        n += (await c.next(LDS)).resources.length;
+        responses++;
+      }
+      if (tls) assert.ok(responses > 1, `${responses} response(s)`);
+      else assert.equal(responses, 1);
+    });
+  }
 });
