@@ -90,6 +90,10 @@ export function resolveConfig(input: unknown, env: { passwd?: string; resolvConf
   }
   const ports = [s.redirectInboundPort, s.redirectOutboundPort, ...(s.redirectDns ? [s.redirectDnsPort] : [])];
   if (new Set(ports).size !== ports.length) throw new WeftError('invalid_resource', 'the redirect ports must differ', [{ field: 'redirectOutboundPort', message: 'must differ from the other redirect ports' }]);
+  const ipFamily = s.ipFamily === 'dualstack' ? 'dual' : s.ipFamily;
+  // The rules and the Dataplane are set apart (as in Kuma): without the Dataplane's word, Envoy has
+  // IPv4 listeners only, and IPv6 connections redirected to it are refused.
+  if (ipFamily !== 'ipv4') notes.push(`IPv6 is redirected too: the Dataplanes here must say so, with networking.transparentProxying.ipFamilyMode: ${ipFamily === 'dual' ? 'DualStack' : 'IPv6'}, or Envoy has no IPv6 listeners and IPv6 connections are refused`);
   const dnsResolvers = s.redirectDns ? resolvers(env.resolvConf) : [];
   if (s.redirectDns && !s.redirectAllDnsTraffic && dnsResolvers.length === 0) {
     throw new WeftError('invalid_resource', `--redirect-dns: no nameserver in ${env.resolvConf ?? '/etc/resolv.conf'} (use --redirect-all-dns-traffic to redirect DNS to any address)`, [
@@ -102,7 +106,7 @@ export function resolveConfig(input: unknown, env: { passwd?: string; resolvConf
       dpUid,
       dnsResolvers,
       excludeOutboundPortsForUids: s.excludeOutboundPortsForUids.map(parseUidExclusion),
-      ipFamily: s.ipFamily === 'dualstack' ? 'dual' : s.ipFamily,
+      ipFamily,
     },
     notes,
   };

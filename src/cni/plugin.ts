@@ -160,8 +160,9 @@ export async function runCni(env: CniEnv, stdin: string, log: (msg: string, fiel
     return env.command === 'ADD' ? result : undefined;
   }
   let config;
+  let notes: string[] = [];
   try {
-    config = resolveConfig(settings).config;
+    ({ config, notes } = resolveConfig(settings));
   } catch (err) {
     configError(err);
   }
@@ -171,7 +172,7 @@ export async function runCni(env: CniEnv, stdin: string, log: (msg: string, fiel
     return undefined;
   }
   const r = await installTransparentProxy(config, { netns, verify: conf.weft?.verify !== false });
-  log('rules installed', { containerId: env.containerId, backend: r.backend, notes: r.notes });
+  log('rules installed', { containerId: env.containerId, backend: r.backend, notes: [...notes, ...r.notes] });
   return result;
 }
 

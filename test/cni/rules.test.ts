@@ -57,6 +57,14 @@ describe('transparent-proxy rules', () => {
     }
   });
 
+  it('redirecting IPv6 notes the Dataplane setting it needs; IPv4 alone needs nothing', () => {
+    assert.deepEqual(resolveConfig({}, { passwd, resolvConf }).notes, []);
+    const dual = resolveConfig({ ipFamily: 'dualstack' }, { passwd, resolvConf });
+    assert.equal(dual.config.ipFamily, 'dual');
+    assert.match(dual.notes.join('\n'), /ipFamilyMode: DualStack/);
+    assert.match(resolveConfig({ ipFamily: 'ipv6' }, { passwd, resolvConf }).notes.join('\n'), /ipFamilyMode: IPv6/);
+  });
+
   it('the data-plane user defaults to kuma-dp, else UID 5678; root and unknown users are refused', () => {
     assert.equal(resolveConfig({}, { passwd, resolvConf }).config.dpUid, 5678);
     const none = resolveConfig({}, { passwd: join(tmp, 'missing'), resolvConf });
