@@ -332,4 +332,21 @@ describe('ADS delta responses in pieces: over TLS by default, never in plaintext
       else assert.equal(responses, 1);
     });
   }
+
+  it('a stream that closes with pieces still queued gives back the send budget they held', async (t) => {
+    const cache = new SnapshotCache();
+    const metrics = new Registry();
+    const server = new AdsServer({ cache, authenticator: loopbackOnlyAuthenticator, logger: createLogger('weft-cp', 'silent'), metrics, instanceId: 'test-cp', deltaPieceBytes: 1024 });
+    const port = await server.listen('127.0.0.1', 0);
+    t.after(() => server.close());
+    const inFlight = async () => Number(/^weft_xds_send_bytes_in_flight (\S+)/m.exec(await metrics.metrics())?.[1]);
+    cache.set('default.big', bigSet(400));
+    const c = new XdsTestClient(`127.0.0.1:${port}`, 'delta', { id: 'default.big' });
+    c.delta({ type_url: LDS });
+    await c.next(LDS);
+    assert.ok((await inFlight()) > 0, 'pieces are queued, one written per turn');
+    c.close();
+    for (let i = 0; i < 50 && (await inFlight()) !== 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await inFlight(), 0);
+  });
 });
