@@ -108,6 +108,9 @@ process.on('message', (m: Msg) => {
     watch = m;
     seen = new Map();
     bytes = 0;
+    // The change is made only once every worker watches: a busy worker could otherwise read the
+    // change's response before this message and never count that proxy.
+    send({ type: 'watching' });
     if (m.expect.length === 0) send({ type: 'seen', times: [], bytes: 0 });
   } else if (m.cmd === 'stop') {
     if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);

@@ -144,10 +144,12 @@ async function scenario(variant: 'sotw' | 'delta') {
     const memoryAfterSnapshot = snapshotDir ? await heapSnapshot(cp, snapshotDir) : undefined;
 
     const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
+      const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
+      const watchingP = waitFor(workers, 'watching', WORKERS, TIMEOUT_MS);
       workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
+      await watchingP;
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
-      const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const at = Date.now();
       await change();
       const seen = await seenP;

@@ -182,6 +182,8 @@ export class AdsServer {
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
+    // Delta over TLS: big responses in pieces, one written per turn (see below).
+    const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : undefined)) : undefined;
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -190,25 +192,29 @@ export class AdsServer {
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
       hooks: this.hooks,
       budget: this.budget,
-      pieceBytes: this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : undefined),
+      pieceBytes,
       send: (r, bytes) => {
         // Charged until gRPC has written it; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
         outstanding += bytes;
-        if (queued.length === 0 && !writtenThisTurn) write(r, bytes);
+        if (pieceBytes === undefined || (queued.length === 0 && !writtenThisTurn)) write(r, bytes);
         else queued.push([r, bytes]);
       },
     });
     let outstanding = 0;
     let ended = false;
-    // One response per stream per turn of the event loop: HTTP/2 sends what a turn wrote to a
-    // connection as one write, and over TLS Node keeps an encryption buffer the size of a
-    // connection's largest write for as long as it lives (see DELTA_PIECE_BYTES in stream.ts).
+    // With pieces, one response per stream per turn of the event loop: HTTP/2 sends what a turn
+    // wrote to a connection as one write, and over TLS Node keeps an encryption buffer the size of
+    // a connection's largest write for as long as it lives (see DELTA_PIECE_BYTES in stream.ts).
+    // Not otherwise: it gains nothing in plaintext, and SotW, whose full LDS and CDS cannot be
+    // cut, then delivered a mesh-wide change's listeners so late that the next change waited on them.
     const queued: [object, number][] = [];
     let writtenThisTurn = false;
     const write = (r: object, bytes: number) => {
-      writtenThisTurn = true;
-      setImmediate(nextTurn);
+      if (pieceBytes !== undefined) {
+        writtenThisTurn = true;
+        setImmediate(nextTurn);
+      }
       call.write(r, () => {
         if (ended) return;
         outstanding -= bytes;
