@@ -16,6 +16,17 @@ let n = 0;
 const nodeId = () => `default.delta-${++n}`;
 const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
 
+/** The LDS pieces that follow `first` until `total` listeners have come. */
+async function restOf(c: XdsTestClient, first: Received, total: number): Promise<Received[]> {
+  const rest: Received[] = [];
+  for (let n = first.resources.length; n < total; ) {
+    const r = await c.next(LDS);
+    rest.push(r);
+    n += r.resources.length;
+  }
+  return rest;
+}
+
 /** A set with `n` clusters and `n` listeners: well over DELTA_PIECE_BYTES of each. */
 function bigSet(n: number, tag = 'c') {
   const cs = Array.from({ length: n }, (_, i) => `${tag}-${i}`);
@@ -257,14 +268,7 @@ describe('ADS incremental (delta)', () => {
     c.ack(first);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(status().acks, 0, 'one piece acknowledged is not the response');
-    const rest = [];
-    let n = first.resources.length;
-    while (n < 400) {
-      const r = await c.next(LDS);
-      rest.push(r);
-      n += r.resources.length;
-    }
-    for (const r of rest) c.ack(r);
+    for (const r of await restOf(c, first, 400)) c.ack(r);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(status().acks, 1, 'acknowledged with the last piece');
     assert.equal(status().lastAckedVersion, status().lastSentVersion);
@@ -273,14 +277,7 @@ describe('ADS incremental (delta)', () => {
     ads.cache.set(id, bigSet(400, 'e'));
     const a = await c.next(LDS);
     c.nack(a, 'listener rejected');
-    const later = [];
-    let m = a.resources.length;
-    while (m < 400) {
-      const r = await c.next(LDS);
-      later.push(r);
-      m += r.resources.length;
-    }
-    for (const r of later) c.ack(r);
+    for (const r of await restOf(c, a, 400)) c.ack(r);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(status().lastNack?.message, 'listener rejected');
     assert.equal(status().acks, 1, 'not acknowledged: part of it was rejected');
@@ -322,12 +319,7 @@ describe('ADS delta responses in pieces: over TLS by default, never in plaintext
       const c = new XdsTestClient(`127.0.0.1:${port}`, 'delta', { id: 'default.big' }, m ? { tlsCa: m.certPem } : {});
       t.after(() => c.close());
       c.delta({ type_url: LDS });
-      let n = 0;
-      let responses = 0;
-      while (n < 400) {
-        n += (await c.next(LDS)).resources.length;
-        responses++;
-      }
+      const responses = 1 + (await restOf(c, await c.next(LDS), 400)).length;
       if (tls) assert.ok(responses > 1, `${responses} response(s)`);
       else assert.equal(responses, 1);
     });
