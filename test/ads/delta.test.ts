@@ -1,15 +1,12 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { Registry } from 'prom-client';
-import { AdsServer, loopbackOnlyAuthenticator, SnapshotCache } from '../../src/ads/index.js';
 import { createServingCertificate } from '../../src/certs/index.js';
-import { createLogger } from '../../src/core/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { TypeUrl } from '../../src/ads/index.js';
 import { DELTA_PIECE_BYTES } from '../../src/ads/stream.js';
 import type { Received } from '../../src/ads/test-client.js';
-import { adsSuite, cla, cluster, listener, meshSet, route, type TestAds } from '../helpers/xds-fixtures.js';
+import { adsSuite, cla, cluster, listener, meshSet, route, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
@@ -309,14 +306,12 @@ describe('ADS incremental (delta)', () => {
 describe('ADS delta responses in pieces: over TLS by default, never in plaintext', () => {
   for (const tls of [false, true]) {
     it(`${tls ? 'TLS' : 'plaintext'}: a big LDS response comes ${tls ? 'in pieces' : 'whole'}`, async (t) => {
-      const cache = new SnapshotCache();
-      const server = new AdsServer({ cache, authenticator: loopbackOnlyAuthenticator, logger: createLogger('weft-cp', 'silent'), metrics: new Registry(), instanceId: 'test-cp' });
       const m = tls ? await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 }) : undefined;
-      const creds = m ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false) : grpc.ServerCredentials.createInsecure();
-      const port = await server.listen('127.0.0.1', 0, creds);
-      t.after(() => server.close());
-      cache.set('default.big', bigSet(400));
-      const c = new XdsTestClient(`127.0.0.1:${port}`, 'delta', { id: 'default.big' }, m ? { tlsCa: m.certPem } : {});
+      const credentials = m ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false) : undefined;
+      const ads = await startTestAds({ credentials });
+      t.after(() => ads.stop());
+      ads.cache.set('default.big', bigSet(400));
+      const c = new XdsTestClient(ads.address, 'delta', { id: 'default.big' }, m ? { tlsCa: m.certPem } : {});
       t.after(() => c.close());
       c.delta({ type_url: LDS });
       const responses = 1 + (await restOf(c, await c.next(LDS), 400)).length;
@@ -326,14 +321,11 @@ describe('ADS delta responses in pieces: over TLS by default, never in plaintext
   }
 
   it('a stream that closes with pieces still queued gives back the send budget they held', async (t) => {
-    const cache = new SnapshotCache();
-    const metrics = new Registry();
-    const server = new AdsServer({ cache, authenticator: loopbackOnlyAuthenticator, logger: createLogger('weft-cp', 'silent'), metrics, instanceId: 'test-cp', deltaPieceBytes: 1024 });
-    const port = await server.listen('127.0.0.1', 0);
-    t.after(() => server.close());
-    const inFlight = async () => Number(/^weft_xds_send_bytes_in_flight (\S+)/m.exec(await metrics.metrics())?.[1]);
-    cache.set('default.big', bigSet(400));
-    const c = new XdsTestClient(`127.0.0.1:${port}`, 'delta', { id: 'default.big' });
+    const ads = await startTestAds({ deltaPieceBytes: 1024 });
+    t.after(() => ads.stop());
+    const inFlight = async () => Number(/^weft_xds_send_bytes_in_flight (\S+)/m.exec(await ads.metrics.metrics())?.[1]);
+    ads.cache.set('default.big', bigSet(400));
+    const c = new XdsTestClient(ads.address, 'delta', { id: 'default.big' });
     c.delta({ type_url: LDS });
     await c.next(LDS);
     assert.ok((await inFlight()) > 0, 'pieces are queued, one written per turn');

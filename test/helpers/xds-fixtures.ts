@@ -1,4 +1,5 @@
 import { after, before } from 'node:test';
+import type * as grpc from '@grpc/grpc-js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { Registry } from 'prom-client';
 import { createLogger } from '../../src/core/index.js';
@@ -53,7 +54,7 @@ export interface TestAds {
   stop(): Promise<void>;
 }
 
-export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; deltaPieceBytes?: number } = {}): Promise<TestAds> {
+export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials } = {}): Promise<TestAds> {
   const cache = new SnapshotCache();
   const metrics = new Registry();
   const server = new AdsServer({
@@ -65,7 +66,7 @@ export async function startTestAds(opts: { authenticator?: Authenticator; nackBa
     nackBackoffMs: opts.nackBackoffMs ?? 5000,
     deltaPieceBytes: opts.deltaPieceBytes,
   });
-  const port = await server.listen('127.0.0.1', 0);
+  const port = await server.listen('127.0.0.1', 0, opts.credentials);
   return { server, cache, metrics, address: `127.0.0.1:${port}`, stop: () => server.close() };
 }
 
