@@ -73,9 +73,14 @@ function fullNameOf(t: protobuf.ReflectionObject): string {
 /** Types named by `@type` URLs, looked up once per URL (null: unknown). */
 const anyTypes = new Map<string, protobuf.Type | null>();
 
+const STRUCT_TYPES = new Set(['.google.protobuf.Struct', '.google.protobuf.Value', '.google.protobuf.ListValue']);
+
 class Checker {
   readonly out: ProtoViolation[] = [];
-  constructor(private readonly root: protobuf.Root) {}
+  constructor(
+    private readonly root: protobuf.Root,
+    private readonly structs: 'protobufjs' | 'json',
+  ) {}
 
   private add(field: string, message: string): void {
     this.out.push({ field: field || '(root)', message });
@@ -85,7 +90,9 @@ class Checker {
     if (!isPlain(obj)) return this.add(path, `must be a ${type.name} message`);
     const name = fullNameOf(type);
     if (name === '.google.protobuf.Any') return this.any(obj, path);
-    if (name === '.google.protobuf.Struct' || name === '.google.protobuf.Value' || name === '.google.protobuf.ListValue') return;
+    // In proto3 JSON a Struct is any JSON object; protobufjs takes only its message form
+    // ({fields: {k: {stringValue: ...}}}) and silently drops anything else.
+    if (this.structs === 'json' && STRUCT_TYPES.has(name)) return;
     if (type.options?.['(validate.disabled)'] === true) return;
     for (const key of Object.keys(obj)) if (!type.fields[key]) this.add(join(path, key), `unknown field of ${type.name}`);
     for (const field of type.fieldsArray) this.field(field, obj[field.name], join(path, field.name));
@@ -268,13 +275,14 @@ function join(path: string, key: string): string {
  * Checks a resource, in protobufjs object form (proto field names, `@type` on Any), against the
  * Envoy message type: unknown fields, wrong value types, and Envoy's own `(validate.rules)`
  * (protoc-gen-validate) on every field, as Envoy would check them on receipt. protobufjs alone
- * drops unknown fields silently, which would hide typos.
+ * drops unknown fields silently, which would hide typos. `structs: 'json'` is for an object that
+ * Envoy reads as proto3 JSON (the bootstrap), where a Struct is written as a plain JSON object.
  */
-export function checkResource(typeName: string, obj: unknown): ProtoViolation[] {
+export function checkResource(typeName: string, obj: unknown, opts: { structs?: 'protobufjs' | 'json' } = {}): ProtoViolation[] {
   const root = envoyProtos();
   let type = anyTypes.get(typeName);
   if (!type) anyTypes.set(typeName, (type = root.lookupType(typeName.slice(typeName.lastIndexOf('/') + 1))));
-  const c = new Checker(root);
+  const c = new Checker(root, opts.structs ?? 'protobufjs');
   c.message(type, obj, '');
   return c.out;
 }

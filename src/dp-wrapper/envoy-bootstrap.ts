@@ -30,7 +30,7 @@ export interface EnvoyBootstrapOptions {
  * TLS with the dataplane token as gRPC metadata, the local SDS cluster that serves the identity,
  * and the admin interface on loopback only. Written in proto field names with no Duration or
  * wrapper fields, so the same object is valid protobufjs input (checked below) and valid proto3
- * JSON for Envoy's `--config-path`.
+ * JSON for Envoy's `--config-path`, except `node.metadata`, a Struct, which is proto3 JSON only.
  */
 export function envoyBootstrap(o: EnvoyBootstrapOptions): Record<string, unknown> {
   const xdsCluster: Record<string, unknown> = {
@@ -84,5 +84,6 @@ export function envoyBootstrap(o: EnvoyBootstrapOptions): Record<string, unknown
 
 /** Envoy's own rules on the bootstrap, before Envoy sees it: the problems, or none. */
 export function checkBootstrap(bootstrap: Record<string, unknown>): string[] {
-  return checkResource('envoy.config.bootstrap.v3.Bootstrap', bootstrap).map((v) => `${v.field}: ${v.message}`);
+  // Envoy reads the bootstrap as proto3 JSON: node.metadata is a plain JSON object there.
+  return checkResource('envoy.config.bootstrap.v3.Bootstrap', bootstrap, { structs: 'json' }).map((v) => `${v.field}: ${v.message}`);
 }

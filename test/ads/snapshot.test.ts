@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { buildSnapshot, checkResource, InconsistentSnapshotError, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { buildSnapshot, checkResource, InconsistentSnapshotError, messageType, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
 import { cla, cluster, listener, meshSet, route } from '../helpers/xds-fixtures.js';
 
 function problems(fn: () => unknown): string[] {
@@ -94,6 +94,19 @@ describe('snapshot checks before publishing', () => {
     ]);
     assert.deepEqual(checkResource(TypeUrl.Cluster, { name: '' }).map((v) => v.field), ['name']);
     assert.deepEqual(checkResource(TypeUrl.Cluster, { name: 'x', type: 'NOPE' }).map((v) => v.field), ['type']);
+  });
+
+  it('checks Structs in the form protobufjs encodes, which silently drops any other (proto3 JSON only where asked)', () => {
+    const withMetadata = (md: unknown) => ({ name: 'x', metadata: { filter_metadata: { 'envoy.lb': md } } });
+    const fields = (c: unknown) => checkResource(TypeUrl.Cluster, c).map((v) => `${v.field}: ${v.message}`);
+    const good = { fields: { zone: { stringValue: 'a' }, weight: { numberValue: 2 }, none: { nullValue: 'NULL_VALUE' }, tags: { listValue: { values: [{ boolValue: true }, { structValue: { fields: {} } }] } } } };
+    assert.deepEqual(fields(withMetadata(good)), []);
+    assert.ok(messageType(TypeUrl.Cluster).encode(messageType(TypeUrl.Cluster).fromObject(withMetadata(good))).finish().length > 40, 'protobufjs encodes that form');
+    assert.deepEqual(fields(withMetadata({ zone: 'a' })), ['metadata.filter_metadata["envoy.lb"].zone: unknown field of Struct']);
+    assert.deepEqual(fields(withMetadata({ fields: { zone: { string_value: 'a' } } })), ['metadata.filter_metadata["envoy.lb"].fields["zone"].string_value: unknown field of Value']);
+    assert.deepEqual(fields(withMetadata({ fields: { zone: { stringValue: 'a', boolValue: true } } })), ['metadata.filter_metadata["envoy.lb"].fields["zone"].kind: only one of stringValue, boolValue may be set']);
+    // Envoy reads a bootstrap as proto3 JSON, where a Struct is any JSON object.
+    assert.deepEqual(checkResource(TypeUrl.Cluster, withMetadata({ zone: 'a' }), { structs: 'json' }), []);
   });
 
   it('rule 22: equal resources are encoded once and their bytes shared between proxies', () => {
