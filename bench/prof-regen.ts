@@ -33,7 +33,7 @@ const cache = new SnapshotCache();
 const streams = process.env.WEFT_PROF_STREAMS === '1';
 const serialize = responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse');
 const acks: (() => void)[] = [];
-const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {} };
+const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
 function attach(id: string): void {
   const s = new AdsStream({
     variant: 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,

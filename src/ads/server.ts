@@ -4,11 +4,11 @@ import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
-import { streamingMethod } from './protos.js';
+import { SHORT_NAME, streamingMethod } from './protos.js';
 import { requestDeserializer, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
-import { AdsStream, DELTA_PIECE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
+import { AdsStream, DELTA_MOST_BYTES, DELTA_PIECE_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -54,7 +54,7 @@ export interface AdsServerOptions {
   sendBudgetBytes?: number;
   /** On close, how long connections get to go away before they are cut (default 5 s). */
   shutdownGraceMs?: number;
-  /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, never in plaintext). */
+  /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, DELTA_MOST_BYTES in plaintext); below DELTA_MOST_BYTES, written one per turn. */
   deltaPieceBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
@@ -99,10 +99,21 @@ export class AdsServer {
       onAck: (...a) => status.onAck(...a),
       onNack: (...a) => status.onNack(...a),
       onIgnored: (...a) => status.onIgnored(...a),
+      onOversized: (nodeId, typeUrl, variant, bytes, first) => {
+        status.onOversized(nodeId, typeUrl, variant, bytes);
+        if (first) {
+          opts.logger.warn(
+            { nodeId, type: SHORT_NAME[typeUrl], variant, bytes },
+            variant === 'sotw'
+              ? 'xDS response over 4 MiB: gRPC clients (proxyless) refuse it unless their receive limit is raised; Envoy takes it. Delta xDS sends big sets in pieces'
+              : 'xDS resource over 4 MiB: gRPC clients (proxyless) refuse it unless their receive limit is raised; Envoy takes it',
+          );
+        }
+      },
     };
     // No channelz: its per-connection and per-call records cost memory with thousands of proxies,
     // and nothing here reads them.
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.enable_channelz': 0 });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': GRPC_DEFAULT_RECEIVE_BYTES, 'grpc.enable_channelz': 0 });
     const definition: grpc.ServiceDefinition = {
       StreamAggregatedResources: {
         ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
@@ -182,8 +193,10 @@ export class AdsServer {
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
-    // Delta over TLS: big responses in pieces, one written per turn (see below).
-    const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : undefined)) : undefined;
+    // Delta: big responses in pieces, small ones over TLS, written one per turn (see below); in
+    // plaintext only what a gRPC client could not receive whole is cut (XDS-RULES 24).
+    const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : DELTA_MOST_BYTES)) : undefined;
+    const paced = pieceBytes !== undefined && pieceBytes < DELTA_MOST_BYTES;
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -197,13 +210,13 @@ export class AdsServer {
         // Charged until gRPC has written it; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
         outstanding += bytes;
-        if (pieceBytes === undefined || (queued.length === 0 && !writtenThisTurn)) write(r, bytes);
+        if (!paced || (queued.length === 0 && !writtenThisTurn)) write(r, bytes);
         else queued.push([r, bytes]);
       },
     });
     let outstanding = 0;
     let ended = false;
-    // With pieces, one response per stream per turn of the event loop: HTTP/2 sends what a turn
+    // With small pieces, one response per stream per turn of the event loop: HTTP/2 sends what a turn
     // wrote to a connection as one write, and over TLS Node keeps an encryption buffer the size of
     // a connection's largest write for as long as it lives (see DELTA_PIECE_BYTES in stream.ts).
     // Not otherwise: it gains nothing in plaintext, and SotW, whose full LDS and CDS cannot be
@@ -211,7 +224,7 @@ export class AdsServer {
     const queued: [object, number][] = [];
     let writtenThisTurn = false;
     const write = (r: object, bytes: number) => {
-      if (pieceBytes !== undefined) {
+      if (paced) {
         writtenThisTurn = true;
         setImmediate(nextTurn);
       }

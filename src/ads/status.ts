@@ -8,6 +8,8 @@ export interface TypeStatus {
   lastAckedVersion?: string;
   lastAckedAt?: string;
   lastNack?: { version: string; message: string; at: string };
+  /** The last response over 4 MiB, which gRPC clients refuse by default (XDS-RULES 24). */
+  lastOversized?: { bytes: number; at: string };
   responses: number;
   acks: number;
   nacks: number;
@@ -41,6 +43,7 @@ export class XdsStatus implements StreamHooks {
   private readonly acks: Counter<'type'>;
   private readonly nacks: Counter<'type'>;
   private readonly ignored: Counter<'reason'>;
+  private readonly oversized: Counter<'type' | 'variant'>;
   private readonly delivery: Histogram<'type'>;
 
   constructor(
@@ -52,6 +55,12 @@ export class XdsStatus implements StreamHooks {
     this.acks = new Counter({ name: 'weft_xds_acks_total', help: 'xDS responses acknowledged.', labelNames: ['type'], registers: [registry] });
     this.nacks = new Counter({ name: 'weft_xds_nacks_total', help: 'xDS responses rejected by a proxy.', labelNames: ['type'], registers: [registry] });
     this.ignored = new Counter({ name: 'weft_xds_ignored_requests_total', help: 'xDS requests ignored (stale nonce, unknown type).', labelNames: ['reason'], registers: [registry] });
+    this.oversized = new Counter({
+      name: 'weft_xds_oversized_responses_total',
+      help: 'xDS responses over 4 MiB, the most a gRPC client receives unless configured otherwise (Envoy has no such limit by default).',
+      labelNames: ['type', 'variant'],
+      registers: [registry],
+    });
     this.delivery = new Histogram({
       name: 'weft_xds_delivery_seconds',
       help: 'Time from the committed change a snapshot answers to the proxy ACK of it.',
@@ -133,6 +142,11 @@ export class XdsStatus implements StreamHooks {
 
   onIgnored(_nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void {
     this.ignored.inc({ reason });
+  }
+
+  onOversized(nodeId: string, typeUrl: TypeUrl, variant: Variant, bytes: number): void {
+    this.type(nodeId, typeUrl).lastOversized = { bytes, at: new Date().toISOString() };
+    this.oversized.inc({ type: SHORT_NAME[typeUrl], variant });
   }
 
   get(nodeId: string): ProxyStatus | undefined {

@@ -86,6 +86,8 @@ export interface StreamHooks {
   onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void;
   onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void;
   onIgnored(nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void;
+  /** A response of about `bytes` on the wire, over what gRPC clients receive by default (XDS-RULES 24); `first` for this stream and type. */
+  onOversized(nodeId: string, typeUrl: TypeUrl, variant: Variant, bytes: number, first: boolean): void;
 }
 
 interface TypeState {
@@ -127,6 +129,8 @@ interface TypeState {
   pieceNonces: readonly string[];
   /** Delta: one of those pieces was rejected, so the last piece's ACK does not make the response acknowledged. */
   pieceNacked: boolean;
+  /** A response of this type was over GRPC_DEFAULT_RECEIVE_BYTES (reported once per stream and type). */
+  oversized: boolean;
 }
 
 export interface StreamOptions {
@@ -140,7 +144,7 @@ export interface StreamOptions {
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
   /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
   budget?: SendBudget;
-  /** Delta: send responses of more bytes than this in pieces (DELTA_PIECE_BYTES; default: never). */
+  /** Delta: send responses of more bytes than this in pieces (DELTA_PIECE_BYTES or DELTA_MOST_BYTES; default: never). */
   pieceBytes?: number;
   now?: () => number;
 }
@@ -156,6 +160,21 @@ let streamCounter = 0;
  * number of responses; SotW's full LDS and CDS sets cannot be split.
  */
 export const DELTA_PIECE_BYTES = 16 * 1024;
+
+/**
+ * The largest message a gRPC client receives unless told otherwise (grpc-js, gRPC C++ and Go:
+ * 4 MiB), proxyless gRPC apps among them; Envoy's own gRPC client has no limit by default. A
+ * bigger response ends such a client's stream with RESOURCE_EXHAUSTED (XDS-RULES 24), so one is
+ * logged and counted. The server receives requests up to this size too.
+ */
+export const GRPC_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * In plaintext a delta response is cut at this many bytes on the wire, well under
+ * GRPC_DEFAULT_RECEIVE_BYTES, so however big a mesh grows, only a single resource bigger than
+ * that limit can exceed it. (SotW cannot do this: its LDS and CDS carry the whole set.)
+ */
+export const DELTA_MOST_BYTES = 1024 * 1024;
 
 const NO_NONCES: readonly string[] = Object.freeze([]);
 
@@ -448,7 +467,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, oversized: false };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -760,7 +779,9 @@ export class AdsStream {
     this.record(state, nonce, version);
     state.sent = desired;
     if (state.forced.size > 0) state.forced.clear(); // clear() allocates even when empty
-    this.opts.send(res, bytesOf(resources));
+    const bytes = bytesOf(resources);
+    this.checkSize(state, resources, bytes);
+    this.opts.send(res, bytes);
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, version, 'sotw', resources.length);
   }
 
@@ -797,8 +818,26 @@ export class AdsStream {
     this.record(state, nonce, this.snapshot.version);
     state.pieceNonces = responses.length === 1 ? NO_NONCES : responses.slice(0, -1).map((r) => r.nonce);
     state.pieceNacked = false;
-    for (const [i, res] of responses.entries()) this.opts.send(res, bytesOf(runs[i]!));
+    for (const [i, res] of responses.entries()) {
+      const bytes = bytesOf(runs[i]!);
+      this.checkSize(state, runs[i]!, bytes, res.removed_resources);
+      this.opts.send(res, bytes);
+    }
     this.opts.hooks.onResponse(this.nodeId!, state.typeUrl, this.snapshot.version, 'delta', send.length);
+  }
+
+  /** Reports a response bigger than a gRPC client receives by default (XDS-RULES 24). */
+  private checkSize(state: TypeState, resources: readonly EncodedResource[], resourceBytes: number, removed: readonly string[] = []): void {
+    // The fields of the response itself (version, type URL, nonce, control plane) and removals.
+    let bytes = 512;
+    for (const n of removed) bytes += n.length + 3;
+    // Most responses are far smaller: no need to weigh each resource's wrapper.
+    if (bytes + resourceBytes + resources.length * 200 <= GRPC_DEFAULT_RECEIVE_BYTES) return;
+    const delta = this.opts.variant === 'delta';
+    for (const r of resources) bytes += wireBytes(r, delta);
+    if (bytes <= GRPC_DEFAULT_RECEIVE_BYTES) return;
+    this.opts.hooks.onOversized(this.nodeId!, state.typeUrl, this.opts.variant, bytes, !state.oversized);
+    state.oversized = true;
   }
 
   /**

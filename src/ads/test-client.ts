@@ -75,6 +75,8 @@ export class XdsTestClient {
       onResponse?: (r: Received) => void;
       /** HTTP/2 flow-control window in bytes (grpc-js: 64 KiB; Envoy's default for its xDS cluster: 256 MiB). */
       flowControlWindow?: number;
+      /** The largest response accepted (gRPC's default: 4 MiB; Envoy's: no limit). */
+      maxReceiveBytes?: number;
     } = {},
   ) {
     this.retain = opts.retain !== false;
@@ -87,6 +89,7 @@ export class XdsTestClient {
       'grpc.enable_channelz': 0,
       ...(opts.ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {}),
       ...(opts.flowControlWindow ? { 'grpc-node.flow_control_window': opts.flowControlWindow } : {}),
+      ...(opts.maxReceiveBytes ? { 'grpc.max_receive_message_length': opts.maxReceiveBytes } : {}),
     };
     this.client = new grpc.Client(address, opts.tlsCa ? grpc.credentials.createSsl(Buffer.from(opts.tlsCa)) : grpc.credentials.createInsecure(), channelOptions);
     const md = new grpc.Metadata();

@@ -303,7 +303,7 @@ describe('ADS incremental (delta)', () => {
   });
 });
 
-describe('ADS delta responses in pieces: over TLS by default, never in plaintext', () => {
+describe('ADS delta responses in pieces: small ones over TLS by default, in plaintext only over 1 MiB', () => {
   for (const tls of [false, true]) {
     it(`${tls ? 'TLS' : 'plaintext'}: a big LDS response comes ${tls ? 'in pieces' : 'whole'}`, async (t) => {
       const m = tls ? await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 }) : undefined;

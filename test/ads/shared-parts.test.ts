@@ -115,7 +115,7 @@ describe('responses spliced from pre-encoded resources', () => {
 });
 
 describe('streams over shared parts and the send budget', () => {
-  const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {} };
+  const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
   type Sent = { node: string; type: string; names: string[]; removed: readonly string[]; nonce: string; bytes: number };
 
   function stream(cache: SnapshotCache, node: string, sent: Sent[], budget?: SendBudget) {

@@ -2,7 +2,7 @@ import { after, before } from 'node:test';
 import type * as grpc from '@grpc/grpc-js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { Registry } from 'prom-client';
-import { createLogger } from '../../src/core/index.js';
+import { createLogger, type Logger } from '../../src/core/index.js';
 import { AdsServer, loopbackOnlyAuthenticator, SnapshotCache, TypeUrl, type Authenticator, type ResourceSet } from '../../src/ads/index.js';
 
 const ADS = { ads: {}, resource_api_version: 'V3' };
@@ -54,13 +54,13 @@ export interface TestAds {
   stop(): Promise<void>;
 }
 
-export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials } = {}): Promise<TestAds> {
+export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger } = {}): Promise<TestAds> {
   const cache = new SnapshotCache();
   const metrics = new Registry();
   const server = new AdsServer({
     cache,
     authenticator: opts.authenticator ?? loopbackOnlyAuthenticator,
-    logger: createLogger('weft-cp', process.env.WEFT_TEST_LOG_LEVEL ?? 'silent'),
+    logger: opts.logger ?? createLogger('weft-cp', process.env.WEFT_TEST_LOG_LEVEL ?? 'silent'),
     metrics,
     instanceId: 'test-cp',
     nackBackoffMs: opts.nackBackoffMs ?? 5000,
