@@ -8,6 +8,7 @@ import { SHORT_NAME, streamingMethod } from './protos.js';
 import { requestDeserializer, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
+import { http2StreamOf, TURN_BYTES, TurnWriter } from './turn-writer.js';
 import { AdsStream, DELTA_MOST_BYTES, DELTA_PIECE_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
@@ -56,14 +57,20 @@ export interface AdsServerOptions {
   shutdownGraceMs?: number;
   /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, DELTA_MOST_BYTES in plaintext); below DELTA_MOST_BYTES, written one per turn. */
   deltaPieceBytes?: number;
+  /** SotW on a TLS port: bytes of a stream's messages written per turn (default TURN_BYTES; 0: whole messages through grpc-js). */
+  turnBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
 }
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 
-/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event). */
+/** Writers of TLS streams (see TurnWriter), by call. */
+const writers = new WeakMap<object, TurnWriter>();
+
+/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
+  writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
 }
 
@@ -79,8 +86,13 @@ export class AdsServer {
   private closing?: Promise<void>;
   private readonly hooks: StreamHooks;
   readonly budget: SendBudget;
-  /** Serving TLS (see DELTA_PIECE_BYTES). */
+  /** Serving TLS (see TurnWriter). */
   private secure = false;
+  private warnedInternals = false;
+  private readonly serializers = {
+    sotw: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
+    delta: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+  };
 
   constructor(private readonly opts: AdsServerOptions) {
     this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
@@ -118,12 +130,12 @@ export class AdsServer {
       StreamAggregatedResources: {
         ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
         requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DiscoveryRequest', 'resource_names'),
-        responseSerialize: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
+        responseSerialize: this.serializers.sotw,
       },
       DeltaAggregatedResources: {
         ...streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
         requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe'),
-        responseSerialize: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+        responseSerialize: this.serializers.delta,
       },
     };
     this.server.addService(definition, {
@@ -193,10 +205,24 @@ export class AdsServer {
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
-    // Delta: big responses in pieces, small ones over TLS, written one per turn (see below); in
-    // plaintext only what a gRPC client could not receive whole is cut (XDS-RULES 24).
+    // SotW over TLS: a stream's messages go out at most TURN_BYTES per turn of the event loop (see
+    // TurnWriter), which needs grpc-js's HTTP/2 stream. Delta over TLS sends big responses in
+    // pieces of DELTA_PIECE_BYTES instead, one per turn (below): measured, that holds less
+    // (bench/README.md, tenth session).
+    const wantWriter = variant === 'sotw' && this.secure && this.opts.turnBytes !== 0;
+    const h2 = wantWriter ? http2StreamOf(call) : undefined;
+    if (wantWriter && !h2 && !this.warnedInternals) {
+      this.warnedInternals = true;
+      log.warn('grpc-js no longer shows its HTTP/2 stream: SotW responses over TLS are written whole, which costs memory per connection');
+    }
+    const writer = h2 ? new TurnWriter(h2, this.opts.turnBytes ?? TURN_BYTES) : undefined;
+    if (writer) writers.set(call, writer);
+    // Delta: small pieces over TLS, written one per turn (see below); in plaintext only what a
+    // gRPC client could not take whole is cut (XDS-RULES 24).
     const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : DELTA_MOST_BYTES)) : undefined;
     const paced = pieceBytes !== undefined && pieceBytes < DELTA_MOST_BYTES;
+    const serialize = this.serializers[variant];
+    let headersSent = false;
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -216,23 +242,28 @@ export class AdsServer {
     });
     let outstanding = 0;
     let ended = false;
-    // With small pieces, one response per stream per turn of the event loop: HTTP/2 sends what a turn
-    // wrote to a connection as one write, and over TLS Node keeps an encryption buffer the size of
-    // a connection's largest write for as long as it lives (see DELTA_PIECE_BYTES in stream.ts).
-    // Not otherwise: it gains nothing in plaintext, and SotW, whose full LDS and CDS cannot be
-    // cut, then delivered a mesh-wide change's listeners so late that the next change waited on them.
+    // With small pieces, one response per stream per turn of the event loop (the same reason as
+    // TurnWriter's). Not otherwise: it gains nothing in plaintext, and SotW, whose full LDS and CDS
+    // cannot be cut, then delivered a mesh-wide change's listeners so late that the next change
+    // waited on them.
     const queued: [object, number][] = [];
     let writtenThisTurn = false;
+    const written = (bytes: number) => () => {
+      if (ended) return;
+      outstanding -= bytes;
+      this.budget.refund(bytes);
+    };
     const write = (r: object, bytes: number) => {
+      if (writer) {
+        if (!headersSent) call.sendMetadata(new grpc.Metadata());
+        headersSent = true;
+        return writer.write(serialize(r), written(bytes));
+      }
       if (paced) {
         writtenThisTurn = true;
         setImmediate(nextTurn);
       }
-      call.write(r, () => {
-        if (ended) return;
-        outstanding -= bytes;
-        this.budget.refund(bytes);
-      });
+      call.write(r, written(bytes));
     };
     const nextTurn = () => {
       writtenThisTurn = false;
@@ -248,6 +279,7 @@ export class AdsServer {
         this.budget.refund(outstanding);
         outstanding = 0;
         queued.length = 0;
+        writer?.close();
       }
     };
     const onData = (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
@@ -267,6 +299,7 @@ export class AdsServer {
     for (const req of early) onData(req);
     call.on('data', onData);
     call.on('end', () => {
+      writer?.flush();
       end();
       call.end();
     });

@@ -157,7 +157,8 @@ let streamCounter = 0;
  * the whole life of a connection an encryption buffer the size of the largest write it made at
  * once (a 280 KB LDS response at cold start with 500 services: 1.1 GB of RSS with 2000 proxies,
  * against 280 MB in plaintext, where nothing is kept). Delta lets a type's resources come in any
- * number of responses; SotW's full LDS and CDS sets cannot be split.
+ * number of responses; SotW's full LDS and CDS sets cannot be split, so over TLS a SotW stream
+ * writes each message over several turns instead (TurnWriter, turn-writer.ts).
  */
 export const DELTA_PIECE_BYTES = 16 * 1024;
 
