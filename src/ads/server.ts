@@ -5,7 +5,7 @@ import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { SHORT_NAME, streamingMethod } from './protos.js';
-import { requestDeserializer, responseSerializer } from './wire.js';
+import { requestDeserializer, responseParts, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
 import { http2StreamOf, TURN_BYTES, TurnWriter } from './turn-writer.js';
@@ -57,7 +57,7 @@ export interface AdsServerOptions {
   shutdownGraceMs?: number;
   /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, DELTA_MOST_BYTES in plaintext); below DELTA_MOST_BYTES, written one per turn. */
   deltaPieceBytes?: number;
-  /** SotW on a TLS port: bytes of a stream's messages written per turn (default TURN_BYTES; 0: whole messages through grpc-js). */
+  /** SotW on a TLS port: the largest write of a stream's messages (default TURN_BYTES; 0: whole messages through grpc-js). */
   turnBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
@@ -89,9 +89,9 @@ export class AdsServer {
   /** Serving TLS (see TurnWriter). */
   private secure = false;
   private warnedInternals = false;
-  private readonly serializers = {
-    sotw: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
-    delta: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
+  private readonly parts = {
+    sotw: responseParts('envoy.service.discovery.v3.DiscoveryResponse'),
+    delta: responseParts('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
   };
 
   constructor(private readonly opts: AdsServerOptions) {
@@ -130,12 +130,12 @@ export class AdsServer {
       StreamAggregatedResources: {
         ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),
         requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DiscoveryRequest', 'resource_names'),
-        responseSerialize: this.serializers.sotw,
+        responseSerialize: responseSerializer('envoy.service.discovery.v3.DiscoveryResponse'),
       },
       DeltaAggregatedResources: {
         ...streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
         requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe'),
-        responseSerialize: this.serializers.delta,
+        responseSerialize: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
       },
     };
     this.server.addService(definition, {
@@ -205,10 +205,10 @@ export class AdsServer {
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
-    // SotW over TLS: a stream's messages go out at most TURN_BYTES per turn of the event loop (see
-    // TurnWriter), which needs grpc-js's HTTP/2 stream. Delta over TLS sends big responses in
-    // pieces of DELTA_PIECE_BYTES instead, one per turn (below): measured, that holds less
-    // (bench/README.md, tenth session).
+    // SotW over TLS: a stream's messages go out in writes of at most TURN_BYTES, each after the
+    // last has finished (see TurnWriter), which needs grpc-js's HTTP/2 stream. Delta over TLS sends
+    // big responses in pieces of DELTA_PIECE_BYTES instead, one per turn (below): measured, that
+    // holds less (bench/README.md, tenth session).
     const wantWriter = variant === 'sotw' && this.secure && this.opts.turnBytes !== 0;
     const h2 = wantWriter ? http2StreamOf(call) : undefined;
     if (wantWriter && !h2 && !this.warnedInternals) {
@@ -221,7 +221,7 @@ export class AdsServer {
     // gRPC client could not take whole is cut (XDS-RULES 24).
     const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : DELTA_MOST_BYTES)) : undefined;
     const paced = pieceBytes !== undefined && pieceBytes < DELTA_MOST_BYTES;
-    const serialize = this.serializers[variant];
+    const partsOf = this.parts[variant];
     let headersSent = false;
     const stream = new AdsStream({
       variant,
@@ -257,7 +257,7 @@ export class AdsServer {
       if (writer) {
         if (!headersSent) call.sendMetadata(new grpc.Metadata());
         headersSent = true;
-        return writer.write(serialize(r), written(bytes));
+        return writer.write(partsOf(r), written(bytes));
       }
       if (paced) {
         writtenThisTurn = true;

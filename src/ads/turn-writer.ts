@@ -1,12 +1,13 @@
 import type { ServerHttp2Stream } from 'node:http2';
 
 /**
- * At most this many bytes of a SotW stream's messages are written per turn of the event loop on a
- * TLS port (delta cuts its responses into pieces instead: DELTA_PIECE_BYTES). HTTP/2 writes what one turn queued on a connection as one write, and over TLS Node keeps,
- * for the whole life of a connection, an encryption buffer the size of the largest write it made
- * at once: a 280 KB LDS response at cold start (500 services) cost 2000 proxies 1.1 GB of RSS,
- * against 280 MB in plaintext, where nothing is kept (`npm run bench:tls-memory` shows it
- * without weft-cp). gRPC does not care how a message's bytes are spread over DATA frames.
+ * Over TLS a SotW stream writes its messages in writes of at most this many bytes, each after the
+ * one before it has finished (delta cuts its responses into pieces instead: DELTA_PIECE_BYTES).
+ * HTTP/2 writes what is queued on a connection as one write, and over TLS Node keeps, for the
+ * whole life of a connection, an encryption buffer the size of the largest write it made at once:
+ * a 280 KB LDS response at cold start (500 services) cost 2000 proxies 1.1 GB of RSS, against
+ * 280 MB in plaintext, where nothing is kept (`npm run bench:tls-memory` shows it without
+ * weft-cp). gRPC does not care how a message's bytes are spread over DATA frames.
  */
 export const TURN_BYTES = 16 * 1024;
 
@@ -25,44 +26,49 @@ export function http2StreamOf(call: object): ServerHttp2Stream | undefined {
 }
 
 interface Queued {
-  /** The gRPC frame: a 5-byte prefix (no compression, length) and the message. */
-  frame: Buffer;
-  at: number;
+  /** The gRPC frame in parts: a 5-byte prefix (no compression, length), then the message's. */
+  parts: readonly Uint8Array[];
+  /** Bytes left to write, and where they start. */
+  left: number;
+  part: number;
+  offset: number;
   done: () => void;
 }
 
 /**
- * Writes gRPC messages to an HTTP/2 stream, at most `most` bytes per turn, in order. The response
- * headers must have been sent (grpc-js's `call.sendMetadata`). Before grpc-js ends the stream
- * with a status, `flush` writes what is still queued, so no message is cut short.
+ * Writes gRPC messages to an HTTP/2 stream in order, in writes of at most `most` bytes, each in a
+ * turn after the one before it has finished (else HTTP/2 joins the waiting ones into one write).
+ * A message comes as parts (wire.ts `responseParts`: the per-stream head and the resources'
+ * shared chunks), copied straight into each turn's buffer, so no copy of a whole message is made.
+ * The response headers must have been sent (grpc-js's `call.sendMetadata`). Before grpc-js ends
+ * the stream with a status, `flush` writes what is still queued, so no message is cut short.
  */
 export class TurnWriter {
   private readonly queue: Queued[] = [];
-  /** Bytes this turn may still write (one write per turn, of at most `most` bytes). */
-  private room: number;
   private scheduled = false;
+  /** A write HTTP/2 has not finished. */
+  private inFlight = false;
 
   constructor(
     private readonly stream: ServerHttp2Stream,
     private readonly most = TURN_BYTES,
-  ) {
-    this.room = most;
-  }
+  ) {}
 
-  /** Queues `message`; `done` once its last bytes are written (not called if the stream goes first). */
-  write(message: Uint8Array, done: () => void): void {
-    const frame = Buffer.allocUnsafe(message.length + 5);
-    frame[0] = 0;
-    frame.writeUInt32BE(message.length, 1);
-    frame.set(message, 5);
-    this.queue.push({ frame, at: 0, done });
+  /** Queues a message, given as its parts; `done` once its last bytes are written (not called if the stream goes first). */
+  write(parts: readonly Uint8Array[], done: () => void): void {
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const prefix = Buffer.allocUnsafe(5);
+    prefix[0] = 0;
+    prefix.writeUInt32BE(length, 1);
+    this.queue.push({ parts: [prefix, ...parts], left: length + 5, part: 0, offset: 0, done });
     this.drain();
   }
 
   /** Bytes queued and not yet handed to HTTP/2. */
   get pendingBytes(): number {
     let n = 0;
-    for (const q of this.queue) n += q.frame.length - q.at;
+    for (const q of this.queue) n += q.left;
     return n;
   }
 
@@ -70,57 +76,64 @@ export class TurnWriter {
     return this.stream.destroyed || this.stream.closed || this.stream.writableEnded;
   }
 
-  /** Writes HTTP/2 has not finished: the next wait for them, or HTTP/2 would join them into one. */
-  private inFlight = 0;
-
-  private readonly written = (): void => {
-    if (--this.inFlight === 0 && this.queue.length > 0 && !this.scheduled) {
-      this.scheduled = true;
-      setImmediate(this.turn);
+  /** Takes up to `most` bytes off the queue into one buffer; the messages it finishes. */
+  private take(most: number): { buf: Buffer; finished: Queued[] } {
+    let size = 0;
+    for (const q of this.queue) if ((size += q.left) >= most) break;
+    const buf = Buffer.allocUnsafe(Math.min(size, most));
+    const finished: Queued[] = [];
+    let pos = 0;
+    while (pos < buf.length) {
+      const q = this.queue[0]!;
+      while (q.left > 0 && pos < buf.length) {
+        const p = q.parts[q.part]!;
+        const n = Math.min(p.length - q.offset, buf.length - pos);
+        buf.set(n === p.length ? p : p.subarray(q.offset, q.offset + n), pos);
+        pos += n;
+        q.left -= n;
+        q.offset += n;
+        if (q.offset === p.length) {
+          q.part++;
+          q.offset = 0;
+        }
+      }
+      if (q.left === 0) finished.push(this.queue.shift()!);
     }
-  };
+    return { buf, finished };
+  }
+
+  private send(most: number): void {
+    const { buf, finished } = this.take(most);
+    this.inFlight = true;
+    this.stream.write(buf, (err) => {
+      this.inFlight = false;
+      if (err) return;
+      for (const q of finished) q.done();
+      if (this.queue.length > 0 && !this.scheduled) this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    this.scheduled = true;
+    setImmediate(this.turn);
+  }
 
   private drain(): void {
     if (this.gone()) return void (this.queue.length = 0);
-    if (this.inFlight > 0 || this.room === 0 || this.queue.length === 0) return;
-    // Up to `most` bytes, of one message or several, handed to HTTP/2 as one write.
-    this.stream.cork();
-    while (this.room > 0 && this.queue.length > 0) {
-      const q = this.queue[0]!;
-      const end = Math.min(q.frame.length, q.at + this.room);
-      const part = q.frame.subarray(q.at, end);
-      this.room -= part.length;
-      q.at = end;
-      if (end === q.frame.length) this.queue.shift();
-      this.inFlight++;
-      this.stream.write(part, (err) => {
-        if (!err && end === q.frame.length) q.done();
-        this.written();
-      });
-    }
-    this.stream.uncork();
-    // Room comes back next turn.
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(this.turn);
-    }
+    if (this.inFlight || this.queue.length === 0) return;
+    this.send(this.most);
   }
 
+  /** The next write, a turn after the last one finished. */
   private readonly turn = (): void => {
     this.scheduled = false;
-    this.room = this.most;
     this.drain();
   };
 
   /** Writes everything queued now, in one go (before the stream ends with a status). */
   flush(): void {
     if (this.gone()) return void (this.queue.length = 0);
-    for (const q of this.queue.splice(0)) {
-      const part = q.frame.subarray(q.at);
-      this.stream.write(part, (err) => {
-        if (!err) q.done();
-      });
-    }
+    if (this.queue.length > 0) this.send(Infinity);
   }
 
   /** Drops what is queued (the stream ended). */

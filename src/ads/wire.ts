@@ -95,25 +95,26 @@ function writeHead(obj: Head, delta: boolean): Uint8Array {
 }
 
 /**
- * A response serializer for `typeName` (DiscoveryResponse or DeltaDiscoveryResponse): objects
- * marked by `withEncoded` are spliced from shared chunks; others are encoded by protobufjs.
+ * A response's encoding as parts to be joined, for `typeName` (DiscoveryResponse or
+ * DeltaDiscoveryResponse): objects marked by `withEncoded` are their head and the shared chunks
+ * of their resources; others are encoded by protobufjs.
  */
-export function responseSerializer(typeName: string): (obj: object) => Buffer {
+export function responseParts(typeName: string): (obj: object) => Uint8Array[] {
   const type = messageType(typeName);
   const delta = typeName.endsWith('DeltaDiscoveryResponse');
   return (obj) => {
     const encoded = (obj as PreEncoded)[PRE_ENCODED];
-    if (!encoded) return Buffer.from(type.encode(type.fromObject(obj)).finish());
-    const head = writeHead(obj as Head, delta);
-    const parts: Uint8Array[] = [head];
-    let length = head.length;
-    for (const r of encoded) {
-      const c = chunk(r, delta);
-      parts.push(c);
-      length += c.length;
-    }
-    return Buffer.concat(parts, length);
+    if (!encoded) return [type.encode(type.fromObject(obj)).finish()];
+    const parts: Uint8Array[] = [writeHead(obj as Head, delta)];
+    for (const r of encoded) parts.push(chunk(r, delta));
+    return parts;
   };
+}
+
+/** A response serializer for `typeName`: `responseParts` joined. */
+export function responseSerializer(typeName: string): (obj: object) => Buffer {
+  const partsOf = responseParts(typeName);
+  return (obj) => Buffer.concat(partsOf(obj));
 }
 
 /**
