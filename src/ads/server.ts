@@ -9,7 +9,7 @@ import { requestDeserializer, responseParts, responseSerializer } from './wire.j
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
 import { http2StreamOf, TURN_BYTES, TurnWriter } from './turn-writer.js';
-import { AdsStream, DELTA_MOST_BYTES, DELTA_PIECE_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
+import { AdsStream, DELTA_MOST_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -55,9 +55,9 @@ export interface AdsServerOptions {
   sendBudgetBytes?: number;
   /** On close, how long connections get to go away before they are cut (default 5 s). */
   shutdownGraceMs?: number;
-  /** Delta responses over this many bytes go out in pieces (default: DELTA_PIECE_BYTES on a TLS port, DELTA_MOST_BYTES in plaintext); below DELTA_MOST_BYTES, written one per turn. */
+  /** Delta responses over this many bytes go out in pieces (default DELTA_MOST_BYTES). */
   deltaPieceBytes?: number;
-  /** SotW on a TLS port: the largest write of a stream's messages (default TURN_BYTES; 0: whole messages through grpc-js). */
+  /** On a TLS port, the largest write of a stream's messages (default TURN_BYTES; 0: whole messages through grpc-js). */
   turnBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
@@ -205,22 +205,16 @@ export class AdsServer {
   private open(variant: Variant, call: grpc.ServerDuplexStream<DiscoveryRequest | DeltaDiscoveryRequest, object>, identity: Identity, early: (DiscoveryRequest | DeltaDiscoveryRequest)[]): void {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
-    // SotW over TLS: a stream's messages go out in writes of at most TURN_BYTES, each after the
-    // last has finished (see TurnWriter), which needs grpc-js's HTTP/2 stream. Delta over TLS sends
-    // big responses in pieces of DELTA_PIECE_BYTES instead, one per turn (below): measured, that
-    // holds less (bench/README.md, tenth session).
-    const wantWriter = variant === 'sotw' && this.secure && this.opts.turnBytes !== 0;
+    // Over TLS a stream's messages go out in writes of at most TURN_BYTES, each after the last has
+    // finished (see TurnWriter), which needs grpc-js's HTTP/2 stream.
+    const wantWriter = this.secure && this.opts.turnBytes !== 0;
     const h2 = wantWriter ? http2StreamOf(call) : undefined;
     if (wantWriter && !h2 && !this.warnedInternals) {
       this.warnedInternals = true;
-      log.warn('grpc-js no longer shows its HTTP/2 stream: SotW responses over TLS are written whole, which costs memory per connection');
+      log.warn('grpc-js no longer shows its HTTP/2 stream: responses over TLS are written whole, which costs memory per connection');
     }
     const writer = h2 ? new TurnWriter(h2, this.opts.turnBytes ?? TURN_BYTES) : undefined;
     if (writer) writers.set(call, writer);
-    // Delta: small pieces over TLS, written one per turn (see below); in plaintext only what a
-    // gRPC client could not take whole is cut (XDS-RULES 24).
-    const pieceBytes = variant === 'delta' ? (this.opts.deltaPieceBytes ?? (this.secure ? DELTA_PIECE_BYTES : DELTA_MOST_BYTES)) : undefined;
-    const paced = pieceBytes !== undefined && pieceBytes < DELTA_MOST_BYTES;
     const partsOf = this.parts[variant];
     let headersSent = false;
     const stream = new AdsStream({
@@ -231,45 +225,25 @@ export class AdsServer {
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
       hooks: this.hooks,
       budget: this.budget,
-      pieceBytes,
+      // Delta: only what a gRPC client could not take whole is cut (XDS-RULES 24).
+      pieceBytes: variant === 'delta' ? (this.opts.deltaPieceBytes ?? DELTA_MOST_BYTES) : undefined,
       send: (r, bytes) => {
-        // Charged until gRPC has written it; a stream that ends first gives back what it held.
+        // Charged until it is written; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
         outstanding += bytes;
-        if (!paced || (queued.length === 0 && !writtenThisTurn)) write(r, bytes);
-        else queued.push([r, bytes]);
+        const written = () => {
+          if (ended) return;
+          outstanding -= bytes;
+          this.budget.refund(bytes);
+        };
+        if (!writer) return void call.write(r, written);
+        if (!headersSent) call.sendMetadata(new grpc.Metadata());
+        headersSent = true;
+        writer.write(partsOf(r), written);
       },
     });
     let outstanding = 0;
     let ended = false;
-    // With small pieces, one response per stream per turn of the event loop (the same reason as
-    // TurnWriter's). Not otherwise: it gains nothing in plaintext, and SotW, whose full LDS and CDS
-    // cannot be cut, then delivered a mesh-wide change's listeners so late that the next change
-    // waited on them.
-    const queued: [object, number][] = [];
-    let writtenThisTurn = false;
-    const written = (bytes: number) => () => {
-      if (ended) return;
-      outstanding -= bytes;
-      this.budget.refund(bytes);
-    };
-    const write = (r: object, bytes: number) => {
-      if (writer) {
-        if (!headersSent) call.sendMetadata(new grpc.Metadata());
-        headersSent = true;
-        return writer.write(partsOf(r), written(bytes));
-      }
-      if (paced) {
-        writtenThisTurn = true;
-        setImmediate(nextTurn);
-      }
-      call.write(r, written(bytes));
-    };
-    const nextTurn = () => {
-      writtenThisTurn = false;
-      const next = queued.shift();
-      if (next && !ended) write(...next);
-    };
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     const end = () => {
       stream.close();
@@ -278,7 +252,6 @@ export class AdsServer {
         ended = true;
         this.budget.refund(outstanding);
         outstanding = 0;
-        queued.length = 0;
         writer?.close();
       }
     };

@@ -125,7 +125,7 @@ interface TypeState {
   toldMissing: Set<string>;
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
   forced: Set<string>;
-  /** Delta: nonces of the earlier pieces of the last response, when it was sent in pieces (see DELTA_PIECE_BYTES). */
+  /** Delta: nonces of the earlier pieces of the last response, when it was sent in pieces (see DELTA_MOST_BYTES). */
   pieceNonces: readonly string[];
   /** Delta: one of those pieces was rejected, so the last piece's ACK does not make the response acknowledged. */
   pieceNacked: boolean;
@@ -144,23 +144,12 @@ export interface StreamOptions {
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
   /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
   budget?: SendBudget;
-  /** Delta: send responses of more bytes than this in pieces (DELTA_PIECE_BYTES or DELTA_MOST_BYTES; default: never). */
+  /** Delta: send responses of more bytes than this in pieces, each with its own nonce (DELTA_MOST_BYTES; default: never). */
   pieceBytes?: number;
   now?: () => number;
 }
 
 let streamCounter = 0;
-
-/**
- * On a TLS port, a delta response of more bytes than this goes out as several responses, each
- * with its own nonce, written one per turn of the event loop (server.ts). Over TLS, Node keeps for
- * the whole life of a connection an encryption buffer the size of the largest write it made at
- * once (a 280 KB LDS response at cold start with 500 services: 1.1 GB of RSS with 2000 proxies,
- * against 280 MB in plaintext, where nothing is kept). Delta lets a type's resources come in any
- * number of responses; SotW's full LDS and CDS sets cannot be split, so over TLS a SotW stream
- * writes each message over several turns instead (TurnWriter, turn-writer.ts).
- */
-export const DELTA_PIECE_BYTES = 16 * 1024;
 
 /**
  * The largest message a gRPC client receives unless told otherwise (grpc-js, gRPC C++ and Go:
@@ -171,9 +160,12 @@ export const DELTA_PIECE_BYTES = 16 * 1024;
 export const GRPC_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024;
 
 /**
- * In plaintext a delta response is cut at this many bytes on the wire, well under
- * GRPC_DEFAULT_RECEIVE_BYTES, so however big a mesh grows, only a single resource bigger than
- * that limit can exceed it. (SotW cannot do this: its LDS and CDS carry the whole set.)
+ * A delta response of more bytes on the wire than this, well under GRPC_DEFAULT_RECEIVE_BYTES,
+ * goes out as several, each with its own nonce, so however big a mesh grows only a single
+ * resource bigger than that limit can exceed it. Delta lets a type's resources come in any number
+ * of responses; SotW cannot do this, since its LDS and CDS carry the whole set. The ACK of an
+ * earlier piece is not the response's (the last piece's is), a NACK of any piece is recorded at
+ * once, and removals go with the last piece.
  */
 export const DELTA_MOST_BYTES = 1024 * 1024;
 

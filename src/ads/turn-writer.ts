@@ -1,9 +1,8 @@
 import type { ServerHttp2Stream } from 'node:http2';
 
 /**
- * Over TLS a SotW stream writes its messages in writes of at most this many bytes, each after the
- * one before it has finished (delta cuts its responses into pieces instead: DELTA_PIECE_BYTES).
- * HTTP/2 writes what is queued on a connection as one write, and over TLS Node keeps, for the
+ * Over TLS a stream writes its messages in writes of at most this many bytes, each after the one
+ * before it has finished. HTTP/2 writes what is queued on a connection as one write, and over TLS Node keeps, for the
  * whole life of a connection, an encryption buffer the size of the largest write it made at once:
  * a 280 KB LDS response at cold start (500 services) cost 2000 proxies 1.1 GB of RSS, against
  * 280 MB in plaintext, where nothing is kept (`npm run bench:tls-memory` shows it without
