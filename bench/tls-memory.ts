@@ -2,7 +2,7 @@
  * What a TLS connection keeps after a big write: a node:http2 server (its own process, plaintext or
  * TLS) writes `WEFT_BENCH_BYTES` to each of `WEFT_BENCH_N` client connections, whole or in pieces
  * of `WEFT_BENCH_PIECE` bytes one per event-loop turn, and reports its RSS once every client has
- * all of it. This is why weft-cp sends big delta responses in pieces on a TLS port (docs/ads.md).
+ * all of it. This is why weft-cp writes 16 KiB at a time on a TLS port (TurnWriter, docs/ads.md).
  *
  *   npm run bench:tls-memory        (JSON: server RSS per case)
  */
