@@ -2,11 +2,11 @@ import type { ServerHttp2Stream } from 'node:http2';
 
 /**
  * Over TLS a stream writes its messages in writes of at most this many bytes, each after the one
- * before it has finished. HTTP/2 writes what is queued on a connection as one write, and over TLS Node keeps, for the
- * whole life of a connection, an encryption buffer the size of the largest write it made at once:
- * a 280 KB LDS response at cold start (500 services) cost 2000 proxies 1.1 GB of RSS, against
- * 280 MB in plaintext, where nothing is kept (`npm run bench:tls-memory` shows it without
- * weft-cp). gRPC does not care how a message's bytes are spread over DATA frames.
+ * before it has finished. HTTP/2 writes what is queued on a connection as one write, and over TLS
+ * Node keeps, for the whole life of a connection, an encryption buffer the size of the largest
+ * write it made at once: a 280 KB LDS response at cold start (500 services) cost 2000 proxies
+ * 1.1 GB of RSS, against 280 MB in plaintext, where nothing is kept (`npm run bench:tls-memory`
+ * shows it without weft-cp). gRPC does not care how a message's bytes are spread over DATA frames.
  */
 export const TURN_BYTES = 16 * 1024;
 
@@ -18,7 +18,7 @@ export const TURN_BYTES = 16 * 1024;
  * (test/ads/turn-writer.test.ts fails then, so an upgrade cannot lose this unnoticed).
  */
 export function http2StreamOf(call: object): ServerHttp2Stream | undefined {
-  const base = (call as { call?: { stream?: unknown; sendMetadata?: unknown; nextCall?: unknown } }).call;
+  const base = (call as { call?: { stream?: unknown; nextCall?: unknown } }).call;
   const stream = base?.stream as ServerHttp2Stream | undefined;
   if (!stream || base?.nextCall !== undefined || typeof stream.write !== 'function' || typeof stream.respond !== 'function') return undefined;
   return stream;
