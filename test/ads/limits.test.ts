@@ -72,7 +72,7 @@ describe('ADS message size limits', () => {
     assert.equal((await nextOrClosed(good, CDS)).resources.length, 2);
   });
 
-  it('rule 24: in plaintext a delta set over 4 MiB comes in pieces of at most 1 MiB, which a gRPC client takes with its default limit', async (t) => {
+  it('rule 24: a delta set over 4 MiB comes in pieces of at most 1 MiB, which a gRPC client takes with its default limit', async (t) => {
     const { ads, warnings, oversized } = await serverWithLog(t);
     ads.cache.set('default.big', paddedClusters(50, 100_000));
     const c = client(t, ads.address, 'delta', 'default.big');
