@@ -325,11 +325,11 @@ describe('ADS delta responses: cut only over 1 MiB, over TLS too', () => {
     const ads = await startTestAds({ credentials: grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false) });
     t.after(() => ads.stop());
     const inFlight = async () => Number(/^weft_xds_send_bytes_in_flight (\S+)/m.exec(await ads.metrics.metrics())?.[1]);
-    ads.cache.set('default.big', bigSet(400));
+    ads.cache.set('default.big', bigSet(1500));
     const c = new XdsTestClient(ads.address, 'delta', { id: 'default.big' }, { tlsCa: m.certPem });
     c.delta({ type_url: CDS });
     await c.next(CDS);
-    // Its LDS, over 100 KB, goes out 16 KiB at a time.
+    // Its LDS, about 400 KB, goes out 16 KiB at a time, each write after the last has finished.
     c.delta({ type_url: LDS });
     for (let i = 0; i < 100 && (await inFlight()) === 0; i++) await new Promise((r) => setImmediate(r));
     assert.ok((await inFlight()) > 0, 'the LDS response is being written');
