@@ -55,3 +55,48 @@ export function resourceTable(def: ResourceType<unknown>, items: Record<string, 
 export function yamlDocuments(items: unknown[]): string {
   return items.map((i) => stringify(i)).join('---\n');
 }
+
+/** A dataplane's xDS status as the API serves it (`/meshes/{mesh}/dataplanes+insights`). */
+export interface InsightStatus {
+  connected: boolean;
+  connectedSince?: string;
+  disconnectedAt?: string;
+  controlPlaneInstance?: string;
+  types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string }; lastOversized?: { bytes: number; at: string } }>;
+}
+
+const XDS_TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
+
+/**
+ * One line per dataplane: online or not, since when, per xDS type whether the last response was
+ * taken, responses too big for a gRPC client's default limit (XDS-RULES 24), and the last NACK.
+ */
+export function insightTable(rows: { dataplane: Record<string, unknown>; status: InsightStatus }[], now = Date.now()): string {
+  const head = ['MESH', 'NAME', 'STATUS', 'SINCE', 'CP', ...XDS_TYPES, 'OVER 4 MiB', 'LAST NACK'];
+  const body = rows.map(({ dataplane, status }) => {
+    const since = status.connected ? status.connectedSince : status.disconnectedAt;
+    const cell = (t: string) => {
+      const s = status.types[t];
+      if (!s?.lastSentVersion) return '-';
+      return s.lastAckedVersion === s.lastSentVersion ? 'ACK' : s.lastNack ? 'NACK' : 'sent';
+    };
+    // The last one of each type, with how long ago: a config that has shrunk since shows its age.
+    const oversized = XDS_TYPES.flatMap((t) => {
+      const o = status.types[t]?.lastOversized;
+      return o ? [`${t} ${(o.bytes / 1048576).toFixed(1)} MiB ${age(o.at, now)} ago`] : [];
+    });
+    const nacks = Object.entries(status.types).filter(([, s]) => s.lastNack);
+    const lastNack = nacks.sort((a, b) => (a[1].lastNack!.at < b[1].lastNack!.at ? 1 : -1))[0];
+    return [
+      String(dataplane.mesh),
+      String(dataplane.name),
+      status.connected ? 'Online' : 'Offline',
+      since ? age(since, now) : '-',
+      status.controlPlaneInstance ?? '-',
+      ...XDS_TYPES.map(cell),
+      oversized.length > 0 ? oversized.join(', ') : '-',
+      lastNack ? `${lastNack[0]}: ${lastNack[1].lastNack!.message.slice(0, 80)}` : '-',
+    ];
+  });
+  return table([head, ...body]);
+}

@@ -4,7 +4,7 @@ import { parseAllDocuments, stringify } from 'yaml';
 import { defaultRegistry, isPlainObject, isWeftError, parsePairs, renderTemplate, VERSION, type ResourceType, type Violation } from '../core/index.js';
 import { ApiClient, ApiError } from './client.js';
 import { resolveConnection } from './config.js';
-import { age, resourceTable, table, yamlDocuments } from './output.js';
+import { insightTable, resourceTable, yamlDocuments, type InsightStatus } from './output.js';
 
 import { addTransparentProxyCommands } from './transparent-proxy.js';
 
@@ -225,40 +225,6 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
 
   addTransparentProxyCommands(program, out, err);
   return program;
-}
-
-interface InsightStatus {
-  connected: boolean;
-  connectedSince?: string;
-  disconnectedAt?: string;
-  controlPlaneInstance?: string;
-  types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string } }>;
-}
-
-/** One line per dataplane: ONLINE, since when, per xDS type whether the last response was taken. */
-function insightTable(rows: { dataplane: Record<string, unknown>; status: InsightStatus }[]): string {
-  const types = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
-  const head = ['MESH', 'NAME', 'STATUS', 'SINCE', 'CP', ...types, 'LAST NACK'];
-  const body = rows.map(({ dataplane, status }) => {
-    const since = status.connected ? status.connectedSince : status.disconnectedAt;
-    const cell = (t: string) => {
-      const s = status.types[t];
-      if (!s?.lastSentVersion) return '-';
-      return s.lastAckedVersion === s.lastSentVersion ? 'ACK' : s.lastNack ? 'NACK' : 'sent';
-    };
-    const nacks = Object.entries(status.types).filter(([, s]) => s.lastNack);
-    const lastNack = nacks.sort((a, b) => (a[1].lastNack!.at < b[1].lastNack!.at ? 1 : -1))[0];
-    return [
-      String(dataplane.mesh),
-      String(dataplane.name),
-      status.connected ? 'Online' : 'Offline',
-      since ? age(since) : '-',
-      status.controlPlaneInstance ?? '-',
-      ...types.map(cell),
-      lastNack ? `${lastNack[0]}: ${lastNack[1].lastNack!.message.slice(0, 80)}` : '-',
-    ];
-  });
-  return table([head, ...body]);
 }
 
 /** Runs weftctl; resolves to the exit status. */

@@ -43,8 +43,8 @@ describe('weft-cp serves ADS and reports each proxy', () => {
     const r = await weftctl(['inspect', 'dataplanes'], { env: { WEFTCTL_CP_ADDRESS: cp.apiUrl, WEFTCTL_CONFIG: '/nonexistent' } });
     assert.equal(r.code, 0, r.stderr);
     const [head, line] = r.stdout.trim().split('\n');
-    assert.match(head!, /^MESH\s+NAME\s+STATUS\s+SINCE\s+CP\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+LAST NACK$/);
-    assert.match(line!, /^default\s+dp-1\s+Online\s+\d+s\s+\S+\s+ACK\s+-\s+NACK\s+-\s+-\s+LDS: Error adding\/updating listener\(s\) http: bad port$/);
+    assert.match(head!, /^MESH\s+NAME\s+STATUS\s+SINCE\s+CP\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+OVER 4 MiB\s+LAST NACK$/);
+    assert.match(line!, /^default\s+dp-1\s+Online\s+\d+s\s+\S+\s+ACK\s+-\s+NACK\s+-\s+-\s+-\s+LDS: Error adding\/updating listener\(s\) http: bad port$/);
 
     const metrics = await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text();
     assert.match(metrics, /weft_xds_connected_proxies\{variant="sotw"\} 1/);

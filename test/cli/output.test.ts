@@ -1,0 +1,34 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { insightTable, type InsightStatus } from '../../src/cli/output.js';
+
+describe('weftctl inspect dataplanes table', () => {
+  const now = Date.parse('2026-12-02T12:00:00Z');
+  const ago = (s: number) => new Date(now - s * 1000).toISOString();
+
+  it('rule 24: shows, per type, the last response over 4 MiB with its size and age; "-" when there was none', () => {
+    const status: InsightStatus = {
+      connected: true,
+      connectedSince: ago(600),
+      controlPlaneInstance: 'cp-1',
+      types: {
+        CDS: { lastSentVersion: 'a', lastAckedVersion: 'a', lastOversized: { bytes: 5 * 1048576 + 300_000, at: ago(90) } },
+        LDS: { lastSentVersion: 'b', lastAckedVersion: 'b', lastOversized: { bytes: 4.5 * 1048576, at: ago(7200) } },
+        EDS: { lastSentVersion: 'c', lastAckedVersion: 'c' },
+      },
+    };
+    const quiet: InsightStatus = { connected: false, disconnectedAt: ago(30), types: { CDS: { lastSentVersion: 'a' } } };
+    const [head, big, small] = insightTable(
+      [
+        { dataplane: { mesh: 'default', name: 'big' }, status },
+        { dataplane: { mesh: 'default', name: 'small' }, status: quiet },
+      ],
+      now,
+    )
+      .trimEnd()
+      .split('\n');
+    assert.match(head!, /^MESH\s+NAME\s+STATUS\s+SINCE\s+CP\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+OVER 4 MiB\s+LAST NACK$/);
+    assert.match(big!, /^default\s+big\s+Online\s+10m\s+cp-1\s+ACK\s+ACK\s+ACK\s+-\s+-\s+CDS 5\.3 MiB 90s ago, LDS 4\.5 MiB 2h ago\s+-$/);
+    assert.match(small!, /^default\s+small\s+Offline\s+30s\s+-\s+sent\s+-\s+-\s+-\s+-\s+-\s+-$/);
+  });
+});
