@@ -336,6 +336,30 @@ export class ResourceEncoder {
 
   private readonly secretsChecked = new WeakMap<TypeEntryInternal, WeakMap<TypeEntry, SnapshotProblem[]>>();
 
+  /**
+   * Do two sets of one type hold the same names, and the second no problems? Then every reference
+   * check one passed, the other passes too (see `SnapshotCache.setEndpoints`). Once per pair.
+   */
+  sameNamesClean(before: TypeEntry, after: TypeEntry): boolean {
+    return pairwiseOf(this.namesCompared, before, after, () => {
+      if (after.problems.length > 0 || before.problems.length > 0 || before.map.size !== after.map.size) return false;
+      for (const name of after.map.keys()) if (!before.map.has(name)) return false;
+      return true;
+    });
+  }
+
+  private readonly namesCompared = new WeakMap<TypeEntry, WeakMap<TypeEntry, boolean>>();
+
+  /** Holds one entry for a snapshot (retain, for one type). */
+  retainEntry(e: TypeEntry): void {
+    this.hold(e as TypeEntryInternal);
+  }
+
+  /** Lets go of one entry of a snapshot (release, for one type). */
+  releaseEntry(e: TypeEntry): void {
+    this.unhold(e as TypeEntryInternal);
+  }
+
   retain(snapshot: Snapshot): void {
     for (const e of (snapshot as SnapshotInternal).entries) this.hold(e);
   }
@@ -393,6 +417,14 @@ export class ResourceEncoder {
     c.live = false;
     if (this.byContent.get(c.key) === c) this.byContent.delete(c.key);
   }
+}
+
+function pairwiseOf<K extends object, V>(cache: WeakMap<K, WeakMap<K, V>>, a: K, b: K, compute: () => V): V {
+  let byB = cache.get(a);
+  if (!byB) cache.set(a, (byB = new WeakMap()));
+  let v = byB.get(b);
+  if (v === undefined) byB.set(b, (v = compute()));
+  return v;
 }
 
 /** One type's resources as a snapshot holds them; shared between snapshots with equal content. */
@@ -475,6 +507,8 @@ export class SplitMap implements ReadonlyMap<string, EncodedResource> {
 
 interface SnapshotInternal extends Snapshot {
   entries: TypeEntryInternal[];
+  /** The set it was built from, or one of equal content (see `SnapshotCache.setEndpoints`). */
+  source: ResourceSet;
 }
 
 /** Where each type is in RESPONSE_ORDER (so in a snapshot's entries). */
@@ -511,6 +545,10 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     encoder.dropEntries(entries);
     throw new InconsistentSnapshotError(nodeId, problems);
   }
+  return snapshotOf(entries, set, changeTime);
+}
+
+function snapshotOf(entries: TypeEntryInternal[], source: ResourceSet, changeTime: number): SnapshotInternal {
   const typeVersions = new Map<TypeUrl, string>();
   const resources = new Map<TypeUrl, ReadonlyMap<string, EncodedResource>>();
   // The type versions are content hashes already (each a hash of its whole set, never a
@@ -522,8 +560,7 @@ export function buildSnapshot(encoder: ResourceEncoder, nodeId: string, set: Res
     resources.set(e.typeUrl, e.map);
     version += version === '' ? e.version.slice(0, 8) : `.${e.version.slice(0, 8)}`;
   }
-  const snap: SnapshotInternal = { version, typeVersions, resources, changeTime, entries };
-  return snap;
+  return { version, typeVersions, resources, changeTime, entries, source };
 }
 
 /**
@@ -537,6 +574,12 @@ function sameContent(a: SnapshotInternal, b: SnapshotInternal): boolean {
     if (x !== y && x.version !== y.version) return false;
   }
   return a.entries.length === b.entries.length;
+}
+
+/** The same lists, by identity, for every type but ClusterLoadAssignment. */
+function sameExceptEndpoints(a: ResourceSet, b: ResourceSet): boolean {
+  for (const t of RESPONSE_ORDER) if (t !== TypeUrl.ClusterLoadAssignment && a[t] !== b[t]) return false;
+  return true;
 }
 
 export type SnapshotListener = (snapshot: Snapshot) => void;
@@ -554,16 +597,50 @@ export class SnapshotCache {
   /** Checks, encodes and publishes. Throws InconsistentSnapshotError and publishes nothing. */
   set(nodeId: string, set: ResourceSet, changeTime?: number): { snapshot: Snapshot; changed: boolean } {
     const snapshot = buildSnapshot(this.encoder, nodeId, set, changeTime);
-    const old = this.snapshots.get(nodeId);
-    if (old && sameContent(old as SnapshotInternal, snapshot as SnapshotInternal)) {
+    const old = this.snapshots.get(nodeId) as SnapshotInternal | undefined;
+    if (old && sameContent(old, snapshot as SnapshotInternal)) {
       this.encoder.dropEntries((snapshot as SnapshotInternal).entries);
+      old.source = set; // equal content, and the set the caller holds now
       return { snapshot: old, changed: false };
     }
     this.encoder.retain(snapshot);
-    this.snapshots.set(nodeId, snapshot);
+    this.publish(nodeId, snapshot);
     if (old) this.encoder.release(old);
-    for (const w of this.watchers.get(nodeId) ?? []) w(snapshot);
     return { snapshot, changed: true };
+  }
+
+  /**
+   * `set` when it differs from the set the current snapshot came from (the very object the caller
+   * last handed in) only in its ClusterLoadAssignments: the reconciler's endpoint-only rounds. When
+   * the new assignments have the same names and pass their own checks, every other check of the
+   * current snapshot still holds (clusters and their EDS names are the same objects), so only the
+   * assignments are checked, held and released: one shared entry for every proxy holding it,
+   * instead of five of each proxy's. Anything else is `set`.
+   */
+  setEndpoints(nodeId: string, set: ResourceSet, changeTime?: number): { snapshot: Snapshot; changed: boolean } {
+    const old = this.snapshots.get(nodeId) as SnapshotInternal | undefined;
+    const src = old?.source;
+    if (!old || !src || !sameExceptEndpoints(src, set)) return this.set(nodeId, set, changeTime);
+    const entry = this.encoder.typeEntry(TypeUrl.ClusterLoadAssignment, set[TypeUrl.ClusterLoadAssignment] ?? []) as TypeEntryInternal;
+    const before = old.entries[AT.eds]!;
+    if (entry === before || entry.version === before.version) {
+      if (entry !== before) this.encoder.dropEntries([entry]);
+      old.source = set;
+      return { snapshot: old, changed: false };
+    }
+    if (!this.encoder.sameNamesClean(before, entry)) return this.set(nodeId, set, changeTime);
+    const entries = old.entries.slice();
+    entries[AT.eds] = entry;
+    const snapshot = snapshotOf(entries, set, changeTime ?? Date.now());
+    this.encoder.retainEntry(entry);
+    this.publish(nodeId, snapshot);
+    this.encoder.releaseEntry(before);
+    return { snapshot, changed: true };
+  }
+
+  private publish(nodeId: string, snapshot: Snapshot): void {
+    this.snapshots.set(nodeId, snapshot);
+    for (const w of this.watchers.get(nodeId) ?? []) w(snapshot);
   }
 
   get(nodeId: string): Snapshot | undefined {

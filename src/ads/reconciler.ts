@@ -1,7 +1,7 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
-import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, TypeUrl, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
 /** Changes no proxy config depends on. */
 const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
@@ -69,6 +69,21 @@ function servicesOf(d: Resource<DataplaneSpec>): readonly string[] {
 /** The services a sidecar's app may call by their Dataplanes' own addresses (`*`: all). */
 function directAccessOf(d: Resource<DataplaneSpec>): readonly string[] {
   return d.spec.networking.transparentProxying?.directAccessServices ?? [];
+}
+
+const NO_RESOURCES: readonly Record<string, unknown>[] = Object.freeze([]);
+
+/** `{ ...set, [type]: list }`, built with every type in one order: one object shape, a quick copy. */
+function withList(set: ResourceSet, type: TypeUrl, list: readonly Record<string, unknown>[]): ResourceSet {
+  const out: ResourceSet = {
+    [TypeUrl.Cluster]: set[TypeUrl.Cluster],
+    [TypeUrl.ClusterLoadAssignment]: set[TypeUrl.ClusterLoadAssignment],
+    [TypeUrl.Listener]: set[TypeUrl.Listener],
+    [TypeUrl.RouteConfiguration]: set[TypeUrl.RouteConfiguration],
+    [TypeUrl.Secret]: set[TypeUrl.Secret],
+  };
+  out[type] = list;
+  return out;
 }
 
 function meshOf(nodeId: string): [string, string] {
@@ -366,6 +381,8 @@ export class Reconciler {
     const bundle = trustBundle.join('');
     // The endpoint-only path needs the translation it stands for (not a test's stand-in).
     const reuse = changed !== 'all' && !only && this.generate === generateProxyConfig ? changed : undefined;
+    /** Endpoint-only: each previous endpoint list and the new one (proxies reaching the same services share both). */
+    const freshEndpoints = new Map<readonly Record<string, unknown>[], readonly Record<string, unknown>[]>();
     let sliceStart = performance.now();
     const slice = only ? NEWCOMERS_SLICE_MS : SLICE_MS;
     for (const nodeId of nodes) {
@@ -386,14 +403,25 @@ export class Reconciler {
         continue;
       }
       try {
-        const ctx: MeshContext = { mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo };
+        const ctx = (): MeshContext => ({ mesh: data.mesh!, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo });
         const prev = this.last.get(nodeId);
         // Direct access listeners follow other Dataplanes' addresses, which the shortcut does not redo.
         const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle && directAccessOf(dataplane).length === 0;
-        const set = endpointsOnly ? withEndpoints(prev.set, ctx) : this.generate(ctx);
-        if (endpointsOnly) endpointsOnlyCount++;
-        else full++;
-        this.opts.cache.set(nodeId, set, changeTime);
+        let set: ResourceSet;
+        if (endpointsOnly) {
+          // The last config with new ClusterLoadAssignments: translated once per distinct endpoint
+          // list (withEndpoints keys its own memo by that list too), and the snapshot swaps just them.
+          const old = prev.set[TypeUrl.ClusterLoadAssignment] ?? NO_RESOURCES;
+          let fresh = freshEndpoints.get(old);
+          if (!fresh) freshEndpoints.set(old, (fresh = withEndpoints(prev.set, ctx())[TypeUrl.ClusterLoadAssignment] ?? NO_RESOURCES));
+          set = withList(prev.set, TypeUrl.ClusterLoadAssignment, fresh);
+          this.opts.cache.setEndpoints(nodeId, set, changeTime);
+          endpointsOnlyCount++;
+        } else {
+          set = this.generate(ctx());
+          this.opts.cache.set(nodeId, set, changeTime);
+          full++;
+        }
         this.last.set(nodeId, { set, shape, bundle });
       } catch (err) {
         this.failures.inc();

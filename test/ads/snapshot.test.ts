@@ -143,4 +143,62 @@ describe('snapshot checks before publishing', () => {
     assert.notEqual(v(a), v(c));
     assert.equal(a.version, b.version);
   });
+
+  describe('setEndpoints: a snapshot with only its ClusterLoadAssignments swapped', () => {
+    const E = TypeUrl.ClusterLoadAssignment;
+
+    it('equals the snapshot built in full, shares the other types, and drops what no snapshot holds any more', () => {
+      const cache = new SnapshotCache();
+      const first = meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 90]] });
+      const before = cache.set('m.a', first).snapshot;
+      const held = cache.encoder.size;
+      const next = { ...first, [E]: [cla('web', [['10.0.0.9', 80]]), first[E]![1]!] };
+      const { snapshot, changed } = cache.setEndpoints('m.a', next);
+      assert.equal(changed, true);
+      assert.equal(snapshot.version, buildSnapshot(new ResourceEncoder(), 'm.a', next).version);
+      for (const t of [TypeUrl.Cluster, TypeUrl.Listener, TypeUrl.RouteConfiguration]) assert.equal(snapshot.resources.get(t), before.resources.get(t), `${t} is the same map`);
+      assert.equal(cache.get('m.a'), snapshot);
+      assert.equal(cache.encoder.size, held, 'the old web endpoints went as the new ones came');
+      cache.delete('m.a');
+      assert.equal(cache.encoder.size, 0);
+    });
+
+    it('rule 6: the same endpoints again are no change', () => {
+      const cache = new SnapshotCache();
+      const set = meshSet({ web: [['10.0.0.1', 80]] });
+      const first = cache.set('m.a', set).snapshot;
+      let calls = 0;
+      cache.watch('m.a', () => calls++);
+      const again = cache.setEndpoints('m.a', { ...set, [E]: [cla('web', [['10.0.0.1', 80]])] });
+      assert.equal(again.changed, false);
+      assert.equal(again.snapshot, first);
+      assert.equal(calls, 0);
+    });
+
+    it('rule 10: endpoints that a new name or a failed check would break are refused as in a full build, and the last snapshot stays', () => {
+      const cache = new SnapshotCache();
+      const set = meshSet({ web: [['10.0.0.1', 80]] });
+      const first = cache.set('m.a', set).snapshot;
+      assert.deepEqual(problems(() => cache.setEndpoints('m.a', { ...set, [E]: [cla('web', []), cla('orphan', [])] })), ['orphan: is not used by any CDS resource']);
+      assert.deepEqual(problems(() => cache.setEndpoints('m.a', { ...set, [E]: [cla('web', [['10.0.0.1', 70000]])] })), [
+        'web endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value: must be at most 65535',
+      ]);
+      assert.equal(cache.get('m.a'), first);
+    });
+
+    it('builds in full when more than the endpoints changed, or when the current snapshot came from another set', () => {
+      const cache = new SnapshotCache();
+      const set = meshSet({ web: [['10.0.0.1', 80]] });
+      cache.set('m.a', set);
+      // A new listener too, with the same endpoint names: the swap would keep the old listener.
+      const moved = { ...set, [TypeUrl.Listener]: [listener('http', 9090, 'http-routes')], [E]: [cla('web', [['10.0.0.9', 80]])] };
+      assert.equal(cache.setEndpoints('m.a', moved).snapshot.version, buildSnapshot(new ResourceEncoder(), 'm.a', moved).version);
+      // New clusters and endpoint names.
+      const more = meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 90]] });
+      assert.equal(cache.setEndpoints('m.a', more).snapshot.version, buildSnapshot(new ResourceEncoder(), 'm.a', more).version);
+      // No snapshot yet: built in full.
+      assert.equal(cache.setEndpoints('m.b', set).snapshot.version, buildSnapshot(new ResourceEncoder(), 'm.b', set).version);
+    });
+  });
 });
+
