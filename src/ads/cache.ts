@@ -341,14 +341,14 @@ export class ResourceEncoder {
    * check one passed, the other passes too (see `SnapshotCache.setEndpoints`). Once per pair.
    */
   sameNamesClean(before: TypeEntry, after: TypeEntry): boolean {
-    return pairwiseOf(this.namesCompared, before, after, () => {
+    return pairwise(this.namesCompared, before, after, () => {
       if (after.problems.length > 0 || before.problems.length > 0 || before.map.size !== after.map.size) return false;
       for (const name of after.map.keys()) if (!before.map.has(name)) return false;
       return true;
     });
   }
 
-  private readonly namesCompared = new WeakMap<TypeEntry, WeakMap<TypeEntry, boolean>>();
+  private readonly namesCompared = new WeakMap<object, WeakMap<TypeEntry, boolean>>();
 
   /** Holds one entry for a snapshot (retain, for one type). */
   retainEntry(e: TypeEntry): void {
@@ -419,7 +419,11 @@ export class ResourceEncoder {
   }
 }
 
-function pairwiseOf<K extends object, V>(cache: WeakMap<K, WeakMap<K, V>>, a: K, b: K, compute: () => V): V {
+/**
+ * An answer about a pair of shared objects (snapshot maps, type entries, interned sets), worked
+ * out once for every stream or proxy holding the pair. Keys are never changed in place.
+ */
+export function pairwise<K extends object, V>(cache: WeakMap<object, WeakMap<K, V>>, a: object, b: K, compute: () => V): V {
   let byB = cache.get(a);
   if (!byB) cache.set(a, (byB = new WeakMap()));
   let v = byB.get(b);
