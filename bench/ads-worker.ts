@@ -19,7 +19,10 @@ interface Start {
 }
 interface Watch {
   cmd: 'watch';
-  /** A cluster name to appear in CDS, or a CLA whose endpoint count becomes `count`. */
+  /**
+   * A cluster name to appear in CDS (a new service: a proxy has it all once an LDS response follows
+   * the cluster's), or a CLA whose endpoint count becomes `count`.
+   */
   kind: 'cluster' | 'endpoints';
   name: string;
   count?: number;
@@ -39,6 +42,8 @@ const clients = new Map<string, Client>();
 const ready = new Set<string>();
 let watch: Watch | undefined;
 let seen = new Map<string, number>();
+/** For a new cluster: when each proxy got the first LDS response after it. */
+let listeners = new Map<string, number>();
 let bytes = 0;
 
 function send(m: unknown): void {
@@ -70,6 +75,9 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
     if (names.length === 0) state.got.add(TypeUrl.ClusterLoadAssignment);
     if (watch?.kind === 'cluster' && !seen.has(id) && r.resources.some((x) => x.name === watch!.name)) seen.set(id, Date.now());
   }
+  // A new service's listener comes after its cluster (make-before-break, XDS-RULES 8) and a stream
+  // sends in order, so the first LDS response after the cluster's is from a snapshot that has it.
+  if (r.typeUrl === TypeUrl.Listener && watch?.kind === 'cluster' && seen.has(id) && !listeners.has(id)) listeners.set(id, Date.now());
   if (r.typeUrl === TypeUrl.ClusterLoadAssignment && watch?.kind === 'endpoints' && !seen.has(id)) {
     const cla = r.resources.find((x) => x.name === watch!.name);
     const eps = cla ? ((cla.body.endpoints as { lb_endpoints?: unknown[] }[] | undefined) ?? []).reduce((n, l) => n + (l.lb_endpoints?.length ?? 0), 0) : -1;
@@ -79,8 +87,8 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
     ready.add(id);
     send({ type: 'ready', id, at: Date.now() });
   }
-  if (watch && seen.size === watch.expect.length) {
-    send({ type: 'seen', times: [...seen.values()], bytes });
+  if (watch && (watch.kind === 'cluster' ? listeners : seen).size === watch.expect.length) {
+    send({ type: 'seen', times: [...seen.values()], listenerTimes: [...listeners.values()], bytes });
     watch = undefined;
   }
 }
@@ -107,11 +115,12 @@ process.on('message', (m: Msg) => {
   } else if (m.cmd === 'watch') {
     watch = m;
     seen = new Map();
+    listeners = new Map();
     bytes = 0;
     // The change is made only once every worker watches: a busy worker could otherwise read the
     // change's response before this message and never count that proxy.
     send({ type: 'watching' });
-    if (m.expect.length === 0) send({ type: 'seen', times: [], bytes: 0 });
+    if (m.expect.length === 0) send({ type: 'seen', times: [], listenerTimes: [], bytes: 0 });
   } else if (m.cmd === 'stop') {
     if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);
     send({ type: 'bytes', bytes });
