@@ -21,11 +21,13 @@ interface Watch {
   cmd: 'watch';
   /**
    * A cluster name to appear in CDS (a new service: a proxy has it all once an LDS response follows
-   * the cluster's), or a CLA whose endpoint count becomes `count`.
+   * the cluster's), a CLA whose endpoint count becomes `count`, or a listener whose first filter
+   * chain becomes the one named `chain`.
    */
-  kind: 'cluster' | 'endpoints';
+  kind: 'cluster' | 'endpoints' | 'listener';
   name: string;
   count?: number;
+  chain?: string;
   /** Only these node ids are expected to see it. */
   expect: string[];
 }
@@ -78,6 +80,10 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
   // A new service's listener comes after its cluster (make-before-break, XDS-RULES 8) and a stream
   // sends in order, so the first LDS response after the cluster's is from a snapshot that has it.
   if (r.typeUrl === TypeUrl.Listener && watch?.kind === 'cluster' && seen.has(id) && !listeners.has(id)) listeners.set(id, Date.now());
+  if (r.typeUrl === TypeUrl.Listener && watch?.kind === 'listener' && !seen.has(id)) {
+    const l = r.resources.find((x) => x.name === watch!.name);
+    if ((l?.body.filter_chains as { name?: string }[] | undefined)?.[0]?.name === watch.chain) seen.set(id, Date.now());
+  }
   if (r.typeUrl === TypeUrl.ClusterLoadAssignment && watch?.kind === 'endpoints' && !seen.has(id)) {
     const cla = r.resources.find((x) => x.name === watch!.name);
     const eps = cla ? ((cla.body.endpoints as { lb_endpoints?: unknown[] }[] | undefined) ?? []).reduce((n, l) => n + (l.lb_endpoints?.length ?? 0), 0) : -1;

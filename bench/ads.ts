@@ -152,10 +152,10 @@ async function scenario(variant: 'sotw' | 'delta') {
     // A heap snapshot collects garbage first, so the heap used after it is what the CP keeps.
     const memoryAfterSnapshot = snapshotDir ? await heapSnapshot(cp, snapshotDir) : undefined;
 
-    const measure = async (kind: 'cluster' | 'endpoints', name: string, expect: string[], change: () => Promise<void>, count?: number) => {
+    const measure = async (kind: 'cluster' | 'endpoints' | 'listener', name: string, expect: string[], change: () => Promise<void>, count?: number, chain?: string) => {
       const seenP = waitFor(workers, 'seen', WORKERS, TIMEOUT_MS);
       const watchingP = waitFor(workers, 'watching', WORKERS, TIMEOUT_MS);
-      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
+      workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, chain, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
       await watchingP;
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
@@ -209,6 +209,17 @@ async function scenario(variant: 'sotw' | 'delta') {
       meshWideChanges.push(await measure('cluster', `svc-new-${i}`, ids, () => api(cp, 'PUT', `/meshes/default/dataplanes/svc-new-${i}-0`, dataplane(SERVICES, 0, `svc-new-${i}`))));
     }
 
+    // Mesh changes, in both scenarios: the Mesh's outbound passthrough switched off and on in
+    // turn, which changes every proxy's outbound passthrough listener (Kuma's
+    // networking.outbound.passthrough). With 10 services reachable this is the mesh-wide change.
+    const meshChanges = [];
+    for (let i = 0; i < CHANGES; i++) {
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
+      const passthrough = i % 2 === 1;
+      const chain = passthrough ? 'outbound:passthrough:ipv4' : 'outbound:blackhole';
+      meshChanges.push(await measure('listener', 'outbound:passthrough:ipv4', ids, () => api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough } } }), undefined, chain));
+    }
+
     workers.forEach((w) => w.send({ cmd: 'stop' }));
     const final = procStats(cp.child.pid!);
     await Promise.all(workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once('exit', r)))));
@@ -221,7 +232,8 @@ async function scenario(variant: 'sotw' | 'delta') {
       reachable: REACHABLE,
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },
       endpointChange: summary(endpointChanges),
-      meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services',
+      meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services (see meshChange)',
+      meshChange: summary(meshChanges),
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
