@@ -1,6 +1,6 @@
 /**
  * How a change's p99 follows the CPU spent on it: reads outputs of bench/ads.ts and fits, for the
- * endpoint and the mesh-wide changes apart, p99 = a + b × (weft-cp's CPU + the clients' CPU) over
+ * endpoint, the mesh-wide and the Mesh changes apart, p99 = a + b × (weft-cp's CPU + the clients' CPU) over
  * every change of every file (least squares). With the control plane and the simulated proxies on
  * the same 2 cores, a slope near 0.5 s per CPU-second means both cores were busy until the last
  * proxy had its update: the p99 is set by how much CPU the change costs, not by waiting.
@@ -14,9 +14,10 @@ interface Change {
   p99Ms: number;
   cpCpuSeconds: number;
   clientsCpuSeconds: number;
+  listener?: { p99Ms: number };
 }
 interface Output {
-  results: { variant: string; endpointChange?: { each?: Change[] }; meshWideChange?: { each?: Change[] } | string }[];
+  results: { variant: string; endpointChange?: { each?: Change[] }; meshWideChange?: { each?: Change[] } | string; meshChange?: { each?: Change[] } }[];
 }
 
 const files = process.argv.slice(2);
@@ -32,11 +33,13 @@ for (const f of files) {
     for (const [kind, c] of [
       ['endpoint', r.endpointChange],
       ['mesh-wide', r.meshWideChange],
+      ['mesh', r.meshChange],
     ] as const) {
       if (typeof c !== 'object' || !c.each) continue;
       const key = `${r.variant} ${kind}`;
       const list = points.get(key) ?? [];
-      for (const x of c.each) list.push({ cpu: x.cpCpuSeconds + x.clientsCpuSeconds, cp: x.cpCpuSeconds, clients: x.clientsCpuSeconds, p99: x.p99Ms });
+      // A new service's CPU is counted until its listener arrives (since the twelfth session), so its p99 is the listener's.
+      for (const x of c.each) list.push({ cpu: x.cpCpuSeconds + x.clientsCpuSeconds, cp: x.cpCpuSeconds, clients: x.clientsCpuSeconds, p99: x.listener?.p99Ms ?? x.p99Ms });
       points.set(key, list);
     }
   }
