@@ -182,6 +182,8 @@ async function scenario(variant: 'sotw' | 'delta') {
         cpRound: rounds.at(-1) && { ms: rounds.at(-1)!.ms, full: rounds.at(-1)!.full, endpointsOnly: rounds.at(-1)!.endpointsOnly },
         // The simulated proxies' CPU over the same time, on the same 2 cores.
         clientsCpuSeconds: Number((clientsAfter - clientsBefore).toFixed(2)),
+        // The CP's RSS once the change is delivered, to see whether it keeps growing.
+        cpRssMB: after.rssMB,
         // Resource payload the proxies received for this change, summed over all of them.
         bytesSent: bytes,
       };

@@ -5,6 +5,8 @@
  *   node dist/bench/prof-regen.js                        # endpoint changes (one replica flips health)
  *   WEFT_PROF_STREAMS=1 node dist/bench/prof-regen.js    # each proxy also has a delta stream: serialize + ACK
  *   WEFT_PROF_MESHWIDE=1 ...                             # a new service each round instead
+ *   WEFT_PROF_MESH=1 ...                                 # the Mesh's outbound passthrough switched each round instead
+ *   WEFT_PROF_REACHABLE=10 ...                           # each proxy reaches 10 services (default: all)
  *   WEFT_PROF_SERVICES=350 WEFT_PROF_ROUNDS=10 node --cpu-prof dist/bench/prof-regen.js
  *   WEFT_PROF_HEAPSNAPSHOT=/tmp/cp.heapsnapshot ...       # a heap snapshot after the cold generation
  */
@@ -19,11 +21,17 @@ import { createLogger, defaultRegistry } from '../src/core/index.js';
 import { openStore } from '../src/store/index.js';
 
 const S = Number(process.env.WEFT_PROF_SERVICES ?? 500), R = 4;
+const REACH = process.env.WEFT_PROF_REACHABLE ? Number(process.env.WEFT_PROF_REACHABLE) : undefined;
+const tpOf = (s: number) => ({
+  redirectPortInbound: 15006,
+  redirectPortOutbound: 15001,
+  ...(REACH !== undefined && { reachableServices: Array.from({ length: REACH }, (_, i) => `svc-${(s + 1 + i) % S}`) }),
+});
 const store = await openStore({ type: 'embedded', dataDir: mkdtempSync(join(tmpdir(), 'prof-')) }, { registry: defaultRegistry() });
 const ops = [];
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) {
   const i = s * R + r;
-  ops.push({ op: 'upsert' as const, resource: { type: 'Dataplane', mesh: 'default', name: `svc-${s}-${r}`, labels: {}, spec: { networking: { address: `10.0.${i >> 8}.${i & 255}`, inbound: [{ port: 8080, tags: { 'kuma.io/service': `svc-${s}` } }], transparentProxying: { redirectPortInbound: 15006, redirectPortOutbound: 15001 } } } } });
+  ops.push({ op: 'upsert' as const, resource: { type: 'Dataplane', mesh: 'default', name: `svc-${s}-${r}`, labels: {}, spec: { networking: { address: `10.0.${i >> 8}.${i & 255}`, inbound: [{ port: 8080, tags: { 'kuma.io/service': `svc-${s}` } }], transparentProxying: tpOf(s) } } } });
 }
 await store.create({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: {} });
 await store.write(ops);
@@ -71,14 +79,16 @@ const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);
 for (let i = 0; i < rounds; i++) {
   t = performance.now();
   // WEFT_PROF_MESHWIDE=1: a new service each round instead (every proxy reaches it).
-  if (process.env.WEFT_PROF_MESHWIDE === '1') await store.upsert({ ...ops[0]!.resource, name: `new-${i}`, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': `new-${i}` } }], transparentProxying: {} } } });
-  else await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: {} } } });
+  if (process.env.WEFT_PROF_MESH === '1') await store.upsert({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: { networking: { outbound: { passthrough: i % 2 === 1 } } } });
+  else if (process.env.WEFT_PROF_MESHWIDE === '1') await store.upsert({ ...ops[0]!.resource, name: `new-${i}`, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': `new-${i}` } }], transparentProxying: {} } } });
+  else await store.upsert({ ...ops[28]!.resource, spec: { networking: { address: '10.9.9.9', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'svc-7' }, health: { ready: i % 2 === 1 } }], transparentProxying: tpOf(7) } } });
   await new Promise((r) => setTimeout(r, 5));
   await rec.settle();
   await drainAcks();
   const ms = Math.round(performance.now() - t);
   (globalThis as { gc?: () => void }).gc?.();
-  console.log(process.env.WEFT_PROF_MESHWIDE === '1' ? 'mesh-wide change ms' : 'endpoint change ms', ms, 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
+  const kind = process.env.WEFT_PROF_MESH === '1' ? 'mesh change' : process.env.WEFT_PROF_MESHWIDE === '1' ? 'mesh-wide change' : 'endpoint change';
+  console.log(`${kind} ms`, ms, 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
 }
 rec.close();
 await store.close();
