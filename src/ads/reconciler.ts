@@ -21,6 +21,12 @@ export interface ReconcilerOptions {
   trustBundle?: (mesh: string) => Promise<string[]>;
 }
 
+/** `before` when `now` holds the same resources at the same versions, in order; else `now`. */
+function unchanged<T extends Resource<unknown>>(before: T[] | undefined, now: T[]): T[] {
+  if (!before || before.length !== now.length) return now;
+  return now.every((r, i) => r.name === before[i]!.name && r.version === before[i]!.version) ? before : now;
+}
+
 interface MeshData {
   mesh?: Resource<MeshSpec>;
   dataplanes: Resource<DataplaneSpec>[];
@@ -241,7 +247,13 @@ export class Reconciler {
     await this.running;
   }
 
-  private async load(mesh: string): Promise<MeshData> {
+  /**
+   * The whole mesh, read from the store. What is at the same version as in `cached` (the Mesh, each
+   * Dataplane, the list of Dataplanes, each list of policies) is the cached object itself:
+   * translation remembers what it built from these by their identity, so a Mesh or policy change
+   * does not make every proxy's Dataplane, nor what is built from the services, look new.
+   */
+  private async load(mesh: string, cached?: MeshData): Promise<MeshData> {
     const s = this.opts.store;
     const [m, dps, tps, mtps] = await Promise.all([
       s.get({ type: MESH_TYPE, mesh: '', name: mesh }),
@@ -249,11 +261,27 @@ export class Reconciler {
       s.list('TrafficPermission', { mesh }),
       s.list('MeshTrafficPermission', { mesh }),
     ]);
+    let dataplanes = dps.items as Resource<DataplaneSpec>[];
+    if (cached) {
+      const before = this.provisionOf(cached.dataplanes).byName;
+      let same = dataplanes.length === cached.dataplanes.length;
+      dataplanes = dataplanes.map((d, i) => {
+        const old = before.get(d.name);
+        if (old && old.version === d.version) {
+          same &&= cached.dataplanes[i] === old;
+          return old;
+        }
+        same = false;
+        return d;
+      });
+      // None changed: the same array, so what is built from the mesh's services is found again too.
+      if (same) dataplanes = cached.dataplanes;
+    }
     return {
-      mesh: m as Resource<MeshSpec> | undefined,
-      dataplanes: dps.items as Resource<DataplaneSpec>[],
-      trafficPermissions: tps.items as Resource<TrafficPermissionSpec>[],
-      meshTrafficPermissions: mtps.items as Resource<MeshTrafficPermissionBody>[],
+      mesh: m && cached?.mesh?.version === m.version ? cached.mesh : (m as Resource<MeshSpec> | undefined),
+      dataplanes,
+      trafficPermissions: unchanged(cached?.trafficPermissions, tps.items as Resource<TrafficPermissionSpec>[]),
+      meshTrafficPermissions: unchanged(cached?.meshTrafficPermissions, mtps.items as Resource<MeshTrafficPermissionBody>[]),
     };
   }
 
@@ -266,7 +294,7 @@ export class Reconciler {
     const cached = this.meshData.get(mesh);
     this.meshData.delete(mesh); // until this round has read what it needs
     let data: MeshData;
-    if (changed === 'all' || !cached) data = await this.load(mesh);
+    if (changed === 'all' || !cached) data = await this.load(mesh, cached);
     else {
       const names = [...changed];
       const fresh = await Promise.all(names.map((name) => this.opts.store.get({ type: 'Dataplane', mesh, name })));
@@ -298,7 +326,7 @@ export class Reconciler {
     const dirty = this.dirty.get(mesh);
     const cached = this.meshData.get(mesh);
     if (dirty === 'all' || !cached) {
-      const data = await this.load(mesh);
+      const data = await this.load(mesh, cached);
       this.meshData.set(mesh, data);
       return data;
     }

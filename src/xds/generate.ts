@@ -107,10 +107,14 @@ class Generation {
     return this.ctx.lasting ? this.ctx.lasting.idOf(o) : idOf(this, o);
   }
 
-  /** Names, by identity, the inputs a proxy's own listeners depend on: its Dataplane, the Mesh, the policies. */
+  /**
+   * Names the inputs a proxy's own (inbound) listeners depend on: its Dataplane and the policies
+   * by identity, and of the Mesh what they use, its name and mTLS mode. So a Mesh change that
+   * leaves mTLS alone (its outbound passthrough, say) does not rebuild every proxy's inbounds.
+   */
   inputsId(): string {
     const ctx = this.ctx;
-    return `${this.lastingId(ctx.dataplane)}:${this.lastingId(ctx.mesh)}:${this.lastingId(ctx.meshTrafficPermissions)}:${this.lastingId(ctx.trafficPermissions)}`;
+    return `${this.lastingId(ctx.dataplane)}:${this.meshName}/${this.mtls}:${this.lastingId(ctx.meshTrafficPermissions)}:${this.lastingId(ctx.trafficPermissions)}`;
   }
 
   /**
@@ -454,7 +458,7 @@ function sidecar(g: Generation): ResourceSet {
         })),
       );
     }
-    // The same inputs (this Dataplane, the Mesh, the policies: by identity), the same listener object as last round.
+    // The same inputs (this Dataplane and the policies by identity, the mesh and its mTLS mode), the same listener object as last round.
     listeners.push(g.stage('inbound listeners', () => g.lasting(`inbound:${g.inputsId()}:${i}`, () => sidecarInbound(g, ib, local))));
     // Connections of the other family to this port come through that family's inbound redirect:
     // they get the same listener (mTLS, permissions) on its any address, or they would reach the

@@ -90,6 +90,23 @@ describe('reconciler: translation memo kept across rounds', () => {
       ['web-1 address changed', () => store.upsert(dp('web-1', 'web', '10.2.0.11', { tags: { version: 'v2' } }))],
       ['the policy for api flipped', () => store.upsert(mtp('api-from-web', { kind: 'MeshService', name: 'api' }, 'Allow'))],
       ['mTLS PERMISSIVE', () => store.upsert(mesh('PERMISSIVE'))],
+      ['outbound passthrough off (a Mesh change that leaves mTLS alone)', () => store.upsert(meshInput(MESH, { ...(mesh('PERMISSIVE').spec as MeshSpec), networking: { outbound: { passthrough: false } } }))],
+      [
+        'passthrough on again, with a Dataplane change in the same round',
+        () =>
+          store.write([
+            { op: 'upsert', resource: mesh('PERMISSIVE') },
+            { op: 'upsert', resource: dp('api-1', 'api', '10.2.0.33', { protocol: 'tcp' }) },
+          ]),
+      ],
+      [
+        'a policy and a Dataplane in the same round',
+        () =>
+          store.write([
+            { op: 'upsert', resource: mtp('web-1-only', { kind: 'Dataplane', name: 'web-1' }, 'Allow') },
+            { op: 'upsert', resource: dp('web-2', 'web', '10.2.0.2') },
+          ]),
+      ],
       [
         'a new trust bundle with a mesh change',
         () => {
@@ -107,6 +124,72 @@ describe('reconciler: translation memo kept across rounds', () => {
       await rec.settle();
       await expectFromScratch(cache, ids, step);
     }
+    rec.close();
+  });
+
+  it('a Mesh or policy change hands translation the unchanged Dataplanes and lists as the same objects', async () => {
+    const seen: { dataplane: object; dataplanes: object; services: object | undefined; mtps: object; tps: object; mesh: object }[][] = [];
+    let round: (typeof seen)[number] = [];
+    const cache = new SnapshotCache();
+    const rec = new Reconciler({
+      store,
+      cache,
+      logger: createLogger('test', 'silent'),
+      metrics: new Registry(),
+      debounceMs: 0,
+      debounceMaxMs: 0,
+      trustBundle: async () => bundle,
+      generate: (ctx) => {
+        round.push({ dataplane: ctx.dataplane, dataplanes: ctx.dataplanes, services: ctx.services, mtps: ctx.meshTrafficPermissions, tps: ctx.trafficPermissions, mesh: ctx.mesh });
+        return generateProxyConfig(ctx);
+      },
+    });
+    rec.start();
+    const ids = ['web-1', 'web-2', 'api-1'].map((n) => `${MESH}.${n}`);
+    ids.forEach((id) => rec.track(id));
+    const step = async (change: () => Promise<unknown>) => {
+      round = [];
+      await change();
+      await new Promise((r) => setTimeout(r, 5));
+      await rec.settle();
+      seen.push(round);
+      return round;
+    };
+    const first = await step(async () => {});
+    assert.equal(first.length, 3);
+    const byDp = (r: typeof first, name: string) => r.find((x) => (x.dataplane as Resource<DataplaneSpec>).name === name)!;
+
+    // The Mesh changed (not its mTLS): every proxy regenerated, from the same Dataplane objects,
+    // the same list of them (so the same services), and the same policy lists.
+    const current = (await store.get({ type: 'Mesh', mesh: '', name: MESH })) as Resource<MeshSpec>;
+    const meshChange = await step(() => store.upsert(meshInput(MESH, { ...current.spec, networking: { outbound: { passthrough: false } } })));
+    assert.equal(meshChange.length, 3);
+    for (const name of ['web-1', 'web-2', 'api-1']) {
+      const [a, b] = [byDp(first, name), byDp(meshChange, name)];
+      assert.equal(b.dataplane, a.dataplane, `${name}: the same Dataplane object`);
+      assert.equal(b.dataplanes, a.dataplanes, `${name}: the same list of Dataplanes`);
+      assert.equal(b.services, a.services, `${name}: the same services`);
+      assert.equal(b.mtps, a.mtps, `${name}: the same MeshTrafficPermissions`);
+      assert.equal(b.tps, a.tps, `${name}: the same TrafficPermissions`);
+      assert.notEqual(b.mesh, a.mesh, `${name}: the new Mesh`);
+    }
+
+    // A policy and a Dataplane in one round: the changed Dataplane and the policy list are new,
+    // the other Dataplanes and the Mesh are the objects of the round before.
+    const mixed = await step(() =>
+      store.write([
+        { op: 'upsert', resource: mtp('web-2-only', { kind: 'Dataplane', name: 'web-2' }, 'Deny') },
+        { op: 'upsert', resource: dp('api-1', 'api', '10.2.0.34', { protocol: 'tcp' }) },
+      ]),
+    );
+    assert.equal(mixed.length, 3);
+    assert.notEqual(byDp(mixed, 'api-1').dataplane, byDp(meshChange, 'api-1').dataplane, 'api-1 changed: a new object');
+    assert.equal((byDp(mixed, 'api-1').dataplane as Resource<DataplaneSpec>).spec.networking.address, '10.2.0.34');
+    assert.equal(byDp(mixed, 'web-1').dataplane, byDp(meshChange, 'web-1').dataplane, 'web-1 unchanged: the same object');
+    assert.notEqual(byDp(mixed, 'web-1').dataplanes, byDp(meshChange, 'web-1').dataplanes, 'a Dataplane changed: a new list');
+    assert.notEqual(byDp(mixed, 'web-1').mtps, byDp(meshChange, 'web-1').mtps, 'a policy changed: a new list');
+    assert.equal(byDp(mixed, 'web-1').mesh, byDp(meshChange, 'web-1').mesh, 'the Mesh unchanged: the same object');
+    await expectFromScratch(cache, ids, 'a policy and a Dataplane together');
     rec.close();
   });
 });
