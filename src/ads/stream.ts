@@ -261,6 +261,8 @@ export function changedNames(from: ReadonlySet<string>, sub: readonly string[], 
 // sets are snapshot maps or answers from here) come from `pairwise`, computed once for every
 // stream holding the pair. Worked out per stream they were a fifth of the CP's CPU in a SotW
 // mesh-wide change with 2000 proxies naming 500 clusters' endpoints each.
+/** What a wildcard subscriber gets of a map when it keeps what it was sent (rule 8), by the map sent. */
+const keptOld = new WeakMap<object, WeakMap<ReadonlyMap<string, EncodedResource>, { desired: ReadonlyMap<string, EncodedResource>; version: string }>>();
 /** What a subscription gets of a map, and its version. */
 const subsets = new WeakMap<object, WeakMap<ReadonlySet<string>, { desired: ReadonlyMap<string, EncodedResource>; version: string }>>();
 const lacking = new WeakMap<object, WeakMap<object, boolean>>();
@@ -584,6 +586,9 @@ export class AdsStream {
     }
     // Some names subscribed: the same for every stream with the same (interned) subscription.
     if (!holdsOld && !state.wildcard) return pairwise(subsets, all, state.subscribed, () => this.desiredSotw(state));
+    // Wildcard, keeping what was sent and is gone (rule 8): the same for every stream that was sent
+    // the same set (a Mesh change that drops a cluster costs one copy of the set, not one per proxy).
+    if (holdsOld && state.wildcard) return pairwise(keptOld, all, state.sent, () => this.desiredSotw(state));
     return this.desiredSotw(state);
   }
 

@@ -133,6 +133,40 @@ describe('ADS state of the world', () => {
     });
   }
 
+  it('rule 8: proxies sent the same clusters share the answer that keeps a removed one, and each lets it go after its own route ACK', async () => {
+    const ids = [nodeId(), nodeId(), nodeId(), nodeId()];
+    // The last proxy was sent other clusters: it keeps its own removed one.
+    const first = (i: number) => (i === 3 ? 'gone' : 'old');
+    const clients = [];
+    for (const [i, id] of ids.entries()) {
+      ads.cache.set(id, meshSet({ [first(i)]: [['10.0.0.1', 80]], new: [['10.0.0.2', 80]] }, first(i)));
+      const c = connect(id);
+      c.subscribe(CDS, []);
+      c.ack(await c.next(CDS));
+      c.subscribe(EDS, [first(i), 'new']);
+      c.ack(await c.next(EDS));
+      c.subscribe(LDS, []);
+      c.ack(await c.next(LDS));
+      c.subscribe(RDS, ['http-routes']);
+      c.ack(await c.next(RDS));
+      clients.push(c);
+    }
+    for (const id of ids) ads.cache.set(id, meshSet({ new: [['10.0.0.2', 80]], newer: [['10.0.0.3', 80]] }, 'newer'));
+    const rdss = [];
+    for (const [i, c] of clients.entries()) {
+      const cds = await c.next(CDS);
+      assert.deepEqual(cds.resources.map((r) => r.name).sort(), ['new', 'newer', first(i)].sort(), `proxy ${i}`);
+      c.ack(cds);
+      rdss.push(await c.next(RDS));
+    }
+    // Only the first proxy takes the new routes: only it lets "old" go.
+    clients[0]!.ack(rdss[0]!);
+    assert.deepEqual((await clients[0]!.next(CDS)).resources.map((r) => r.name).sort(), ['new', 'newer']);
+    assert.ok(await clients[1]!.quiet(150, CDS), 'the others still route to old');
+    for (const [i, c] of clients.entries()) if (i > 0) c.ack(rdss[i]!);
+    for (const [i, c] of clients.entries()) if (i > 0) assert.deepEqual((await c.next(CDS)).resources.map((r) => r.name).sort(), ['new', 'newer']);
+  });
+
   it('rule 9: an updated cluster is followed by its endpoints even when they did not change', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
