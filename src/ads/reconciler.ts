@@ -263,19 +263,14 @@ export class Reconciler {
     ]);
     let dataplanes = dps.items as Resource<DataplaneSpec>[];
     if (cached) {
-      const before = this.provisionOf(cached.dataplanes).byName;
-      let same = dataplanes.length === cached.dataplanes.length;
-      dataplanes = dataplanes.map((d, i) => {
+      const prev = cached.dataplanes;
+      const before = this.provisionOf(prev).byName;
+      const reused = dataplanes.map((d) => {
         const old = before.get(d.name);
-        if (old && old.version === d.version) {
-          same &&= cached.dataplanes[i] === old;
-          return old;
-        }
-        same = false;
-        return d;
+        return old?.version === d.version ? old : d;
       });
       // None changed: the same array, so what is built from the mesh's services is found again too.
-      if (same) dataplanes = cached.dataplanes;
+      dataplanes = reused.length === prev.length && reused.every((d, i) => d === prev[i]) ? prev : reused;
     }
     return {
       mesh: m && cached?.mesh?.version === m.version ? cached.mesh : (m as Resource<MeshSpec> | undefined),

@@ -128,8 +128,8 @@ describe('reconciler: translation memo kept across rounds', () => {
   });
 
   it('a Mesh or policy change hands translation the unchanged Dataplanes and lists as the same objects', async () => {
-    const seen: { dataplane: object; dataplanes: object; services: object | undefined; mtps: object; tps: object; mesh: object }[][] = [];
-    let round: (typeof seen)[number] = [];
+    type Inputs = { dataplane: object; dataplanes: object; services: object | undefined; mtps: object; tps: object; mesh: object };
+    let round: Inputs[] = [];
     const cache = new SnapshotCache();
     const rec = new Reconciler({
       store,
@@ -152,12 +152,11 @@ describe('reconciler: translation memo kept across rounds', () => {
       await change();
       await new Promise((r) => setTimeout(r, 5));
       await rec.settle();
-      seen.push(round);
       return round;
     };
     const first = await step(async () => {});
     assert.equal(first.length, 3);
-    const byDp = (r: typeof first, name: string) => r.find((x) => (x.dataplane as Resource<DataplaneSpec>).name === name)!;
+    const byDp = (r: Inputs[], name: string) => r.find((x) => (x.dataplane as Resource<DataplaneSpec>).name === name)!;
 
     // The Mesh changed (not its mTLS): every proxy regenerated, from the same Dataplane objects,
     // the same list of them (so the same services), and the same policy lists.
