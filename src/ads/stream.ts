@@ -334,6 +334,13 @@ export class ClientView {
   }
 }
 
+/**
+ * How long a delta client back from a reconnect has to name the listeners and routes it holds
+ * (its LDS and RDS requests, which Envoy sends with its others at once) before the removal of
+ * clusters they may use goes ahead anyway (rule 8).
+ */
+const RESUME_WAIT_MS = 1000;
+
 /** The types whose responses decide what a proxy routes to (rule 8). */
 const ROUTING_TYPES = [TypeUrl.Listener, TypeUrl.RouteConfiguration] as const;
 
@@ -565,7 +572,14 @@ export class AdsStream {
   private routingPending(): boolean {
     for (const t of ROUTING_TYPES) {
       const s = this.types.get(t);
-      if (!s) continue;
+      if (!s) {
+        // A delta client back from a reconnect holds listeners and routes it has not told us of
+        // yet (they come with its own request of that type, which Envoy sends at once): until then
+        // they may use any cluster it holds (rule 8). Routes count when its listeners use some.
+        // A proxy that never asks (static listeners) gets its removals after RESUME_WAIT_MS.
+        if (this.now() < this.resumedUntil && (t === TypeUrl.Listener || this.listenersUseRoutes())) return true;
+        continue;
+      }
       if (s.inFlight) return true;
       if (this.opts.variant === 'sotw' ? this.desiredWithVersion(s).version !== s.sentVersion : this.deltaChanges(s).some) return true;
     }
@@ -605,6 +619,17 @@ export class AdsStream {
 
   private routingPendingCached = false;
 
+  /**
+   * A delta client came back holding resources (`initial_resource_versions`, rule 20): until
+   * when the listeners and routes it has not named yet count as pending (rule 8).
+   */
+  private resumedUntil = 0;
+
+  private listenersUseRoutes(): boolean {
+    for (const l of this.current(TypeUrl.Listener).values()) if (l.refs.length > 0) return true;
+    return false;
+  }
+
   // ---- incremental ------------------------------------------------------------------------
 
   private handleDelta(state: TypeState, req: DeltaDiscoveryRequest, first: boolean): void {
@@ -621,6 +646,7 @@ export class AdsStream {
     if (first || sub.includes('*') || unsub.includes('*')) state.subsDirty = true;
     for (const name of [...sub, ...unsub]) state.pending.add(name);
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
+    if (first && this.resumedUntil === 0) for (const _ in initial) this.resumedUntil = this.now() + RESUME_WAIT_MS;
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     if (sub.length + unsub.length > 0) state.subscribed = changedNames(state.subscribed, sub, unsub);
     for (const name of sub) {
@@ -715,6 +741,8 @@ export class AdsStream {
     const now = this.now();
     let wakeAt = Infinity;
     this.routingPendingCached = this.routingPending();
+    // Removals held back for a resumed client's unnamed routing state go out when the wait ends.
+    if (now < this.resumedUntil && this.routingPendingCached) wakeAt = this.resumedUntil;
     for (const typeUrl of RESPONSE_ORDER) {
       const state = this.types.get(typeUrl);
       if (!state) continue;

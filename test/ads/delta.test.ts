@@ -125,7 +125,48 @@ describe('ADS incremental (delta)', () => {
     again.delta({ type_url: CDS, resource_names_subscribe: ['*'], initial_resource_versions: { web: web.version!, api: 'stale-version', gone: 'x' } });
     const r2 = await again.next(CDS);
     assert.deepEqual(names(r2), ['api'], 'web matched and was skipped; api was outdated');
-    assert.deepEqual(r2.removed, ['gone'], 'a held resource that no longer exists is removed');
+    // It never names listeners (static ones, say): the removal waits only the resume wait (rule 8).
+    const removal = r2.removed.length > 0 ? r2 : await again.next(CDS, 3000);
+    assert.deepEqual(removal.removed, ['gone'], 'a held resource that no longer exists is removed');
+  });
+
+  it('rules 8 and 20: back from a reconnect, a cluster its held routes use goes only once the proxy has taken the new routes', async () => {
+    const id = nodeId();
+    // The routes send to api; the proxy takes everything, then its stream drops.
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'api'));
+    const first = connect(id);
+    const held = new Map<string, Record<string, string>>();
+    const take = (r: Received) => {
+      const v = held.get(r.typeUrl) ?? {};
+      for (const x of r.resources) v[x.name] = x.version!;
+      for (const x of r.removed) delete v[x];
+      held.set(r.typeUrl, v);
+      first.ack(r);
+    };
+    first.delta({ type_url: CDS });
+    first.delta({ type_url: LDS });
+    take(await first.next(CDS));
+    first.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
+    take(await first.next(EDS));
+    take(await first.next(LDS));
+    first.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
+    take(await first.next(RDS));
+    first.close();
+    // Meanwhile api goes, and the routes now send to web.
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }, 'web'));
+    const again = connect(id);
+    // As Envoy does on a new stream: every type at once, each with what it holds (rule 20).
+    again.delta({ type_url: CDS, initial_resource_versions: held.get(CDS) });
+    again.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'], initial_resource_versions: held.get(EDS) });
+    again.delta({ type_url: LDS, initial_resource_versions: held.get(LDS) });
+    again.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'], initial_resource_versions: held.get(RDS) });
+    const routes = await again.next(RDS);
+    assert.deepEqual(names(routes), ['http-routes'], 'the new routes');
+    const early = again.received.filter((r) => r.typeUrl === CDS || r.typeUrl === EDS).flatMap((r) => r.removed);
+    assert.deepEqual(early, [], 'nothing the held routes use is removed before the new routes are taken');
+    again.ack(routes);
+    const removal = await again.next(CDS);
+    assert.deepEqual([names(removal), removal.removed], [[], ['api']], 'then api goes');
   });
 
   it('rule 21: unsubscribing a name the client never had is harmless', async () => {
