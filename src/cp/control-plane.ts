@@ -26,6 +26,8 @@ export interface ControlPlane {
   readonly ads: AdsServer;
   readonly reconciler: Reconciler;
   readonly tokens: DataplaneTokens;
+  /** The meshes' CAs: trust bundles and workload certificates. */
+  readonly certificates: MeshCertificates;
   /** Stops accepting requests, lets running ones finish, then closes the store. Idempotent. */
   close(): Promise<void>;
 }
@@ -228,6 +230,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     ads,
     reconciler,
     tokens,
+    certificates,
     close() {
       closing ??= (async () => {
         serving = false;
