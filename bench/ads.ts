@@ -159,15 +159,21 @@ async function scenario(variant: 'sotw' | 'delta') {
       await watchingP;
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
+      const clientsSysBefore = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
       const at = Date.now();
       await change();
+      const apiMs = Date.now() - at;
       const seen = await seenP;
-      const rounds = cp.logs.filter((l) => l.includes('"proxy configs regenerated')).map((l) => JSON.parse(l) as { ms: number; full: number; endpointsOnly: number; time: number });
+      const rounds = cp.logs
+        .filter((l) => l.includes('"proxy configs regenerated'))
+        .map((l) => JSON.parse(l) as { ms: number; full: number; endpointsOnly: number; time: string })
+        .map((r) => ({ ...r, endsAt: Date.parse(r.time) }));
       const times = seen.flatMap((m) => m.times as number[]).map((t) => t - at);
       const listenerTimes = seen.flatMap((m) => m.listenerTimes as number[]).map((t) => t - at);
       const bytes = seen.reduce((n, m) => n + Number(m.bytes ?? 0), 0);
       const after = procStats(cp.child.pid!);
       const clientsAfter = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
+      const clientsSysAfter = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
       return {
         proxies: times.length,
         p50Ms: pct(times, 50),
@@ -177,11 +183,17 @@ async function scenario(variant: 'sotw' | 'delta') {
         // the service can be used. CPU, rounds and bytes are counted until then.
         ...(kind === 'cluster' && { listener: { p50Ms: pct(listenerTimes, 50), p99Ms: pct(listenerTimes, 99), maxMs: Math.max(...listenerTimes) } }),
         cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)),
+        // Of which in the kernel (system time): sockets, TCP on loopback.
+        cpSysSeconds: Number((after.sysSeconds - before.sysSeconds).toFixed(2)),
         // The control plane's last regeneration round: proxies rebuilt and how long until every
         // response was handed to its stream (the rest of the latency is debounce and delivery).
         cpRound: rounds.at(-1) && { ms: rounds.at(-1)!.ms, full: rounds.at(-1)!.full, endpointsOnly: rounds.at(-1)!.endpointsOnly },
+        // Where the time went, in ms from just before the API call: the call's answer, the round's
+        // start (after the debounce) and end (its log line), the first proxy to have the change.
+        timeline: { api: apiMs, roundStart: rounds.at(-1) && rounds.at(-1)!.endsAt - rounds.at(-1)!.ms - at, roundEnd: rounds.at(-1) && rounds.at(-1)!.endsAt - at, first: Math.min(...times) },
         // The simulated proxies' CPU over the same time, on the same 2 cores.
         clientsCpuSeconds: Number((clientsAfter - clientsBefore).toFixed(2)),
+        clientsSysSeconds: Number((clientsSysAfter - clientsSysBefore).toFixed(2)),
         // The CP's RSS once the change is delivered, to see whether it keeps growing.
         cpRssMB: after.rssMB,
         // Resource payload the proxies received for this change, summed over all of them.

@@ -2,12 +2,12 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
-/** RSS and CPU seconds (user + system) of a process. */
-export function procStats(pid: number): { rssMB: number; cpuSeconds: number } {
+/** RSS and CPU seconds (user + system, and system alone: the kernel's share, TCP on loopback included) of a process. */
+export function procStats(pid: number): { rssMB: number; cpuSeconds: number; sysSeconds: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const rss = Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return { rssMB: Math.round(rss), cpuSeconds: (Number(stat[11]) + Number(stat[12])) / 100 };
+  return { rssMB: Math.round(rss), cpuSeconds: (Number(stat[11]) + Number(stat[12])) / 100, sysSeconds: Number(stat[12]) / 100 };
 }
 
 export function pct(xs: number[], p: number): number {
