@@ -125,10 +125,17 @@ interface TypeState {
   toldMissing: Set<string>;
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
   forced: Set<string>;
-  /** Delta: nonces of the earlier pieces of the last response, when it was sent in pieces (see DELTA_MOST_BYTES). */
+  /**
+   * Nonces of responses sent before the last one and not answered yet: earlier responses still in
+   * flight (the client answers each in order), and for delta the earlier pieces of the last
+   * response (see DELTA_MOST_BYTES). A NACK of any of them counts (rule 5), though SotW ignores
+   * such a stale request otherwise (rule 11).
+   */
   pieceNonces: readonly string[];
-  /** Delta: one of those pieces was rejected, so the last piece's ACK does not make the response acknowledged. */
+  /** One of those was rejected, so the last response's ACK does not make it acknowledged. */
   pieceNacked: boolean;
+  /** Delta: names removed by responses not acknowledged yet (after a NACK the proxy may still hold them). */
+  removedSinceAck: readonly string[];
   /** A response of this type was over GRPC_DEFAULT_RECEIVE_BYTES (reported once per stream and type). */
   oversized: boolean;
 }
@@ -341,6 +348,12 @@ export class ClientView {
  */
 const RESUME_WAIT_MS = 1000;
 
+/** How many unanswered responses of a type a delta stream keeps the nonces of (a client that never answers holds no more). */
+const UNANSWERED_KEPT = 32;
+
+/** Delta: a name the client may hold at an unknown version (after a NACK), so it is removed or sent again. */
+const MAY_HOLD = '';
+
 /** The types whose responses decide what a proxy routes to (rule 8). */
 const ROUTING_TYPES = [TypeUrl.Listener, TypeUrl.RouteConfiguration] as const;
 
@@ -460,7 +473,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, oversized: false };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -496,9 +509,12 @@ export class AdsStream {
   private handleSotw(state: TypeState, req: DiscoveryRequest, first: boolean): void {
     const nonce = req.response_nonce ?? '';
     if (nonce !== '') {
-      // Rule 1 and 11: a nonce we did not send last on this stream for this type is stale.
+      // Rule 1 and 11: a nonce we did not send last on this stream for this type is stale, and so
+      // are the names it asks for. Rule 5: yet its NACK says the proxy may lack what that earlier
+      // response carried (EDS, RDS and SDS responses carry only what changed).
       if (nonce !== state.lastNonce) {
-        this.opts.hooks.onIgnored(this.nodeId, 'stale_nonce');
+        if (state.pieceNonces.includes(nonce)) this.pieceAnswered(state, req.error_detail);
+        else this.opts.hooks.onIgnored(this.nodeId, 'stale_nonce');
         return;
       }
       this.ackOrNack(state, req.error_detail, req.version_info ?? '');
@@ -544,6 +560,30 @@ export class AdsStream {
     state.pieceNacked = true;
     state.backoffUntil = this.now() + this.opts.nackBackoffMs;
     this.opts.hooks.onNack(this.nodeId!, state.typeUrl, state.sentVersion ?? '', error.message ?? `code ${error.code}`);
+    this.resync(state);
+  }
+
+  /**
+   * Rule 5: after a NACK the proxy holds an unknown part of what it was sent (Envoy applies the
+   * resources it accepts and rejects the rest), so when the backoff ends this type is sent again
+   * whole, the rejected config included, and again after each further NACK, as Kuma retries: a
+   * rejection that was transient heals, and the proxy and this stream agree again on what it
+   * holds. Until its answer, the routes it holds are not known (rule 8 keeps their clusters).
+   */
+  private resync(state: TypeState): void {
+    const wanted = wantedPart(this.current(state.typeUrl), state.wildcard, state.subscribed);
+    if (this.opts.variant === 'sotw') state.sentVersion = undefined;
+    else {
+      for (const n of wanted.keys()) state.forced.add(n);
+      for (const n of state.removedSinceAck) if (!wanted.has(n)) state.clientHas.set(n, MAY_HOLD);
+      state.settled = undefined;
+    }
+    // Rule 9: clusters sent again bring their endpoints again.
+    const eds = state.typeUrl === TypeUrl.Cluster ? this.types.get(TypeUrl.ClusterLoadAssignment) : undefined;
+    if (eds) {
+      for (const c of wanted.values()) for (const ref of c.refs) eds.forced.add(ref);
+      eds.settled = undefined;
+    }
   }
 
   private ackOrNack(state: TypeState, error: DiscoveryRequest['error_detail'], version: string): void {
@@ -551,14 +591,19 @@ export class AdsStream {
     const nodeId = this.nodeId!;
     if (state.pieceNacked) {
       // A piece of this response was rejected (recorded then): the proxy does not hold all of it.
-      if (error && (error.message || error.code)) state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+      if (error && (error.message || error.code)) {
+        state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+        this.resync(state);
+      }
       return;
     }
     // Rule 4 and 5: a NACK is known by error_detail, never by comparing versions.
     if (error && (error.message || error.code)) {
       state.backoffUntil = this.now() + this.opts.nackBackoffMs;
       this.opts.hooks.onNack(nodeId, state.typeUrl, state.sentVersion ?? version, error.message ?? `code ${error.code}`);
+      this.resync(state);
     } else {
+      if (state.removedSinceAck.length > 0) state.removedSinceAck = NO_NONCES;
       state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
       this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
     }
@@ -743,13 +788,18 @@ export class AdsStream {
     this.routingPendingCached = this.routingPending();
     // Removals held back for a resumed client's unnamed routing state go out when the wait ends.
     if (now < this.resumedUntil && this.routingPendingCached) wakeAt = this.resumedUntil;
+    let clustersWait = false;
     for (const typeUrl of RESPONSE_ORDER) {
       const state = this.types.get(typeUrl);
       if (!state) continue;
       if (now < state.backoffUntil) {
         wakeAt = Math.min(wakeAt, state.backoffUntil);
+        clustersWait ||= typeUrl === TypeUrl.Cluster;
         continue;
       }
+      // Rule 8: while clusters wait out a NACK's backoff, listeners and routes (which may use new
+      // ones) wait with them; they follow the clusters when those go again.
+      if (clustersWait && (typeUrl === TypeUrl.Listener || typeUrl === TypeUrl.RouteConfiguration)) continue;
       const sent = this.opts.variant === 'sotw' ? this.sendSotw(state) : this.sendDelta(state);
       if (sent === 'blocked') {
         // The rest waits too, so the order above holds; pump runs again when the budget opens.
@@ -783,6 +833,7 @@ export class AdsStream {
     if (this.blocked()) return 'blocked';
     this.markClusterChanges(state, desired.values(), (n) => state.sent.get(n)?.version);
     const nonce = this.nextNonce();
+    const earlier = state.inFlight && state.lastNonce !== undefined ? [...state.pieceNonces, state.lastNonce].slice(-UNANSWERED_KEPT) : NO_NONCES;
     // Rule 14: LDS and CDS carry the full set; RDS, EDS and SDS only what the client lacks (new,
     // changed or forced), so one service's endpoints changing costs each proxy one resource.
     const fullState = state.typeUrl === TypeUrl.Listener || state.typeUrl === TypeUrl.Cluster || state.sentVersion === undefined;
@@ -794,6 +845,8 @@ export class AdsStream {
       (r) => ({ type_url: state.typeUrl, value: r.bytes }),
     );
     this.record(state, nonce, version);
+    state.pieceNonces = earlier;
+    state.pieceNacked = false;
     state.sent = desired;
     if (state.forced.size > 0) state.forced.clear(); // clear() allocates even when empty
     const bytes = bytesOf(resources);
@@ -832,8 +885,12 @@ export class AdsStream {
     }
     if (state.forced.size > 0) state.forced.clear();
     this.synced(state, all, changes);
+    // Responses still unanswered stay answerable: the client answers each, in order.
+    const earlier = state.inFlight && state.lastNonce !== undefined ? [...state.pieceNonces, state.lastNonce].slice(-UNANSWERED_KEPT) : NO_NONCES;
+    if (!state.inFlight) state.removedSinceAck = removed.length > 0 ? removed : NO_NONCES;
+    else if (removed.length > 0) state.removedSinceAck = state.removedSinceAck.concat(removed);
     this.record(state, nonce, this.snapshot.version);
-    state.pieceNonces = responses.length === 1 ? NO_NONCES : responses.slice(0, -1).map((r) => r.nonce);
+    state.pieceNonces = responses.length === 1 ? earlier : earlier.concat(responses.slice(0, -1).map((r) => r.nonce));
     state.pieceNacked = false;
     for (const [i, res] of responses.entries()) {
       const bytes = bytesOf(runs[i]!);

@@ -214,6 +214,44 @@ describe('ADS incremental (delta)', () => {
     assert.deepEqual(order, [CDS, EDS, LDS, RDS]);
   });
 
+  it('rules 5 and 17: after a NACK, once the backoff is over, the type comes again whole, and what the rejected response removed is removed again', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
+    c.ack(await c.next(EDS));
+    // web's endpoints change and api's go; the proxy takes none of it (Envoy may take part).
+    ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]] }));
+    const rejected = await c.next(EDS);
+    assert.deepEqual([names(rejected), rejected.removed], [['web'], ['api']]);
+    const t0 = Date.now();
+    c.nack(rejected, 'endpoints rejected');
+    assert.ok(await c.quiet(250, EDS), 'nothing before the backoff');
+    const again = await c.next(EDS, 3000);
+    assert.ok(Date.now() - t0 >= 380, `after the backoff (${Date.now() - t0} ms)`);
+    assert.deepEqual([names(again), again.removed], [names(rejected), rejected.removed], 'the same answer again, whole');
+    c.ack(again);
+    assert.ok(await c.quiet(600, EDS), 'once ACKed, nothing more');
+  });
+
+  it('rule 5: a NACK of an earlier response still in flight counts, though a later one was sent since', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+    c.ack(await c.next(EDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.2', 80]] }));
+    const first = await c.next(EDS);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.2', 80], ['10.0.0.3', 80]] }));
+    const second = await c.next(EDS);
+    // The proxy answers both in order: it rejected the first, so it may not hold what the second built on.
+    c.nack(first, 'endpoints rejected');
+    c.ack(second);
+    const again = await c.next(EDS, 3000);
+    assert.deepEqual(names(again), ['web'], 'sent again whole after the backoff');
+    assert.equal(ads.server.status.get(id)!.types.EDS!.lastNack?.message, 'endpoints rejected');
+  });
+
   it('rule 8: a removal held back for pending routes still goes out when the snapshot returns to the clusters the proxy had', async () => {
     const id = nodeId();
     const a = () => meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] });

@@ -6,6 +6,7 @@ import { adsSuite, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
 const nodeId = () => `default.sotw-${++n}`;
+const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
 
 describe('ADS state of the world', () => {
   const suite = adsSuite('sotw', { nackBackoffMs: 400 });
@@ -65,25 +66,93 @@ describe('ADS state of the world', () => {
     assert.ok(await c.quiet(200, CDS), 'an identical snapshot sends nothing');
   });
 
-  it('rule 5: a NACK is recorded with its error; the same config is not resent; a new one waits out the backoff', async () => {
+  it('rule 5: a NACK is recorded with its error; the config is retried only after the backoff, as is a new one', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
     const c = connect(id);
     c.subscribe(CDS, []);
     const r = await c.next(CDS);
+    const t0 = Date.now();
     c.nack(r, 'cluster web: bad thing');
-    assert.ok(await c.quiet(600, CDS), 'no hot loop resending the rejected config');
+    assert.ok(await c.quiet(250, CDS), 'no hot loop resending the rejected config');
     const st = ads.server.status.get(id)!.types.CDS!;
     assert.equal(st.lastNack?.message, 'cluster web: bad thing');
     assert.equal(st.lastNack?.version, r.version);
     assert.equal(st.lastAckedVersion, undefined);
-    c.nack(r, 'again'); // the same nonce is still the latest: a second NACK restarts the backoff
-    const t0 = Date.now();
+    const retry = await c.next(CDS, 3000);
+    assert.ok(Date.now() - t0 >= 380, `retried after the backoff (400 ms), not before (${Date.now() - t0} ms)`);
+    assert.equal(retry.version, r.version, 'the same config, whole');
+    assert.deepEqual(names(retry), ['web']);
+    assert.notEqual(retry.nonce, r.nonce);
+    const t1 = Date.now();
+    c.nack(retry, 'again');
     await new Promise((res) => setTimeout(res, 100));
     ads.cache.set(id, meshSet({ web: [['10.0.0.2', 80]], api: [['10.0.0.3', 80]] }));
     const next = await c.next(CDS, 3000);
-    assert.ok(Date.now() - t0 >= 300, `sent after the backoff, not at once (${Date.now() - t0} ms)`);
+    assert.ok(Date.now() - t1 >= 380, `a new config waits out the backoff too (${Date.now() - t1} ms)`);
     assert.equal(next.resources.length, 2);
+    c.ack(next);
+    assert.ok(await c.quiet(600, CDS), 'once ACKed, nothing more');
+    assert.equal(ads.server.status.get(id)!.types.CDS!.lastAckedVersion, next.version);
+  });
+
+  it('rules 5 and 8: while the proxy has rejected its new routes, the clusters its old routes use stay', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'api'));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.ack(await c.next(CDS));
+    c.subscribe(RDS, ['http-routes']);
+    c.ack(await c.next(RDS));
+    // api goes, and the routes move to web; the proxy rejects the new routes and keeps its own.
+    // (The clusters the proxy holds stay as they are while the routes are in flight: no CDS yet.)
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }, 'web'));
+    c.nack(await c.next(RDS), 'route rejected');
+    assert.ok(await c.quiet(250, CDS), 'api is not dropped while the proxy routes to it');
+    const retried = await c.next(RDS, 3000);
+    assert.deepEqual(names(retried), ['http-routes'], 'the routes again, after the backoff');
+    c.ack(retried);
+    const after = await c.next(CDS);
+    assert.deepEqual(names(after), ['web'], 'api goes once the routes that left it are taken');
+  });
+
+  it('rules 5 and 8: while clusters wait out a NACK, routes that would use a new one wait with them', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = connect(id);
+    c.subscribe(CDS, []);
+    c.ack(await c.next(CDS));
+    c.subscribe(RDS, ['http-routes']);
+    c.ack(await c.next(RDS));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'web'));
+    c.nack(await c.next(CDS), 'cluster api rejected');
+    while (!ads.server.status.get(id)!.types.CDS!.lastNack) await new Promise((r) => setTimeout(r, 5));
+    // Meanwhile the routes move to api, which the proxy does not hold.
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'api'));
+    assert.ok(await c.quiet(250, RDS), 'no route to a cluster the proxy lacks');
+    const order = [];
+    for (let i = 0; i < 2; i++) order.push((await c.next(undefined, 3000)).typeUrl);
+    assert.deepEqual(order, [CDS, RDS], 'after the backoff: the clusters again, then the routes');
+  });
+
+  it('rules 5 and 11: the NACK of an earlier response still in flight counts, though its request is otherwise stale', async () => {
+    const id = nodeId();
+    const set = (web: string, api: string) => meshSet({ web: [[web, 80]], api: [[api, 80]] });
+    ads.cache.set(id, set('10.0.0.1', '10.0.0.2'));
+    const c = connect(id);
+    c.subscribe(EDS, ['web', 'api']);
+    c.ack(await c.next(EDS));
+    ads.cache.set(id, set('10.0.0.11', '10.0.0.2'));
+    const first = await c.next(EDS);
+    ads.cache.set(id, set('10.0.0.11', '10.0.0.12'));
+    const second = await c.next(EDS);
+    assert.deepEqual([names(first), names(second)], [['web'], ['api']], 'each carries only what changed (rule 14)');
+    // The proxy answers both in order: it rejected web's endpoints, took api's.
+    c.nack(first, 'endpoints of web rejected', '', ['web', 'api']);
+    c.ack(second);
+    const again = await c.next(EDS, 3000);
+    assert.deepEqual(names(again), ['api', 'web'], 'after the backoff, the type again whole');
+    assert.equal(ads.server.status.get(id)!.types.EDS!.lastNack?.message, 'endpoints of web rejected');
   });
 
   it('rule 8: on a change, clusters go first, then endpoints, listeners and routes', async () => {
