@@ -130,16 +130,28 @@ export class EnvoyLikeProxy {
    * LDS response, that the proxy holds a consistent config. (Delta clients name what they hold.)
    */
   private resyncing: 'no' | 'before LDS' | 'after LDS' = 'no';
+  /** Clusters it was sent and rejected: a listener using one is its own doing, not the server's. */
+  private readonly declined = new Set<string>();
   private acked = new Map<string, string>();
   private nonces = new Map<string, string>();
   private client?: XdsTestClient;
   responses = 0;
+  nacks = 0;
 
   constructor(
     readonly nodeId: string,
     readonly variant: 'sotw' | 'delta',
     private readonly address: string,
-    private readonly opts: { tlsCa?: string; rng: () => number },
+    private readonly opts: {
+      tlsCa?: string;
+      rng: () => number;
+      /**
+       * How often a response is rejected (0-1). A rejected response is NACKed; half the time none
+       * of it is taken, half the time some of its resources are (Envoy takes what it can), never
+       * its removals.
+       */
+      nackRate?: number;
+    },
   ) {}
 
   connect(): void {
@@ -195,21 +207,32 @@ export class EnvoyLikeProxy {
       const any = (this.variant === 'sotw' ? x : x.resource) as { type_url: string; value: Uint8Array };
       return [r.resources[i]!.name, heldOf(any.type_url, any.value, r.resources[i]!.version)] as const;
     });
-    if (this.variant === 'sotw' && !named) {
-      held.clear(); // LDS and CDS carry the full set (XDS-RULES 14)
+    const reject = this.opts.rng() < (this.opts.nackRate ?? 0) ? (this.opts.rng() < 0.5 ? 'whole' : 'partly') : undefined;
+    if (reject === undefined) {
+      if (this.variant === 'sotw' && !named) held.clear(); // LDS and CDS carry the full set (XDS-RULES 14)
+      for (const n of r.removed) held.delete(n);
     }
     for (const [name, h] of incoming) {
       // A named type: a resource no longer asked for (the unsubscription crossed it) is dropped, as Envoy does.
       if (named && !named.has(name)) continue;
+      if (reject === 'whole' || (reject === 'partly' && this.opts.rng() < 0.5)) {
+        if (t === TypeUrl.Cluster) this.declined.add(name);
+        continue;
+      }
       held.set(name, h);
+      if (t === TypeUrl.Cluster) this.declined.delete(name);
     }
-    for (const n of r.removed) held.delete(n);
-    this.trace.push(`got ${short(t)} ${r.nonce}: [${incoming.map(([n]) => n).join(' ')}]${r.removed.length ? ` removed [${r.removed.join(' ')}]` : ''}`);
+    this.trace.push(`got ${short(t)} ${r.nonce}: [${incoming.map(([n]) => n).join(' ')}]${r.removed.length ? ` removed [${r.removed.join(' ')}]` : ''}${reject ? `, rejected (${reject})` : ''}`);
     this.nonces.set(t, r.nonce);
     if (t === TypeUrl.Listener && this.resyncing === 'before LDS') this.resyncing = 'after LDS';
     this.checkClusters(t);
     const ack = () => {
-      if (this.variant === 'sotw') {
+      if (reject) {
+        this.nacks++;
+        const error_detail = { code: 3, message: `${this.nodeId} rejects ${r.nonce}` };
+        if (this.variant === 'sotw') client.request(t, named ? [...named] : [], { version_info: this.acked.get(t) ?? '', response_nonce: r.nonce, error_detail });
+        else client.delta({ type_url: t, response_nonce: r.nonce, error_detail });
+      } else if (this.variant === 'sotw') {
         this.acked.set(t, r.version);
         client.request(t, named ? [...named] : [], { version_info: r.version, response_nonce: r.nonce });
       } else client.delta({ type_url: t, response_nonce: r.nonce });
@@ -264,7 +287,7 @@ export class EnvoyLikeProxy {
       }
       for (const [who, body] of users) {
         for (const c of clustersUsedBy(body)) {
-          if (!clusters.has(c)) found.push(`after a ${short(after)} response, ${who} sends to cluster ${c}, which the proxy does not hold (XDS-RULES 8)`);
+          if (!clusters.has(c) && !this.declined.has(c)) found.push(`after a ${short(after)} response, ${who} sends to cluster ${c}, which the proxy does not hold (XDS-RULES 8)`);
         }
       }
     }
