@@ -31,9 +31,17 @@ import { seeded } from '../helpers/seeded.js';
  * (default 4), WEFT_MODEL_STEPS the number of changes each (default 60).
  */
 
-const MESH = 'model';
+/**
+ * Two meshes with the same Dataplane and service names: a proxy must see nothing of the other
+ * mesh. The second is smaller, changes less often, and is now and then deleted (its resources go
+ * with it) and made again.
+ */
+const MESHES = ['model', 'other'] as const;
+type MeshName = (typeof MESHES)[number];
 const SERVICES = ['web', 'api', 'db', 'cache', 'pay'];
 const NAMES = Array.from({ length: 8 }, (_, i) => `dp-${i}`);
+/** gRPC apps on grpc-js-xds (now and then registered as sidecars, as others now and then as proxyless). */
+const PROXYLESS = new Set(['dp-6', 'dp-7']);
 
 /** What the histories run against: a store to change, and an ADS port serving it. */
 interface Plane {
@@ -122,6 +130,7 @@ async function tightParts(): Promise<Plane> {
 
 class World {
   readonly log: string[] = [];
+  /** By node id. */
   readonly proxies = new Map<string, EnvoyLikeProxy>();
   /** Every proxy the history made, those that left too. */
   readonly everyone: EnvoyLikeProxy[] = [];
@@ -135,19 +144,21 @@ class World {
 
   /** Writes a resource given as a user writes it (Kuma's Universal form), validated and defaulted as the API does. */
   private async put(input: Record<string, unknown>): Promise<void> {
+    const { resource } = decodeResource(input, defaultRegistry());
+    if (resource.mesh !== '' && !(await this.cp.store.get({ type: 'Mesh', mesh: '', name: resource.mesh }))) return; // its mesh is gone
     this.log.push(`apply ${JSON.stringify(input)}`);
-    await this.cp.store.upsert(decodeResource(input, defaultRegistry()).resource);
+    await this.cp.store.upsert(resource);
   }
 
-  private async remove(type: string, name: string): Promise<void> {
-    const key = { type, mesh: type === 'Mesh' ? '' : MESH, name };
+  private async remove(type: string, mesh: MeshName, name: string): Promise<void> {
+    const key = { type, mesh: type === 'Mesh' ? '' : mesh, name };
     if (!(await this.cp.store.get(key))) return;
-    this.log.push(`delete ${type} ${name}`);
+    this.log.push(`delete ${type} ${type === 'Mesh' ? '' : `${mesh}/`}${name}`);
     await this.cp.store.delete(key);
   }
 
-  private dataplane(name: string): Record<string, unknown> {
-    const proxyless = this.rng() < 0.1;
+  private dataplane(mesh: MeshName, name: string): Record<string, unknown> {
+    const proxyless = this.rng() < (PROXYLESS.has(name) ? 0.9 : 0.05);
     const inbound = (service: string, port: number) => ({
       port,
       tags: { 'kuma.io/service': service, 'kuma.io/protocol': this.pick(['tcp', 'http', 'grpc']), ...(this.rng() < 0.3 ? { version: this.pick(['v1', 'v2']) } : {}) },
@@ -160,18 +171,18 @@ class World {
     if (this.rng() < 0.1) tp.directAccessServices = this.rng() < 0.5 ? ['*'] : this.some(SERVICES);
     return {
       type: 'Dataplane',
-      mesh: MESH,
+      mesh,
       name,
       labels: proxyless ? { [PROXYLESS_LABEL]: 'true' } : {},
       networking: { address: `10.0.0.${1 + Math.floor(this.rng() * 12)}`, inbound: inbounds, ...(proxyless ? {} : { transparentProxying: tp }) },
     };
   }
 
-  private mesh(): Record<string, unknown> {
+  private mesh(name: MeshName): Record<string, unknown> {
     const mtls = this.pick(['off', 'PERMISSIVE', 'STRICT'] as const);
     return {
       type: 'Mesh',
-      name: MESH,
+      name,
       networking: { outbound: { passthrough: this.rng() < 0.6 } },
       ...(mtls !== 'off' && { mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', mode: mtls }] } }),
     };
@@ -181,61 +192,80 @@ class World {
     return this.rng() < 0.3 ? { kind: 'Mesh' } : { kind: 'MeshService', name: this.pick(SERVICES) };
   }
 
-  async setup(): Promise<void> {
-    await this.put(this.mesh());
-    for (const n of NAMES.slice(0, 5)) await this.put(this.dataplane(n));
-    await this.put({ type: 'TrafficPermission', mesh: MESH, name: 'allow-all', sources: [{ match: { 'kuma.io/service': '*' } }], destinations: [{ match: { 'kuma.io/service': '*' } }] });
-    for (const n of NAMES.slice(0, 4)) this.connect(n);
+  private allowAll(mesh: MeshName): Record<string, unknown> {
+    return { type: 'TrafficPermission', mesh, name: 'allow-all', sources: [{ match: { 'kuma.io/service': '*' } }], destinations: [{ match: { 'kuma.io/service': '*' } }] };
   }
 
-  private connect(name: string): void {
-    const variant = this.rng() < 0.5 ? 'sotw' : 'delta';
-    const p = new EnvoyLikeProxy(`${MESH}.${name}`, variant, this.cp.xdsAddress, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE });
-    this.proxies.set(name, p);
+  async setup(): Promise<void> {
+    for (const m of MESHES) {
+      await this.put(this.mesh(m));
+      for (const n of [...NAMES.slice(0, m === 'model' ? 5 : 3), 'dp-6']) await this.put(this.dataplane(m, n));
+      await this.put(this.allowAll(m));
+    }
+    for (const n of [...NAMES.slice(0, 4), 'dp-6']) this.connect('model', n);
+    for (const n of NAMES.slice(0, 2)) this.connect('other', n);
+  }
+
+  private connect(mesh: MeshName, name: string): void {
+    // gRPC apps ask as grpc-js-xds does (SotW): the services they call, the ports they serve.
+    const grpc = PROXYLESS.has(name) && this.rng() < 0.8 ? { listeners: [...this.some(SERVICES), ...this.some([8080, 9090, 7070]).map((port) => `grpc/server?xds.resource.listening_address=0.0.0.0:${port}`)] } : undefined;
+    const variant = grpc || this.rng() < 0.5 ? 'sotw' : 'delta';
+    const id = `${mesh}.${name}`;
+    const p = new EnvoyLikeProxy(id, variant, this.cp.xdsAddress, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
+    this.proxies.set(id, p);
     this.everyone.push(p);
     p.connect();
-    this.log.push(`connect ${name} (${variant})`);
+    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''})`);
   }
 
   /** One random change to the store or to the proxies. */
   async step(): Promise<void> {
     const r = this.rng();
+    const mesh: MeshName = this.rng() < 0.75 ? 'model' : 'other';
     const name = this.pick(NAMES);
-    if (r < 0.34) await this.put(this.dataplane(name));
-    else if (r < 0.4) await this.remove('Dataplane', name);
+    const id = `${mesh}.${name}`;
+    if (r < 0.34) await this.put(this.dataplane(mesh, name));
+    else if (r < 0.4) await this.remove('Dataplane', mesh, name);
     else if (r < 0.47) {
       const n = `tp-${Math.floor(this.rng() * 2)}`;
-      if (this.rng() < 0.3) await this.remove('TrafficPermission', n);
+      if (this.rng() < 0.3) await this.remove('TrafficPermission', mesh, n);
       else {
         const [from, to] = [this.pick([...SERVICES, '*']), this.pick([...SERVICES, '*'])];
-        await this.put({ type: 'TrafficPermission', mesh: MESH, name: n, sources: [{ match: { 'kuma.io/service': from } }], destinations: [{ match: { 'kuma.io/service': to } }] });
+        await this.put({ type: 'TrafficPermission', mesh, name: n, sources: [{ match: { 'kuma.io/service': from } }], destinations: [{ match: { 'kuma.io/service': to } }] });
       }
     } else if (r < 0.54) {
       const n = `mtp-${Math.floor(this.rng() * 2)}`;
-      if (this.rng() < 0.3) await this.remove('MeshTrafficPermission', n);
+      if (this.rng() < 0.3) await this.remove('MeshTrafficPermission', mesh, n);
       else {
         const spec = { targetRef: this.ref(), from: [{ targetRef: this.ref(), default: { action: this.pick(['Allow', 'Deny', 'AllowWithShadowDeny']) } }] };
-        await this.put({ type: 'MeshTrafficPermission', mesh: MESH, name: n, spec });
+        await this.put({ type: 'MeshTrafficPermission', mesh, name: n, spec });
       }
-    } else if (r < 0.61) await this.put(this.mesh());
-    else if (r < 0.71) {
-      const p = this.proxies.get(name);
+    } else if (r < 0.58) await this.put(this.mesh(mesh));
+    else if (r < 0.61) {
+      // The second mesh goes, with everything in it (its proxies get an empty config), or comes back.
+      if (await this.cp.store.get({ type: 'Mesh', mesh: '', name: 'other' })) await this.remove('Mesh', 'other', 'other');
+      else {
+        await this.put(this.mesh('other'));
+        await this.put(this.allowAll('other'));
+      }
+    } else if (r < 0.71) {
+      const p = this.proxies.get(id);
       if (p) {
-        this.log.push(`reconnect ${name}`);
+        this.log.push(`reconnect ${id}`);
         p.reconnect();
-      } else this.connect(name);
+      } else this.connect(mesh, name);
     } else if (r < 0.76) {
-      const p = this.proxies.get(name);
+      const p = this.proxies.get(id);
       if (p) {
-        this.log.push(`disconnect ${name}`);
+        this.log.push(`disconnect ${id}`);
         p.close();
-        this.proxies.delete(name);
+        this.proxies.delete(id);
       }
     } else if (r < 0.84) {
       // A proxy's stream drops and comes back a little later, the changes meanwhile unseen.
-      const p = this.proxies.get(name);
+      const p = this.proxies.get(id);
       if (p) {
-        this.log.push(`drop ${name}`);
+        this.log.push(`drop ${id}`);
         p.disconnect();
         setTimeout(() => p.connect(), Math.floor(this.rng() * 40));
       }
@@ -246,23 +276,24 @@ class World {
     }
   }
 
-  /** What a fresh translation of the store gives the proxy `name`, as it would hold it. */
-  private async expected(name: string): Promise<Map<string, Map<string, Held>>> {
+  /** What a fresh translation of the store gives the proxy `id` (`<mesh>.<name>`), as it would hold it. */
+  private async expected(id: string): Promise<Map<string, Map<string, Held>>> {
     const out = new Map<string, Map<string, Held>>(ALL_TYPES.map((t) => [t, new Map()]));
     const s = this.cp.store;
-    const mesh = (await s.get({ type: 'Mesh', mesh: '', name: MESH })) as Resource<MeshSpec> | undefined;
-    const dataplanes = (await s.list('Dataplane', { mesh: MESH })).items as Resource<DataplaneSpec>[];
+    const [meshName, name] = id.split('.') as [string, string];
+    const mesh = (await s.get({ type: 'Mesh', mesh: '', name: meshName })) as Resource<MeshSpec> | undefined;
+    const dataplanes = (await s.list('Dataplane', { mesh: meshName })).items as Resource<DataplaneSpec>[];
     const dataplane = dataplanes.find((d) => d.name === name);
     if (!mesh || !dataplane) return out; // no such Dataplane: an empty config
     const set = generateProxyConfig({
       mesh,
       dataplane,
       dataplanes,
-      trafficPermissions: (await s.list('TrafficPermission', { mesh: MESH })).items as Resource<TrafficPermissionSpec>[],
-      meshTrafficPermissions: (await s.list('MeshTrafficPermission', { mesh: MESH })).items as Resource<MeshTrafficPermissionBody>[],
-      trustBundle: enabledMtlsBackend(mesh.spec) ? await this.cp.trustBundle(MESH) : [],
+      trafficPermissions: (await s.list('TrafficPermission', { mesh: meshName })).items as Resource<TrafficPermissionSpec>[],
+      meshTrafficPermissions: (await s.list('MeshTrafficPermission', { mesh: meshName })).items as Resource<MeshTrafficPermissionBody>[],
+      trustBundle: enabledMtlsBackend(mesh.spec) ? await this.cp.trustBundle(meshName) : [],
     });
-    const snapshot = buildSnapshot(new ResourceEncoder(), `${MESH}.${name}`, set);
+    const snapshot = buildSnapshot(new ResourceEncoder(), `${meshName}.${name}`, set);
     for (const [t, byName] of snapshot.resources) for (const [n, r] of byName) out.get(t)!.set(n, heldOf(t, r.bytes, r.version));
     return out;
   }
@@ -274,13 +305,17 @@ class World {
     for (const t of ALL_TYPES) {
       const held = p.held.get(t)!;
       const expected = want.get(t)!;
-      const named = p.subscribed.get(t);
-      // Wildcard types: everything; named ones: what the proxy asks for, which must all exist.
-      const names = named ?? new Set(expected.keys());
+      const asked = p.asksFor(t);
+      // Wildcard types: everything; named ones: what the proxy asks for, which must exist (but
+      // the services a gRPC app may call); types it never asks for: nothing.
+      const names = asked === 'all' ? new Set(expected.keys()) : (asked ?? new Set<string>());
+      const named = asked !== 'all';
       for (const n of names) {
         const e = expected.get(n);
         const h = held.get(n);
-        if (!e) out.push(`${short(t)} ${n}: the proxy asks for it, translation has none`);
+        if (!e && p.optional(t)) {
+          if (h) out.push(`${short(t)} ${n}: held, translation has none`);
+        } else if (!e) out.push(`${short(t)} ${n}: the proxy asks for it, translation has none`);
         else if (!h) out.push(`${short(t)} ${n}: missing`);
         else if (h.canonical !== e.canonical) out.push(`${short(t)} ${n}: differs\n    held ${h.canonical.slice(0, 600)}\n    want ${e.canonical.slice(0, 600)}`);
         else if (p.variant === 'delta' && h.version !== e.version) out.push(`${short(t)} ${n}: version ${h.version}, translation's ${e.version}`);
@@ -302,7 +337,7 @@ class World {
       for (const [name, p] of this.proxies) {
         if (!p.connected) continue; // dropped: it comes back (and is checked) later
         const d = this.differences(p, want.get(name)!);
-        if (d.length > 0) bad.push(`${p.nodeId} (${p.variant}):\n  ${d.join('\n  ')}`);
+        if (d.length > 0) bad.push(`${p.nodeId} (${p.variant}${p.flavour === 'grpc' ? ', grpc' : ''}):\n  ${d.join('\n  ')}`);
         if (d.length > 0) firstBad ??= p;
       }
       const violations = [...this.proxies.values()].flatMap((p) => p.violations.map((v) => `${p.nodeId} (${p.variant}): ${v}`));

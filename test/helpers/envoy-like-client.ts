@@ -109,17 +109,23 @@ export function clustersUsedBy(resource: Record<string, unknown>): string[] {
 }
 
 /**
- * A proxy that speaks ADS as Envoy does, on a real gRPC stream (SotW or delta): CDS and LDS by
- * wildcard; EDS, RDS and SDS by the names its clusters and listeners refer to, subscribed and
- * unsubscribed as those change; every response applied and ACKed; and after a reconnect, what it
- * holds announced (SotW: the versions it ACKed; delta: `initial_resource_versions`). It keeps the
- * config it holds (`held`) and records any moment when a listener or route it holds sends traffic to
- * a cluster it does not hold (XDS-RULES 8), which Envoy would answer with "cluster not found".
+ * A proxy on a real gRPC stream that subscribes as Envoy or as grpc-js-xds does:
+ * - `envoy` (SotW or delta): CDS and LDS by wildcard; EDS, RDS and SDS by the names its clusters
+ *   and listeners refer to;
+ * - `grpc` (SotW only, as grpc-js-xds): every type by name: LDS for the services it calls and
+ *   the server listeners it binds, RDS for what those listeners use, CDS for the clusters its
+ *   routes send to, EDS for those clusters.
+ * Names are subscribed and unsubscribed as what refers to them changes; every response is applied
+ * and ACKed (or now and then rejected); after a reconnect it announces what it holds (SotW: the
+ * versions it ACKed; delta: `initial_resource_versions`). It keeps the config it holds (`held`)
+ * and records any moment when a listener or route it holds sends traffic to a cluster it lacks
+ * (XDS-RULES 8: Envoy answers "cluster not found"; for grpc, a cluster taken away while its routes
+ * still use it, since grpc-js asks for clusters only after the routes that use them).
  */
 export class EnvoyLikeProxy {
   readonly held = new Map<string, Map<string, Held>>(ALL_TYPES.map((t) => [t, new Map()]));
-  /** Named subscriptions, as last asked for. */
-  readonly subscribed = new Map<string, Set<string>>(NAMED.map((t) => [t, new Set()]));
+  /** Types asked for by name, and the names last asked for. */
+  readonly subscribed: Map<string, Set<string>>;
   readonly violations: string[] = [];
   /** What happened on the proxy's streams, most recent last (for failure reports). */
   readonly trace: string[] = [];
@@ -135,6 +141,7 @@ export class EnvoyLikeProxy {
   private acked = new Map<string, string>();
   private nonces = new Map<string, string>();
   private client?: XdsTestClient;
+  private readonly wildcard: readonly string[];
   responses = 0;
   nacks = 0;
 
@@ -151,8 +158,30 @@ export class EnvoyLikeProxy {
        * its removals.
        */
       nackRate?: number;
+      /** Subscribe as grpc-js-xds does (SotW only), asking for these listeners. */
+      grpc?: { listeners: string[] };
     },
-  ) {}
+  ) {
+    if (opts.grpc && variant !== 'sotw') throw new Error('grpc-js-xds speaks SotW only');
+    this.wildcard = opts.grpc ? [] : WILDCARD;
+    const named = opts.grpc ? [TypeUrl.Listener, TypeUrl.RouteConfiguration, TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment] : NAMED;
+    this.subscribed = new Map(named.map((t) => [t, new Set<string>()]));
+    if (opts.grpc) this.subscribed.set(TypeUrl.Listener, new Set(opts.grpc.listeners));
+  }
+
+  get flavour(): 'envoy' | 'grpc' {
+    return this.opts.grpc ? 'grpc' : 'envoy';
+  }
+
+  /** What it asks for of a type: all of it (wildcard), these names, or none of it (grpc: SDS). */
+  asksFor(t: string): 'all' | ReadonlySet<string> | undefined {
+    return this.wildcard.includes(t) ? 'all' : this.subscribed.get(t);
+  }
+
+  /** Names of this type it asks for that need not exist (grpc: services it may call that are not there). */
+  optional(t: string): boolean {
+    return this.opts.grpc !== undefined && t === TypeUrl.Listener;
+  }
 
   connect(): void {
     this.nonces = new Map();
@@ -160,13 +189,13 @@ export class EnvoyLikeProxy {
     this.resyncing = this.variant === 'sotw' && holds ? 'before LDS' : 'no';
     this.trace.push(`connect, holding ${ALL_TYPES.map((t) => `${short(t)} [${[...this.held.get(t)!.keys()].join(' ')}]`).join(', ')}`);
     const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, onResponse: (r) => this.onResponse(client, r) }));
-    for (const t of WILDCARD) {
+    for (const t of this.wildcard) {
       if (this.variant === 'sotw') client.request(t, [], this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
       // Delta wildcard: the legacy empty list or "*", as Envoy versions differ.
       else client.delta({ type_url: t, ...(this.opts.rng() < 0.5 ? { resource_names_subscribe: ['*'] } : {}), initial_resource_versions: this.versions(t) });
     }
-    for (const t of NAMED) {
-      const names = [...this.subscribed.get(t)!];
+    for (const [t, subscribed] of this.subscribed) {
+      const names = [...subscribed];
       if (names.length === 0) continue;
       if (this.variant === 'sotw') client.request(t, names, this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
       else client.delta({ type_url: t, resource_names_subscribe: names, initial_resource_versions: this.versions(t) });
@@ -208,15 +237,17 @@ export class EnvoyLikeProxy {
       return [r.resources[i]!.name, heldOf(any.type_url, any.value, r.resources[i]!.version)] as const;
     });
     const reject = this.opts.rng() < (this.opts.nackRate ?? 0) ? (this.opts.rng() < 0.5 ? 'whole' : 'partly') : undefined;
+    const before = new Set(held.keys());
     if (reject === undefined) {
-      if (this.variant === 'sotw' && !named) held.clear(); // LDS and CDS carry the full set (XDS-RULES 14)
+      // SotW LDS and CDS carry the full set (XDS-RULES 14): what they leave out is gone.
+      if (this.variant === 'sotw' && (t === TypeUrl.Listener || t === TypeUrl.Cluster)) held.clear();
       for (const n of r.removed) held.delete(n);
     }
     for (const [name, h] of incoming) {
       // A named type: a resource no longer asked for (the unsubscription crossed it) is dropped, as Envoy does.
       if (named && !named.has(name)) continue;
       if (reject === 'whole' || (reject === 'partly' && this.opts.rng() < 0.5)) {
-        if (t === TypeUrl.Cluster) this.declined.add(name);
+        if (t === TypeUrl.Cluster && !held.has(name)) this.declined.add(name);
         continue;
       }
       held.set(name, h);
@@ -225,7 +256,7 @@ export class EnvoyLikeProxy {
     this.trace.push(`got ${short(t)} ${r.nonce}: [${incoming.map(([n]) => n).join(' ')}]${r.removed.length ? ` removed [${r.removed.join(' ')}]` : ''}${reject ? `, rejected (${reject})` : ''}`);
     this.nonces.set(t, r.nonce);
     if (t === TypeUrl.Listener && this.resyncing === 'before LDS') this.resyncing = 'after LDS';
-    this.checkClusters(t);
+    this.checkClusters(t, t === TypeUrl.Cluster ? before : undefined);
     const ack = () => {
       if (reject) {
         this.nacks++;
@@ -240,24 +271,43 @@ export class EnvoyLikeProxy {
     // Envoy asks for what new clusters and listeners refer to around its ACK: either order must work.
     const ackFirst = this.opts.rng() < 0.5;
     if (ackFirst) ack();
-    if (t === TypeUrl.Cluster || t === TypeUrl.Listener) this.resubscribe(client);
+    this.resubscribe(client);
     if (!ackFirst) ack();
   }
 
-  /** Asks for exactly what the clusters and listeners held refer to. */
+  /** What the resources it holds refer to, by type: what it should be asking for. */
+  private wanted(): Map<string, Set<string>> {
+    const want = new Map<string, Set<string>>([...this.subscribed.keys()].map((t) => [t, new Set()]));
+    const add = (t: string, names: string[]) => names.forEach((n) => want.get(t)?.add(n));
+    const clusters = this.held.get(TypeUrl.Cluster)!;
+    const listeners = this.held.get(TypeUrl.Listener)!;
+    for (const c of clusters.values()) {
+      add(TypeUrl.ClusterLoadAssignment, edsNamesOf(c.body));
+      add(TypeUrl.Secret, adsSecretsOf(c.body));
+    }
+    for (const l of listeners.values()) {
+      add(TypeUrl.RouteConfiguration, rdsNamesOf(l.body));
+      add(TypeUrl.Secret, adsSecretsOf(l.body));
+    }
+    if (this.opts.grpc) {
+      add(TypeUrl.Listener, this.opts.grpc.listeners);
+      // grpc-js asks for the clusters its routes send to, once it has the routes.
+      const routes = this.held.get(TypeUrl.RouteConfiguration)!;
+      for (const l of listeners.values()) {
+        add(TypeUrl.Cluster, clustersUsedBy(l.body));
+        for (const rn of rdsNamesOf(l.body)) {
+          const rc = routes.get(rn);
+          if (rc) add(TypeUrl.Cluster, clustersUsedBy(rc.body));
+        }
+      }
+    }
+    return want;
+  }
+
+  /** Asks for exactly what the resources held refer to. */
   private resubscribe(client: XdsTestClient): void {
-    const want = new Map<string, Set<string>>(NAMED.map((t) => [t, new Set()]));
-    for (const c of this.held.get(TypeUrl.Cluster)!.values()) {
-      edsNamesOf(c.body).forEach((n) => want.get(TypeUrl.ClusterLoadAssignment)!.add(n));
-      adsSecretsOf(c.body).forEach((n) => want.get(TypeUrl.Secret)!.add(n));
-    }
-    for (const l of this.held.get(TypeUrl.Listener)!.values()) {
-      rdsNamesOf(l.body).forEach((n) => want.get(TypeUrl.RouteConfiguration)!.add(n));
-      adsSecretsOf(l.body).forEach((n) => want.get(TypeUrl.Secret)!.add(n));
-    }
-    for (const t of NAMED) {
+    for (const [t, now] of this.wanted()) {
       const before = this.subscribed.get(t)!;
-      const now = want.get(t)!;
       const added = [...now].filter((n) => !before.has(n));
       const removed = [...before].filter((n) => !now.has(n));
       if (added.length === 0 && removed.length === 0) continue;
@@ -274,8 +324,13 @@ export class EnvoyLikeProxy {
     }
   }
 
-  /** XDS-RULES 8: every cluster a held listener, or a route configuration one of them uses, sends to is held. */
-  private checkClusters(after: string): void {
+  /**
+   * XDS-RULES 8: every cluster a held listener, or a route configuration one of them uses, sends to
+   * is held. For grpc, which asks for a cluster only once it has the route, that a CDS response
+   * (`hadClusters`: what was held before it) takes away no cluster a held route still uses.
+   */
+  private checkClusters(after: string, hadClusters?: ReadonlySet<string>): void {
+    if (this.opts.grpc && !hadClusters) return;
     const clusters = this.held.get(TypeUrl.Cluster)!;
     const routes = this.held.get(TypeUrl.RouteConfiguration)!;
     const found: string[] = [];
@@ -287,7 +342,8 @@ export class EnvoyLikeProxy {
       }
       for (const [who, body] of users) {
         for (const c of clustersUsedBy(body)) {
-          if (!clusters.has(c) && !this.declined.has(c)) found.push(`after a ${short(after)} response, ${who} sends to cluster ${c}, which the proxy does not hold (XDS-RULES 8)`);
+          const missing = !clusters.has(c) && !this.declined.has(c) && (!this.opts.grpc || hadClusters!.has(c));
+          if (missing) found.push(`after a ${short(after)} response, ${who} sends to cluster ${c}, which the proxy ${this.opts.grpc ? 'no longer holds' : 'does not hold'} (XDS-RULES 8)`);
         }
       }
     }
