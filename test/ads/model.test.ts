@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { Registry } from 'prom-client';
 import { AdsServer, buildSnapshot, loopbackOnlyAuthenticator, Reconciler, ResourceEncoder, SnapshotCache, type ProxyStatus } from '../../src/ads/index.js';
@@ -11,6 +12,8 @@ import { createLogger, decodeResource, defaultRegistry, enabledMtlsBackend, type
 import { generateProxyConfig, PROXYLESS_LABEL } from '../../src/xds/index.js';
 import { openStore, type Store } from '../../src/store/index.js';
 import { startTestControlPlane } from '../helpers/cp.js';
+import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { systemRequirement } from '../helpers/require.js';
 import { ALL_TYPES, EnvoyLikeProxy, heldOf, type Held } from '../helpers/envoy-like-client.js';
 import { seeded } from '../helpers/seeded.js';
 
@@ -45,15 +48,20 @@ const PROXYLESS = new Set(['dp-6', 'dp-7']);
 
 /** What the histories run against: a store to change, and an ADS port serving it. */
 interface Plane {
-  readonly store: Store;
-  readonly xdsAddress: string;
+  /** The store as each replica sees it (one replica but for PostgreSQL). */
+  readonly stores: readonly Store[];
+  /** Each replica's ADS port, as it is now (it moves when the replica restarts). */
+  readonly addresses: readonly string[];
   /** The PEM CA proxies trust the ADS port with; none in plaintext. */
   readonly tlsCa?: string;
   readonly describe: string;
   /** Resolves when every change seen so far is in the snapshots. */
   settle(): Promise<void>;
   trustBundle(mesh: string): Promise<string[]>;
-  statuses(): ProxyStatus[];
+  /** The proxies' status as replica `i` (or every replica) keeps it. */
+  statuses(i?: number): ProxyStatus[];
+  /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
+  restart(i: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -64,23 +72,89 @@ const NACK_RATE = 0.03;
 
 /** weft-cp as it runs: its config, its CA, TLS as shipped or plaintext. */
 async function controlPlane(tls: boolean): Promise<Plane> {
-  const cp = await startTestControlPlane({
+  const r = await replica({ WEFT_XDS_TLS_MODE: tls ? 'auto' : 'off' });
+  return {
+    get stores() {
+      return [r.cp.store];
+    },
+    get addresses() {
+      return [r.cp.xdsAddress];
+    },
+    tlsCa: tls ? readFileSync(join(r.dataDir, 'xds-tls.crt'), 'utf8') : undefined,
+    describe: tls ? 'weft-cp, TLS' : 'weft-cp, plaintext',
+    settle: () => r.cp.reconciler.settle(),
+    trustBundle: (mesh) => r.cp.certificates.trustBundle(mesh),
+    statuses: () => r.cp.ads.status.all(),
+    restart: () => r.restart(),
+    stop: () => r.stop(),
+  };
+}
+
+/** One weft-cp that can be restarted on its own data dir. */
+async function replica(env: Record<string, string>) {
+  const all = {
     WEFT_XDS_ADDRESS: '127.0.0.1',
     WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true',
-    WEFT_XDS_TLS_MODE: tls ? 'auto' : 'off',
     WEFT_XDS_DEBOUNCE_MS: String(QUICK.debounceMs),
     WEFT_XDS_DEBOUNCE_MAX_MS: String(QUICK.debounceMaxMs),
     WEFT_XDS_NACK_BACKOFF_MS: String(QUICK.nackBackoffMs),
-  });
+    ...env,
+  };
+  const first = await startTestControlPlane(all);
+  const dataDir = first.dataDir;
+  let cp = first;
+  // A restarted one runs on the first one's data dir; the one the helper made for it stays empty.
+  const retire = async () => {
+    await cp.close();
+    if (cp !== first) rmSync(cp.dataDir, { recursive: true, force: true });
+  };
   return {
-    store: cp.store,
-    xdsAddress: cp.xdsAddress,
-    tlsCa: tls ? readFileSync(join(cp.dataDir, 'xds-tls.crt'), 'utf8') : undefined,
-    describe: tls ? 'weft-cp, TLS' : 'weft-cp, plaintext',
-    settle: () => cp.reconciler.settle(),
-    trustBundle: (mesh) => cp.certificates.trustBundle(mesh),
-    statuses: () => cp.ads.status.all(),
-    stop: () => cp.stop(),
+    get cp() {
+      return cp;
+    },
+    dataDir,
+    async restart() {
+      await retire();
+      cp = await startTestControlPlane({ ...all, WEFT_DATA_DIR: dataDir });
+    },
+    async stop() {
+      await retire();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Two weft-cp replicas on one PostgreSQL, as users run several: changes are written through
+ * either, each learns the other's by LISTEN/NOTIFY, and proxies connect to either (plaintext:
+ * each replica has its own serving certificate). They share the key that seals the mesh CAs.
+ */
+async function replicas(pg: TestPostgres, seed: number): Promise<Plane> {
+  const url = await pg.createDatabase(`weft_model_${process.pid}_${seed}`);
+  const keyDir = mkdtempSync(join(tmpdir(), 'weft-model-key-'));
+  writeFileSync(join(keyDir, 'secrets.key'), randomBytes(32).toString('base64'), { mode: 0o600 });
+  const env = { WEFT_STORE_TYPE: 'postgres', WEFT_STORE_POSTGRES_URL: url, WEFT_XDS_TLS_MODE: 'off', WEFT_SECRETS_KEY_FILE: join(keyDir, 'secrets.key') };
+  const a = await replica(env);
+  const b = await replica(env);
+  const rs = [a, b];
+  return {
+    get stores() {
+      return rs.map((r) => r.cp.store);
+    },
+    get addresses() {
+      return rs.map((r) => r.cp.xdsAddress);
+    },
+    describe: 'two weft-cp replicas on PostgreSQL, plaintext',
+    settle: async () => {
+      await Promise.all(rs.map((r) => r.cp.reconciler.settle()));
+    },
+    trustBundle: (mesh) => a.cp.certificates.trustBundle(mesh),
+    statuses: (i) => (i === undefined ? rs : [rs[i]!]).flatMap((r) => r.cp.ads.status.all()),
+    restart: (i) => rs[i]!.restart(),
+    async stop() {
+      await Promise.all(rs.map((r) => r.stop()));
+      rmSync(keyDir, { recursive: true, force: true });
+    },
   };
 }
 
@@ -92,36 +166,49 @@ async function controlPlane(tls: boolean): Promise<Plane> {
 async function tightParts(): Promise<Plane> {
   const dir = mkdtempSync(join(tmpdir(), 'weft-model-'));
   const store = await openStore({ type: 'embedded', dataDir: dir }, { registry: defaultRegistry() });
-  const cache = new SnapshotCache();
   const logger = createLogger('weft-cp', LOG_LEVEL);
   // A fixed bundle stands in for the mesh CA: translation only carries it.
   const ca = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
-  const reconciler = new Reconciler({ store, cache, logger, metrics: new Registry(), debounceMs: QUICK.debounceMs, debounceMaxMs: QUICK.debounceMaxMs, trustBundle: async () => [ca.certPem] });
-  reconciler.start();
-  const server = new AdsServer({
-    cache,
-    authenticator: loopbackOnlyAuthenticator,
-    logger,
-    metrics: new Registry(),
-    instanceId: 'model',
-    nackBackoffMs: QUICK.nackBackoffMs,
-    deltaPieceBytes: 2048,
-    turnBytes: 1024,
-    sendBudgetBytes: 8192,
-    onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
-  });
-  const port = await server.listen('127.0.0.1', 0, grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(ca.keyPem), cert_chain: Buffer.from(ca.certPem) }], false));
+  const start = async () => {
+    const cache = new SnapshotCache();
+    const reconciler = new Reconciler({ store, cache, logger, metrics: new Registry(), debounceMs: QUICK.debounceMs, debounceMaxMs: QUICK.debounceMaxMs, trustBundle: async () => [ca.certPem] });
+    reconciler.start();
+    const server = new AdsServer({
+      cache,
+      authenticator: loopbackOnlyAuthenticator,
+      logger,
+      metrics: new Registry(),
+      instanceId: 'model',
+      nackBackoffMs: QUICK.nackBackoffMs,
+      deltaPieceBytes: 2048,
+      turnBytes: 1024,
+      sendBudgetBytes: 8192,
+      onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
+    });
+    const port = await server.listen('127.0.0.1', 0, grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(ca.keyPem), cert_chain: Buffer.from(ca.certPem) }], false));
+    return { reconciler, server, address: `127.0.0.1:${port}` };
+  };
+  let parts = await start();
+  const halt = async () => {
+    await parts.server.close();
+    parts.reconciler.close();
+  };
   return {
-    store,
-    xdsAddress: `127.0.0.1:${port}`,
+    stores: [store],
+    get addresses() {
+      return [parts.address];
+    },
     tlsCa: ca.certPem,
     describe: 'the ADS parts with tiny pieces, turns and send budget, TLS',
-    settle: () => reconciler.settle(),
+    settle: () => parts.reconciler.settle(),
     trustBundle: async () => [ca.certPem],
-    statuses: () => server.status.all(),
+    statuses: () => parts.server.status.all(),
+    async restart() {
+      await halt();
+      parts = await start();
+    },
     async stop() {
-      await server.close();
-      reconciler.close();
+      await halt();
       await store.close();
       rmSync(dir, { recursive: true, force: true });
     },
@@ -134,6 +221,10 @@ class World {
   readonly proxies = new Map<string, EnvoyLikeProxy>();
   /** Every proxy the history made, those that left too. */
   readonly everyone: EnvoyLikeProxy[] = [];
+  /** NACKs the control plane recorded before its restarts. */
+  nacksRecorded = 0;
+  /** The replica each proxy talks to. */
+  private readonly replicaOf = new Map<EnvoyLikeProxy, number>();
   private readonly pick = <T>(xs: readonly T[]): T => xs[Math.floor(this.rng() * xs.length)]!;
   private readonly some = <T>(xs: readonly T[]): T[] => xs.filter(() => this.rng() < 0.4);
 
@@ -145,16 +236,19 @@ class World {
   /** Writes a resource given as a user writes it (Kuma's Universal form), validated and defaulted as the API does. */
   private async put(input: Record<string, unknown>): Promise<void> {
     const { resource } = decodeResource(input, defaultRegistry());
-    if (resource.mesh !== '' && !(await this.cp.store.get({ type: 'Mesh', mesh: '', name: resource.mesh }))) return; // its mesh is gone
+    // Through any replica.
+    const store = this.pick(this.cp.stores);
+    if (resource.mesh !== '' && !(await store.get({ type: 'Mesh', mesh: '', name: resource.mesh }))) return; // its mesh is gone
     this.log.push(`apply ${JSON.stringify(input)}`);
-    await this.cp.store.upsert(resource);
+    await store.upsert(resource);
   }
 
   private async remove(type: string, mesh: MeshName, name: string): Promise<void> {
     const key = { type, mesh: type === 'Mesh' ? '' : mesh, name };
-    if (!(await this.cp.store.get(key))) return;
+    const store = this.pick(this.cp.stores);
+    if (!(await store.get(key))) return;
     this.log.push(`delete ${type} ${type === 'Mesh' ? '' : `${mesh}/`}${name}`);
-    await this.cp.store.delete(key);
+    await store.delete(key);
   }
 
   private dataplane(mesh: MeshName, name: string): Record<string, unknown> {
@@ -211,11 +305,13 @@ class World {
     const grpc = PROXYLESS.has(name) && this.rng() < 0.8 ? { listeners: [...this.some(SERVICES), ...this.some([8080, 9090, 7070]).map((port) => `grpc/server?xds.resource.listening_address=0.0.0.0:${port}`)] } : undefined;
     const variant = grpc || this.rng() < 0.5 ? 'sotw' : 'delta';
     const id = `${mesh}.${name}`;
-    const p = new EnvoyLikeProxy(id, variant, this.cp.xdsAddress, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
+    const replica = Math.floor(this.rng() * this.cp.addresses.length);
+    const p = new EnvoyLikeProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
     this.proxies.set(id, p);
+    this.replicaOf.set(p, replica);
     this.everyone.push(p);
     p.connect();
-    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''})`);
+    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''}${this.cp.addresses.length > 1 ? `, to replica ${replica}` : ''})`);
   }
 
   /** One random change to the store or to the proxies. */
@@ -243,12 +339,13 @@ class World {
     } else if (r < 0.58) await this.put(this.mesh(mesh));
     else if (r < 0.61) {
       // The second mesh goes, with everything in it (its proxies get an empty config), or comes back.
-      if (await this.cp.store.get({ type: 'Mesh', mesh: '', name: 'other' })) await this.remove('Mesh', 'other', 'other');
+      if (await this.cp.stores[0]!.get({ type: 'Mesh', mesh: '', name: 'other' })) await this.remove('Mesh', 'other', 'other');
       else {
         await this.put(this.mesh('other'));
         await this.put(this.allowAll('other'));
       }
-    } else if (r < 0.71) {
+    } else if (r < 0.63) await this.restart();
+    else if (r < 0.71) {
       const p = this.proxies.get(id);
       if (p) {
         this.log.push(`reconnect ${id}`);
@@ -276,10 +373,30 @@ class World {
     }
   }
 
+  /**
+   * The control plane stops and starts again on the same store, knowing nothing of the proxies,
+   * which keep their config and reconnect to it announcing what they hold.
+   */
+  private async restart(): Promise<void> {
+    const n = this.cp.addresses.length;
+    const i = Math.floor(this.rng() * n);
+    this.log.push(n > 1 ? `restart replica ${i}` : 'restart the control plane');
+    this.nacksRecorded += nacksIn(this.cp.statuses(i));
+    await this.cp.restart(i);
+    // Its proxies come back to it, or go to another replica.
+    for (const p of this.proxies.values()) {
+      if (this.replicaOf.get(p) !== i) continue;
+      const to = Math.floor(this.rng() * n);
+      this.replicaOf.set(p, to);
+      p.moveTo(this.cp.addresses[to]!);
+      if (p.connected) p.reconnect();
+    }
+  }
+
   /** What a fresh translation of the store gives the proxy `id` (`<mesh>.<name>`), as it would hold it. */
   private async expected(id: string): Promise<Map<string, Map<string, Held>>> {
     const out = new Map<string, Map<string, Held>>(ALL_TYPES.map((t) => [t, new Map()]));
-    const s = this.cp.store;
+    const s = this.cp.stores[0]!;
     const [meshName, name] = id.split('.') as [string, string];
     const mesh = (await s.get({ type: 'Mesh', mesh: '', name: meshName })) as Resource<MeshSpec> | undefined;
     const dataplanes = (await s.list('Dataplane', { mesh: meshName })).items as Resource<DataplaneSpec>[];
@@ -362,9 +479,15 @@ class World {
   }
 }
 
-async function runSeed(seed: number, steps: number): Promise<{ responses: number; checks: number; plane: string }> {
-  // Seeds take the three planes in turn.
-  const cp = seed % 3 === 0 ? await tightParts() : await controlPlane(seed % 3 === 1);
+const nacksIn = (statuses: ProxyStatus[]) => statuses.reduce((n, s) => n + Object.values(s.types).reduce((m, t) => m + t.nacks, 0), 0);
+
+/** Seeds take the planes in turn. */
+const PLANES = ['tiny limits', 'TLS', 'plaintext', 'replicas on PostgreSQL'] as const;
+const planeOf = (seed: number) => PLANES[seed % PLANES.length]!;
+
+async function runSeed(seed: number, steps: number, pg: () => Promise<TestPostgres>): Promise<{ responses: number; checks: number; plane: string }> {
+  const plane = planeOf(seed);
+  const cp = plane === 'tiny limits' ? await tightParts() : plane === 'replicas on PostgreSQL' ? await replicas(await pg(), seed) : await controlPlane(plane === 'TLS');
   const world = new World(cp, seeded(seed));
   let checks = 0;
   try {
@@ -384,7 +507,7 @@ async function runSeed(seed: number, steps: number): Promise<{ responses: number
     const nacks = world.everyone.reduce((n, p) => n + p.nacks, 0);
     // Rejections are recorded (a NACK on a stream that closed before it was read is not, nor a
     // second one in a response sent in pieces).
-    const recorded = cp.statuses().reduce((n, s) => n + Object.values(s.types).reduce((m, t) => m + t.nacks, 0), 0);
+    const recorded = world.nacksRecorded + nacksIn(cp.statuses());
     assert.ok(recorded <= nacks && (nacks === 0 || recorded > 0), `NACKs recorded: ${recorded} of ${nacks}`);
     return { responses, checks, plane: cp.describe };
   } catch (err) {
@@ -400,10 +523,16 @@ describe('the control plane against random histories, checked against translatio
   const steps = Number(process.env.WEFT_MODEL_STEPS ?? 60);
   const one = process.env.WEFT_MODEL_SEED;
   const seeds = one ? [Number(one)] : Array.from({ length: Number(process.env.WEFT_MODEL_SEEDS ?? 4) }, (_, i) => i + 1);
+  // One PostgreSQL server for the seeds that run replicas on it, started by the first.
+  let server: Promise<TestPostgres> | undefined;
+  const pg = () => (server ??= startPostgres());
+  after(async () => (await server)?.stop());
+  const needsPg = seeds.some((s) => planeOf(s) === 'replicas on PostgreSQL') ? systemRequirement('PostgreSQL server', postgresMissing()) : { skip: false as const };
   for (const seed of seeds) {
-    const plane = ['tiny limits', 'TLS', 'plaintext'][seed % 3];
-    it(`seed ${seed} (${plane}): every proxy, SotW or delta, ends with exactly its config; no listener ever sends to a missing cluster (rules 8, 13, 14, 17, 20)`, async () => {
-      const r = await runSeed(seed, steps);
+    const plane = planeOf(seed);
+    const opts = plane === 'replicas on PostgreSQL' ? needsPg : {};
+    it(`seed ${seed} (${plane}): every proxy, SotW or delta, ends with exactly its config; no listener ever sends to a missing cluster (rules 8, 13, 14, 17, 20)`, opts, async () => {
+      const r = await runSeed(seed, steps, pg);
       assert.ok(r.responses > 0 && r.checks > steps / 5, `the proxies got responses (${r.responses}) and were checked (${r.checks} times)`);
     });
   }

@@ -148,7 +148,7 @@ export class EnvoyLikeProxy {
   constructor(
     readonly nodeId: string,
     readonly variant: 'sotw' | 'delta',
-    private readonly address: string,
+    private address: string,
     private readonly opts: {
       tlsCa?: string;
       rng: () => number;
@@ -184,6 +184,7 @@ export class EnvoyLikeProxy {
   }
 
   connect(): void {
+    if (this.closed) return; // left for good (a reconnect timer may still fire)
     this.nonces = new Map();
     const holds = ALL_TYPES.some((t) => this.held.get(t)!.size > 0);
     this.resyncing = this.variant === 'sotw' && holds ? 'before LDS' : 'no';
@@ -212,6 +213,11 @@ export class EnvoyLikeProxy {
   reconnect(): void {
     this.disconnect();
     this.connect();
+  }
+
+  /** The control plane moved (a restart): later connections go there. */
+  moveTo(address: string): void {
+    this.address = address;
   }
 
   get connected(): boolean {
@@ -351,7 +357,10 @@ export class EnvoyLikeProxy {
     else if (this.resyncing === 'after LDS' && found.length === 0) this.resyncing = 'no';
   }
 
+  private closed = false;
+
   close(): void {
+    this.closed = true;
     this.disconnect();
   }
 }
