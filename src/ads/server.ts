@@ -109,7 +109,12 @@ export class AdsServer {
       },
       onResponse: (...a) => status.onResponse(...a),
       onAck: (...a) => status.onAck(...a),
-      onNack: (...a) => status.onNack(...a),
+      onNack: (nodeId, typeUrl, version, message) => {
+        // Once per run of rejections: the type is retried after each backoff (rule 5).
+        if (status.onNack(nodeId, typeUrl, version, message)) {
+          opts.logger.warn({ nodeId, type: SHORT_NAME[typeUrl], version, error: message }, 'proxy rejected its config (NACK); it is sent again after each backoff until taken or changed');
+        }
+      },
       onIgnored: (...a) => status.onIgnored(...a),
       onOversized: (nodeId, typeUrl, variant, bytes, first) => {
         status.onOversized(nodeId, typeUrl, variant, bytes);

@@ -133,11 +133,15 @@ export class XdsStatus implements StreamHooks {
     }
   }
 
-  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void {
+  /** Records a NACK; true when it starts a run (the type was ACKed since the last one, or the error is new), worth a log line. */
+  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): boolean {
     const t = this.type(nodeId, typeUrl);
+    const last = t.lastNack;
+    const fresh = !last || last.message !== message || (t.lastAckedAt !== undefined && t.lastAckedAt >= Date.parse(last.at));
     t.lastNack = { version, message, at: new Date().toISOString() };
     t.nacks++;
     this.nacks.inc({ type: SHORT_NAME[typeUrl] });
+    return fresh;
   }
 
   onIgnored(_nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void {

@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
 import { before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
-import { adsSuite, meshSet, type TestAds } from '../helpers/xds-fixtures.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
+import { createLogger } from '../../src/core/index.js';
+import { adsSuite, meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
@@ -341,5 +344,41 @@ describe('ADS state of the world', () => {
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], later: [['10.0.0.9', 80]] }));
     const b = await c.next(EDS);
     assert.deepEqual(b.resources.map((r) => r.name), ['later']);
+  });
+});
+
+describe('ADS NACKs in the log', () => {
+  it('rule 5: a run of NACKs with one error is logged once; an ACK or another error starts a new run', async (t) => {
+    const warnings: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(line: Buffer, _enc, done) {
+        warnings.push(JSON.parse(line.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    const ads = await startTestAds({ logger: createLogger('weft-cp', 'warn', sink), nackBackoffMs: 50 });
+    t.after(() => ads.stop());
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+    const c = new XdsTestClient(ads.address, 'sotw', { id });
+    t.after(() => c.close());
+    c.subscribe(CDS, []);
+    c.nack(await c.next(CDS), 'bad');
+    c.nack(await c.next(CDS, 2000), 'bad'); // retried after the backoff, rejected again
+    c.nack(await c.next(CDS, 2000), 'worse');
+    c.ack(await c.next(CDS, 2000));
+    while (!ads.server.status.get(id)!.types.CDS!.lastAckedVersion) await new Promise((r) => setTimeout(r, 5));
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    c.nack(await c.next(CDS, 2000), 'worse');
+    while (ads.server.status.get(id)!.types.CDS!.nacks < 4) await new Promise((r) => setTimeout(r, 10));
+    const logged = warnings.filter((w) => w.nodeId === id && String(w.msg).includes('NACK'));
+    assert.deepEqual(
+      logged.map((w) => [w.type, w.error]),
+      [
+        ['CDS', 'bad'],
+        ['CDS', 'worse'],
+        ['CDS', 'worse'],
+      ],
+    );
   });
 });
