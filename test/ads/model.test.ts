@@ -278,8 +278,15 @@ class World {
       type: 'Mesh',
       name,
       networking: { outbound: { passthrough: this.rng() < 0.6 } },
-      ...(mtls !== 'off' && { mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', mode: mtls }] } }),
+      ...(mtls !== 'off' && { mtls: this.mtls(mtls) }),
     };
+  }
+
+  /** A builtin CA, and now and then a rotation: the other one enabled, the old one still listed (both roots trusted). */
+  private mtls(mode: 'PERMISSIVE' | 'STRICT'): Record<string, unknown> {
+    const enabled = this.pick(['ca-1', 'ca-2']);
+    const names = this.rng() < 0.5 ? [enabled] : [enabled, enabled === 'ca-1' ? 'ca-2' : 'ca-1'];
+    return { enabledBackend: enabled, backends: names.map((name) => ({ name, type: 'builtin', mode })) };
   }
 
   private ref(): Record<string, unknown> {
