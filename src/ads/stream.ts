@@ -348,7 +348,7 @@ export class ClientView {
  */
 const RESUME_WAIT_MS = 1000;
 
-/** How many unanswered responses of a type a delta stream keeps the nonces of (a client that never answers holds no more). */
+/** How many unanswered responses of a type a stream keeps the nonces of (a client that never answers holds no more). */
 const UNANSWERED_KEPT = 32;
 
 /** Delta: a name the client may hold at an unknown version (after a NACK), so it is removed or sent again. */
@@ -691,7 +691,7 @@ export class AdsStream {
     if (first || sub.includes('*') || unsub.includes('*')) state.subsDirty = true;
     for (const name of [...sub, ...unsub]) state.pending.add(name);
     const initial = first ? (req.initial_resource_versions ?? {}) : {};
-    if (first && this.resumedUntil === 0) for (const _ in initial) this.resumedUntil = this.now() + RESUME_WAIT_MS;
+    if (first && this.resumedUntil === 0 && Object.keys(initial).length > 0) this.resumedUntil = this.now() + RESUME_WAIT_MS;
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     if (sub.length + unsub.length > 0) state.subscribed = changedNames(state.subscribed, sub, unsub);
     for (const name of sub) {

@@ -14,7 +14,7 @@ import { openStore, type Store } from '../../src/store/index.js';
 import { startTestControlPlane } from '../helpers/cp.js';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { systemRequirement } from '../helpers/require.js';
-import { ALL_TYPES, EnvoyLikeProxy, heldOf, type Held } from '../helpers/envoy-like-client.js';
+import { ALL_TYPES, ModelProxy, heldOf, type Held } from '../helpers/model-proxy.js';
 import { seeded } from '../helpers/seeded.js';
 
 /**
@@ -23,12 +23,14 @@ import { seeded } from '../helpers/seeded.js';
  * weft-cp remembers a great deal between rounds to serve thousands of proxies (translation's
  * memo, mesh state kept from change events, endpoint-only rounds, shared type sets and diffs,
  * client views overlaid on shared maps, answers built once per pair of sets). This test runs a
- * real control plane (store, reconciler, ADS over TLS or plaintext) and Envoy-like proxies on
- * real gRPC streams, SotW and delta, through a random mix of store changes (Dataplanes, health,
- * reach, protocols, permissions, the Mesh's mTLS and passthrough) and proxy moves (connects,
- * reconnects announcing what they hold, disconnects), sometimes while a round is in flight. After
- * each burst, every proxy must come to hold exactly what a fresh translation of the store gives
- * for it, and at no moment may a listener it holds send to a cluster it lacks (XDS-RULES 8).
+ * real control plane (one of four planes, see PLANES) and proxies on real gRPC streams that
+ * subscribe as Envoy (SotW, delta) or grpc-js-xds (SotW) does, through a random mix of store
+ * changes in two meshes (Dataplanes, health, reach, protocols, permissions, the Mesh's mTLS, CA
+ * and passthrough, a mesh deleted), proxy moves (connects, reconnects announcing what they hold,
+ * drops, rejected responses) and control plane restarts, sometimes while a round is in flight.
+ * After each burst, every proxy must come to hold exactly what a fresh translation of the store
+ * gives it, and at no moment may a listener it holds send to a cluster it lacks (XDS-RULES 8).
+ * docs/ads.md ("Random histories") says more.
  *
  * A seed replays a history: WEFT_MODEL_SEED=N runs just that one; WEFT_MODEL_SEEDS=K runs K seeds
  * (default 4), WEFT_MODEL_STEPS the number of changes each (default 60).
@@ -218,13 +220,13 @@ async function tightParts(): Promise<Plane> {
 class World {
   readonly log: string[] = [];
   /** By node id. */
-  readonly proxies = new Map<string, EnvoyLikeProxy>();
+  readonly proxies = new Map<string, ModelProxy>();
   /** Every proxy the history made, those that left too. */
-  readonly everyone: EnvoyLikeProxy[] = [];
+  readonly everyone: ModelProxy[] = [];
   /** NACKs the control plane recorded before its restarts. */
   nacksRecorded = 0;
   /** The replica each proxy talks to. */
-  private readonly replicaOf = new Map<EnvoyLikeProxy, number>();
+  private readonly replicaOf = new Map<ModelProxy, number>();
   private readonly pick = <T>(xs: readonly T[]): T => xs[Math.floor(this.rng() * xs.length)]!;
   private readonly some = <T>(xs: readonly T[]): T[] => xs.filter(() => this.rng() < 0.4);
 
@@ -313,7 +315,7 @@ class World {
     const variant = grpc || this.rng() < 0.5 ? 'sotw' : 'delta';
     const id = `${mesh}.${name}`;
     const replica = Math.floor(this.rng() * this.cp.addresses.length);
-    const p = new EnvoyLikeProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
+    const p = new ModelProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
     this.proxies.set(id, p);
     this.replicaOf.set(p, replica);
     this.everyone.push(p);
@@ -423,7 +425,7 @@ class World {
   }
 
   /** How the proxy differs from what it should hold (empty when it holds exactly that). */
-  private differences(p: EnvoyLikeProxy, want: Map<string, Map<string, Held>>): string[] {
+  private differences(p: ModelProxy, want: Map<string, Map<string, Held>>): string[] {
     const out: string[] = [];
     const short = (t: string) => t.split('.').pop();
     for (const t of ALL_TYPES) {
@@ -457,7 +459,7 @@ class World {
     const deadline = Date.now() + ms;
     for (;;) {
       const bad: string[] = [];
-      let firstBad: EnvoyLikeProxy | undefined;
+      let firstBad: ModelProxy | undefined;
       for (const [name, p] of this.proxies) {
         if (!p.connected) continue; // dropped: it comes back (and is checked) later
         const d = this.differences(p, want.get(name)!);
@@ -492,7 +494,7 @@ const nacksIn = (statuses: ProxyStatus[]) => statuses.reduce((n, s) => n + Objec
 const PLANES = ['tiny limits', 'TLS', 'plaintext', 'replicas on PostgreSQL'] as const;
 const planeOf = (seed: number) => PLANES[seed % PLANES.length]!;
 
-async function runSeed(seed: number, steps: number, pg: () => Promise<TestPostgres>): Promise<{ responses: number; checks: number; plane: string }> {
+async function runSeed(seed: number, steps: number, pg: () => Promise<TestPostgres>): Promise<{ responses: number; checks: number }> {
   const plane = planeOf(seed);
   const cp = plane === 'tiny limits' ? await tightParts() : plane === 'replicas on PostgreSQL' ? await replicas(await pg(), seed) : await controlPlane(plane === 'TLS');
   const world = new World(cp, seeded(seed));
@@ -516,7 +518,7 @@ async function runSeed(seed: number, steps: number, pg: () => Promise<TestPostgr
     // second one in a response sent in pieces).
     const recorded = world.nacksRecorded + nacksIn(cp.statuses());
     assert.ok(recorded <= nacks && (nacks === 0 || recorded > 0), `NACKs recorded: ${recorded} of ${nacks}`);
-    return { responses, checks, plane: cp.describe };
+    return { responses, checks };
   } catch (err) {
     (err as Error).message = `seed ${seed} (${cp.describe}; replay with WEFT_MODEL_SEED=${seed}): ${(err as Error).message}`;
     throw err;

@@ -122,7 +122,7 @@ export function clustersUsedBy(resource: Record<string, unknown>): string[] {
  * (XDS-RULES 8: Envoy answers "cluster not found"; for grpc, a cluster taken away while its routes
  * still use it, since grpc-js asks for clusters only after the routes that use them).
  */
-export class EnvoyLikeProxy {
+export class ModelProxy {
   readonly held = new Map<string, Map<string, Held>>(ALL_TYPES.map((t) => [t, new Map()]));
   /** Types asked for by name, and the names last asked for. */
   readonly subscribed: Map<string, Set<string>>;
