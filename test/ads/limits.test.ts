@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { XdsTestClient, type Received } from '../../src/ads/test-client.js';
 import { TypeUrl } from '../../src/ads/index.js';
 import { DELTA_MOST_BYTES, GRPC_DEFAULT_RECEIVE_BYTES } from '../../src/ads/stream.js';
-import { createLogger } from '../../src/core/index.js';
+import { collectingLogger } from '../helpers/log-lines.js';
 import { cluster, meshSet, startTestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS } = TypeUrl;
@@ -22,14 +21,8 @@ function paddedClusters(n: number, bytes: number, tag = 'big') {
 
 /** An ADS server whose warnings are kept in `warnings`. */
 async function serverWithLog(t: TestContext) {
-  const warnings: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(line: Buffer, _enc, done) {
-      warnings.push(JSON.parse(line.toString()) as Record<string, unknown>);
-      done();
-    },
-  });
-  const ads = await startTestAds({ logger: createLogger('weft-cp', 'warn', sink) });
+  const { logger, lines: warnings } = collectingLogger('warn');
+  const ads = await startTestAds({ logger });
   t.after(() => ads.stop());
   const oversized = async (type: string, variant: string) => Number(new RegExp(`^weft_xds_oversized_responses_total\\{type="${type}",variant="${variant}"\\} (\\S+)`, 'm').exec(await ads.metrics.metrics())?.[1] ?? 0);
   return { ads, warnings, oversized };

@@ -14,7 +14,7 @@ import { openStore, type Store } from '../../src/store/index.js';
 import { startTestControlPlane } from '../helpers/cp.js';
 import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { systemRequirement } from '../helpers/require.js';
-import { ALL_TYPES, ModelProxy, heldOf, type Held } from '../helpers/model-proxy.js';
+import { ALL_TYPES, ModelProxy, heldOf, short, type Held } from '../helpers/model-proxy.js';
 import { seeded } from '../helpers/seeded.js';
 
 /**
@@ -427,7 +427,6 @@ class World {
   /** How the proxy differs from what it should hold (empty when it holds exactly that). */
   private differences(p: ModelProxy, want: Map<string, Map<string, Held>>): string[] {
     const out: string[] = [];
-    const short = (t: string) => t.split('.').pop();
     for (const t of ALL_TYPES) {
       const held = p.held.get(t)!;
       const expected = want.get(t)!;

@@ -1,15 +1,19 @@
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
-import { createLogger } from '../../src/core/index.js';
+import { collectingLogger } from '../helpers/log-lines.js';
 import { adsSuite, meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
 const nodeId = () => `default.sotw-${++n}`;
 const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
+
+/** Waits until `cond` holds (the server has read what the client sent), failing after `ms`. */
+async function until(what: string, cond: () => boolean, ms = 3000): Promise<void> {
+  for (const end = Date.now() + ms; !cond(); await new Promise((r) => setTimeout(r, 5))) if (Date.now() > end) assert.fail(`not within ${ms} ms: ${what}`);
+}
 
 describe('ADS state of the world', () => {
   const suite = adsSuite('sotw', { nackBackoffMs: 400 });
@@ -129,7 +133,7 @@ describe('ADS state of the world', () => {
     c.ack(await c.next(RDS));
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'web'));
     c.nack(await c.next(CDS), 'cluster api rejected');
-    while (!ads.server.status.get(id)!.types.CDS!.lastNack) await new Promise((r) => setTimeout(r, 5));
+    await until('the NACK is recorded', () => !!ads.server.status.get(id)!.types.CDS!.lastNack);
     // Meanwhile the routes move to api, which the proxy does not hold.
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'api'));
     assert.ok(await c.quiet(250, RDS), 'no route to a cluster the proxy lacks');
@@ -349,14 +353,8 @@ describe('ADS state of the world', () => {
 
 describe('ADS NACKs in the log', () => {
   it('rule 5: a run of NACKs with one error is logged once; an ACK or another error starts a new run', async (t) => {
-    const warnings: Record<string, unknown>[] = [];
-    const sink = new Writable({
-      write(line: Buffer, _enc, done) {
-        warnings.push(JSON.parse(line.toString()) as Record<string, unknown>);
-        done();
-      },
-    });
-    const ads = await startTestAds({ logger: createLogger('weft-cp', 'warn', sink), nackBackoffMs: 50 });
+    const { logger, lines: warnings } = collectingLogger('warn');
+    const ads = await startTestAds({ logger, nackBackoffMs: 50 });
     t.after(() => ads.stop());
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
@@ -367,10 +365,10 @@ describe('ADS NACKs in the log', () => {
     c.nack(await c.next(CDS, 2000), 'bad'); // retried after the backoff, rejected again
     c.nack(await c.next(CDS, 2000), 'worse');
     c.ack(await c.next(CDS, 2000));
-    while (!ads.server.status.get(id)!.types.CDS!.lastAckedVersion) await new Promise((r) => setTimeout(r, 5));
+    await until('the ACK is recorded', () => !!ads.server.status.get(id)!.types.CDS!.lastAckedVersion);
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
     c.nack(await c.next(CDS, 2000), 'worse');
-    while (ads.server.status.get(id)!.types.CDS!.nacks < 4) await new Promise((r) => setTimeout(r, 10));
+    await until('four NACKs are recorded', () => ads.server.status.get(id)!.types.CDS!.nacks >= 4);
     const logged = warnings.filter((w) => w.nodeId === id && String(w.msg).includes('NACK'));
     assert.deepEqual(
       logged.map((w) => [w.type, w.error]),

@@ -8,7 +8,8 @@ const NAMED = [TypeUrl.ClusterLoadAssignment, TypeUrl.RouteConfiguration, TypeUr
 const WILDCARD = [TypeUrl.Cluster, TypeUrl.Listener] as const;
 export const ALL_TYPES = [...WILDCARD, ...NAMED];
 
-const short = (t: string) => t.split('.').pop()!;
+/** A type URL's last part (Cluster, Listener, ...), for messages. */
+export const short = (t: string) => t.split('.').pop()!;
 
 /** What a proxy holds of one resource: its content in a canonical form, and its delta version. */
 export interface Held {
