@@ -56,6 +56,7 @@ async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
   const mb = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 1048576);
   const value = (name: string) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN);
   return {
+    rssMB: mb('process_resident_memory_bytes'),
     heapUsedMB: mb('nodejs_heap_size_used_bytes'),
     heapTotalMB: mb('nodejs_heap_size_total_bytes'),
     externalMB: mb('nodejs_external_memory_bytes'),
@@ -175,6 +176,8 @@ async function scenario(variant: 'sotw' | 'delta') {
       const clientsAfter = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       const clientsSysAfter = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
       return {
+        // When the change began (epoch ms, just before the API call): to find it in a profile (bench/perf-split.ts).
+        startedAt: at,
         proxies: times.length,
         p50Ms: pct(times, 50),
         p99Ms: pct(times, 99),
@@ -234,8 +237,11 @@ async function scenario(variant: 'sotw' | 'delta') {
       meshChanges.push(await measure('listener', 'outbound:passthrough:ipv4', ids, () => api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough } } }), undefined, chain));
     }
 
-    workers.forEach((w) => w.send({ cmd: 'stop' }));
     const final = procStats(cp.child.pid!);
+    const memoryAtEnd = await memoryOf(cp);
+    // With WEFT_BENCH_CP_HEAPSNAPSHOT, a second snapshot (a full collection first) tells garbage from what is held.
+    const memoryAtEndAfterSnapshot = snapshotDir ? await heapSnapshot(cp, snapshotDir) : undefined;
+    workers.forEach((w) => w.send({ cmd: 'stop' }));
     await Promise.all(workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once('exit', r)))));
     return {
       variant,
@@ -248,7 +254,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       endpointChange: summary(endpointChanges),
       meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services (see meshChange)',
       meshChange: summary(meshChanges),
-      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, cpuSecondsTotal: final.cpuSeconds },
+      cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, memoryAtEnd, memoryAtEndAfterSnapshot, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {
     workers.forEach((w) => w.kill('SIGKILL'));
