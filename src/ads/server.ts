@@ -49,6 +49,8 @@ export interface AdsServerOptions {
   instanceId: string;
   /** Wait after a NACK before sending that type again (Kuma: 5 s). */
   nackBackoffMs?: number;
+  /** The longest such wait, when a proxy rejects the same config again and again (default 60 s). */
+  nackBackoffMaxMs?: number;
   /** The Dataplane behind a node id, to check a tag-bound token against it. */
   dataplaneOf?: (mesh: string, name: string) => Promise<DataplaneSpec | undefined>;
   /** Response bytes all streams may have on their way out at once (default 64 MiB). */
@@ -228,6 +230,7 @@ export class AdsServer {
       identity,
       controlPlaneId: this.opts.instanceId,
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
+      nackBackoffMaxMs: this.opts.nackBackoffMaxMs ?? 60_000,
       hooks: this.hooks,
       budget: this.budget,
       // Delta: only what a gRPC client could not take whole is cut (XDS-RULES 24).

@@ -105,7 +105,19 @@ interface TypeState {
   sentChangeTime: number;
   inFlight: boolean;
   ackedVersion?: string;
+  /** No response of this type before this time (a NACK's backoff). */
   backoffUntil: number;
+  /**
+   * The content the last NACK rejected (SotW: the response's version; delta: the type's version
+   * in the snapshot it came from), when it was, and how many NACKs in a row rejected that same
+   * content before it. Each of those doubles the backoff, up to `nackBackoffMaxMs`; other content
+   * goes after the first backoff (see `backOff`).
+   */
+  nackedContent: string | undefined;
+  nackedAt: number;
+  nackRepeats: number;
+  /** Delta: the type's version in the snapshot the last response came from. */
+  sentTypeVersion: string | undefined;
   /** SotW: the resources the last response carried. Delta: unused. */
   sent: ReadonlyMap<string, EncodedResource>;
   /**
@@ -146,6 +158,8 @@ export interface StreamOptions {
   identity: Identity;
   controlPlaneId: string;
   nackBackoffMs: number;
+  /** The longest backoff when a proxy rejects the same config again and again (default: nackBackoffMs, no growth). */
+  nackBackoffMaxMs?: number;
   hooks: StreamHooks;
   /** Hands a response to the transport; `bytes` is the size of the resources it carries. */
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
@@ -473,7 +487,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, nackedContent: undefined, nackedAt: 0, nackRepeats: 0, sentTypeVersion: undefined, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -558,9 +572,39 @@ export class AdsStream {
   private pieceAnswered(state: TypeState, error: DiscoveryRequest['error_detail']): void {
     if (!error || !(error.message || error.code) || state.pieceNacked) return;
     state.pieceNacked = true;
-    state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+    this.backOff(state);
     this.opts.hooks.onNack(this.nodeId!, state.typeUrl, state.sentVersion ?? '', error.message ?? `code ${error.code}`);
     this.resync(state);
+  }
+
+  /**
+   * Rule 5: a NACK starts a backoff before this type is sent again. When the proxy rejects the
+   * same content it rejected last time (the config was sent again unchanged), the backoff doubles,
+   * up to `nackBackoffMaxMs`: retrying a config every 5 s that 2000 proxies reject would cost the
+   * control plane a large part of a cold start each time, and tell nobody anything new. A change of
+   * that type's config is not held back so long: it goes once the first backoff has passed
+   * (`backoffEnd`), and an ACK ends the run.
+   */
+  private backOff(state: TypeState): void {
+    const content = this.sentContent(state);
+    state.nackRepeats = content !== undefined && content === state.nackedContent ? state.nackRepeats + 1 : 0;
+    state.nackedContent = content;
+    state.nackedAt = this.now();
+    const most = Math.max(this.opts.nackBackoffMs, this.opts.nackBackoffMaxMs ?? 0);
+    state.backoffUntil = state.nackedAt + Math.min(most, this.opts.nackBackoffMs * 2 ** Math.min(state.nackRepeats, 30));
+  }
+
+  /** What the last response of this type carried, as one string (see `nackedContent`). */
+  private sentContent(state: TypeState): string | undefined {
+    return this.opts.variant === 'sotw' ? state.sentVersion : state.sentTypeVersion;
+  }
+
+  /** When this type may be sent again: the backoff's end, or the first backoff's if its config changed since the NACK. */
+  private backoffEnd(state: TypeState): number {
+    if (state.nackRepeats === 0) return state.backoffUntil;
+    // Delta: names (un)subscribed since count as a change too.
+    const same = this.opts.variant === 'sotw' ? this.desiredWithVersion(state).version === state.nackedContent : state.pending.size === 0 && this.snapshot?.typeVersions.get(state.typeUrl) === state.nackedContent;
+    return same ? state.backoffUntil : Math.min(state.backoffUntil, state.nackedAt + this.opts.nackBackoffMs);
   }
 
   /**
@@ -592,17 +636,23 @@ export class AdsStream {
     if (state.pieceNacked) {
       // A piece of this response was rejected (recorded then): the proxy does not hold all of it.
       if (error && (error.message || error.code)) {
-        state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+        this.backOff(state);
         this.resync(state);
       }
       return;
     }
     // Rule 4 and 5: a NACK is known by error_detail, never by comparing versions.
     if (error && (error.message || error.code)) {
-      state.backoffUntil = this.now() + this.opts.nackBackoffMs;
+      this.backOff(state);
       this.opts.hooks.onNack(nodeId, state.typeUrl, state.sentVersion ?? version, error.message ?? `code ${error.code}`);
       this.resync(state);
     } else {
+      if (state.nackedContent !== undefined) {
+        // Accepted (what went early, see backoffEnd): the run of rejections and its backoff end.
+        state.nackedContent = undefined;
+        state.nackRepeats = 0;
+        state.backoffUntil = 0;
+      }
       if (state.removedSinceAck.length > 0) state.removedSinceAck = NO_NONCES;
       state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
       this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
@@ -793,9 +843,12 @@ export class AdsStream {
       const state = this.types.get(typeUrl);
       if (!state) continue;
       if (now < state.backoffUntil) {
-        wakeAt = Math.min(wakeAt, state.backoffUntil);
-        clustersWait ||= typeUrl === TypeUrl.Cluster;
-        continue;
+        const end = this.backoffEnd(state);
+        if (now < end) {
+          wakeAt = Math.min(wakeAt, end);
+          clustersWait ||= typeUrl === TypeUrl.Cluster;
+          continue;
+        }
       }
       // Rule 8: while clusters wait out a NACK's backoff, listeners and routes (which may use new
       // ones) wait with them; they follow the clusters when those go again.
@@ -890,6 +943,7 @@ export class AdsStream {
     if (!state.inFlight) state.removedSinceAck = removed.length > 0 ? removed : NO_NONCES;
     else if (removed.length > 0) state.removedSinceAck = state.removedSinceAck.concat(removed);
     this.record(state, nonce, this.snapshot.version);
+    state.sentTypeVersion = this.snapshot.typeVersions.get(state.typeUrl);
     state.pieceNonces = responses.length === 1 ? earlier : earlier.concat(responses.slice(0, -1).map((r) => r.nonce));
     state.pieceNacked = false;
     for (const [i, res] of responses.entries()) {

@@ -50,6 +50,8 @@ export const configSchema = z
         allowUnauthenticatedLoopback: z.boolean().default(false),
         /** Wait after a proxy rejects (NACKs) config before sending that type again. */
         nackBackoffMs: z.number().int().min(0).max(600_000).default(5000),
+        /** The longest such wait: it doubles each time a proxy rejects the same config again. */
+        nackBackoffMaxMs: z.number().int().min(0).max(3_600_000).default(60_000),
         /** Regenerate config this long after the last change of a burst... */
         debounceMs: z.number().int().min(0).max(60_000).default(100),
         /** ...and at most this long after its first change. */
@@ -69,7 +71,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -115,6 +117,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_PORT: { path: ['xds', 'port'], kind: 'number' },
   WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: { path: ['xds', 'allowUnauthenticatedLoopback'], kind: 'boolean' },
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
+  WEFT_XDS_NACK_BACKOFF_MAX_MS: { path: ['xds', 'nackBackoffMaxMs'], kind: 'number' },
   WEFT_XDS_EPHEMERAL_CLEANUP_MS: { path: ['xds', 'ephemeralCleanupMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },

@@ -159,6 +159,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     metrics,
     instanceId,
     nackBackoffMs: config.xds.nackBackoffMs,
+    nackBackoffMaxMs: config.xds.nackBackoffMaxMs,
     sendBudgetBytes: config.xds.sendBudgetBytes,
     shutdownGraceMs: config.shutdownGraceMs,
   });

@@ -5,6 +5,7 @@ import { createServingCertificate } from '../../src/certs/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { TypeUrl } from '../../src/ads/index.js';
 import type { Received } from '../../src/ads/test-client.js';
+import { nackRunTests } from '../helpers/nack-runs.js';
 import { adsSuite, cla, cluster, listener, meshSet, route, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
@@ -417,3 +418,5 @@ describe('ADS delta responses: cut only over 1 MiB, over TLS too', () => {
     assert.equal(await inFlight(), 0);
   });
 });
+
+nackRunTests('delta');

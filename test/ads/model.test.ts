@@ -68,7 +68,7 @@ interface Plane {
 }
 
 const LOG_LEVEL = process.env.WEFT_TEST_LOG_LEVEL ?? 'silent';
-const QUICK = { debounceMs: 5, debounceMaxMs: 50, nackBackoffMs: 50 };
+const QUICK = { debounceMs: 5, debounceMaxMs: 50, nackBackoffMs: 50, nackBackoffMaxMs: 400 };
 /** How often a proxy rejects a response (rule 5: the server backs off, then sends that type again whole). */
 const NACK_RATE = 0.03;
 
@@ -100,6 +100,7 @@ async function replica(env: Record<string, string>) {
     WEFT_XDS_DEBOUNCE_MS: String(QUICK.debounceMs),
     WEFT_XDS_DEBOUNCE_MAX_MS: String(QUICK.debounceMaxMs),
     WEFT_XDS_NACK_BACKOFF_MS: String(QUICK.nackBackoffMs),
+    WEFT_XDS_NACK_BACKOFF_MAX_MS: String(QUICK.nackBackoffMaxMs),
     ...env,
   };
   const first = await startTestControlPlane(all);
@@ -182,6 +183,7 @@ async function tightParts(): Promise<Plane> {
       metrics: new Registry(),
       instanceId: 'model',
       nackBackoffMs: QUICK.nackBackoffMs,
+      nackBackoffMaxMs: QUICK.nackBackoffMaxMs,
       deltaPieceBytes: 2048,
       turnBytes: 1024,
       sendBudgetBytes: 8192,

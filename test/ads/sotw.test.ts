@@ -3,6 +3,7 @@ import { before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { collectingLogger } from '../helpers/log-lines.js';
+import { nackRunTests } from '../helpers/nack-runs.js';
 import { adsSuite, meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
@@ -380,3 +381,5 @@ describe('ADS NACKs in the log', () => {
     );
   });
 });
+
+nackRunTests('sotw');

@@ -54,7 +54,7 @@ export interface TestAds {
   stop(): Promise<void>;
 }
 
-export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger } = {}): Promise<TestAds> {
+export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger } = {}): Promise<TestAds> {
   const cache = new SnapshotCache();
   const metrics = new Registry();
   const server = new AdsServer({
@@ -64,6 +64,7 @@ export async function startTestAds(opts: { authenticator?: Authenticator; nackBa
     metrics,
     instanceId: 'test-cp',
     nackBackoffMs: opts.nackBackoffMs ?? 5000,
+    nackBackoffMaxMs: opts.nackBackoffMaxMs,
     deltaPieceBytes: opts.deltaPieceBytes,
   });
   const port = await server.listen('127.0.0.1', 0, opts.credentials);
@@ -74,7 +75,7 @@ export async function startTestAds(opts: { authenticator?: Authenticator; nackBa
  * Registers before/after hooks in the current suite: one ADS server, and clients that are closed
  * when the suite ends. `ads()` is valid inside tests.
  */
-export function adsSuite(variant: 'sotw' | 'delta', opts: { nackBackoffMs?: number; deltaPieceBytes?: number } = {}): { ads: () => TestAds; connect: (id: string) => XdsTestClient } {
+export function adsSuite(variant: 'sotw' | 'delta', opts: { nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number } = {}): { ads: () => TestAds; connect: (id: string) => XdsTestClient } {
   let ads: TestAds | undefined;
   const clients: XdsTestClient[] = [];
   before(async () => {
