@@ -111,10 +111,10 @@ export class AdsServer {
       },
       onResponse: (...a) => status.onResponse(...a),
       onAck: (...a) => status.onAck(...a),
-      onNack: (nodeId, typeUrl, version, message) => {
+      onNack: (nodeId, typeUrl, version, message, retryInMs) => {
         // Once per run of rejections: the type is retried after each backoff (rule 5).
-        if (status.onNack(nodeId, typeUrl, version, message)) {
-          opts.logger.warn({ nodeId, type: SHORT_NAME[typeUrl], version, error: message }, 'proxy rejected its config (NACK); it is sent again after each backoff until taken or changed');
+        if (status.onNack(nodeId, typeUrl, version, message, retryInMs)) {
+          opts.logger.warn({ nodeId, type: SHORT_NAME[typeUrl], version, error: message, retryInMs }, 'proxy rejected its config (NACK); it is sent again after a backoff, which doubles while the same config is rejected, until taken or changed');
         }
       },
       onIgnored: (...a) => status.onIgnored(...a),

@@ -7,7 +7,8 @@ export interface TypeStatus {
   lastSentAt?: string;
   lastAckedVersion?: string;
   lastAckedAt?: string;
-  lastNack?: { version: string; message: string; at: string };
+  /** `retryAt`: when the rejected config is sent again unless it changes first (the backoff doubles while it is rejected unchanged). */
+  lastNack?: { version: string; message: string; at: string; retryAt: string };
   /** The last response over 4 MiB, which gRPC clients refuse by default (XDS-RULES 24). */
   lastOversized?: { bytes: number; at: string };
   responses: number;
@@ -134,11 +135,12 @@ export class XdsStatus implements StreamHooks {
   }
 
   /** Records a NACK; true when it starts a run (the type was ACKed since the last one, or the error is new), worth a log line. */
-  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): boolean {
+  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string, retryInMs: number): boolean {
     const t = this.type(nodeId, typeUrl);
     const last = t.lastNack;
     const fresh = !last || last.message !== message || (t.lastAckedAt !== undefined && t.lastAckedAt >= Date.parse(last.at));
-    t.lastNack = { version, message, at: new Date().toISOString() };
+    const now = Date.now();
+    t.lastNack = { version, message, at: iso(now)!, retryAt: iso(now + retryInMs)! };
     t.nacks++;
     this.nacks.inc({ type: SHORT_NAME[typeUrl] });
     return fresh;

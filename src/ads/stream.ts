@@ -84,7 +84,8 @@ export interface StreamHooks {
   onDisconnect(nodeId: string, variant: Variant): void;
   onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, resources: number): void;
   onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void;
-  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string): void;
+  /** `retryInMs`: when the rejected config is sent again, unless it changes first (rule 5). */
+  onNack(nodeId: string, typeUrl: TypeUrl, version: string, message: string, retryInMs: number): void;
   onIgnored(nodeId: string | undefined, reason: 'stale_nonce' | 'unknown_type'): void;
   /** A response of about `bytes` on the wire, over what gRPC clients receive by default (XDS-RULES 24); `first` for this stream and type. */
   onOversized(nodeId: string, typeUrl: TypeUrl, variant: Variant, bytes: number, first: boolean): void;
@@ -573,7 +574,7 @@ export class AdsStream {
     if (!error || !(error.message || error.code) || state.pieceNacked) return;
     state.pieceNacked = true;
     this.backOff(state);
-    this.opts.hooks.onNack(this.nodeId!, state.typeUrl, state.sentVersion ?? '', error.message ?? `code ${error.code}`);
+    this.opts.hooks.onNack(this.nodeId!, state.typeUrl, state.sentVersion ?? '', error.message ?? `code ${error.code}`, state.backoffUntil - state.nackedAt);
     this.resync(state);
   }
 
@@ -644,7 +645,7 @@ export class AdsStream {
     // Rule 4 and 5: a NACK is known by error_detail, never by comparing versions.
     if (error && (error.message || error.code)) {
       this.backOff(state);
-      this.opts.hooks.onNack(nodeId, state.typeUrl, state.sentVersion ?? version, error.message ?? `code ${error.code}`);
+      this.opts.hooks.onNack(nodeId, state.typeUrl, state.sentVersion ?? version, error.message ?? `code ${error.code}`, state.backoffUntil - state.nackedAt);
       this.resync(state);
     } else {
       if (state.nackedContent !== undefined) {

@@ -44,7 +44,9 @@ export function nackRunTests(variant: 'sotw' | 'delta'): void {
       const least = [1, 2, 4, 8, 8].map((k) => k * BASE_MS - 15);
       waits.forEach((ms, i) => assert.ok(ms >= least[i]!, `retry ${i + 1} after ${ms} ms, not before ${least[i]} ms: ${waits.join(', ')}`));
       assert.ok(waits[4]! < 2 * MOST_MS - 200, `the backoff stops growing at ${MOST_MS} ms: ${waits.join(', ')}`);
-      assert.equal(suite.ads().server.status.get(id)!.types.CDS!.nacks, 5, 'each NACK is recorded');
+      const st = suite.ads().server.status.get(id)!.types.CDS!;
+      assert.equal(st.nacks, 5, 'each NACK is recorded');
+      assert.equal(Date.parse(st.lastNack!.retryAt) - Date.parse(st.lastNack!.at), MOST_MS, 'with when it is sent again');
     });
 
     it('rule 5: a changed config goes after the first backoff, however long the run; an ACK ends the run', async () => {
