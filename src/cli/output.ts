@@ -3,7 +3,12 @@ import type { ResourceType, Resource } from '../core/index.js';
 
 /** kubectl-style age: 45s, 12m, 5h, 3d. */
 export function age(iso: string, now = Date.now()): string {
-  const s = Math.max(0, Math.floor((now - Date.parse(iso)) / 1000));
+  return duration(now - Date.parse(iso));
+}
+
+/** A span of time in its largest fitting unit: 90s, 5m, 3h, 2d. */
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
   if (s < 120) return `${s}s`;
   if (s < 7200) return `${Math.floor(s / 60)}m`;
   if (s < 172800) return `${Math.floor(s / 3600)}h`;
@@ -62,7 +67,7 @@ export interface InsightStatus {
   connectedSince?: string;
   disconnectedAt?: string;
   controlPlaneInstance?: string;
-  types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string }; lastOversized?: { bytes: number; at: string } }>;
+  types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string; retryAt?: string }; lastOversized?: { bytes: number; at: string } }>;
 }
 
 const XDS_TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
@@ -87,6 +92,9 @@ export function insightTable(rows: { dataplane: Record<string, unknown>; status:
     });
     const nacks = Object.entries(status.types).filter(([, s]) => s.lastNack);
     const lastNack = nacks.sort((a, b) => (a[1].lastNack!.at < b[1].lastNack!.at ? 1 : -1))[0];
+    // While that type is still rejected: when the control plane sends it again (unless it changes first).
+    const retryAt = lastNack && cell(lastNack[0]) === 'NACK' && lastNack[1].lastNack!.retryAt ? Date.parse(lastNack[1].lastNack!.retryAt) : NaN;
+    const again = retryAt > now ? ` (again in ${duration(Math.ceil((retryAt - now) / 1000) * 1000)})` : '';
     return [
       String(dataplane.mesh),
       String(dataplane.name),
@@ -95,7 +103,7 @@ export function insightTable(rows: { dataplane: Record<string, unknown>; status:
       status.controlPlaneInstance ?? '-',
       ...XDS_TYPES.map(cell),
       oversized.length > 0 ? oversized.join(', ') : '-',
-      lastNack ? `${lastNack[0]}: ${lastNack[1].lastNack!.message.slice(0, 80)}` : '-',
+      lastNack ? `${lastNack[0]}: ${lastNack[1].lastNack!.message.slice(0, 80)}${again}` : '-',
     ];
   });
   return table([head, ...body]);

@@ -31,4 +31,25 @@ describe('weftctl inspect dataplanes table', () => {
     assert.match(big!, /^default\s+big\s+Online\s+10m\s+cp-1\s+ACK\s+ACK\s+ACK\s+-\s+-\s+CDS 5\.3 MiB 90s ago, LDS 4\.5 MiB 2h ago\s+-$/);
     assert.match(small!, /^default\s+small\s+Offline\s+30s\s+-\s+sent\s+-\s+-\s+-\s+-\s+-\s+-$/);
   });
+
+  it('rule 5: the last NACK says when the rejected config is sent again, while it is still rejected and the time is ahead', () => {
+    const nack = (retryIn: number) => ({ message: 'Error adding/updating listener(s) http: bad port', at: ago(60), retryAt: new Date(now + retryIn * 1000).toISOString() });
+    const rows = [
+      { name: 'waiting', types: { LDS: { lastSentVersion: 'b', lastNack: nack(40) } } },
+      { name: 'long', types: { LDS: { lastSentVersion: 'b', lastNack: nack(300) } } },
+      { name: 'due', types: { LDS: { lastSentVersion: 'b', lastNack: nack(-1) } } },
+      { name: 'taken', types: { LDS: { lastSentVersion: 'c', lastAckedVersion: 'c', lastNack: nack(40) } } },
+    ];
+    const lines = insightTable(
+      rows.map(({ name, types }) => ({ dataplane: { mesh: 'default', name }, status: { connected: true, connectedSince: ago(600), types } })),
+      now,
+    )
+      .trimEnd()
+      .split('\n')
+      .slice(1);
+    assert.match(lines[0]!, /NACK\s+-\s+-\s+-\s+LDS: Error adding\/updating listener\(s\) http: bad port \(again in 40s\)$/);
+    assert.match(lines[1]!, /LDS: Error adding\/updating listener\(s\) http: bad port \(again in 5m\)$/);
+    assert.match(lines[2]!, /LDS: Error adding\/updating listener\(s\) http: bad port$/, 'its time has come: it is on its way');
+    assert.match(lines[3]!, /ACK\s+-\s+-\s+-\s+LDS: Error adding\/updating listener\(s\) http: bad port$/, 'a newer config was taken');
+  });
 });
