@@ -4,6 +4,7 @@
  *
  *   node dist/bench/prof-regen.js                        # endpoint changes (one replica flips health)
  *   WEFT_PROF_STREAMS=1 node dist/bench/prof-regen.js    # each proxy also has a delta stream: serialize + ACK
+ *   WEFT_PROF_VARIANT=sotw ...                           # with WEFT_PROF_STREAMS=1: SotW streams instead
  *   WEFT_PROF_MESHWIDE=1 ...                             # a new service each round instead
  *   WEFT_PROF_MESH=1 ...                                 # the Mesh's outbound passthrough switched each round instead
  *   WEFT_PROF_REACHABLE=10 ...                           # each proxy reaches 10 services (default: all)
@@ -15,8 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { AdsStream, Reconciler, SnapshotCache, TypeUrl } from '../src/ads/index.js';
-import type { DeltaDiscoveryResponse } from '../src/ads/stream.js';
-import { responseSerializer } from '../src/ads/wire.js';
+import type { DeltaDiscoveryResponse, DiscoveryResponse } from '../src/ads/stream.js';
+import { PRE_ENCODED, responseSerializer, type PreEncoded } from '../src/ads/wire.js';
 import { createLogger, defaultRegistry } from '../src/core/index.js';
 import { openStore } from '../src/store/index.js';
 
@@ -36,28 +37,43 @@ for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) {
 await store.create({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: {} });
 await store.write(ops);
 const cache = new SnapshotCache();
-// WEFT_PROF_STREAMS=1: each proxy also has a delta stream (no network): responses are serialized as
-// on the wire and ACKed, so a round's time includes sending.
+// WEFT_PROF_STREAMS=1: each proxy also has a stream (no network), delta or, with
+// WEFT_PROF_VARIANT=sotw, SotW: responses are serialized as on the wire and ACKed as Envoy does,
+// so a round's time includes sending.
 const streams = process.env.WEFT_PROF_STREAMS === '1';
-const serialize = responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+const sotw = process.env.WEFT_PROF_VARIANT === 'sotw';
+const serialize = responseSerializer(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
 const acks: (() => void)[] = [];
 const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
+/** Like Envoy: the endpoints of the EDS clusters it got. */
+const edsNames = (names: string[]) => names.filter((n) => n.startsWith('svc-'));
 function attach(id: string): void {
+  let edsSubscribed: string[] = [];
   const s = new AdsStream({
-    variant: 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,
+    variant: sotw ? 'sotw' : 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,
     send: (r) => {
       serialize(r);
+      if (sotw) {
+        const d = r as DiscoveryResponse;
+        acks.push(() => {
+          const names = d.type_url === TypeUrl.ClusterLoadAssignment ? edsSubscribed : [];
+          s.handle({ type_url: d.type_url, version_info: d.version_info, response_nonce: d.nonce, resource_names: names });
+          if (d.type_url !== TypeUrl.Cluster) return;
+          const eds = edsNames(((d as PreEncoded)[PRE_ENCODED] ?? []).map((x) => x.name));
+          if (eds.join() !== edsSubscribed.join()) s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names: (edsSubscribed = eds) });
+        });
+        return;
+      }
       const d = r as DeltaDiscoveryResponse;
       acks.push(() => {
         s.handle({ type_url: d.type_url, response_nonce: d.nonce });
-        // Like Envoy: endpoints of the EDS clusters it got.
-        const eds = d.resources.map((x) => x.name).filter((n) => n.startsWith('svc-'));
+        const eds = edsNames(d.resources.map((x) => x.name));
         if (d.type_url === TypeUrl.Cluster && eds.length > 0) s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds });
       });
     },
   });
-  s.handle({ node: { id }, type_url: TypeUrl.Cluster });
-  s.handle({ type_url: TypeUrl.Listener });
+  s.handle({ node: { id }, type_url: TypeUrl.Cluster, ...(sotw && { resource_names: [] }) });
+  s.handle({ type_url: TypeUrl.Listener, ...(sotw && { resource_names: [] }) });
 }
 async function drainAcks(): Promise<void> {
   while (acks.length) acks.splice(0).forEach((a) => a());
