@@ -10,6 +10,7 @@
  *   WEFT_PROF_REACHABLE=10 ...                           # each proxy reaches 10 services (default: all)
  *   WEFT_PROF_SERVICES=350 WEFT_PROF_ROUNDS=10 node --cpu-prof dist/bench/prof-regen.js
  *   WEFT_PROF_HEAPSNAPSHOT=/tmp/cp.heapsnapshot ...       # a heap snapshot after the cold generation
+ *   WEFT_PROF_ALLOCATIONS=/tmp/rounds.heapprofile ...     # where the rounds allocate, garbage included
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -92,6 +93,13 @@ if (process.env.WEFT_PROF_HEAPSNAPSHOT) (await import('node:v8')).writeHeapSnaps
 console.log('cold generation ms', Math.round(performance.now() - t), 'rss MB', Math.round(process.memoryUsage().rss / 1048576));
 // Endpoint changes: one replica of svc-7 flips between ready and not ready (WEFT_PROF_ROUNDS times).
 const rounds = Number(process.env.WEFT_PROF_ROUNDS ?? 1);
+// WEFT_PROF_ALLOCATIONS=FILE: where the rounds allocate (garbage included), as a .heapprofile for DevTools.
+const allocations = process.env.WEFT_PROF_ALLOCATIONS ? new (await import('node:inspector')).Session() : undefined;
+const post = (method: string, params?: object) => new Promise<unknown>((res, rej) => allocations!.post(method, params ?? {}, (err, r) => (err ? rej(err) : res(r))));
+if (allocations) {
+  allocations.connect();
+  await post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+}
 for (let i = 0; i < rounds; i++) {
   t = performance.now();
   // WEFT_PROF_MESHWIDE=1: a new service each round instead (every proxy reaches it).
@@ -105,6 +113,10 @@ for (let i = 0; i < rounds; i++) {
   (globalThis as { gc?: () => void }).gc?.();
   const kind = process.env.WEFT_PROF_MESH === '1' ? 'mesh change' : process.env.WEFT_PROF_MESHWIDE === '1' ? 'mesh-wide change' : 'endpoint change';
   console.log(`${kind} ms`, ms, 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
+}
+if (allocations) {
+  const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: unknown };
+  (await import('node:fs')).writeFileSync(process.env.WEFT_PROF_ALLOCATIONS!, JSON.stringify(profile));
 }
 rec.close();
 await store.close();
