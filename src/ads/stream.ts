@@ -584,12 +584,15 @@ export class AdsStream {
    * up to `nackBackoffMaxMs`: retrying a config every 5 s that 2000 proxies reject would cost the
    * control plane a large part of a cold start each time, and tell nobody anything new. A change of
    * that type's config is not held back so long: it goes once the first backoff has passed
-   * (`backoffEnd`), and an ACK ends the run.
+   * (`backoffEnd`), and an ACK ends the run. `again`: another NACK of a response already counted
+   * (its last piece, after an earlier piece's), which starts the same backoff over.
    */
-  private backOff(state: TypeState): void {
-    const content = this.sentContent(state);
-    state.nackRepeats = content !== undefined && content === state.nackedContent ? state.nackRepeats + 1 : 0;
-    state.nackedContent = content;
+  private backOff(state: TypeState, again = false): void {
+    if (!again) {
+      const content = this.sentContent(state);
+      state.nackRepeats = content !== undefined && content === state.nackedContent ? state.nackRepeats + 1 : 0;
+      state.nackedContent = content;
+    }
     state.nackedAt = this.now();
     const most = Math.max(this.opts.nackBackoffMs, this.opts.nackBackoffMaxMs ?? 0);
     state.backoffUntil = state.nackedAt + Math.min(most, this.opts.nackBackoffMs * 2 ** Math.min(state.nackRepeats, 30));
@@ -637,7 +640,7 @@ export class AdsStream {
     if (state.pieceNacked) {
       // A piece of this response was rejected (recorded then): the proxy does not hold all of it.
       if (error && (error.message || error.code)) {
-        this.backOff(state);
+        this.backOff(state, true);
         this.resync(state);
       }
       return;

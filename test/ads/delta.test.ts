@@ -363,6 +363,25 @@ describe('ADS incremental (delta)', () => {
     assert.notEqual(status().lastAckedVersion, status().lastSentVersion);
   });
 
+  it('rule 5: a response rejected in two of its pieces counts once: it is sent again after the first backoff', async () => {
+    const id = nodeId();
+    ads.cache.set(id, bigSet(400));
+    const c = connect(id);
+    c.delta({ type_url: LDS });
+    const first = await c.next(LDS);
+    const rest = await restOf(c, first, 400);
+    assert.ok(rest.length > 0, 'in pieces');
+    const t = Date.now();
+    c.nack(first, 'listener rejected');
+    for (const r of rest.slice(0, -1)) c.ack(r);
+    c.nack(rest.at(-1)!, 'listener rejected');
+    const retry = await c.next(LDS, 5000);
+    const ms = Date.now() - t;
+    assert.ok(ms >= 380 && ms < 700, `after the backoff (400 ms), not twice it: ${ms} ms`);
+    assert.deepEqual(names(retry).slice(0, 3), names(first).slice(0, 3), 'the listeners again, whole');
+    assert.equal(ads.server.status.get(id)!.types.LDS!.nacks, 1, 'one response rejected, one NACK recorded');
+  });
+
   it('rules 13 and 17: a named subscription is not told of removals of names it never subscribed', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
