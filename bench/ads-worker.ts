@@ -31,7 +31,12 @@ interface Watch {
   /** Only these node ids are expected to see it. */
   expect: string[];
 }
-type Msg = Start | Watch | { cmd: 'stop' };
+/** From now on, reject every response of this type (a NACK storm: a config the proxies cannot take). */
+interface Reject {
+  cmd: 'reject';
+  typeUrl: string;
+}
+type Msg = Start | Watch | Reject | { cmd: 'stop' } | { cmd: 'count' };
 
 // HTTP/2 flow-control window of each proxy's connection: Envoy's default for the xDS cluster of
 // its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
@@ -39,7 +44,7 @@ const FLOW_WINDOW = Number(process.env.WEFT_BENCH_FLOW_WINDOW ?? 268_435_456);
 
 const CLIENT = benchClient();
 
-type Client = Pick<XdsTestClient, 'variant' | 'ack' | 'delta' | 'subscribe' | 'close'>;
+type Client = Pick<XdsTestClient, 'variant' | 'ack' | 'nack' | 'delta' | 'subscribe' | 'close'>;
 const clients = new Map<string, Client>();
 const ready = new Set<string>();
 let watch: Watch | undefined;
@@ -47,6 +52,11 @@ let seen = new Map<string, number>();
 /** For a new cluster: when each proxy got the first LDS response after it. */
 let listeners = new Map<string, number>();
 let bytes = 0;
+let rejectType: string | undefined;
+/** Responses of `rejectType` received (and rejected) since the last count. */
+let rejected = 0;
+/** Per proxy: the last version of each type it took, which a SotW NACK names. */
+const taken = new Map<string, Map<string, string>>();
 
 function send(m: unknown): void {
   process.send!(m);
@@ -59,8 +69,17 @@ function size(r: Received): number {
 
 function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string>; got: Set<string> }): void {
   bytes += size(r);
-  if (c.variant === 'sotw') c.ack(r);
-  else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
+  if (r.typeUrl === rejectType) {
+    rejected++;
+    c.nack(r, 'Error adding/updating cluster(s): rejected by the bench (NACK storm)', taken.get(id)?.get(r.typeUrl) ?? '');
+    return;
+  }
+  if (c.variant === 'sotw') {
+    c.ack(r);
+    let t = taken.get(id);
+    if (!t) taken.set(id, (t = new Map()));
+    t.set(r.typeUrl, r.version);
+  } else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
   state.got.add(r.typeUrl);
   if (r.typeUrl === TypeUrl.Cluster) {
     const names = r.resources.filter((x) => x.body.type === 'EDS').map((x) => x.name);
@@ -127,6 +146,14 @@ process.on('message', (m: Msg) => {
     // change's response before this message and never count that proxy.
     send({ type: 'watching' });
     if (m.expect.length === 0) send({ type: 'seen', times: [], listenerTimes: [], bytes: 0 });
+  } else if (m.cmd === 'reject') {
+    rejectType = m.typeUrl;
+    rejected = 0;
+    bytes = 0;
+  } else if (m.cmd === 'count') {
+    send({ type: 'count', rejected, bytes });
+    rejected = 0;
+    bytes = 0;
   } else if (m.cmd === 'stop') {
     if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);
     send({ type: 'bytes', bytes });

@@ -28,6 +28,10 @@ const CHANGES = Number(process.env.WEFT_BENCH_CHANGES ?? 5);
 const PAUSE_MS = Number(process.env.WEFT_BENCH_CHANGE_PAUSE_MS ?? 1000);
 // WEFT_BENCH_TLS=1: the ADS port with TLS as shipped (xds.tls.mode auto), the proxies trusting its certificate.
 const TLS = process.env.WEFT_BENCH_TLS === '1';
+// WEFT_BENCH_NACK_STORM_S=N: last, every proxy rejects every CDS response for N seconds (see nackStorm).
+const STORM_S = Number(process.env.WEFT_BENCH_NACK_STORM_S ?? 0);
+// WEFT_BENCH_NACK_BACKOFF_MAX_MS: weft-cp's xds.nackBackoffMaxMs (its default: 60 s; 5000 keeps every backoff at 5 s, as before 2026-12-05).
+const NACK_BACKOFF_MAX_MS = process.env.WEFT_BENCH_NACK_BACKOFF_MAX_MS || undefined;
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -121,7 +125,7 @@ async function scenario(variant: 'sotw' | 'delta') {
   const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
   if (snapshotDir) cpFlags.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
   const cp = await spawnControlPlane(
-    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: TLS ? 'auto' : 'off', WEFT_LOG_LEVEL: 'debug' },
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: TLS ? 'auto' : 'off', WEFT_LOG_LEVEL: 'debug', ...(NACK_BACKOFF_MAX_MS && { WEFT_XDS_NACK_BACKOFF_MAX_MS: NACK_BACKOFF_MAX_MS }) },
     [process.execPath, ...cpFlags, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];
@@ -237,6 +241,34 @@ async function scenario(variant: 'sotw' | 'delta') {
       meshChanges.push(await measure('listener', 'outbound:passthrough:ipv4', ids, () => api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough } } }), undefined, chain));
     }
 
+    // A NACK storm: a config every proxy rejects, as when their Envoy version cannot take it. The
+    // Mesh's passthrough is switched once more, which changes every proxy's clusters (passthrough or
+    // blackhole), and from then on each proxy rejects every CDS response. weft-cp sends CDS again
+    // after each backoff; counted: how often, and what it costs.
+    let nackStorm;
+    if (STORM_S > 0) {
+      workers.forEach((w) => w.send({ cmd: 'reject', typeUrl: 'type.googleapis.com/envoy.config.cluster.v3.Cluster' }));
+      const before = procStats(cp.child.pid!);
+      const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
+      await api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough: CHANGES % 2 === 1 } } });
+      await new Promise((r) => setTimeout(r, STORM_S * 1000));
+      const countsP = waitFor(workers, 'count', WORKERS, TIMEOUT_MS);
+      workers.forEach((w) => w.send({ cmd: 'count' }));
+      const counts = await countsP;
+      const after = procStats(cp.child.pid!);
+      const rejected = counts.reduce((n, m) => n + Number(m.rejected), 0);
+      nackStorm = {
+        seconds: STORM_S,
+        nackBackoffMaxMs: NACK_BACKOFF_MAX_MS === undefined ? 'default' : Number(NACK_BACKOFF_MAX_MS),
+        // CDS responses the proxies received and rejected: the first, then one per retry.
+        cdsResponses: rejected,
+        perProxy: Number((rejected / ids.length).toFixed(2)),
+        resourceBytes: counts.reduce((n, m) => n + Number(m.bytes), 0),
+        cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)),
+        clientsCpuSeconds: Number((workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0) - clientsBefore).toFixed(2)),
+      };
+    }
+
     const final = procStats(cp.child.pid!);
     const memoryAtEnd = await memoryOf(cp);
     // With WEFT_BENCH_CP_HEAPSNAPSHOT, a second snapshot (a full collection first) tells garbage from what is held.
@@ -254,6 +286,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       endpointChange: summary(endpointChanges),
       meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services (see meshChange)',
       meshChange: summary(meshChanges),
+      ...(nackStorm && { nackStorm }),
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, memoryAtEnd, memoryAtEndAfterSnapshot, cpuSecondsTotal: final.cpuSeconds },
     };
   } finally {

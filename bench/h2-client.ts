@@ -91,6 +91,13 @@ export class H2AdsClient {
     this.write({ type_url: r.typeUrl, resource_names: this.names.get(r.typeUrl) ?? [], version_info: r.version, response_nonce: r.nonce });
   }
 
+  /** Rejects a response, as Envoy does: error_detail set; SotW keeps `keptVersion`, the last version it took. */
+  nack(r: Received, message: string, keptVersion = ''): void {
+    const error_detail = { code: 3, message };
+    if (this.variant === 'delta') return this.write({ type_url: r.typeUrl, response_nonce: r.nonce, error_detail });
+    this.write({ type_url: r.typeUrl, resource_names: this.names.get(r.typeUrl) ?? [], version_info: keptVersion, response_nonce: r.nonce, error_detail });
+  }
+
   close(): void {
     this.closed = true;
     this.stream.end();
