@@ -247,6 +247,8 @@ async function scenario(variant: 'sotw' | 'delta') {
     // after each backoff; counted: how often, and what it costs.
     let nackStorm;
     if (STORM_S > 0) {
+      // The last change's tail first (a cluster removal held for the listeners, XDS-RULES 8), so it is not rejected too.
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
       workers.forEach((w) => w.send({ cmd: 'reject', typeUrl: 'type.googleapis.com/envoy.config.cluster.v3.Cluster' }));
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
