@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { Registry } from 'prom-client';
-import { AdsServer, buildSnapshot, loopbackOnlyAuthenticator, Reconciler, ResourceEncoder, SnapshotCache, type ProxyStatus } from '../../src/ads/index.js';
+import { AdsServer, buildSnapshot, loopbackOnlyAuthenticator, Reconciler, ResourceEncoder, SnapshotCache, TypeUrl, type ProxyStatus } from '../../src/ads/index.js';
 import { createServingCertificate } from '../../src/certs/index.js';
 import { createLogger, decodeResource, defaultRegistry, enabledMtlsBackend, type DataplaneSpec, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../../src/core/index.js';
 import { generateProxyConfig, PROXYLESS_LABEL } from '../../src/xds/index.js';
@@ -377,6 +377,16 @@ class World {
         p.disconnect();
         setTimeout(() => p.connect(), Math.floor(this.rng() * 40));
       }
+    } else if (r < 0.88) {
+      // A proxy rejects every response of a type for a while (and is not checked meanwhile), or takes them again.
+      const p = this.proxies.get(id);
+      if (p?.stubborn) {
+        this.log.push(`${id} takes ${short(p.stubborn)} again`);
+        p.stubborn = undefined;
+      } else if (p) {
+        p.stubborn = this.pick([TypeUrl.Cluster, TypeUrl.Listener, TypeUrl.ClusterLoadAssignment]);
+        this.log.push(`${id} rejects every ${short(p.stubborn)}`);
+      }
     } else {
       const ms = Math.floor(this.rng() * 40);
       this.log.push(`wait ${ms} ms`);
@@ -463,6 +473,7 @@ class World {
       let firstBad: ModelProxy | undefined;
       for (const [name, p] of this.proxies) {
         if (!p.connected) continue; // dropped: it comes back (and is checked) later
+        if (p.stubborn) continue; // rejecting a type: checked once it takes it again
         const d = this.differences(p, want.get(name)!);
         if (d.length > 0) bad.push(`${p.nodeId} (${p.variant}${p.flavour === 'grpc' ? ', grpc' : ''}):\n  ${d.join('\n  ')}`);
         if (d.length > 0) firstBad ??= p;
@@ -477,6 +488,15 @@ class World {
         assert.fail(`proxies do not hold what translation gives them, ${ms} ms after the changes:\n${bad.join('\n')}\n${this.history()}\n${firstBad!.nodeId}'s streams:\n  ${firstBad!.trace.slice(-40).join('\n  ')}`);
       }
       await new Promise((res) => setTimeout(res, 25));
+    }
+  }
+
+  /** Proxies rejecting a type take it again. */
+  relent(): void {
+    for (const p of this.proxies.values()) {
+      if (!p.stubborn) continue;
+      this.log.push(`${p.nodeId} takes ${short(p.stubborn)} again`);
+      p.stubborn = undefined;
     }
   }
 
@@ -513,6 +533,10 @@ async function runSeed(seed: number, steps: number, pg: () => Promise<TestPostgr
       await world.converge();
       checks++;
     }
+    // Every proxy takes its config again: each must come to it, however long its backoff had grown.
+    world.relent();
+    await world.converge();
+    checks++;
     const responses = world.everyone.reduce((n, p) => n + p.responses, 0);
     const nacks = world.everyone.reduce((n, p) => n + p.nacks, 0);
     // Rejections are recorded (a NACK on a stream that closed before it was read is not, nor a

@@ -145,6 +145,11 @@ export class ModelProxy {
   private readonly wildcard: readonly string[];
   responses = 0;
   nacks = 0;
+  /**
+   * While set, every response of this type is rejected whole, as by an Envoy that cannot take the
+   * config (the server's backoff grows while the content stays the same; rule 5).
+   */
+  stubborn?: string;
 
   constructor(
     readonly nodeId: string,
@@ -243,7 +248,7 @@ export class ModelProxy {
       const any = (this.variant === 'sotw' ? x : x.resource) as { type_url: string; value: Uint8Array };
       return [r.resources[i]!.name, heldOf(any.type_url, any.value, r.resources[i]!.version)] as const;
     });
-    const reject = this.opts.rng() < (this.opts.nackRate ?? 0) ? (this.opts.rng() < 0.5 ? 'whole' : 'partly') : undefined;
+    const reject = t === this.stubborn ? 'whole' : this.opts.rng() < (this.opts.nackRate ?? 0) ? (this.opts.rng() < 0.5 ? 'whole' : 'partly') : undefined;
     const before = new Set(held.keys());
     if (reject === undefined) {
       // SotW LDS and CDS carry the full set (XDS-RULES 14): what they leave out is gone.
