@@ -18,11 +18,11 @@ export function nackRunTests(variant: 'sotw' | 'delta'): void {
     const nodeId = () => `default.${variant}-nack-run-${++n}`;
     const subscribe = (c: XdsTestClient) => (variant === 'sotw' ? c.subscribe(TypeUrl.Cluster, []) : c.delta({ type_url: TypeUrl.Cluster }));
     /** NACKs `r`; the retry that follows and how long it took. */
-    const reject = async (c: XdsTestClient, r: Received, change?: () => void) => {
+    const reject = async (c: XdsTestClient, r: Received, change?: () => void, type: string = TypeUrl.Cluster) => {
       const t = Date.now();
       c.nack(r, 'cluster web: unknown field');
       change?.();
-      const retry = await c.next(TypeUrl.Cluster, 5000);
+      const retry = await c.next(type, 5000);
       return { retry, ms: Date.now() - t };
     };
 
@@ -71,6 +71,19 @@ export function nackRunTests(variant: 'sotw' | 'delta'): void {
       // ...and rejected once more, it waits the first backoff, not the next of the old run.
       const again = await reject(c, back);
       assert.ok(again.ms >= BASE_MS - 15 && again.ms < MOST_MS / 2, `a new run starts at ${BASE_MS} ms: ${again.ms} ms`);
+    });
+
+    it('rule 5: a changed subscription goes after the first backoff too', async () => {
+      const id = nodeId();
+      suite.ads().cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+      const c = suite.connect(id);
+      const ask = (names: string[]) => (variant === 'sotw' ? c.subscribe(TypeUrl.ClusterLoadAssignment, names) : c.delta({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: names }));
+      ask(['web']);
+      let r = await c.next(TypeUrl.ClusterLoadAssignment);
+      for (let i = 0; i < 3; i++) r = (await reject(c, r, undefined, TypeUrl.ClusterLoadAssignment)).retry; // the next wait would be 800 ms
+      const more = await reject(c, r, () => setTimeout(() => ask(variant === 'sotw' ? ['web', 'api'] : ['api']), 20), TypeUrl.ClusterLoadAssignment);
+      assert.ok(more.ms >= BASE_MS - 15 && more.ms < MOST_MS - 200, `the newly asked name after the first backoff (${BASE_MS} ms), not the grown one: ${more.ms} ms`);
+      assert.ok(more.retry.resources.some((x) => x.name === 'api'), 'with the name it asked for');
     });
   });
 }
