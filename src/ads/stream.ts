@@ -600,14 +600,26 @@ export class AdsStream {
 
   /** What the last response of this type carried, as one string (see `nackedContent`). */
   private sentContent(state: TypeState): string | undefined {
-    return this.opts.variant === 'sotw' ? state.sentVersion : state.sentTypeVersion;
+    const own = this.opts.variant === 'sotw' ? state.sentVersion : state.sentTypeVersion;
+    return own === undefined ? undefined : own + this.heldBack(state);
+  }
+
+  /**
+   * Clusters: listeners and routes wait with them while they back off (rule 8), so a change of
+   * those counts as a change of theirs, and does not wait for a grown backoff either.
+   */
+  private heldBack(state: TypeState): string {
+    if (state.typeUrl !== TypeUrl.Cluster) return '';
+    const v = this.snapshot?.typeVersions;
+    return `|${v?.get(TypeUrl.Listener) ?? ''}|${v?.get(TypeUrl.RouteConfiguration) ?? ''}`;
   }
 
   /** When this type may be sent again: the backoff's end, or the first backoff's if its config changed since the NACK. */
   private backoffEnd(state: TypeState): number {
     if (state.nackRepeats === 0) return state.backoffUntil;
     // Delta: names (un)subscribed since count as a change too.
-    const same = this.opts.variant === 'sotw' ? this.desiredWithVersion(state).version === state.nackedContent : state.pending.size === 0 && this.snapshot?.typeVersions.get(state.typeUrl) === state.nackedContent;
+    const own = this.opts.variant === 'sotw' ? this.desiredWithVersion(state).version : state.pending.size === 0 ? this.snapshot?.typeVersions.get(state.typeUrl) : undefined;
+    const same = own !== undefined && own + this.heldBack(state) === state.nackedContent;
     return same ? state.backoffUntil : Math.min(state.backoffUntil, state.nackedAt + this.opts.nackBackoffMs);
   }
 

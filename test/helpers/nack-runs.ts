@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
 import type { Received, XdsTestClient } from '../../src/ads/test-client.js';
-import { adsSuite, meshSet } from './xds-fixtures.js';
+import { adsSuite, listener, meshSet } from './xds-fixtures.js';
 
 const BASE_MS = 100;
 const MOST_MS = 800;
@@ -84,6 +84,27 @@ export function nackRunTests(variant: 'sotw' | 'delta'): void {
       const more = await reject(c, r, () => setTimeout(() => ask(variant === 'sotw' ? ['web', 'api'] : ['api']), 20), TypeUrl.ClusterLoadAssignment);
       assert.ok(more.ms >= BASE_MS - 15 && more.ms < MOST_MS - 200, `the newly asked name after the first backoff (${BASE_MS} ms), not the grown one: ${more.ms} ms`);
       assert.ok(more.retry.resources.some((x) => x.name === 'api'), 'with the name it asked for');
+    });
+
+    it('rules 5 and 8: listeners waiting with rejected clusters go after the first backoff when they change', async () => {
+      const id = nodeId();
+      const ads = suite.ads();
+      ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+      const c = suite.connect(id);
+      subscribe(c);
+      if (variant === 'sotw') c.subscribe(TypeUrl.Listener, []);
+      else c.delta({ type_url: TypeUrl.Listener });
+      let r = await c.next(TypeUrl.Cluster);
+      c.ack(await c.next(TypeUrl.Listener));
+      for (let i = 0; i < 3; i++) r = (await reject(c, r)).retry; // the next wait would be 800 ms
+      const t = Date.now();
+      c.nack(r, 'cluster web: unknown field');
+      // Only the listeners change: they wait with the clusters (rule 8), but not for a grown backoff.
+      setTimeout(() => ads.cache.set(id, { ...meshSet({ web: [['10.0.0.1', 80]] }), [TypeUrl.Listener]: [listener('http', 8081, 'http-routes')] }), 20);
+      const l = await c.next(TypeUrl.Listener, 5000);
+      const ms = Date.now() - t;
+      assert.ok(ms >= BASE_MS - 15 && ms < MOST_MS - 200, `the new listeners after the first backoff (${BASE_MS} ms), not the grown one: ${ms} ms`);
+      assert.equal((l.resources[0]!.body.address as { socket_address: { port_value: number } }).socket_address.port_value, 8081);
     });
   });
 }
