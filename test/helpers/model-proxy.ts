@@ -134,7 +134,8 @@ export class ModelProxy {
    * SotW after a reconnect: the server knows only the version strings the proxy announces, not
    * what they stand for, so it cannot keep the clusters the proxy's old listeners use while their
    * replacements come. Rule 8 is checked again from the first moment, after the new stream's first
-   * LDS response, that the proxy holds a consistent config. (Delta clients name what they hold.)
+   * LDS response the proxy takes, that it holds a consistent config. (While it rejects them, it
+   * keeps listeners the server cannot know of. Delta clients name what they hold.)
    */
   private resyncing: 'no' | 'before LDS' | 'after LDS' = 'no';
   /** Clusters it was sent and rejected: a listener using one is its own doing, not the server's. */
@@ -267,7 +268,7 @@ export class ModelProxy {
     }
     this.trace.push(`got ${short(t)} ${r.nonce}: [${incoming.map(([n]) => n).join(' ')}]${r.removed.length ? ` removed [${r.removed.join(' ')}]` : ''}${reject ? `, rejected (${reject})` : ''}`);
     this.nonces.set(t, r.nonce);
-    if (t === TypeUrl.Listener && this.resyncing === 'before LDS') this.resyncing = 'after LDS';
+    if (t === TypeUrl.Listener && this.resyncing === 'before LDS' && !reject) this.resyncing = 'after LDS';
     this.checkClusters(t, t === TypeUrl.Cluster ? before : undefined);
     const ack = () => {
       if (reject) {
