@@ -584,8 +584,9 @@ export class AdsStream {
    * up to `nackBackoffMaxMs`: retrying a config every 5 s that 2000 proxies reject would cost the
    * control plane a large part of a cold start each time, and tell nobody anything new. A change of
    * that type's config is not held back so long: it goes once the first backoff has passed
-   * (`backoffEnd`), and an ACK ends the run. `again`: another NACK of a response already counted
-   * (its last piece, after an earlier piece's), which starts the same backoff over.
+   * (`backoffEnd`), and an ACK ends the run. `again`: a further NACK in the same rejection (the
+   * last piece of a response after an earlier piece, or the last response after an earlier one
+   * still in flight), which starts the same backoff over.
    */
   private backOff(state: TypeState, again = false): void {
     if (!again) {
