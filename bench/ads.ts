@@ -12,6 +12,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TypeUrl } from '../src/ads/index.js';
 import { VERSION } from '../src/core/index.js';
 import { binPath } from '../test/helpers/bin.js';
 import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
@@ -249,7 +250,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     if (STORM_S > 0) {
       // The last change's tail first (a cluster removal held for the listeners, XDS-RULES 8), so it is not rejected too.
       await new Promise((r) => setTimeout(r, PAUSE_MS));
-      workers.forEach((w) => w.send({ cmd: 'reject', typeUrl: 'type.googleapis.com/envoy.config.cluster.v3.Cluster' }));
+      workers.forEach((w) => w.send({ cmd: 'reject', typeUrl: TypeUrl.Cluster }));
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       await api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough: CHANGES % 2 === 1 } } });

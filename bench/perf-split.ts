@@ -74,7 +74,7 @@ function category(s: Sample): string | undefined {
     if (/\bread\b|readv|recvmsg/.test(stack)) return 'kernel: reads';
     return 'kernel: other';
   }
-  if (/^(SSL_|ssl3_|tls1?_|ossl_|aesni_|EVP_|BIO_|CRYPTO_|gcm_|ossl_gcm)/.test(leaf.sym) || leaf.sym.startsWith('node::crypto::') || /libssl|libcrypto/.test(leaf.dso)) return 'TLS (OpenSSL, node::crypto)';
+  if (/^(SSL_|ssl3_|tls1?_|ossl_|aesni_|EVP_|BIO_|CRYPTO_|gcm_)/.test(leaf.sym) || leaf.sym.startsWith('node::crypto::') || /libssl|libcrypto/.test(leaf.dso)) return 'TLS (OpenSSL, node::crypto)';
   if (leaf.sym.startsWith('nghttp2_') || leaf.sym.startsWith('node::http2::')) return 'HTTP/2 (nghttp2, node::http2)';
   if (leaf.sym.startsWith('JS:') || leaf.sym.startsWith('Builtins_') || leaf.dso.startsWith('/tmp/perf-') || leaf.dso.includes('.map')) return 'JS (code and V8 builtins)';
   if (leaf.sym.startsWith('v8::')) return 'V8 runtime (not GC)';

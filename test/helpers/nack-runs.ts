@@ -20,7 +20,7 @@ export function nackRunTests(variant: 'sotw' | 'delta'): void {
     /** NACKs `r`; the retry that follows and how long it took. */
     const reject = async (c: XdsTestClient, r: Received, change?: () => void, type: string = TypeUrl.Cluster) => {
       const t = Date.now();
-      c.nack(r, 'cluster web: unknown field');
+      c.nack(r, 'rejected by the test');
       change?.();
       const retry = await c.next(type, 5000);
       return { retry, ms: Date.now() - t };
