@@ -1,4 +1,4 @@
-export { AdsServer, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
+export { AdsServer, connectionOptions, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
 export { SnapshotCache, ResourceEncoder, buildSnapshot, InconsistentSnapshotError, referencesOf, type ResourceSet, type Snapshot, type EncodedResource } from './cache.js';
 export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType, grpcCodec, streamingMethod } from './protos.js';
 export { checkResource, type ProtoViolation } from './proto-check.js';

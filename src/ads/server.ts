@@ -63,6 +63,36 @@ export interface AdsServerOptions {
   turnBytes?: number;
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
+  /**
+   * Every this many ms each connection is pinged (HTTP/2 PING); one not answered within
+   * `keepaliveTimeoutMs` is cut, so a proxy whose host or network vanished without closing its
+   * connection stops counting as connected and gives back what it held (default 15 s and 15 s, as
+   * Kuma's; 0: no pings).
+   */
+  keepaliveTimeMs?: number;
+  keepaliveTimeoutMs?: number;
+  /**
+   * Connections older than this (±10%) are asked to go (GOAWAY) and cut `maxConnectionAgeGraceMs`
+   * later, so proxies reconnect and spread over the replicas there are now (Istio's
+   * MAX_CONNECTION_AGE). Default 0: never.
+   */
+  maxConnectionAgeMs?: number;
+  maxConnectionAgeGraceMs?: number;
+}
+
+/** grpc-js's server options for the connection lifetime settings above. */
+export function connectionOptions(opts: Pick<AdsServerOptions, 'keepaliveTimeMs' | 'keepaliveTimeoutMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'>): grpc.ServerOptions {
+  const out: grpc.ServerOptions = {};
+  const keepalive = opts.keepaliveTimeMs ?? 15_000;
+  if (keepalive > 0) {
+    out['grpc.keepalive_time_ms'] = keepalive;
+    out['grpc.keepalive_timeout_ms'] = opts.keepaliveTimeoutMs ?? 15_000;
+  }
+  if ((opts.maxConnectionAgeMs ?? 0) > 0) {
+    out['grpc.max_connection_age_ms'] = opts.maxConnectionAgeMs;
+    out['grpc.max_connection_age_grace_ms'] = opts.maxConnectionAgeGraceMs ?? 10_000;
+  }
+  return out;
 }
 
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
@@ -132,7 +162,7 @@ export class AdsServer {
     };
     // No channelz: its per-connection and per-call records cost memory with thousands of proxies,
     // and nothing here reads them.
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': GRPC_DEFAULT_RECEIVE_BYTES, 'grpc.enable_channelz': 0 });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': GRPC_DEFAULT_RECEIVE_BYTES, 'grpc.enable_channelz': 0, ...connectionOptions(opts) });
     const definition: grpc.ServiceDefinition = {
       StreamAggregatedResources: {
         ...streamingMethod(`${PATH}/StreamAggregatedResources`, 'envoy.service.discovery.v3.DiscoveryRequest', 'envoy.service.discovery.v3.DiscoveryResponse'),

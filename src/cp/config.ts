@@ -60,6 +60,13 @@ export const configSchema = z
         ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
+        /** Ping each connection this often (0: never); one that does not answer within keepaliveTimeoutMs is cut. */
+        keepaliveTimeMs: z.number().int().min(0).max(86_400_000).default(15_000),
+        keepaliveTimeoutMs: z.number().int().min(1).max(600_000).default(15_000),
+        /** Ask connections older than this to go, so proxies spread over the replicas (0: never). */
+        maxConnectionAgeMs: z.number().int().min(0).max(2_592_000_000).default(0),
+        /** How long such a connection's streams have before it is cut. */
+        maxConnectionAgeGraceMs: z.number().int().min(0).max(3_600_000).default(10_000),
         tls: z
           .strictObject({
             /** auto: a self-signed certificate in the data dir; files: certFile + keyFile; off: plaintext. */
@@ -71,7 +78,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -122,6 +129,10 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
   WEFT_XDS_SEND_BUDGET_BYTES: { path: ['xds', 'sendBudgetBytes'], kind: 'number' },
+  WEFT_XDS_KEEPALIVE_TIME_MS: { path: ['xds', 'keepaliveTimeMs'], kind: 'number' },
+  WEFT_XDS_KEEPALIVE_TIMEOUT_MS: { path: ['xds', 'keepaliveTimeoutMs'], kind: 'number' },
+  WEFT_XDS_MAX_CONNECTION_AGE_MS: { path: ['xds', 'maxConnectionAgeMs'], kind: 'number' },
+  WEFT_XDS_MAX_CONNECTION_AGE_GRACE_MS: { path: ['xds', 'maxConnectionAgeGraceMs'], kind: 'number' },
   WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },
   WEFT_XDS_TLS_CERT_FILE: { path: ['xds', 'tls', 'certFile'], kind: 'string' },
   WEFT_XDS_TLS_KEY_FILE: { path: ['xds', 'tls', 'keyFile'], kind: 'string' },

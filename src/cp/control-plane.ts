@@ -161,6 +161,10 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     nackBackoffMs: config.xds.nackBackoffMs,
     nackBackoffMaxMs: config.xds.nackBackoffMaxMs,
     sendBudgetBytes: config.xds.sendBudgetBytes,
+    keepaliveTimeMs: config.xds.keepaliveTimeMs,
+    keepaliveTimeoutMs: config.xds.keepaliveTimeoutMs,
+    maxConnectionAgeMs: config.xds.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.xds.maxConnectionAgeGraceMs,
     shutdownGraceMs: config.shutdownGraceMs,
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });

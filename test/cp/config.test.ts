@@ -23,6 +23,8 @@ describe('control plane configuration', () => {
     assert.equal(c.api.address, '127.0.0.1');
     assert.equal(c.diagnostics.port, 5680);
     assert.equal(c.xds.port, 5678);
+    // Kuma's keepalive (15 s, 15 s); no connection age, as Kuma.
+    assert.deepEqual([c.xds.keepaliveTimeMs, c.xds.keepaliveTimeoutMs, c.xds.maxConnectionAgeMs], [15_000, 15_000, 0]);
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.api), 'frozen after validation');
   });
 

@@ -3,7 +3,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { Registry } from 'prom-client';
 import { createLogger, type Logger } from '../../src/core/index.js';
-import { AdsServer, loopbackOnlyAuthenticator, SnapshotCache, TypeUrl, type Authenticator, type ResourceSet } from '../../src/ads/index.js';
+import { AdsServer, connectionOptions, loopbackOnlyAuthenticator, SnapshotCache, TypeUrl, type Authenticator, type ResourceSet } from '../../src/ads/index.js';
 
 const ADS = { ads: {}, resource_api_version: 'V3' };
 const HCM = 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager';
@@ -54,7 +54,9 @@ export interface TestAds {
   stop(): Promise<void>;
 }
 
-export async function startTestAds(opts: { authenticator?: Authenticator; nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger } = {}): Promise<TestAds> {
+export async function startTestAds(
+  opts: { authenticator?: Authenticator; nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger; connections?: Parameters<typeof connectionOptions>[0] } = {},
+): Promise<TestAds> {
   const cache = new SnapshotCache();
   const metrics = new Registry();
   const server = new AdsServer({
@@ -66,6 +68,7 @@ export async function startTestAds(opts: { authenticator?: Authenticator; nackBa
     nackBackoffMs: opts.nackBackoffMs ?? 5000,
     nackBackoffMaxMs: opts.nackBackoffMaxMs,
     deltaPieceBytes: opts.deltaPieceBytes,
+    ...opts.connections,
   });
   const port = await server.listen('127.0.0.1', 0, opts.credentials);
   return { server, cache, metrics, address: `127.0.0.1:${port}`, stop: () => server.close() };

@@ -1,0 +1,156 @@
+import assert from 'node:assert/strict';
+import { createServer, connect, type Socket } from 'node:net';
+import { describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { connectionOptions, TypeUrl } from '../../src/ads/index.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
+import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
+
+/**
+ * A TCP relay in front of the ADS port that can stop passing bytes, both ways, without closing
+ * anything: what the control plane sees of a proxy whose host lost power or whose network dropped
+ * (no FIN, no RST, nothing).
+ */
+async function relayTo(target: string): Promise<{ address: string; freeze(): void; close(): void }> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const pairs: [Socket, Socket][] = [];
+  const server = createServer((down) => {
+    const up = connect(port, host);
+    for (const s of [down, up]) s.on('error', () => {});
+    down.pipe(up);
+    up.pipe(down);
+    pairs.push([down, up]);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: relayPort } = server.address() as { port: number };
+  return {
+    address: `127.0.0.1:${relayPort}`,
+    freeze() {
+      for (const [down, up] of pairs) {
+        down.unpipe(up);
+        up.unpipe(down);
+        down.pause();
+        up.pause();
+      }
+    },
+    close() {
+      for (const [down, up] of pairs) {
+        down.destroy();
+        up.destroy();
+      }
+      server.close();
+    },
+  };
+}
+
+async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const metric = async (ads: TestAds, name: string) => ((await ads.metrics.getSingleMetric(name)?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
+
+/** Clusters enough to fill a 64 KiB HTTP/2 window many times over. */
+function bigSet(): ReturnType<typeof meshSet> {
+  return meshSet(Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`svc-${i}-${'x'.repeat(200)}`, [['10.0.0.1', 80]] as [string, number][]])));
+}
+
+describe('ADS connections: keepalive and age', () => {
+  it("maps the settings to grpc-js's: keepalive on by default, no age limit", () => {
+    assert.deepEqual(connectionOptions({}), { 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': 15_000 });
+    assert.deepEqual(connectionOptions({ keepaliveTimeMs: 0, maxConnectionAgeMs: 1_800_000 }), { 'grpc.max_connection_age_ms': 1_800_000, 'grpc.max_connection_age_grace_ms': 10_000 });
+  });
+
+  it('a proxy that stops answering is cut by keepalive: disconnected, its send budget back; one that answers stays', async (t) => {
+    const ads = await startTestAds({ connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 200 } });
+    const relay = await relayTo(ads.address);
+    const gone = new XdsTestClient(relay.address, 'delta', { id: 'default.gone' }, { ownConnection: true });
+    const alive = new XdsTestClient(ads.address, 'delta', { id: 'default.alive' }, { ownConnection: true });
+    t.after(async () => {
+      gone.close();
+      alive.close();
+      relay.close();
+      await ads.stop();
+    });
+    ads.cache.set('default.gone', meshSet({ web: [['10.0.0.1', 80]] }));
+    ads.cache.set('default.alive', meshSet({ web: [['10.0.0.1', 80]] }));
+    for (const c of [gone, alive]) {
+      c.delta({ type_url: TypeUrl.Cluster });
+      c.ack(await c.next(TypeUrl.Cluster));
+    }
+    await until('both connected', () => ads.server.status.get('default.gone')?.connected === true && ads.server.status.get('default.alive')?.connected === true);
+    // Pings come and are answered every 100 ms: nobody is cut for that.
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(ads.server.status.get('default.gone')?.connected, true);
+
+    relay.freeze();
+    // A big config for the silent proxy: most of it cannot leave (the proxy opens no window), so it
+    // holds part of the send budget that every stream shares.
+    ads.cache.set('default.gone', bigSet());
+    await until('the stuck response holds budget', async () => (await metric(ads, 'weft_xds_send_bytes_in_flight')) > 500_000);
+    const frozeAt = Date.now();
+    await until('the silent proxy is cut', () => ads.server.status.get('default.gone')?.connected === false, 3000);
+    const tookMs = Date.now() - frozeAt;
+    assert.ok(tookMs < 1500, `cut after ${tookMs} ms; keepalive is 100 + 200 ms`);
+    assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
+    assert.equal(await metric(ads, 'weft_xds_connected_proxies'), 1);
+
+    // The other proxy answered every ping: still connected, still served.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(ads.server.status.get('default.alive')?.connected, true);
+    ads.cache.set('default.alive', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    assert.deepEqual((await alive.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
+  });
+
+  it('without keepalive the silent proxy would count as connected for as long as TCP lets it', async (t) => {
+    const ads = await startTestAds({ connections: { keepaliveTimeMs: 0 } });
+    const relay = await relayTo(ads.address);
+    const gone = new XdsTestClient(relay.address, 'delta', { id: 'default.gone' }, { ownConnection: true });
+    t.after(async () => {
+      gone.close();
+      relay.close();
+      await ads.stop();
+    });
+    ads.cache.set('default.gone', meshSet({ web: [['10.0.0.1', 80]] }));
+    gone.delta({ type_url: TypeUrl.Cluster });
+    gone.ack(await gone.next(TypeUrl.Cluster));
+    relay.freeze();
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(ads.server.status.get('default.gone')?.connected, true);
+  });
+
+  it('an old connection is asked to go and cut after its grace; the proxy comes back holding its config and is served', async (t) => {
+    const ads = await startTestAds({ connections: { keepaliveTimeMs: 0, maxConnectionAgeMs: 400, maxConnectionAgeGraceMs: 200 } });
+    const clients: XdsTestClient[] = [];
+    t.after(async () => {
+      clients.forEach((c) => c.close());
+      await ads.stop();
+    });
+    ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const connectedAt = Date.now();
+    const first = new XdsTestClient(ads.address, 'delta', { id: 'default.web-1' }, { ownConnection: true });
+    clients.push(first);
+    first.delta({ type_url: TypeUrl.Cluster });
+    const got = await first.next(TypeUrl.Cluster);
+    first.ack(got);
+    const status = await first.closed;
+    const livedMs = Date.now() - connectedAt;
+    // 400 ms ± 10%, then 200 ms of grace for the stream, which never ends by itself.
+    assert.ok(livedMs >= 350 && livedMs < 2000, `the connection lived ${livedMs} ms`);
+    assert.equal(status.code, grpc.status.UNAVAILABLE, status.details);
+    await until('the proxy counts as disconnected', () => ads.server.status.get('default.web-1')?.connected === false);
+
+    // Back as Envoy comes back: announcing what it holds (rule 20), so nothing is sent again...
+    const again = new XdsTestClient(ads.address, 'delta', { id: 'default.web-1' }, { ownConnection: true });
+    clients.push(again);
+    again.delta({ type_url: TypeUrl.Cluster, initial_resource_versions: Object.fromEntries(got.resources.map((r) => [r.name, r.version!])) });
+    assert.equal(await again.quiet(300, TypeUrl.Cluster), true, 'nothing it holds is sent again');
+    assert.equal(ads.server.status.get('default.web-1')?.connected, true);
+    // ...and what changes next reaches it.
+    ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]], db: [['10.0.0.3', 80]] }));
+    assert.deepEqual((await again.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['db']);
+  });
+});
