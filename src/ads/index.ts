@@ -1,7 +1,7 @@
 export { AdsServer, connectionOptions, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
 export { SnapshotCache, ResourceEncoder, buildSnapshot, InconsistentSnapshotError, referencesOf, type ResourceSet, type Snapshot, type EncodedResource } from './cache.js';
 export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType, grpcCodec, streamingMethod } from './protos.js';
-export { checkResource, type ProtoViolation } from './proto-check.js';
+export { checkResource, fromProto3Json, type ProtoViolation } from './proto-check.js';
 export { XdsStatus, type ProxyStatus, type TypeStatus } from './status.js';
 export { AdsStream, StreamError, type Identity, type Variant, type StreamHooks } from './stream.js';
 export { Reconciler, type ReconcilerOptions } from './reconciler.js';

@@ -32,8 +32,31 @@ function rulesOf(options: Record<string, unknown> | undefined, key = '(validate.
 const fieldRules = new WeakMap<protobuf.Field, Rules | null>();
 function rulesOfField(field: protobuf.Field): Rules | undefined {
   let r = fieldRules.get(field);
-  if (r === undefined) fieldRules.set(field, (r = rulesOf(field.options) ?? null));
+  if (r === undefined) fieldRules.set(field, (r = parsedRules(field) ?? null));
   return r ?? undefined;
+}
+
+/**
+ * A field's rules from the options as written. protobufjs's flattened `options` lose a rule whose
+ * value is an empty message: `duration = {gt {}}` (longer than zero, as Envoy wants of
+ * Cluster.connect_timeout and some fifty other durations) left no trace there, so a zero or
+ * negative duration passed. `parsedOptions` keeps each option as it was parsed.
+ */
+function parsedRules(field: protobuf.Field): Rules | undefined {
+  const parsed = (field as { parsedOptions?: Record<string, unknown>[] }).parsedOptions;
+  if (!parsed) return rulesOf(field.options);
+  let out: Rules | undefined;
+  for (const entry of parsed) {
+    const r = rulesOf(entry);
+    if (r) out = merged(out ?? {}, r);
+  }
+  return out;
+}
+
+function merged(a: Rules, b: Rules): Rules {
+  const out: Rules = { ...a };
+  for (const [k, v] of Object.entries(b)) out[k] = isPlain(out[k]) && isPlain(v) ? merged(out[k] as Rules, v) : v;
+  return out;
 }
 
 const INT_TYPES = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
@@ -73,14 +96,9 @@ function fullNameOf(t: protobuf.ReflectionObject): string {
 /** Types named by `@type` URLs, looked up once per URL (null: unknown). */
 const anyTypes = new Map<string, protobuf.Type | null>();
 
-const STRUCT_TYPES = new Set(['.google.protobuf.Struct', '.google.protobuf.Value', '.google.protobuf.ListValue']);
-
 class Checker {
   readonly out: ProtoViolation[] = [];
-  constructor(
-    private readonly root: protobuf.Root,
-    private readonly structs: 'protobufjs' | 'json',
-  ) {}
+  constructor(private readonly root: protobuf.Root) {}
 
   private add(field: string, message: string): void {
     this.out.push({ field: field || '(root)', message });
@@ -90,9 +108,6 @@ class Checker {
     if (!isPlain(obj)) return this.add(path, `must be a ${type.name} message`);
     const name = fullNameOf(type);
     if (name === '.google.protobuf.Any') return this.any(obj, path);
-    // In proto3 JSON a Struct is any JSON object; protobufjs takes only its message form
-    // ({fields: {k: {stringValue: ...}}}) and silently drops anything else.
-    if (this.structs === 'json' && STRUCT_TYPES.has(name)) return;
     if (type.options?.['(validate.disabled)'] === true) return;
     for (const key of Object.keys(obj)) if (!type.fields[key]) this.add(join(path, key), `unknown field of ${type.name}`);
     for (const field of type.fieldsArray) this.field(field, obj[field.name], join(path, field.name));
@@ -275,14 +290,84 @@ function join(path: string, key: string): string {
  * Checks a resource, in protobufjs object form (proto field names, `@type` on Any), against the
  * Envoy message type: unknown fields, wrong value types, and Envoy's own `(validate.rules)`
  * (protoc-gen-validate) on every field, as Envoy would check them on receipt. protobufjs alone
- * drops unknown fields silently, which would hide typos. `structs: 'json'` is for an object that
- * Envoy reads as proto3 JSON (the bootstrap), where a Struct is written as a plain JSON object.
+ * drops unknown fields silently, which would hide typos. A Struct must be in the form protobufjs
+ * encodes ({fields: {k: {stringValue: ...}}}): it silently drops any other. For an object Envoy
+ * reads as proto3 JSON (the bootstrap), see `fromProto3Json`.
  */
-export function checkResource(typeName: string, obj: unknown, opts: { structs?: 'protobufjs' | 'json' } = {}): ProtoViolation[] {
+export function checkResource(typeName: string, obj: unknown): ProtoViolation[] {
   const root = envoyProtos();
   let type = anyTypes.get(typeName);
   if (!type) anyTypes.set(typeName, (type = root.lookupType(typeName.slice(typeName.lastIndexOf('/') + 1))));
-  const c = new Checker(root, opts.structs ?? 'protobufjs');
+  const c = new Checker(root);
   c.message(type, obj, '');
   return c.out;
+}
+
+const DURATION_JSON = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
+
+/**
+ * An object in proto3 JSON form, as Envoy reads a bootstrap file (wrappers as bare values,
+ * Durations as "1.5s", Structs as plain JSON), turned into protobufjs object form, so it can be
+ * checked and encoded as resources are. Proto field names only. Shapes that are not valid proto3
+ * JSON are left as they are, for `checkResource` to report by their path.
+ */
+export function fromProto3Json(typeName: string, obj: unknown): unknown {
+  return jsonMessage(envoyProtos().lookupType(typeName.slice(typeName.lastIndexOf('/') + 1)), obj);
+}
+
+function jsonMessage(type: protobuf.Type, obj: unknown): unknown {
+  if (!isPlain(obj)) return obj;
+  const name = fullNameOf(type);
+  if (name === '.google.protobuf.Any') {
+    const url = obj['@type'];
+    if (typeof url !== 'string') return obj;
+    let inner: protobuf.Type;
+    try {
+      inner = envoyProtos().lookupType(url.slice(url.lastIndexOf('/') + 1));
+    } catch {
+      return obj;
+    }
+    const { '@type': _t, ...rest } = obj;
+    return { '@type': url, ...(jsonMessage(inner, rest) as Record<string, unknown>) };
+  }
+  if (name === '.google.protobuf.Struct') return jsonStruct(obj);
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(obj)) {
+    const field = type.fields[key];
+    if (!field || value === null || value === undefined) out[key] = value;
+    else if (field.map && isPlain(value)) out[key] = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, jsonSingle(field, v)]));
+    else if (field.repeated && Array.isArray(value)) out[key] = value.map((v) => jsonSingle(field, v));
+    else out[key] = jsonSingle(field, value);
+  }
+  return out;
+}
+
+function jsonSingle(field: protobuf.Field, value: unknown): unknown {
+  const rt = field.resolvedType;
+  if (!(rt instanceof protobuf.Type)) return value;
+  const name = fullNameOf(rt);
+  if (WRAPPERS[name]) return isPlain(value) ? value : { value };
+  if (name === '.google.protobuf.Duration' && typeof value === 'string') {
+    const m = DURATION_JSON.exec(value);
+    if (!m) return value;
+    const sign = m[1] ? -1 : 1;
+    const nanos = Number((m[3] ?? '').padEnd(9, '0'));
+    return { seconds: sign * Number(m[2]), ...(nanos !== 0 && { nanos: sign * nanos }) };
+  }
+  if (name === '.google.protobuf.Value') return jsonValue(value);
+  return jsonMessage(rt, value);
+}
+
+function jsonStruct(obj: Record<string, unknown>): { fields: Record<string, unknown> } {
+  return { fields: Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, jsonValue(v)])) };
+}
+
+/** protobufjs's own google.protobuf.Value, whose fields are in camelCase whatever the root's options. */
+function jsonValue(v: unknown): Record<string, unknown> {
+  if (v === null) return { nullValue: 'NULL_VALUE' };
+  if (typeof v === 'number') return { numberValue: v };
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Array.isArray(v)) return { listValue: { values: v.map(jsonValue) } };
+  return { structValue: jsonStruct(v as Record<string, unknown>) };
 }

@@ -1,15 +1,26 @@
-import { checkResource } from '../ads/index.js';
+import { checkResource, fromProto3Json } from '../ads/index.js';
 import { VERSION } from '../core/index.js';
 import { LOCAL_SDS_CLUSTER } from '../xds/index.js';
 
 /** The bootstrap cluster that reaches the control plane's ADS. */
 export const XDS_CLUSTER = 'weft:xds';
 
-const HTTP2 = {
+const http2 = (options: Record<string, unknown>) => ({
   'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
     '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
-    explicit_http_config: { http2_protocol_options: {} },
+    explicit_http_config: { http2_protocol_options: options },
   },
+});
+
+/**
+ * The xDS connection is watched from both ends. Envoy pings the control plane over HTTP/2 as the
+ * control plane pings Envoy (15 s, answer within 15 s): a replica that died, or hangs, is left for
+ * another. TCP keepalive as Kuma sets it (probes after 10 s idle, every 10 s, 3 of them) catches a
+ * peer gone from the network even between pings.
+ */
+const XDS_KEEPALIVE = {
+  http2: http2({ connection_keepalive: { interval: '15s', timeout: '15s' } }),
+  tcp: { tcp_keepalive: { keepalive_time: 10, keepalive_interval: 10, keepalive_probes: 3 } },
 };
 
 export interface EnvoyBootstrapOptions {
@@ -28,16 +39,16 @@ export interface EnvoyBootstrapOptions {
 /**
  * Envoy's bootstrap: node id `<mesh>.<name>`, ADS to the control plane (delta by default) over
  * TLS with the dataplane token as gRPC metadata, the local SDS cluster that serves the identity,
- * and the admin interface on loopback only. Written in proto field names with no Duration or
- * wrapper fields, so the same object is valid protobufjs input (checked below) and valid proto3
- * JSON for Envoy's `--config-path`, except `node.metadata`, a Struct, which is proto3 JSON only.
+ * and the admin interface on loopback only. Proto3 JSON with proto field names, as Envoy reads
+ * it from `--config-path`; `checkBootstrap` turns it into protobufjs form to check it.
  */
 export function envoyBootstrap(o: EnvoyBootstrapOptions): Record<string, unknown> {
   const xdsCluster: Record<string, unknown> = {
     name: XDS_CLUSTER,
     type: /^[\d.]+$|:/.test(o.cp.host) ? 'STATIC' : 'STRICT_DNS',
     load_assignment: { cluster_name: XDS_CLUSTER, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: o.cp.host, port_value: o.cp.port } } } }] }] },
-    typed_extension_protocol_options: HTTP2,
+    typed_extension_protocol_options: XDS_KEEPALIVE.http2,
+    upstream_connection_options: XDS_KEEPALIVE.tcp,
   };
   if (o.cp.tls) {
     xdsCluster.transport_socket = {
@@ -75,15 +86,18 @@ export function envoyBootstrap(o: EnvoyBootstrapOptions): Record<string, unknown
           name: LOCAL_SDS_CLUSTER,
           type: 'STATIC',
           load_assignment: { cluster_name: LOCAL_SDS_CLUSTER, endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: o.sdsSocket } } } }] }] },
-          typed_extension_protocol_options: HTTP2,
+          typed_extension_protocol_options: http2({}),
         },
       ],
     },
   };
 }
 
+const BOOTSTRAP = 'envoy.config.bootstrap.v3.Bootstrap';
+
 /** Envoy's own rules on the bootstrap, before Envoy sees it: the problems, or none. */
 export function checkBootstrap(bootstrap: Record<string, unknown>): string[] {
-  // Envoy reads the bootstrap as proto3 JSON: node.metadata is a plain JSON object there.
-  return checkResource('envoy.config.bootstrap.v3.Bootstrap', bootstrap, { structs: 'json' }).map((v) => `${v.field}: ${v.message}`);
+  // Envoy reads the bootstrap as proto3 JSON (durations as "15s", wrappers as bare numbers,
+  // node.metadata as a plain object): checked in the form protobufjs takes.
+  return checkResource(BOOTSTRAP, fromProto3Json(BOOTSTRAP, bootstrap)).map((v) => `${v.field}: ${v.message}`);
 }

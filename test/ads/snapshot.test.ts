@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { buildSnapshot, checkResource, InconsistentSnapshotError, messageType, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { buildSnapshot, checkResource, fromProto3Json, InconsistentSnapshotError, messageType, ResourceEncoder, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
 import { cla, cluster, listener, meshSet, route } from '../helpers/xds-fixtures.js';
 
 function problems(fn: () => unknown): string[] {
@@ -96,7 +96,7 @@ describe('snapshot checks before publishing', () => {
     assert.deepEqual(checkResource(TypeUrl.Cluster, { name: 'x', type: 'NOPE' }).map((v) => v.field), ['type']);
   });
 
-  it('checks Structs in the form protobufjs encodes, which silently drops any other (proto3 JSON only where asked)', () => {
+  it('checks Structs in the form protobufjs encodes, which silently drops any other', () => {
     const withMetadata = (md: unknown) => ({ name: 'x', metadata: { filter_metadata: { 'envoy.lb': md } } });
     const fields = (c: unknown) => checkResource(TypeUrl.Cluster, c).map((v) => `${v.field}: ${v.message}`);
     const good = { fields: { zone: { stringValue: 'a' }, weight: { numberValue: 2 }, none: { nullValue: 'NULL_VALUE' }, tags: { listValue: { values: [{ boolValue: true }, { structValue: { fields: {} } }] } } } };
@@ -105,8 +105,24 @@ describe('snapshot checks before publishing', () => {
     assert.deepEqual(fields(withMetadata({ zone: 'a' })), ['metadata.filter_metadata["envoy.lb"].zone: unknown field of Struct']);
     assert.deepEqual(fields(withMetadata({ fields: { zone: { string_value: 'a' } } })), ['metadata.filter_metadata["envoy.lb"].fields["zone"].string_value: unknown field of Value']);
     assert.deepEqual(fields(withMetadata({ fields: { zone: { stringValue: 'a', boolValue: true } } })), ['metadata.filter_metadata["envoy.lb"].fields["zone"].kind: only one of stringValue, boolValue may be set']);
-    // Envoy reads a bootstrap as proto3 JSON, where a Struct is any JSON object.
-    assert.deepEqual(checkResource(TypeUrl.Cluster, withMetadata({ zone: 'a' }), { structs: 'json' }), []);
+  });
+
+  it('reads proto3 JSON (as Envoy reads a bootstrap) into that form: Structs, wrappers, durations', () => {
+    const json = { name: 'x', connect_timeout: '-1.25s', per_connection_buffer_limit_bytes: 1024, metadata: { filter_metadata: { 'envoy.lb': { zone: 'a', n: [1, null, { deep: true }] } } } };
+    const obj = fromProto3Json(TypeUrl.Cluster, json);
+    assert.deepEqual(obj, {
+      name: 'x',
+      connect_timeout: { seconds: -1, nanos: -250_000_000 },
+      per_connection_buffer_limit_bytes: { value: 1024 },
+      metadata: { filter_metadata: { 'envoy.lb': { fields: { zone: { stringValue: 'a' }, n: { listValue: { values: [{ numberValue: 1 }, { nullValue: 'NULL_VALUE' }, { structValue: { fields: { deep: { boolValue: true } } } }] } } } } } },
+    });
+    // The checker then applies Envoy's rules to it: connect_timeout must be longer than zero, a rule
+    // written `duration = {gt {}}`, which protobufjs's flattened options drop.
+    assert.deepEqual(checkResource(TypeUrl.Cluster, obj).map((v) => v.field), ['connect_timeout']);
+    assert.deepEqual(checkResource(TypeUrl.Cluster, { name: 'x', connect_timeout: {} }).map((v) => `${v.field}: ${v.message}`), ['connect_timeout: must be longer than 0ns']);
+    assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { ...json, connect_timeout: '0.5s' })), []);
+    // What is not proto3 JSON is left for the checker to name.
+    assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { name: 'x', connect_timeout: '5 s' })).map((v) => `${v.field}: ${v.message}`), ['connect_timeout: must be {seconds, nanos}']);
   });
 
   it('rule 22: equal resources are encoded once and their bytes shared between proxies', () => {

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { messageType } from '../../src/ads/index.js';
+import { fromProto3Json, messageType } from '../../src/ads/index.js';
+import { VERSION } from '../../src/core/index.js';
 import { checkBootstrap, envoyBootstrap, type EnvoyBootstrapOptions } from '../../src/dp-wrapper/envoy-bootstrap.js';
 
 /** Envoy bootstrap golden files (UPDATE_GOLDEN=1 rewrites them), checked with Envoy's protos and rules. */
@@ -27,8 +28,15 @@ describe('Envoy bootstrap', () => {
       assert.deepEqual(checkBootstrap(b), []);
       // Encodes against envoy.config.bootstrap.v3.Bootstrap with nothing lost on the way.
       const type = messageType('envoy.config.bootstrap.v3.Bootstrap');
-      const back = type.toObject(type.decode(type.encode(type.fromObject(b)).finish()), { enums: String, defaults: false });
+      const back = type.toObject(type.decode(type.encode(type.fromObject(fromProto3Json('envoy.config.bootstrap.v3.Bootstrap', b) as object)).finish()), { enums: String, defaults: false, longs: Number });
       assert.equal((back.node as { id: string }).id, opts.nodeId);
+      // The proto3 JSON forms came through: keepalive on the xDS connection, the node's metadata.
+      const xds = (back.static_resources as { clusters: Record<string, never>[] }).clusters[0]!;
+      assert.deepEqual(xds.upstream_connection_options, { tcp_keepalive: { keepalive_time: { value: 10 }, keepalive_interval: { value: 10 }, keepalive_probes: { value: 3 } } });
+      const options = type.lookupType('envoy.extensions.upstreams.http.v3.HttpProtocolOptions');
+      const http = options.toObject(options.decode((xds.typed_extension_protocol_options as Record<string, { value: Uint8Array }>)['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']!.value), { longs: Number });
+      assert.deepEqual((http.explicit_http_config as { http2_protocol_options: unknown }).http2_protocol_options, { connection_keepalive: { interval: { seconds: 15 }, timeout: { seconds: 15 } } });
+      assert.equal((back.node as { metadata: { fields: Record<string, { stringValue: string }> } }).metadata.fields['weft.io/dataplane-version']?.stringValue, VERSION);
       const text = `${JSON.stringify(b, null, 2)}\n`;
       const url = new URL(`${name}.json`, dir);
       if (process.env.UPDATE_GOLDEN === '1') writeFileSync(url, text);
@@ -41,5 +49,14 @@ describe('Envoy bootstrap', () => {
     assert.equal(b.admin.address.socket_address.address, '127.0.0.1');
     b.admin.address.socket_address.port_value = 70000;
     assert.match(checkBootstrap(b as unknown as Record<string, unknown>).join(), /admin\.address\.socket_address\.port_value/);
+    // In proto3 JSON forms too: a duration Envoy would refuse, and one that is not a duration.
+    const keepalive = (t: unknown) => {
+      const c = envoyBootstrap(base) as { static_resources: { clusters: { typed_extension_protocol_options: Record<string, { explicit_http_config: { http2_protocol_options: { connection_keepalive: { timeout: unknown } } } }> }[] } };
+      c.static_resources.clusters[0]!.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']!.explicit_http_config.http2_protocol_options.connection_keepalive.timeout = t;
+      return checkBootstrap(c as unknown as Record<string, unknown>).join();
+    };
+    assert.match(keepalive('0.0001s'), /connection_keepalive\.timeout: must be at least 1000000ns/);
+    assert.match(keepalive('15 seconds'), /connection_keepalive\.timeout: must be \{seconds, nanos\}/);
+    assert.equal(keepalive('0.5s'), '');
   });
 });
