@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connectionOptions, TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
+import { createServingCertificate } from '../../src/certs/index.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
 /**
@@ -103,6 +104,33 @@ describe('ADS connections: keepalive and age', () => {
     assert.equal(ads.server.status.get('default.alive')?.connected, true);
     ads.cache.set('default.alive', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
     assert.deepEqual((await alive.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
+  });
+
+  it('with keepalive on, a connection that reads nothing for the ping interval and timeout is cut, even with no HTTP/2 session to ping', async (t) => {
+    // Node can leave a socket open under an HTTP/2 session grpc-js destroyed (a write in progress
+    // that never ends). A connection that never began its TLS handshake has no session at all, so
+    // grpc-js has nothing to ping: Node would keep it for its 120 s handshake timeout. Both read nothing.
+    const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
+    const credentials = () => grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false);
+    const mute = async (ads: TestAds, waitMs: number): Promise<number | undefined> => {
+      const [host, port] = ads.address.split(':');
+      const socket = connect(Number(port), host);
+      socket.resume();
+      t.after(() => socket.destroy());
+      const start = Date.now();
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(undefined), waitMs);
+        socket.once('close', () => (clearTimeout(timer), resolve(Date.now() - start)));
+      });
+    };
+    const ads = await startTestAds({ credentials: credentials(), connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 200 } });
+    t.after(() => ads.stop());
+    const tookMs = await mute(ads, 3000);
+    assert.ok(tookMs !== undefined && tookMs >= 250 && tookMs < 2000, `cut after ${tookMs} ms; nothing read for 300 ms is dead`);
+    // Without keepalive it stays.
+    const quiet = await startTestAds({ credentials: credentials(), connections: { keepaliveTimeMs: 0 } });
+    t.after(() => quiet.stop());
+    assert.equal(await mute(quiet, 800), undefined);
   });
 
   it('without keepalive the silent proxy would count as connected for as long as TCP lets it', async (t) => {
