@@ -9,6 +9,13 @@ export interface CpConnection {
   /** PEM of the CA that signed the control plane's certificate (its xds-tls.crt by default). */
   caCertPem?: string;
   token?: string;
+  /**
+   * HTTP/2 pings while calls are open (the relayed xDS streams of proxyless apps): every `timeMs`,
+   * answered within `timeoutMs`, or the connection is dropped and the calls fail, so the app
+   * reconnects, perhaps to another replica, instead of keeping a dead one's config. Default 15 s
+   * and 15 s, as the control plane pings; `timeMs: 0` turns them off.
+   */
+  keepalive?: { timeMs: number; timeoutMs: number };
 }
 
 export class CpError extends Error {
@@ -42,7 +49,11 @@ export class CpClient {
     this.target = target;
     this.tls = tls;
     const creds = tls ? grpc.credentials.createSsl(conn.caCertPem ? Buffer.from(conn.caCertPem) : null) : grpc.credentials.createInsecure();
-    this.client = new grpc.Client(target, creds, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+    const keepalive = conn.keepalive ?? { timeMs: 15_000, timeoutMs: 15_000 };
+    this.client = new grpc.Client(target, creds, {
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      ...(keepalive.timeMs > 0 && { 'grpc.keepalive_time_ms': keepalive.timeMs, 'grpc.keepalive_timeout_ms': keepalive.timeoutMs }),
+    });
   }
 
   metadata(): grpc.Metadata {

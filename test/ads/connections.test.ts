@@ -1,48 +1,12 @@
 import assert from 'node:assert/strict';
-import { createServer, connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connectionOptions, TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { createServingCertificate } from '../../src/certs/index.js';
+import { relayTo } from '../helpers/tcp-relay.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
-
-/**
- * A TCP relay in front of the ADS port that can stop passing bytes, both ways, without closing
- * anything: what the control plane sees of a proxy whose host lost power or whose network dropped
- * (no FIN, no RST, nothing).
- */
-async function relayTo(target: string): Promise<{ address: string; freeze(): void; close(): void }> {
-  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
-  const pairs: [Socket, Socket][] = [];
-  const server = createServer((down) => {
-    const up = connect(port, host);
-    for (const s of [down, up]) s.on('error', () => {});
-    down.pipe(up);
-    up.pipe(down);
-    pairs.push([down, up]);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port: relayPort } = server.address() as { port: number };
-  return {
-    address: `127.0.0.1:${relayPort}`,
-    freeze() {
-      for (const [down, up] of pairs) {
-        down.unpipe(up);
-        up.unpipe(down);
-        down.pause();
-        up.pause();
-      }
-    },
-    close() {
-      for (const [down, up] of pairs) {
-        down.destroy();
-        up.destroy();
-      }
-      server.close();
-    },
-  };
-}
 
 async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
