@@ -184,7 +184,8 @@ class Checker {
       }
       if (rtName === '.google.protobuf.Duration') {
         const n = durationNanos(value);
-        if (n === undefined) return this.add(path, 'must be {seconds, nanos}');
+        // A string here is a proto3 JSON duration `fromProto3Json` could not read.
+        if (n === undefined) return this.add(path, typeof value === 'string' ? 'must be a duration such as "1.5s"' : 'must be {seconds, nanos}');
         const d = rules?.duration as Record<string, unknown> | undefined;
         const cmp = (k: string) => (d?.[k] !== undefined ? durationNanos(d[k]) ?? 0n : undefined);
         const gt = cmp('gt');
@@ -309,7 +310,8 @@ const DURATION_JSON = /^(-)?(\d+)(?:\.(\d{1,9}))?s$/;
  * An object in proto3 JSON form, as Envoy reads a bootstrap file (wrappers as bare values,
  * Durations as "1.5s", Structs as plain JSON), turned into protobufjs object form, so it can be
  * checked and encoded as resources are. Proto field names only. Shapes that are not valid proto3
- * JSON are left as they are, for `checkResource` to report by their path.
+ * JSON are left as they are, for `checkResource` to report by their path (a Duration already in
+ * message form, {seconds, nanos}, is let through).
  */
 export function fromProto3Json(typeName: string, obj: unknown): unknown {
   return jsonMessage(envoyProtos().lookupType(typeName.slice(typeName.lastIndexOf('/') + 1)), obj);
@@ -346,7 +348,8 @@ function jsonSingle(field: protobuf.Field, value: unknown): unknown {
   const rt = field.resolvedType;
   if (!(rt instanceof protobuf.Type)) return value;
   const name = fullNameOf(rt);
-  if (WRAPPERS[name]) return isPlain(value) ? value : { value };
+  // A wrapper is a bare value in proto3 JSON: anything else fails the check as the wrapped type.
+  if (WRAPPERS[name]) return { value };
   if (name === '.google.protobuf.Duration' && typeof value === 'string') {
     const m = DURATION_JSON.exec(value);
     if (!m) return value;

@@ -382,7 +382,7 @@ export class AdsServer {
       for (const socket of tracked.keys()) {
         const seen = this.lastRead.get(socket);
         if (!seen || late || seen.bytes !== socket.bytesRead) this.lastRead.set(socket, { bytes: socket.bytesRead, since: now });
-        // A sweep late: grpc-js has had its chance to end the session cleanly first.
+        // One interval more than grpc-js waits, so that it ends the session cleanly where it can.
         else if (now - seen.since >= deadAfter + every) socket.destroy();
       }
     }

@@ -121,8 +121,10 @@ describe('snapshot checks before publishing', () => {
     assert.deepEqual(checkResource(TypeUrl.Cluster, obj).map((v) => v.field), ['connect_timeout']);
     assert.deepEqual(checkResource(TypeUrl.Cluster, { name: 'x', connect_timeout: {} }).map((v) => `${v.field}: ${v.message}`), ['connect_timeout: must be longer than 0ns']);
     assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { ...json, connect_timeout: '0.5s' })), []);
+    // A wrapper given as an object is not proto3 JSON either.
+    assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { name: 'x', per_connection_buffer_limit_bytes: { value: 1 } })).map((v) => v.field), ['per_connection_buffer_limit_bytes.value']);
     // What is not proto3 JSON is left for the checker to name.
-    assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { name: 'x', connect_timeout: '5 s' })).map((v) => `${v.field}: ${v.message}`), ['connect_timeout: must be {seconds, nanos}']);
+    assert.deepEqual(checkResource(TypeUrl.Cluster, fromProto3Json(TypeUrl.Cluster, { name: 'x', connect_timeout: '5 s' })).map((v) => `${v.field}: ${v.message}`), ['connect_timeout: must be a duration such as "1.5s"']);
   });
 
   it('rule 22: equal resources are encoded once and their bytes shared between proxies', () => {

@@ -56,7 +56,7 @@ describe('Envoy bootstrap', () => {
       return checkBootstrap(c as unknown as Record<string, unknown>).join();
     };
     assert.match(keepalive('0.0001s'), /connection_keepalive\.timeout: must be at least 1000000ns/);
-    assert.match(keepalive('15 seconds'), /connection_keepalive\.timeout: must be \{seconds, nanos\}/);
+    assert.match(keepalive('15 seconds'), /connection_keepalive\.timeout: must be a duration such as "1\.5s"/);
     assert.equal(keepalive('0.5s'), '');
   });
 });
