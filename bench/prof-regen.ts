@@ -11,6 +11,7 @@
  *   WEFT_PROF_SERVICES=350 WEFT_PROF_ROUNDS=10 node --cpu-prof dist/bench/prof-regen.js
  *   WEFT_PROF_HEAPSNAPSHOT=/tmp/cp.heapsnapshot ...       # a heap snapshot after the cold generation
  *   WEFT_PROF_ALLOCATIONS=/tmp/rounds.heapprofile ...     # where the rounds allocate, garbage included
+ *   WEFT_PROF_CPU_DIR=/tmp/rounds ...                     # a CPU profile of each round apart (round-1.cpuprofile, ...)
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -100,7 +101,16 @@ if (allocations) {
   allocations.connect();
   await post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
 }
+// WEFT_PROF_CPU_DIR=DIR: each round's CPU profile apart, to tell the first round (code run for the first time) from later ones.
+const cpuDir = process.env.WEFT_PROF_CPU_DIR;
+const profiler = cpuDir ? new (await import('node:inspector')).Session() : undefined;
+const profile = (method: string) => new Promise<unknown>((res, rej) => profiler!.post(method, {}, (err, r) => (err ? rej(err) : res(r))));
+if (profiler) {
+  profiler.connect();
+  await profile('Profiler.enable');
+}
 for (let i = 0; i < rounds; i++) {
+  if (profiler) await profile('Profiler.start');
   t = performance.now();
   // WEFT_PROF_MESHWIDE=1: a new service each round instead (every proxy reaches it).
   if (process.env.WEFT_PROF_MESH === '1') await store.upsert({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: { networking: { outbound: { passthrough: i % 2 === 1 } } } });
@@ -110,6 +120,10 @@ for (let i = 0; i < rounds; i++) {
   await rec.settle();
   await drainAcks();
   const ms = Math.round(performance.now() - t);
+  if (profiler) {
+    const { profile: p } = (await profile('Profiler.stop')) as { profile: unknown };
+    (await import('node:fs')).writeFileSync(join(cpuDir!, `round-${i + 1}.cpuprofile`), JSON.stringify(p));
+  }
   (globalThis as { gc?: () => void }).gc?.();
   const kind = process.env.WEFT_PROF_MESH === '1' ? 'mesh change' : process.env.WEFT_PROF_MESHWIDE === '1' ? 'mesh-wide change' : 'endpoint change';
   console.log(`${kind} ms`, ms, 'rss MB', Math.round(process.memoryUsage().rss / 1048576), 'heap MB', Math.round(process.memoryUsage().heapUsed / 1048576));
