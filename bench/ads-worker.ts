@@ -36,7 +36,7 @@ interface Reject {
   cmd: 'reject';
   typeUrl: string;
 }
-type Msg = Start | Watch | Reject | { cmd: 'stop' } | { cmd: 'count' };
+type Msg = Start | Watch | Reject | { cmd: 'stop' } | { cmd: 'count' } | { cmd: 'drop' } | { cmd: 'resume' };
 
 // HTTP/2 flow-control window of each proxy's connection: Envoy's default for the xDS cluster of
 // its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
@@ -57,6 +57,22 @@ let rejectType: string | undefined;
 let rejected = 0;
 /** Per proxy: the last version of each type it took, which a SotW NACK names. */
 const taken = new Map<string, Map<string, string>>();
+/**
+ * Delta, with WEFT_BENCH_FAILOVER=1: per proxy and type, the version of each resource it holds,
+ * which it names when it comes back (initial_resource_versions), as Envoy does.
+ */
+const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
+const held = new Map<string, Map<string, Map<string, string>>>();
+const states = new Map<string, { eds: Set<string>; got: Set<string> }>();
+
+function hold(id: string, r: Received): void {
+  let byType = held.get(id);
+  if (!byType) held.set(id, (byType = new Map()));
+  let versions = byType.get(r.typeUrl);
+  if (!versions) byType.set(r.typeUrl, (versions = new Map()));
+  for (const x of r.resources) versions.set(x.name, x.version ?? '');
+  for (const n of r.removed) versions.delete(n);
+}
 
 function send(m: unknown): void {
   process.send!(m);
@@ -79,7 +95,10 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
     let t = taken.get(id);
     if (!t) taken.set(id, (t = new Map()));
     t.set(r.typeUrl, r.version);
-  } else c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
+  } else {
+    c.delta({ type_url: r.typeUrl, response_nonce: r.nonce });
+    if (FAILOVER) hold(id, r);
+  }
   state.got.add(r.typeUrl);
   if (r.typeUrl === TypeUrl.Cluster) {
     const names = r.resources.filter((x) => x.body.type === 'EDS').map((x) => x.name);
@@ -123,6 +142,7 @@ process.on('message', (m: Msg) => {
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
       const state = { eds: new Set<string>(), got: new Set<string>() };
+      states.set(id, state);
       const onR = (r: Received) => onResponse(id, c, r, state);
       const c: Client =
         CLIENT === 'http2'
@@ -154,6 +174,19 @@ process.on('message', (m: Msg) => {
     send({ type: 'count', rejected, bytes });
     rejected = 0;
     bytes = 0;
+  } else if (m.cmd === 'drop') {
+    for (const c of clients.values()) (c as H2AdsClient).drop();
+    send({ type: 'down' });
+  } else if (m.cmd === 'resume') {
+    // Back on a new connection, each type asked again with what the proxy holds (XDS-RULES 20).
+    for (const [id, c] of clients) {
+      (c as H2AdsClient).resume();
+      const versions = (t: string) => Object.fromEntries(held.get(id)?.get(t) ?? []);
+      c.delta({ type_url: TypeUrl.Cluster, initial_resource_versions: versions(TypeUrl.Cluster) });
+      c.delta({ type_url: TypeUrl.Listener, initial_resource_versions: versions(TypeUrl.Listener) });
+      const eds = [...states.get(id)!.eds];
+      if (eds.length > 0) c.delta({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds, initial_resource_versions: versions(TypeUrl.ClusterLoadAssignment) });
+    }
   } else if (m.cmd === 'stop') {
     if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);
     send({ type: 'bytes', bytes });

@@ -33,6 +33,8 @@ const TLS = process.env.WEFT_BENCH_TLS === '1';
 const STORM_S = Number(process.env.WEFT_BENCH_NACK_STORM_S ?? 0);
 // WEFT_BENCH_NACK_BACKOFF_MAX_MS: weft-cp's xds.nackBackoffMaxMs (its default: 60 s; 5000 keeps every backoff at 5 s, as before 2026-12-05).
 const NACK_BACKOFF_MAX_MS = process.env.WEFT_BENCH_NACK_BACKOFF_MAX_MS || undefined;
+// WEFT_BENCH_FAILOVER=1 (delta, the default client): every proxy's connection drops at once and comes back (see below).
+const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -69,6 +71,12 @@ async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
     sendBytesInFlight: value('weft_xds_send_bytes_in_flight'),
     streamsWaitingToSend: value('weft_xds_streams_waiting_to_send'),
   };
+}
+
+/** The sum of a metric's values, from the CP's Prometheus metrics. */
+async function metricOf(cp: CpProcess, name: string): Promise<number> {
+  const text = await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text();
+  return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
 }
 
 /** Signals the CP to write a heap snapshot into dir, waits until the file is complete, and returns its memory then. */
@@ -242,6 +250,36 @@ async function scenario(variant: 'sotw' | 'delta') {
       meshChanges.push(await measure('listener', 'outbound:passthrough:ipv4', ids, () => api(cp, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', networking: { outbound: { passthrough } } }), undefined, chain));
     }
 
+    // A failover: every proxy's connection drops at once, as when the replica serving them dies,
+    // and one replica of svc-7 changes while they are away. Then they all come back at once on new
+    // connections, each naming the versions it holds (initial_resource_versions, XDS-RULES 20), as
+    // Envoy does. Measured: until every proxy reaching svc-7 has its new endpoints, what the
+    // proxies were sent, and the CPU. weft-cp has forgotten them (it stops generating for proxies
+    // that leave), so this costs what a replica taking over another's proxies pays.
+    let failover;
+    if (FAILOVER && variant === 'delta' && benchClient() === 'http2') {
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
+      const downP = waitFor(workers, 'down', WORKERS, TIMEOUT_MS);
+      workers.forEach((w) => w.send({ cmd: 'drop' }));
+      await downP;
+      while ((await metricOf(cp, 'weft_xds_connected_proxies')) > 0) await new Promise((r) => setTimeout(r, 250));
+      const ready = CHANGES % 2 === 1;
+      await api(cp, 'PUT', '/meshes/default/dataplanes/svc-7-0', dataplane(7, 0, 'svc-7', ready));
+      await new Promise((r) => setTimeout(r, PAUSE_MS));
+      const connected: number[] = [];
+      failover = await measure('endpoints', 'svc-7', reachesSvc7, async () => {
+        const at = Date.now();
+        workers.forEach((w) => w.send({ cmd: 'resume' }));
+        void (async () => {
+          // Every 250 ms: a scrape of weft-cp's metrics with 2000 connections costs it a few ms.
+          while ((await metricOf(cp, 'weft_xds_connected_proxies')) < ids.length) await new Promise((r) => setTimeout(r, 250));
+          connected.push(Date.now() - at);
+        })();
+      }, ready ? REPLICAS : REPLICAS - 1);
+      while (connected.length === 0) await new Promise((r) => setTimeout(r, 50));
+      failover = { ...failover, allConnectedMs: connected[0] };
+    }
+
     // A NACK storm: a config every proxy rejects, as when their Envoy version cannot take it. The
     // Mesh's passthrough is switched once more, which changes every proxy's clusters (passthrough or
     // blackhole), and from then on each proxy rejects every CDS response. weft-cp sends CDS again
@@ -289,6 +327,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       endpointChange: summary(endpointChanges),
       meshWideChange: REACHABLE === 'all' ? summary(meshWideChanges) : 'n/a: proxies reach a fixed list of services (see meshChange)',
       meshChange: summary(meshChanges),
+      ...(failover && { failover }),
       ...(nackStorm && { nackStorm }),
       cp: { rssMBBeforeProxies: base.rssMB, rssMBWithProxies: afterCold.rssMB, memoryWithProxies: memoryAfterCold, memoryAfterHeapSnapshot: memoryAfterSnapshot, rssMBAtEnd: final.rssMB, memoryAtEnd, memoryAtEndAfterSnapshot, cpuSecondsTotal: final.cpuSeconds },
     };

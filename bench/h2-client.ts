@@ -98,6 +98,19 @@ export class H2AdsClient {
     this.write({ type_url: r.typeUrl, resource_names: this.names.get(r.typeUrl) ?? [], version_info: keptVersion, response_nonce: r.nonce, error_detail });
   }
 
+  /** Drops the connection at once, as when the control plane replica it used dies. */
+  drop(): void {
+    this.early = undefined;
+    this.session.destroy();
+  }
+
+  /** Connects again after `drop`: the requests that follow open the new stream (the first carries the node). */
+  resume(): void {
+    this.firstSent = false;
+    this.early = [];
+    this.connect();
+  }
+
   close(): void {
     this.closed = true;
     this.stream.end();

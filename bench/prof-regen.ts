@@ -12,6 +12,7 @@
  *   WEFT_PROF_HEAPSNAPSHOT=/tmp/cp.heapsnapshot ...       # a heap snapshot after the cold generation
  *   WEFT_PROF_ALLOCATIONS=/tmp/rounds.heapprofile ...     # where the rounds allocate, garbage included
  *   WEFT_PROF_CPU_DIR=/tmp/rounds ...                     # a CPU profile of each round apart (round-1.cpuprofile, ...)
+ *   WEFT_PROF_STREAMS=1 WEFT_PROF_RESUME=1 ...             # then every delta proxy leaves and comes back naming what it holds
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,15 +47,19 @@ const streams = process.env.WEFT_PROF_STREAMS === '1';
 const sotw = process.env.WEFT_PROF_VARIANT === 'sotw';
 const serialize = responseSerializer(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
 const acks: (() => void)[] = [];
+const sent = { count: 0, resources: 0 };
 const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
 /** Like Envoy: the endpoints of the EDS clusters it got. */
 const edsNames = (names: string[]) => names.filter((n) => n.startsWith('svc-'));
-function attach(id: string): void {
+const attached = new Map<string, AdsStream>();
+function attach(id: string, resumeWith?: Map<string, Record<string, string>>): void {
   let edsSubscribed: string[] = [];
   const s = new AdsStream({
     variant: sotw ? 'sotw' : 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,
     send: (r) => {
       serialize(r);
+      sent.count++;
+      sent.resources += ((r as DeltaDiscoveryResponse).resources ?? []).length;
       if (sotw) {
         const d = r as DiscoveryResponse;
         acks.push(() => {
@@ -74,6 +79,15 @@ function attach(id: string): void {
       });
     },
   });
+  attached.set(id, s);
+  if (resumeWith) {
+    // Back on a new stream, as Envoy comes back: each type asked again with the versions it holds (XDS-RULES 20).
+    s.handle({ node: { id }, type_url: TypeUrl.Cluster, initial_resource_versions: resumeWith.get(TypeUrl.Cluster) ?? {} });
+    s.handle({ type_url: TypeUrl.Listener, initial_resource_versions: resumeWith.get(TypeUrl.Listener) ?? {} });
+    const eds = edsNames(Object.keys(resumeWith.get(TypeUrl.Cluster) ?? {}));
+    s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds, initial_resource_versions: resumeWith.get(TypeUrl.ClusterLoadAssignment) ?? {} });
+    return;
+  }
   s.handle({ node: { id }, type_url: TypeUrl.Cluster, ...(sotw && { resource_names: [] }) });
   s.handle({ type_url: TypeUrl.Listener, ...(sotw && { resource_names: [] }) });
 }
@@ -88,6 +102,38 @@ await rec.settle();
 if (streams) {
   for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) attach(`default.svc-${s}-${r}`);
   await drainAcks();
+}
+// WEFT_PROF_RESUME=1 (delta streams): every proxy leaves (weft-cp forgets it) and comes back at once
+// naming the versions it holds, as after a failover to another replica.
+if (streams && !sotw && process.env.WEFT_PROF_RESUME === '1') {
+  console.log('cold generation and streams ms', Math.round(performance.now() - t));
+  const ids = [...attached.keys()];
+  const held = new Map(ids.map((id) => [id, new Map([...cache.get(id)!.resources].map(([type, m]) => [type, Object.fromEntries([...m].map(([n, r]) => [n, r.version]))]))]));
+  for (const id of ids) {
+    attached.get(id)!.close();
+    rec.untrack(id);
+  }
+  sent.count = sent.resources = 0;
+  for (let round = 0; round < Number(process.env.WEFT_PROF_ROUNDS ?? 1); round++) {
+    t = performance.now();
+    for (const id of ids) {
+      rec.track(id);
+      attach(id, held.get(id));
+    }
+    await rec.settle();
+    await new Promise((r) => setTimeout(r, 50));
+    await rec.settle();
+    await drainAcks();
+    console.log('resume ms', Math.round(performance.now() - t), 'responses', sent.count, 'resources', sent.resources);
+    sent.count = sent.resources = 0;
+    for (const id of ids) {
+      attached.get(id)!.close();
+      rec.untrack(id);
+    }
+  }
+  rec.close();
+  await store.close();
+  process.exit(0);
 }
 // WEFT_PROF_HEAPSNAPSHOT=FILE: a heap snapshot once every proxy has its config.
 if (process.env.WEFT_PROF_HEAPSNAPSHOT) (await import('node:v8')).writeHeapSnapshot(process.env.WEFT_PROF_HEAPSNAPSHOT);

@@ -170,6 +170,53 @@ describe('ADS incremental (delta)', () => {
     assert.deepEqual([names(removal), removal.removed], [[], ['api']], 'then api goes');
   });
 
+  it('rule 20: back with every type named at once, a proxy gets only what changed while it was away, and what went is removed', async () => {
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'web'));
+    const first = connect(id);
+    const held = new Map<string, Record<string, string>>();
+    const take = (r: Received) => {
+      const v = held.get(r.typeUrl) ?? {};
+      for (const x of r.resources) v[x.name] = x.version!;
+      for (const x of r.removed) delete v[x];
+      held.set(r.typeUrl, v);
+      first.ack(r);
+    };
+    first.delta({ type_url: CDS });
+    first.delta({ type_url: LDS });
+    take(await first.next(CDS));
+    first.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
+    take(await first.next(EDS));
+    take(await first.next(LDS));
+    first.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
+    take(await first.next(RDS));
+    first.close();
+    // Meanwhile api goes (nothing routes to it), web's endpoints change, and the listener moves port.
+    const now = meshSet({ web: [['10.0.0.9', 80]] }, 'web');
+    now[LDS] = [listener('http', 8081, 'http-routes')];
+    ads.cache.set(id, now);
+    const again = connect(id);
+    again.delta({ type_url: CDS, initial_resource_versions: held.get(CDS) });
+    again.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'], initial_resource_versions: held.get(EDS) });
+    again.delta({ type_url: LDS, initial_resource_versions: held.get(LDS) });
+    again.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'], initial_resource_versions: held.get(RDS) });
+    const got = new Map<string, { sent: string[]; removed: string[] }>();
+    const deadline = Date.now() + 3000;
+    while ((got.get(CDS)?.removed.length ?? 0) === 0 || (got.get(EDS)?.removed.length ?? 0) === 0 || !got.has(LDS)) {
+      const r = await again.next(undefined, Math.max(deadline - Date.now(), 1));
+      const g = got.get(r.typeUrl) ?? { sent: [], removed: [] };
+      g.sent.push(...names(r));
+      g.removed.push(...r.removed);
+      got.set(r.typeUrl, g);
+      again.ack(r);
+    }
+    assert.deepEqual(got.get(CDS), { sent: [], removed: ['api'] }, 'web, which it holds, is not sent again; api goes');
+    assert.deepEqual(got.get(EDS), { sent: ['web'], removed: ['api'] }, "web's new endpoints; api's go");
+    assert.deepEqual(got.get(LDS), { sent: ['http'], removed: [] }, 'the listener held at another version');
+    assert.ok(await again.quiet(300), 'nothing more: the routes, unchanged, are not sent again');
+    assert.equal(got.has(RDS), false);
+  });
+
   it('rule 21: unsubscribing a name the client never had is harmless', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
