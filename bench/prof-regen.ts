@@ -18,9 +18,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
-import { AdsStream, Reconciler, SnapshotCache, TypeUrl } from '../src/ads/index.js';
-import type { DeltaDiscoveryResponse, DiscoveryResponse } from '../src/ads/stream.js';
-import { PRE_ENCODED, responseSerializer, type PreEncoded } from '../src/ads/wire.js';
+import { AdsStream, messageType, Reconciler, SnapshotCache, TypeUrl } from '../src/ads/index.js';
+import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse } from '../src/ads/stream.js';
+import { PRE_ENCODED, requestDeserializer, responseSerializer, type PreEncoded } from '../src/ads/wire.js';
 import { createLogger, defaultRegistry } from '../src/core/index.js';
 import { openStore } from '../src/store/index.js';
 
@@ -47,12 +47,14 @@ const streams = process.env.WEFT_PROF_STREAMS === '1';
 const sotw = process.env.WEFT_PROF_VARIANT === 'sotw';
 const serialize = responseSerializer(sotw ? 'envoy.service.discovery.v3.DiscoveryResponse' : 'envoy.service.discovery.v3.DeltaDiscoveryResponse');
 const acks: (() => void)[] = [];
+const deltaRequest = messageType('envoy.service.discovery.v3.DeltaDiscoveryRequest');
+const readDelta = requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe', 'initial_resource_versions');
 const sent = { count: 0, resources: 0 };
 const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
 /** Like Envoy: the endpoints of the EDS clusters it got. */
 const edsNames = (names: string[]) => names.filter((n) => n.startsWith('svc-'));
 const attached = new Map<string, AdsStream>();
-function attach(id: string, resumeWith?: Map<string, Record<string, string>>): void {
+function attach(id: string, resumeWith?: readonly Buffer[]): void {
   let edsSubscribed: string[] = [];
   const s = new AdsStream({
     variant: sotw ? 'sotw' : 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'prof', nackBackoffMs: 5000, hooks,
@@ -81,11 +83,8 @@ function attach(id: string, resumeWith?: Map<string, Record<string, string>>): v
   });
   attached.set(id, s);
   if (resumeWith) {
-    // Back on a new stream, as Envoy comes back: each type asked again with the versions it holds (XDS-RULES 20).
-    s.handle({ node: { id }, type_url: TypeUrl.Cluster, initial_resource_versions: resumeWith.get(TypeUrl.Cluster) ?? {} });
-    s.handle({ type_url: TypeUrl.Listener, initial_resource_versions: resumeWith.get(TypeUrl.Listener) ?? {} });
-    const eds = edsNames(Object.keys(resumeWith.get(TypeUrl.Cluster) ?? {}));
-    s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds, initial_resource_versions: resumeWith.get(TypeUrl.ClusterLoadAssignment) ?? {} });
+    // Back on a new stream: its requests, as on the wire, read by the server's deserializer.
+    for (const b of resumeWith) s.handle(readDelta(b) as DeltaDiscoveryRequest);
     return;
   }
   s.handle({ node: { id }, type_url: TypeUrl.Cluster, ...(sotw && { resource_names: [] }) });
@@ -108,7 +107,23 @@ if (streams) {
 if (streams && !sotw && process.env.WEFT_PROF_RESUME === '1') {
   console.log('cold generation and streams ms', Math.round(performance.now() - t));
   const ids = [...attached.keys()];
-  const held = new Map(ids.map((id) => [id, new Map([...cache.get(id)!.resources].map(([type, m]) => [type, Object.fromEntries([...m].map(([n, r]) => [n, r.version]))]))]));
+  // As Envoy comes back: each type asked again with the versions it holds (XDS-RULES 20). Encoded
+  // here, before the clock starts: that is the proxies' work.
+  const encode = (req: DeltaDiscoveryRequest) => Buffer.from(deltaRequest.encode(deltaRequest.fromObject(req)).finish());
+  const held = new Map(
+    ids.map((id) => {
+      const versions = (t: TypeUrl) => Object.fromEntries([...(cache.get(id)!.resources.get(t) ?? [])].map(([n, r]) => [n, r.version]));
+      const clusters = versions(TypeUrl.Cluster);
+      return [
+        id,
+        [
+          encode({ node: { id }, type_url: TypeUrl.Cluster, initial_resource_versions: clusters }),
+          encode({ type_url: TypeUrl.Listener, initial_resource_versions: versions(TypeUrl.Listener) }),
+          encode({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: edsNames(Object.keys(clusters)), initial_resource_versions: versions(TypeUrl.ClusterLoadAssignment) }),
+        ],
+      ];
+    }),
+  );
   for (const id of ids) {
     attached.get(id)!.close();
     rec.untrack(id);

@@ -171,7 +171,7 @@ export class AdsServer {
       },
       DeltaAggregatedResources: {
         ...streamingMethod(`${PATH}/DeltaAggregatedResources`, 'envoy.service.discovery.v3.DeltaDiscoveryRequest', 'envoy.service.discovery.v3.DeltaDiscoveryResponse'),
-        requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe'),
+        requestDeserialize: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe', 'initial_resource_versions'),
         responseSerialize: responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse'),
       },
     };

@@ -23,7 +23,8 @@ export interface DeltaDiscoveryRequest {
   type_url?: string;
   resource_names_subscribe?: readonly string[];
   resource_names_unsubscribe?: readonly string[];
-  initial_resource_versions?: Record<string, string>;
+  /** A Map when the server's deserializer read it (wire.ts), a plain object from other callers. */
+  initial_resource_versions?: Record<string, string> | Map<string, string>;
   response_nonce?: string;
   error_detail?: { code?: number; message?: string } | null;
 }
@@ -192,6 +193,7 @@ export const GRPC_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024;
 export const DELTA_MOST_BYTES = 1024 * 1024;
 
 const NO_NONCES: readonly string[] = Object.freeze([]);
+const NO_VERSIONS: ReadonlyMap<string, string> = new Map();
 
 /** `send` cut into runs of at most `most` bytes on the wire each (at least one resource per run; one empty run for none). */
 function pieces(send: readonly EncodedResource[], most: number): (readonly EncodedResource[])[] {
@@ -324,7 +326,7 @@ function lacksSome(within: { has(name: string): boolean }, from: { keys(): Itera
  */
 export class ClientView {
   base?: ReadonlyMap<string, EncodedResource>;
-  readonly extra = new Map<string, string | null>();
+  extra = new Map<string, string | null>();
 
   get(name: string): string | undefined {
     if (this.extra.has(name)) return this.extra.get(name) ?? undefined;
@@ -348,6 +350,13 @@ export class ClientView {
   *keys(): Generator<string> {
     if (this.base) for (const n of this.base.keys()) if (!this.extra.has(n) || this.extra.get(n) !== null) yield n;
     for (const [n, v] of this.extra) if (v !== null && !this.base?.has(n)) yield n;
+  }
+
+  /** Takes `versions` as what the client holds, if it holds nothing yet; the map is this view's from then on. */
+  adopt(versions: Map<string, string>): boolean {
+    if (this.base || this.extra.size > 0) return false;
+    this.extra = versions;
+    return true;
   }
 
   resetTo(map: ReadonlyMap<string, EncodedResource>): void {
@@ -772,8 +781,9 @@ export class AdsStream {
     if (first || sub.length > 0 || unsub.length > 0) state.settled = undefined;
     if (first || sub.includes('*') || unsub.includes('*')) state.subsDirty = true;
     for (const name of [...sub, ...unsub]) state.pending.add(name);
-    const initial = first ? (req.initial_resource_versions ?? {}) : {};
-    if (first && this.resumedUntil === 0 && Object.keys(initial).length > 0) this.resumedUntil = this.now() + RESUME_WAIT_MS;
+    const given = first ? req.initial_resource_versions : undefined;
+    const initial: ReadonlyMap<string, string> = given instanceof Map ? given : given ? new Map(Object.entries(given)) : NO_VERSIONS;
+    if (first && this.resumedUntil === 0 && initial.size > 0) this.resumedUntil = this.now() + RESUME_WAIT_MS;
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     if (sub.length + unsub.length > 0) state.subscribed = changedNames(state.subscribed, sub, unsub);
     for (const name of sub) {
@@ -783,7 +793,7 @@ export class AdsStream {
       }
       state.explicit = true;
       // Rule 19: a (re)subscribed name is sent even if we think the client has it...
-      if (initial[name] === undefined) state.clientHas.delete(name);
+      if (!initial.has(name)) state.clientHas.delete(name);
       state.toldMissing.delete(name);
     }
     for (const name of unsub) {
@@ -792,8 +802,10 @@ export class AdsStream {
       state.clientHas.delete(name);
       state.toldMissing.delete(name);
     }
-    // Rule 20: ...unless it came with the version the client already holds after a reconnect.
-    for (const [name, version] of Object.entries(initial)) state.clientHas.set(name, version);
+    // Rule 20: ...unless it came with the version the client already holds after a reconnect. A
+    // first request on a fresh view (every one, in practice) hands over its map as it is.
+    if (initial.size === 0) return;
+    if (initial !== given || !state.clientHas.adopt(given)) for (const [name, version] of initial) state.clientHas.set(name, version);
   }
 
   private wants(state: TypeState, name: string): boolean {

@@ -217,6 +217,26 @@ describe('ADS incremental (delta)', () => {
     assert.equal(got.has(RDS), false);
   });
 
+  it('rule 20 with many resources held (named in a request the server reads into a Map): nothing is sent again, and then only what changes', async () => {
+    const id = nodeId();
+    const eps = (n: number) => Object.fromEntries(Array.from({ length: 80 }, (_, i) => [`service-${i}`, [[`10.0.${i}.${n}`, 80]] as [string, number][]]));
+    ads.cache.set(id, meshSet(eps(1)));
+    const first = connect(id);
+    first.delta({ type_url: CDS });
+    const r = await first.next(CDS);
+    assert.equal(r.resources.length, 80);
+    first.close();
+    const again = connect(id);
+    again.delta({ type_url: LDS });
+    again.delta({ type_url: CDS, initial_resource_versions: Object.fromEntries(r.resources.map((x) => [x.name, x.version!])) });
+    again.ack(await again.next(LDS));
+    assert.ok(await again.quiet(300, CDS), 'every cluster it named is at the version it holds');
+    const changed = meshSet(eps(1));
+    changed[CDS] = changed[CDS]!.map((c, i) => (i === 7 ? { ...(c as object), connect_timeout: { seconds: 9 } } : c));
+    ads.cache.set(id, changed);
+    assert.deepEqual(names(await again.next(CDS)), ['service-7']);
+  });
+
   it('rule 21: unsubscribing a name the client never had is harmless', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));

@@ -104,5 +104,64 @@ describe('request deserializer: subscribed names decoded once per distinct list'
 
   it('refuses a field that is not a repeated string', () => {
     assert.throws(() => requestDeserializer(SOTW, 'type_url'), /no repeated string field type_url/);
+    assert.throws(() => requestDeserializer(DELTA, 'resource_names_subscribe', 'type_url'), /no map<string, string> field type_url/);
+  });
+});
+
+describe("request deserializer: a delta proxy's initial_resource_versions read into a Map", () => {
+  const d = requestDeserializer(DELTA, 'resource_names_subscribe', 'initial_resource_versions');
+  const held = Object.fromEntries(names.map((n, i) => [n, `v${i}-${'h'.repeat(20)}`]));
+  /** protobufjs's reading, with the map as a Map, as the deserializer gives it. */
+  const expected = (buf: Buffer) => {
+    const o = plain(DELTA, buf);
+    return { ...o, initial_resource_versions: new Map(Object.entries((o.initial_resource_versions as Record<string, string>) ?? {})) };
+  };
+
+  it('reads every field as protobufjs does, the versions into a Map', () => {
+    const requests = [
+      { type_url: EDS, initial_resource_versions: held, resource_names_subscribe: names, node: { id: 'default.web-1' } },
+      { type_url: TypeUrl.Cluster, initial_resource_versions: held, response_nonce: 'n-1', error_detail: { code: 3, message: 'bad' } },
+      { initial_resource_versions: { ...held, 'ünïcødé': 'ü', '': '' } },
+    ];
+    for (const req of requests) {
+      const buf = encode(DELTA, req);
+      assert.ok(buf.length >= 1024);
+      const x = d(buf);
+      assert.ok(x.initial_resource_versions instanceof Map);
+      assert.deepEqual(x, expected(buf), JSON.stringify(req).slice(0, 80));
+    }
+  });
+
+  it('entries between other fields, and an entry named twice (the last counts), as protobufjs reads them', () => {
+    const entry = (k: string, v: string) => encode(DELTA, { initial_resource_versions: { [k]: v } });
+    const buf = Buffer.concat([
+      encode(DELTA, { type_url: EDS }),
+      ...names.slice(0, 60).map((n) => entry(n, 'v1-aaaaaaaaaaaaaaaaaaaa')),
+      encode(DELTA, { resource_names_subscribe: ['a', 'b'] }),
+      entry('svc-0', 'v2'),
+      encode(DELTA, { response_nonce: 'n' }),
+    ]);
+    const x = d(buf);
+    assert.deepEqual(x, expected(buf));
+    assert.equal((x.initial_resource_versions as Map<string, string>).get('svc-0'), 'v2');
+  });
+
+  it('small requests are read as protobufjs reads them; garbage as protobufjs makes of it', () => {
+    const small = encode(DELTA, { type_url: EDS, initial_resource_versions: { web: 'v1' } });
+    assert.deepEqual(d(small), plain(DELTA, small));
+    const good = encode(DELTA, { type_url: EDS, initial_resource_versions: held });
+    const outcome = (f: () => unknown) => {
+      try {
+        return { value: f() };
+      } catch (err) {
+        return { error: (err as Error).message };
+      }
+    };
+    // Cut inside an entry, and an entry whose length runs past the message.
+    for (const g of [good.subarray(0, good.length - 7), Buffer.concat([good, Buffer.from([0x2a, 0x7f, 0x0a, 0x01, 0x61])])]) {
+      const mine = outcome(() => d(g));
+      const theirs = outcome(() => plain(DELTA, g));
+      assert.deepEqual('error' in mine, 'error' in theirs, g.subarray(-8).toString('hex'));
+    }
   });
 });
