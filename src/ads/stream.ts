@@ -908,6 +908,7 @@ export class AdsStream {
     // Nothing goes out before the proxy's first snapshot, which pumps again when it comes; comparing
     // a resumed proxy's named resources against nothing meanwhile was pure waste.
     if (this.closed || !this.nodeId || !this.snapshot) return;
+    if (this.pumpChanges.size > 0) this.pumpChanges.clear(); // left by a pump that threw
     const now = this.now();
     let wakeAt = Infinity;
     this.routingPendingCached = this.routingPending();
