@@ -365,12 +365,12 @@ export class AdsServer {
 
   /**
    * With keepalive on, a connection that has read nothing for the ping interval and its timeout
-   * together is dead: a live peer answers every ping. grpc-js then destroys its HTTP/2 session,
-   * but Node does not always close the socket under it: a session destroyed while a write of its
-   * was in progress waits for that write for ever (in the ADS bench, with pings every 15 s, about
-   * 100 of 2000 connections stayed open after their proxies had exited, until shutdown cut them:
-   * each a descriptor and its buffers). This cuts such a socket itself, and a connection that
-   * never sends anything (no TLS handshake, no HTTP/2 preface) the same way.
+   * together is dead: a live peer answers every ping. Node does not always close the socket under
+   * an HTTP/2 session that was destroyed: it waits for a write in progress to finish, and with
+   * pings on some never did (in the ADS bench, about 100 of 2000 connections stayed open after
+   * their proxies had exited, until shutdown cut them: each a descriptor and its buffers). This
+   * cuts such a socket itself, and a connection that never sends anything (no TLS handshake, no
+   * HTTP/2 preface) the same way.
    */
   private reapDead(deadAfter: number, every: number): void {
     const now = performance.now();
