@@ -114,6 +114,29 @@ describe('ADS incremental (delta)', () => {
     assert.deepEqual(names(await c.next(EDS)), ['web']);
   });
 
+  /** A proxy of meshSet's web and api that takes every type as Envoy does, then drops: the versions it holds, by type. */
+  async function takeAllThenDrop(id: string): Promise<Map<string, Record<string, string>>> {
+    const first = connect(id);
+    const held = new Map<string, Record<string, string>>();
+    const take = (r: Received) => {
+      const v = held.get(r.typeUrl) ?? {};
+      for (const x of r.resources) v[x.name] = x.version!;
+      for (const x of r.removed) delete v[x];
+      held.set(r.typeUrl, v);
+      first.ack(r);
+    };
+    first.delta({ type_url: CDS });
+    first.delta({ type_url: LDS });
+    take(await first.next(CDS));
+    first.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
+    take(await first.next(EDS));
+    take(await first.next(LDS));
+    first.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
+    take(await first.next(RDS));
+    first.close();
+    return held;
+  }
+
   it('rule 20: after a reconnect, resources whose version the client already holds are skipped', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
@@ -135,24 +158,7 @@ describe('ADS incremental (delta)', () => {
     const id = nodeId();
     // The routes send to api; the proxy takes everything, then its stream drops.
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'api'));
-    const first = connect(id);
-    const held = new Map<string, Record<string, string>>();
-    const take = (r: Received) => {
-      const v = held.get(r.typeUrl) ?? {};
-      for (const x of r.resources) v[x.name] = x.version!;
-      for (const x of r.removed) delete v[x];
-      held.set(r.typeUrl, v);
-      first.ack(r);
-    };
-    first.delta({ type_url: CDS });
-    first.delta({ type_url: LDS });
-    take(await first.next(CDS));
-    first.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
-    take(await first.next(EDS));
-    take(await first.next(LDS));
-    first.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
-    take(await first.next(RDS));
-    first.close();
+    const held = await takeAllThenDrop(id);
     // Meanwhile api goes, and the routes now send to web.
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }, 'web'));
     const again = connect(id);
@@ -173,24 +179,7 @@ describe('ADS incremental (delta)', () => {
   it('rule 20: back with every type named at once, a proxy gets only what changed while it was away, and what went is removed', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }, 'web'));
-    const first = connect(id);
-    const held = new Map<string, Record<string, string>>();
-    const take = (r: Received) => {
-      const v = held.get(r.typeUrl) ?? {};
-      for (const x of r.resources) v[x.name] = x.version!;
-      for (const x of r.removed) delete v[x];
-      held.set(r.typeUrl, v);
-      first.ack(r);
-    };
-    first.delta({ type_url: CDS });
-    first.delta({ type_url: LDS });
-    take(await first.next(CDS));
-    first.delta({ type_url: EDS, resource_names_subscribe: ['web', 'api'] });
-    take(await first.next(EDS));
-    take(await first.next(LDS));
-    first.delta({ type_url: RDS, resource_names_subscribe: ['http-routes'] });
-    take(await first.next(RDS));
-    first.close();
+    const held = await takeAllThenDrop(id);
     // Meanwhile api goes (nothing routes to it), web's endpoints change, and the listener moves port.
     const now = meshSet({ web: [['10.0.0.9', 80]] }, 'web');
     now[LDS] = [listener('http', 8081, 'http-routes')];
