@@ -350,9 +350,10 @@ export class AdsServer {
   private trackConnections(): void {
     const servers = (this.server as unknown as { http2Servers?: Map<NetServer, unknown> }).http2Servers;
     for (const server of servers?.keys() ?? []) this.sockets.push(trackSockets(server));
-    const keepalive = this.opts.keepaliveTimeMs ?? 15_000;
-    if (keepalive > 0 && !this.reaper) {
-      const deadAfter = keepalive + (this.opts.keepaliveTimeoutMs ?? 15_000);
+    // The pings grpc-js was told to send (defaults included), so the two cannot disagree.
+    const { 'grpc.keepalive_time_ms': keepalive, 'grpc.keepalive_timeout_ms': timeout } = connectionOptions(this.opts);
+    if (keepalive !== undefined && timeout !== undefined && !this.reaper) {
+      const deadAfter = keepalive + timeout;
       const every = Math.min(Math.max(keepalive / 2, 50), 5000);
       this.reaper = setInterval(() => this.reapDead(deadAfter, every), every);
       this.reaper.unref();
