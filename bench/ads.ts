@@ -35,6 +35,8 @@ const STORM_S = Number(process.env.WEFT_BENCH_NACK_STORM_S ?? 0);
 const NACK_BACKOFF_MAX_MS = process.env.WEFT_BENCH_NACK_BACKOFF_MAX_MS || undefined;
 // WEFT_BENCH_FAILOVER=1 (delta, the default client): every proxy's connection drops at once and comes back (see below).
 const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
+// WEFT_BENCH_LINGER_MS: weft-cp's xds.lingerMs (how long it keeps a departed proxy's config); its default otherwise.
+const LINGER_MS = process.env.WEFT_BENCH_LINGER_MS || undefined;
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -134,7 +136,7 @@ async function scenario(variant: 'sotw' | 'delta') {
   const snapshotDir = process.env.WEFT_BENCH_CP_HEAPSNAPSHOT;
   if (snapshotDir) cpFlags.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`);
   const cp = await spawnControlPlane(
-    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: TLS ? 'auto' : 'off', WEFT_LOG_LEVEL: 'debug', ...(NACK_BACKOFF_MAX_MS && { WEFT_XDS_NACK_BACKOFF_MAX_MS: NACK_BACKOFF_MAX_MS }) },
+    { WEFT_DATA_DIR: dataDir, WEFT_API_PORT: '0', WEFT_DIAGNOSTICS_PORT: '0', WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: TLS ? 'auto' : 'off', WEFT_LOG_LEVEL: 'debug', ...(NACK_BACKOFF_MAX_MS && { WEFT_XDS_NACK_BACKOFF_MAX_MS: NACK_BACKOFF_MAX_MS }), ...(LINGER_MS && { WEFT_XDS_LINGER_MS: LINGER_MS }) },
     [process.execPath, ...cpFlags, binPath('weft-cp'), 'run'],
   );
   const workers: ChildProcess[] = [];
@@ -254,11 +256,17 @@ async function scenario(variant: 'sotw' | 'delta') {
     // and one replica of svc-7 changes while they are away. Then they all come back at once on new
     // connections, each naming the versions it holds (initial_resource_versions, XDS-RULES 20), as
     // Envoy does. Measured: until every proxy reaching svc-7 has its new endpoints, what the
-    // proxies were sent, and the CPU. weft-cp has forgotten them (it stops generating for proxies
-    // that leave), so this costs what a replica taking over another's proxies pays.
+    // proxies were sent, and the CPU. They come back to the same weft-cp: within xds.lingerMs it
+    // kept their config current, as for proxies back from a network blip; with
+    // WEFT_BENCH_LINGER_MS=0 it has forgotten them, and this costs what a replica taking over
+    // another's proxies pays.
     let failover;
     if (FAILOVER && variant === 'delta' && benchClient() === 'http2') {
       await new Promise((r) => setTimeout(r, PAUSE_MS));
+      // From the drop on: with a linger, the change's round while they are away is theirs too.
+      const atDrop = procStats(cp.child.pid!);
+      const FULL = 'weft_xds_proxy_regenerations_total\\{kind="full"\\}';
+      const [fullAtDrop, returnedAtDrop] = [await metricOf(cp, FULL), await metricOf(cp, 'weft_xds_proxies_returned_total')];
       const downP = waitFor(workers, 'down', WORKERS, TIMEOUT_MS);
       workers.forEach((w) => w.send({ cmd: 'drop' }));
       await downP;
@@ -277,7 +285,16 @@ async function scenario(variant: 'sotw' | 'delta') {
         })();
       }, ready ? REPLICAS : REPLICAS - 1);
       while (connected.length === 0) await new Promise((r) => setTimeout(r, 50));
-      failover = { ...failover, allConnectedMs: connected[0] };
+      const cpuFromDrop = Number((procStats(cp.child.pid!).cpuSeconds - atDrop.cpuSeconds).toFixed(2));
+      failover = {
+        ...failover,
+        allConnectedMs: connected[0],
+        lingerMs: LINGER_MS === undefined ? 'default' : Number(LINGER_MS),
+        cpCpuSecondsFromDrop: cpuFromDrop,
+        // Proxies answered from the config kept for them, and those translated anew (while away or on return).
+        returned: (await metricOf(cp, 'weft_xds_proxies_returned_total')) - returnedAtDrop,
+        fullRegenerations: (await metricOf(cp, FULL)) - fullAtDrop,
+      };
     }
 
     // A NACK storm: a config every proxy rejects, as when their Envoy version cannot take it. The

@@ -13,6 +13,7 @@
  *   WEFT_PROF_ALLOCATIONS=/tmp/rounds.heapprofile ...     # where the rounds allocate, garbage included
  *   WEFT_PROF_CPU_DIR=/tmp/rounds ...                     # a CPU profile of each round apart (round-1.cpuprofile, ...)
  *   WEFT_PROF_STREAMS=1 WEFT_PROF_RESUME=1 ...             # then every delta proxy leaves and comes back naming what it holds
+ *   WEFT_PROF_LINGER_MS=10000 ...                         # the reconciler's lingerMs (default 0: departed proxies are forgotten)
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -93,7 +94,7 @@ function attach(id: string, resumeWith?: readonly Buffer[]): void {
 async function drainAcks(): Promise<void> {
   while (acks.length) acks.splice(0).forEach((a) => a());
 }
-const rec = new Reconciler({ store, cache, logger: createLogger('p', 'silent'), metrics: new Registry(), debounceMs: 0, debounceMaxMs: 0 });
+const rec = new Reconciler({ store, cache, logger: createLogger('p', 'silent'), metrics: new Registry(), debounceMs: 0, debounceMaxMs: 0, lingerMs: Number(process.env.WEFT_PROF_LINGER_MS ?? 0) });
 rec.start();
 let t = performance.now();
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) rec.track(`default.svc-${s}-${r}`);
@@ -102,8 +103,9 @@ if (streams) {
   for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) attach(`default.svc-${s}-${r}`);
   await drainAcks();
 }
-// WEFT_PROF_RESUME=1 (delta streams): every proxy leaves (weft-cp forgets it) and comes back at once
-// naming the versions it holds, as after a failover to another replica.
+// WEFT_PROF_RESUME=1 (delta streams): every proxy leaves and comes back at once naming the versions
+// it holds: as after a failover to another replica, which has never seen them (weft-cp forgets
+// them at once without WEFT_PROF_LINGER_MS), or back to this one within its linger.
 if (streams && !sotw && process.env.WEFT_PROF_RESUME === '1') {
   console.log('cold generation and streams ms', Math.round(performance.now() - t));
   const ids = [...attached.keys()];

@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
 import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, TypeUrl, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
@@ -19,6 +19,11 @@ export interface ReconcilerOptions {
   generate?: (ctx: MeshContext) => ResourceSet;
   /** The PEM roots of a mesh's mTLS backends (none without mTLS). */
   trustBundle?: (mesh: string) => Promise<string[]>;
+  /**
+   * Keep a departed proxy's snapshot current this long after its last stream closed, so that it
+   * is answered at once if it comes back to this replica (0, the default: forget it at once).
+   */
+  lingerMs?: number;
 }
 
 /** `before` when `now` holds the same resources at the same versions, in order; else `now`. */
@@ -129,6 +134,7 @@ export class Reconciler {
   private closed = false;
   private readonly generation: Histogram;
   private readonly failures: Counter;
+  private readonly returned: Counter;
   private readonly generate: (ctx: MeshContext) => ResourceSet;
 
   constructor(private readonly opts: ReconcilerOptions) {
@@ -145,6 +151,20 @@ export class Reconciler {
       labelNames: ['kind'],
       registers: [opts.metrics],
     });
+    this.returned = new Counter({
+      name: 'weft_xds_proxies_returned_total',
+      help: 'Proxies that reconnected within xds.lingerMs of leaving and were answered from the snapshot kept for them.',
+      registers: [opts.metrics],
+    });
+    const lingering = this.lingering;
+    new Gauge({
+      name: 'weft_xds_lingering_proxies',
+      help: 'Departed proxies whose snapshot is kept current for xds.lingerMs in case they come back.',
+      registers: [opts.metrics],
+      collect() {
+        this.set(lingering.size);
+      },
+    });
     this.failures = new Counter({ name: 'weft_xds_generation_failures_total', help: 'Snapshots not published because they failed their checks.', registers: [opts.metrics] });
   }
 
@@ -158,6 +178,15 @@ export class Reconciler {
    * their shared resources built and encoded once.
    */
   track(nodeId: string): void {
+    const lingering = this.lingering.get(nodeId);
+    if (lingering) {
+      // Back within its linger: its snapshot was kept current, so the stream is answered from it.
+      clearTimeout(lingering);
+      this.lingering.delete(nodeId);
+      this.tracked.set(nodeId, 1);
+      this.returned.inc();
+      return;
+    }
     this.tracked.set(nodeId, (this.tracked.get(nodeId) ?? 0) + 1);
     if (this.tracked.get(nodeId) !== 1) return;
     const mesh = meshOf(nodeId)[0];
@@ -177,10 +206,32 @@ export class Reconciler {
 
   private readonly newcomers = new Set<string>();
 
-  /** A proxy's last stream closed: stop keeping its snapshot (it is rebuilt if it comes back). */
+  /**
+   * A proxy's stream closed. After its last one, its snapshot is kept current for `lingerMs`
+   * (it is regenerated with the others), then dropped; it is rebuilt if the proxy comes back later.
+   */
   untrack(nodeId: string): void {
+    if (!this.tracked.has(nodeId) || this.lingering.has(nodeId)) return;
     const n = (this.tracked.get(nodeId) ?? 1) - 1;
     if (n > 0) return void this.tracked.set(nodeId, n);
+    const lingerMs = this.opts.lingerMs ?? 0;
+    if (lingerMs > 0 && !this.closed) {
+      this.tracked.set(nodeId, 0);
+      const timer = setTimeout(() => {
+        this.lingering.delete(nodeId);
+        this.forget(nodeId);
+      }, lingerMs);
+      timer.unref();
+      this.lingering.set(nodeId, timer);
+      return;
+    }
+    this.forget(nodeId);
+  }
+
+  /** Departed proxies whose snapshot is kept a while, each with the timer that drops it. */
+  private readonly lingering = new Map<string, NodeJS.Timeout>();
+
+  private forget(nodeId: string): void {
     this.tracked.delete(nodeId);
     this.newcomers.delete(nodeId);
     this.last.delete(nodeId);
@@ -486,6 +537,8 @@ export class Reconciler {
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
+    for (const timer of this.lingering.values()) clearTimeout(timer);
+    this.lingering.clear();
     this.unwatch?.();
   }
 }

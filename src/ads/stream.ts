@@ -475,6 +475,8 @@ export class AdsStream {
   private timer?: NodeJS.Timeout;
   private closed = false;
   private readonly now: () => number;
+  /** When the first request came: what is sent on this stream is delivered no earlier than that. */
+  private startedAt = 0;
 
   constructor(private readonly opts: StreamOptions) {
     this.now = opts.now ?? Date.now;
@@ -520,6 +522,7 @@ export class AdsStream {
     }
     this.node = node;
     this.nodeId = id;
+    this.startedAt = this.now();
     this.opts.hooks.onConnect(id, this.opts.variant);
     this.snapshot = this.opts.cache.get(id);
     this.unwatch = this.opts.cache.watch(id, (s) => {
@@ -1088,7 +1091,10 @@ export class AdsStream {
     state.lastNonce = nonce;
     state.sentVersion = version;
     state.inFlight = true;
-    state.sentChangeTime = this.snapshot?.changeTime ?? this.now();
+    // Delivery is timed from the change, or from this stream's start if the change is older (a
+    // snapshot kept for a proxy that came back, or already served on its other stream): the time a
+    // proxy spent away, or connected elsewhere, is not this change's delivery.
+    state.sentChangeTime = Math.max(this.snapshot?.changeTime ?? 0, this.startedAt);
   }
 
   /** What this stream has sent and had acknowledged, per type (for status pages and tests). */

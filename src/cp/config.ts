@@ -58,6 +58,8 @@ export const configSchema = z
         debounceMaxMs: z.number().int().min(0).max(600_000).default(1000),
         /** Delete a Dataplane that weft-dp registered this long after its proxy disconnected for good. */
         ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
+        /** Keep a departed proxy's config current this long, to answer it at once if it comes back (0: forget at once). */
+        lingerMs: z.number().int().min(0).max(600_000).default(10_000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
         /** Ping each connection this often (0: never); one that does not answer within keepaliveTimeoutMs is cut. */
@@ -78,7 +80,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -126,6 +128,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_NACK_BACKOFF_MS: { path: ['xds', 'nackBackoffMs'], kind: 'number' },
   WEFT_XDS_NACK_BACKOFF_MAX_MS: { path: ['xds', 'nackBackoffMaxMs'], kind: 'number' },
   WEFT_XDS_EPHEMERAL_CLEANUP_MS: { path: ['xds', 'ephemeralCleanupMs'], kind: 'number' },
+  WEFT_XDS_LINGER_MS: { path: ['xds', 'lingerMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
   WEFT_XDS_SEND_BUDGET_BYTES: { path: ['xds', 'sendBudgetBytes'], kind: 'number' },

@@ -116,6 +116,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     debounceMs: config.xds.debounceMs,
     debounceMaxMs: config.xds.debounceMaxMs,
     trustBundle: (mesh) => certificates.trustBundle(mesh),
+    lingerMs: config.xds.lingerMs,
   });
   reconciler.start();
   certificates.onTrustBundleChange = (mesh) => reconciler.refreshMesh(mesh);

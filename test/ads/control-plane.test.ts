@@ -74,6 +74,36 @@ describe('weft-cp serves ADS and reports each proxy', () => {
     assert.equal(ghost.code, 1);
     assert.match(ghost.stderr, /Dataplane "ghost" not found in mesh "shop"/);
   });
+
+  it('answers a proxy back within xds.lingerMs from the config kept for it, with what changed while it was away', async () => {
+    const dp2 = (ports: number[]) => ({ ...dp, name: 'dp-2', networking: { address: '10.0.0.2', inbound: ports.map((port) => ({ port, tags: { 'kuma.io/service': 'web' } })) } });
+    const metric = async (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text())?.[1] ?? 0);
+    const full = 'weft_xds_proxy_regenerations_total\\{kind="full"\\}';
+    const waitFor = async (what: string, ok: () => Promise<boolean>) => {
+      for (let t0 = Date.now(); !(await ok()); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 5000) assert.fail(`timed out waiting for ${what}`);
+    };
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-2', dp2([8080]))).status, 201);
+    const first = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-2' });
+    first.subscribe(TypeUrl.Cluster, []);
+    first.ack(await first.next(TypeUrl.Cluster));
+    first.close();
+    await waitFor('the proxy to linger', async () => (await metric('weft_xds_lingering_proxies')) === 1);
+    const before = await metric(full);
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-2', dp2([8080, 9090]))).status, 200);
+    await waitFor('its config to follow the change', async () => (await metric(full)) > before);
+    const regenerated = await metric(full);
+    const back = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-2' });
+    try {
+      back.subscribe(TypeUrl.Cluster, []);
+      const cds = await back.next(TypeUrl.Cluster);
+      assert.deepEqual(cds.resources.map((c) => (c as { name: string }).name).sort(), ['localhost:8080', 'localhost:9090']);
+      assert.equal(await metric(full), regenerated, 'no new translation for its return');
+      assert.equal(await metric('weft_xds_proxies_returned_total'), 1);
+      assert.equal(await metric('weft_xds_lingering_proxies'), 0);
+    } finally {
+      back.close();
+    }
+  });
 });
 
 describe('weft-cp authenticates proxies with dataplane tokens, over TLS', () => {

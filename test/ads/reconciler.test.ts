@@ -30,7 +30,7 @@ describe('reconciler', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function setup(debounceMs: number, debounceMaxMs: number, generate: (ctx: MeshContext) => ResourceSet = generateProxyConfig) {
+  function setup(debounceMs: number, debounceMaxMs: number, generate: (ctx: MeshContext) => ResourceSet = generateProxyConfig, lingerMs = 0) {
     const calls: string[] = [];
     const cache = new SnapshotCache();
     const metrics = new Registry();
@@ -41,6 +41,7 @@ describe('reconciler', () => {
       metrics,
       debounceMs,
       debounceMaxMs,
+      lingerMs,
       generate: (ctx) => {
         calls.push(`${ctx.mesh.name}.${ctx.dataplane.name}`);
         return generate(ctx);
@@ -131,6 +132,52 @@ describe('reconciler', () => {
     await r.settle();
     assert.ok(cache.get('a.dp-a'));
     assert.equal(calls.length, 2);
+    r.close();
+  });
+
+  it('keeps a departed proxy\'s snapshot current for lingerMs, answers its return from it, then drops it', async () => {
+    const { r, cache, calls, metrics } = setup(10, 100, generateProxyConfig, 1500);
+    const metric = async (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(await metrics.metrics())?.[1]);
+    r.track('a.dp-a');
+    await r.settle();
+    const before = cache.get('a.dp-a')!;
+    r.untrack('a.dp-a');
+    assert.equal(cache.get('a.dp-a'), before, 'kept after its last stream closed');
+    assert.equal(await metric('weft_xds_lingering_proxies'), 1);
+    // A change while it is away: its snapshot follows.
+    await store.upsert(dataplaneInput('a', 'while-away', { service: 'while-away' }));
+    await sleep(40);
+    await r.settle();
+    assert.deepEqual(calls, ['a.dp-a', 'a.dp-a'], 'regenerated while away');
+    const current = cache.get('a.dp-a')!;
+    assert.notEqual(current.version, before.version);
+    assert.ok(current.resources.get(TypeUrl.Cluster)!.has('while-away'));
+    // Back within the linger: no new translation, and the kept snapshot stays.
+    r.track('a.dp-a');
+    await r.settle();
+    assert.equal(calls.length, 2, 'answered from the kept snapshot');
+    assert.equal(cache.get('a.dp-a'), current);
+    assert.equal(await metric('weft_xds_proxies_returned_total'), 1);
+    assert.equal(await metric('weft_xds_lingering_proxies'), 0);
+    // Gone for longer than the linger: dropped, then translated anew when it returns.
+    r.untrack('a.dp-a');
+    const left = Date.now();
+    assert.ok(cache.get('a.dp-a'), 'kept for a new linger when it leaves again');
+    while (cache.get('a.dp-a') && Date.now() - left < 5000) await sleep(50);
+    assert.equal(cache.get('a.dp-a'), undefined, 'dropped after the linger');
+    assert.ok(Date.now() - left >= 1400, `not before the linger (${Date.now() - left} ms)`);
+    assert.equal(await metric('weft_xds_lingering_proxies'), 0);
+    await store.upsert(dataplaneInput('a', 'while-gone', { service: 'while-gone' }));
+    await sleep(40);
+    await r.settle();
+    assert.equal(calls.length, 2, 'not regenerated once dropped');
+    r.track('a.dp-a');
+    await r.settle();
+    assert.equal(calls.length, 3);
+    assert.ok(cache.get('a.dp-a')!.resources.get(TypeUrl.Cluster)!.has('while-gone'));
+    assert.equal(await metric('weft_xds_proxies_returned_total'), 1);
+    await store.delete({ type: 'Dataplane', mesh: 'a', name: 'while-away' });
+    await store.delete({ type: 'Dataplane', mesh: 'a', name: 'while-gone' });
     r.close();
   });
 

@@ -147,3 +147,36 @@ describe('ADS server: defaults and robustness', () => {
     assert.notEqual((await late.closed).code, grpc.status.OK, 'no new streams after close');
   });
 });
+
+describe('ADS server: delivery time', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  /** weft_xds_delivery_seconds for CDS: observations and their sum. */
+  async function delivery(ads: TestAds, count: number): Promise<number> {
+    for (let t0 = Date.now(); Date.now() - t0 < 5000; await sleep(20)) {
+      const text = await ads.metrics.metrics();
+      if (Number(/^weft_xds_delivery_seconds_count\{type="CDS"\} (\d+)$/m.exec(text)?.[1]) === count) return Number(/^weft_xds_delivery_seconds_sum\{type="CDS"\} (\S+)$/m.exec(text)![1]);
+    }
+    throw new Error(`no ${count} CDS deliveries recorded`);
+  }
+
+  it('times what a new stream is sent from its start when the change is older (a proxy back within xds.lingerMs), and a later change from the change', async (t) => {
+    const ads = await startTestAds();
+    t.after(() => ads.server.destroy());
+    ads.cache.set('default.back', meshSet({ web: [['10.0.0.1', 80]] }));
+    await sleep(700); // the snapshot a proxy finds when it comes back was made a while ago
+    const c = new XdsTestClient(ads.address, 'sotw', { id: 'default.back' });
+    t.after(() => c.close());
+    c.subscribe(TypeUrl.Cluster, []);
+    c.ack(await c.next(TypeUrl.Cluster));
+    const first = await delivery(ads, 1);
+    assert.ok(first < 0.5, `timed from the stream's start, not the 700 ms old change (${first} s)`);
+    await sleep(500);
+    // A change committed 400 ms ago, after the stream started, reaches the proxy now.
+    ads.cache.set('default.back', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }), Date.now() - 400);
+    c.ack(await c.next(TypeUrl.Cluster));
+    const second = (await delivery(ads, 2)) - first;
+    assert.ok(second >= 0.4, `timed from the change (${second} s)`);
+    c.close();
+    await ads.stop();
+  });
+});
