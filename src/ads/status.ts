@@ -52,6 +52,15 @@ export class XdsStatus implements StreamHooks {
     registry: Registry,
   ) {
     this.connected = new Gauge({ name: 'weft_xds_connected_proxies', help: 'Proxies with an open ADS stream.', labelNames: ['variant'], registers: [registry] });
+    const proxies = this.proxies;
+    new Gauge({
+      name: 'weft_xds_proxy_status_records',
+      help: 'Proxies whose status is kept: connected ones, and departed ones while their Dataplane exists.',
+      registers: [registry],
+      collect() {
+        this.set(proxies.size);
+      },
+    });
     this.responses = new Counter({ name: 'weft_xds_responses_total', help: 'xDS responses sent.', labelNames: ['type', 'variant'], registers: [registry] });
     this.acks = new Counter({ name: 'weft_xds_acks_total', help: 'xDS responses acknowledged.', labelNames: ['type'], registers: [registry] });
     this.nacks = new Counter({ name: 'weft_xds_nacks_total', help: 'xDS responses rejected by a proxy.', labelNames: ['type'], registers: [registry] });
@@ -101,6 +110,22 @@ export class XdsStatus implements StreamHooks {
       p.disconnectedAt = new Date().toISOString();
     }
     this.connected.dec({ variant });
+  }
+
+  /**
+   * Drops the record of a proxy with no stream open (its Dataplane is gone), so that names which
+   * come and go (ephemeral Dataplanes of short-lived workloads) do not pile up. False if it is
+   * connected or unknown.
+   */
+  forget(nodeId: string): boolean {
+    const p = this.proxies.get(nodeId);
+    if (!p || p.streams > 0) return false;
+    return this.proxies.delete(nodeId);
+  }
+
+  /** Node ids of the proxies known but not connected. */
+  offline(): string[] {
+    return [...this.proxies.values()].filter((p) => p.streams === 0).map((p) => p.nodeId);
   }
 
   // Metric children per label set, so the hot path does not hash labels on every response.

@@ -132,7 +132,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
       void store
         .get(key)
         .then(async (dp) => {
-          if (dp?.labels[EPHEMERAL_LABEL] !== 'true') return;
+          if (!dp) return void ads.status.forget(nodeId); // no Dataplane (any more): no status to show
+          if (dp.labels[EPHEMERAL_LABEL] !== 'true') return;
           await store.delete(key, dp.version);
           logger.info({ nodeId }, 'dataplane registered by weft-dp removed: its proxy left');
         })
@@ -167,6 +168,18 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     maxConnectionAgeMs: config.xds.maxConnectionAgeMs,
     maxConnectionAgeGraceMs: config.xds.maxConnectionAgeGraceMs,
     shutdownGraceMs: config.shutdownGraceMs,
+  });
+  // A departed proxy's status is shown while its Dataplane exists (Kuma's Offline), and dropped
+  // with it, so that names which come and go do not pile up in memory.
+  const forgetDeparted = async () => {
+    for (const nodeId of ads.status.offline()) {
+      const dot = nodeId.indexOf('.');
+      if (!(await store.get({ type: 'Dataplane', mesh: nodeId.slice(0, dot), name: nodeId.slice(dot + 1) }))) ads.status.forget(nodeId);
+    }
+  };
+  const unwatchStatus = store.watch((e) => {
+    if (e.kind === 'resync') void forgetDeparted().catch((err: unknown) => logger.warn({ err }, 'could not drop the status of departed proxies'));
+    else if (e.kind === 'delete' && e.key.type === 'Dataplane') ads.status.forget(`${e.key.mesh}.${e.key.name}`);
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
   ads.addService(dpServiceDefinition(), dpService.handlers());
@@ -211,6 +224,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     await listen(diagnostics, config.diagnostics.port, config.diagnostics.address);
   } catch (err) {
     reconciler.close();
+    unwatchStatus();
     ads.destroy();
     await api.close();
     diagnostics.close();
@@ -243,6 +257,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
         await ads.close();
         for (const t of cleanups.values()) clearTimeout(t);
         reconciler.close();
+        unwatchStatus();
         const grace = config.shutdownGraceMs;
         await Promise.all([closeHttp(api.server, apiConnections, () => api.close(), grace), closeHttp(diagnostics, diagnosticsConnections, () => new Promise<void>((resolve) => diagnostics.close(() => resolve())), grace)]);
         await store.close();

@@ -3,11 +3,14 @@ import * as grpc from '@grpc/grpc-js';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { weftctl } from '../helpers/bin.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
+import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { systemRequirement } from '../helpers/require.js';
 
 
 const dp = { type: 'Dataplane', mesh: 'default', name: 'dp-1', networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web' } }] } };
@@ -16,7 +19,7 @@ describe('weft-cp serves ADS and reports each proxy', () => {
   let cp: TestControlPlane;
   let client: XdsTestClient;
   before(async () => {
-    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_NACK_BACKOFF_MS: '200', WEFT_XDS_TLS_MODE: 'off' });
+    cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_NACK_BACKOFF_MS: '200', WEFT_XDS_TLS_MODE: 'off', WEFT_XDS_EPHEMERAL_CLEANUP_MS: '300' });
   });
   after(async () => {
     client?.close();
@@ -103,6 +106,48 @@ describe('weft-cp serves ADS and reports each proxy', () => {
     } finally {
       back.close();
     }
+  });
+
+  it('keeps a departed proxy\'s status while its Dataplane exists, and drops it with the Dataplane, so names that come and go do not pile up', async () => {
+    const waitFor = async (what: string, ok: () => boolean) => {
+      for (let t0 = Date.now(); !ok(); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 5000) assert.fail(`timed out waiting for ${what}`);
+    };
+    const records = async () => Number(/^weft_xds_proxy_status_records (\d+)$/m.exec(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text())?.[1]);
+    const visit = async (id: string) => {
+      const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id });
+      c.subscribe(TypeUrl.Cluster, []);
+      c.ack(await c.next(TypeUrl.Cluster));
+      c.close();
+      await waitFor(`${id} to leave`, () => cp.ads.status.get(id)?.connected === false);
+    };
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-3', { ...dp, name: 'dp-3' })).status, 201);
+    const before = await records();
+    await visit('default.dp-3');
+    assert.equal(await records(), before + 1);
+    await new Promise((r) => setTimeout(r, 500)); // past the departed-proxy cleanup: its Dataplane still exists
+    const st = await http(cp.apiUrl, 'GET', '/meshes/default/dataplanes/dp-3/_status');
+    assert.equal(st.body.connected, false, 'shown offline while its Dataplane exists');
+    assert.ok(st.body.disconnectedAt);
+    assert.equal((await http(cp.apiUrl, 'DELETE', '/meshes/default/dataplanes/dp-3')).status, 200);
+    await waitFor('its status to go with its Dataplane', () => cp.ads.status.get('default.dp-3') === undefined);
+    assert.equal(await records(), before);
+    // A proxy still connected when its Dataplane is deleted: shown until it leaves.
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-4', { ...dp, name: 'dp-4' })).status, 201);
+    const staying = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-4' });
+    try {
+      staying.subscribe(TypeUrl.Cluster, []);
+      staying.ack(await staying.next(TypeUrl.Cluster));
+      assert.equal((await http(cp.apiUrl, 'DELETE', '/meshes/default/dataplanes/dp-4')).status, 200);
+      assert.equal((await staying.next(TypeUrl.Cluster)).resources.length, 0, 'it is sent an empty config');
+      assert.equal(cp.ads.status.get('default.dp-4')?.connected, true, 'kept while connected');
+    } finally {
+      staying.close();
+    }
+    await waitFor('the status of the proxy whose Dataplane went to go once it left', () => cp.ads.status.get('default.dp-4') === undefined);
+    // A proxy whose Dataplane never existed (it was sent an empty config): dropped once it has left.
+    await visit('default.never-registered');
+    await waitFor('the status of a proxy without a Dataplane to go', () => cp.ads.status.get('default.never-registered') === undefined);
+    assert.equal(await records(), before);
   });
 });
 
@@ -212,5 +257,41 @@ describe('weft-cp by default', () => {
     t.after(() => c.close());
     c.subscribe(TypeUrl.Cluster, []);
     assert.equal((await c.closed).code, grpc.status.UNAUTHENTICATED);
+  });
+});
+
+describe('weft-cp on PostgreSQL', systemRequirement('PostgreSQL server', postgresMissing()), () => {
+  let server: TestPostgres;
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(() => server?.stop());
+
+  it('drops the status of a departed proxy whose Dataplane went while the change feed was down (resync)', async () => {
+    const url = await server.createDatabase(`weft_status_${process.pid}`);
+    const cp = await startTestControlPlane({ WEFT_STORE_TYPE: 'postgres', WEFT_STORE_POSTGRES_URL: url, WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_XDS_EPHEMERAL_CLEANUP_MS: '600000' });
+    const admin = new pg.Client({ connectionString: url });
+    try {
+      const waitFor = async (what: string, ok: () => boolean) => {
+        for (let t0 = Date.now(); !ok(); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 10_000) assert.fail(`timed out waiting for ${what}`);
+      };
+      assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-1', dp)).status, 201);
+      const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
+      c.subscribe(TypeUrl.Cluster, []);
+      c.ack(await c.next(TypeUrl.Cluster));
+      c.close();
+      await waitFor('the proxy to leave', () => cp.ads.status.get('default.dp-1')?.connected === false);
+      // Deleted behind weft-cp's back: no change event reaches it, only the resync after its feed is
+      // cut (the departed-proxy check, WEFT_XDS_EPHEMERAL_CLEANUP_MS, comes too late to count here).
+      await admin.connect();
+      await admin.query(`DELETE FROM weft_resources WHERE type = 'Dataplane' AND mesh = 'default' AND name = 'dp-1'`);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.ok(cp.ads.status.get('default.dp-1'), 'no event yet: still shown');
+      await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`);
+      await waitFor('its status to go after the resync', () => cp.ads.status.get('default.dp-1') === undefined);
+    } finally {
+      await admin.end().catch(() => {});
+      await cp.stop();
+    }
   });
 });
