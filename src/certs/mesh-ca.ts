@@ -43,6 +43,9 @@ async function dataSource(store: Store, mesh: string, ds: Record<string, string 
   return Buffer.from(secret.spec.data.replace(/\s+/g, ''), 'base64').toString('utf8');
 }
 
+/** By default, `issued` is not swept below this many records per mesh. */
+const ISSUED_SWEEP_MIN = 1024;
+
 /**
  * The CAs of each mesh and the workload certificates they sign. A dataplane's key never leaves its
  * node: the data-plane wrapper sends a CSR with its token, this checks the CSR asks only for
@@ -55,6 +58,8 @@ export class MeshCertificates {
     private readonly tokens: DataplaneTokens,
     private readonly logger?: Logger,
     private readonly now: () => number = Date.now,
+    /** `issued` is not swept below this many records per mesh. */
+    private readonly issuedSweepMin = ISSUED_SWEEP_MIN,
   ) {}
 
   /** The CA of a backend: a builtin one is created on first use; a provided one is read and checked. */
@@ -101,6 +106,27 @@ export class MeshCertificates {
 
   /** Per mesh, per Dataplane: the backend and expiry of the last certificate this replica issued. */
   private readonly issued = new Map<string, Map<string, { backend: string; expiresAt: number }>>();
+  /** Per mesh: the size of `issued` at which it is next swept. */
+  private readonly sweepAt = new Map<string, number>();
+
+  /**
+   * Drops the records of certificates that have expired: one counts as not issued anyway, and
+   * Dataplanes that are gone (names of short-lived workloads come and go) would otherwise stay for
+   * good. Amortized: a sweep runs when the records have doubled since the last.
+   */
+  private sweepExpired(mesh: string, perMesh: Map<string, { expiresAt: number }>, now: number): void {
+    if (perMesh.size < (this.sweepAt.get(mesh) ?? this.issuedSweepMin)) return;
+    for (const [name, r] of perMesh) if (r.expiresAt <= now) perMesh.delete(name);
+    this.sweepAt.set(mesh, Math.max(this.issuedSweepMin, 2 * perMesh.size));
+  }
+
+  /** Certificates this replica issued whose records it keeps (for tests and diagnostics). */
+  get issuedRecords(): number {
+    let n = 0;
+    for (const m of this.issued.values()) n += m.size;
+    return n;
+  }
+
   /** Per mesh: backends whose roots left the trust bundle because every Dataplane moved on. */
   private readonly retired = new Map<string, Set<string>>();
   /** Called when a mesh's trust bundle changes without a store change (an old root retired). */
@@ -176,6 +202,7 @@ export class MeshCertificates {
     let perMesh = this.issued.get(mesh);
     if (!perMesh) this.issued.set(mesh, (perMesh = new Map()));
     perMesh.set(name, { backend: backend.name, expiresAt: expiresAt.getTime() });
+    this.sweepExpired(mesh, perMesh, now);
     // Switching back to a backend un-retires it.
     this.retired.get(mesh)?.delete(backend.name);
     await this.retireOldRoots(mesh, m);

@@ -131,6 +131,28 @@ describe('built-in CA and workload certificates', () => {
     }
   });
 
+  it('forgets the certificates it issued once they expire, so Dataplane names that come and go do not pile up', async () => {
+    await store.create(mtlsMesh('churn', 'ca-1', ['ca-1']));
+    const box = SecretBox.fromKey(randomBytes(32));
+    const churn = new MeshCertificates(store, box, tokens, undefined, () => now, 16);
+    const { csrPem } = await keyAndCsr(['spiffe://churn/web']);
+    const issue = async (i: number) => {
+      await store.create(dp('churn', `pod-${i}`, 'web'));
+      const { token } = await tokens.issue('churn', `pod-${i}`, 3600_000);
+      await churn.issueForDataplane(token, 'churn', `pod-${i}`, csrPem);
+    };
+    const start = now;
+    try {
+      for (let i = 0; i < 20; i++) await issue(i);
+      assert.equal(churn.issuedRecords, 20, 'none expired: all kept');
+      now += 2 * 3600_000; // the first 20 certificates (1 h) have expired
+      for (let i = 20; i < 40; i++) await issue(i);
+      assert.equal(churn.issuedRecords, 20, 'the expired ones were dropped');
+    } finally {
+      now = start;
+    }
+  });
+
   it('a token bound to tags gets certificates for Dataplanes with those tags only', async () => {
     const { token } = await tokens.issue('tls', undefined, 3600_000, { 'kuma.io/service': 'web' });
     const { csrPem } = await keyAndCsr(['spiffe://tls/web']);
