@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import type { Server as NetServer, Socket } from 'node:net';
+import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
@@ -324,32 +324,42 @@ export class AdsServer {
     this.server.addService(definition, implementation);
   }
 
-  /** Binds and starts serving; resolves to the bound port. */
-  listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+  /**
+   * Binds and starts serving; resolves to the bound port. The port is our own listening socket,
+   * whose connections are handed to grpc-js (its connection injector), for two reasons:
+   * - its accept queue is as long as the kernel allows (`net.core.somaxconn`), where grpc-js's
+   *   `bindAsync` leaves Node's 511. When thousands of proxies connect at once (a failover, a
+   *   restart), a full queue drops their handshakes, and each waits out TCP's retransmit (1 s,
+   *   then 2, 4...): in the ADS bench, 20 000 drops in one run (`ListenOverflows`);
+   * - every connection is seen from accept on, so `destroy` can cut the ones grpc-js cannot see
+   *   (still in their TLS handshake or before the HTTP/2 preface: grpc-js's `forceShutdown` cuts
+   *   only sessions channelz tracks, and channelz is off here; test/cp/shutdown.test.ts), and the
+   *   reaper can find dead ones.
+   */
+  async listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
     this.secure = credentials._isSecure();
-    const host = address.includes(':') ? `[${address}]` : address;
-    return new Promise((resolve, reject) => {
-      this.server.bindAsync(`${host}:${port}`, credentials, (err, bound) => {
-        if (err) return reject(err);
-        this.trackConnections();
-        resolve(bound);
+    const injector = this.server.createConnectionInjector(credentials);
+    const listener = createServer((socket) => injector.injectConnection(socket));
+    this.sockets.push(trackSockets(listener));
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject);
+      // The kernel caps the backlog at net.core.somaxconn.
+      listener.listen({ host: address, port, backlog: 65_535 }, () => {
+        listener.off('error', reject);
+        resolve();
       });
     });
+    this.listeners.push(listener);
+    this.startReaper();
+    return (listener.address() as AddressInfo).port;
   }
 
+  /** The listening sockets of the port (one per `listen`). */
+  private readonly listeners: NetServer[] = [];
   /** Every TCP connection of the port, from accept on, so `destroy` can cut them all. */
   private readonly sockets: ReadonlyMap<Socket, number>[] = [];
 
-  /**
-   * grpc-js's `forceShutdown` cuts only the HTTP/2 sessions channelz tracks (none with channelz
-   * off, as here), and a connection still in its TLS handshake or before the HTTP/2 preface has
-   * no session at all: one such client held `close()` for TLS's 120 s handshake timeout or for
-   * ever (test/cp/shutdown.test.ts). grpc-js (1.14) exposes no listening server, so this reads
-   * its `http2Servers`; if a later version drops that, nothing is tracked and that test fails.
-   */
-  private trackConnections(): void {
-    const servers = (this.server as unknown as { http2Servers?: Map<NetServer, unknown> }).http2Servers;
-    for (const server of servers?.keys() ?? []) this.sockets.push(trackSockets(server));
+  private startReaper(): void {
     // The pings grpc-js was told to send (defaults included), so the two cannot disagree.
     const { 'grpc.keepalive_time_ms': keepalive, 'grpc.keepalive_timeout_ms': timeout } = connectionOptions(this.opts);
     if (keepalive !== undefined && timeout !== undefined && !this.reaper) {
@@ -414,7 +424,10 @@ export class AdsServer {
       };
       const sweeper = setInterval(sweep, SHUTDOWN_SWEEP_MS);
       const timer = setTimeout(() => this.destroy(), this.opts.shutdownGraceMs ?? 5000);
-      this.server.tryShutdown(() => {
+      // Done when grpc-js's sessions have closed and the port's every connection too.
+      const closed = this.listeners.map((l) => new Promise<void>((done) => l.close(() => done())));
+      closed.push(new Promise<void>((done) => this.server.tryShutdown(() => done())));
+      void Promise.all(closed).then(() => {
         clearInterval(this.reaper);
         clearInterval(sweeper);
         clearTimeout(timer);
@@ -429,6 +442,7 @@ export class AdsServer {
   destroy(): void {
     for (const s of this.streams.keys()) s.close();
     this.streams.clear();
+    for (const l of this.listeners) l.close();
     for (const tracked of this.sockets) for (const socket of tracked.keys()) socket.destroy();
     this.server.forceShutdown();
     clearInterval(this.reaper);

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connectionOptions, TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { createServingCertificate } from '../../src/certs/index.js';
+import { systemRequirement } from '../helpers/require.js';
 import { relayTo } from '../helpers/tcp-relay.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
@@ -144,5 +147,41 @@ describe('ADS connections: keepalive and age', () => {
     // ...and what changes next reaches it.
     ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]], db: [['10.0.0.3', 80]] }));
     assert.deepEqual((await again.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['db']);
+  });
+});
+
+const MANY = 900;
+const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+
+describe('ADS connections: many at once', systemRequirement(`net.core.somaxconn of ${MANY} or more`, somaxconn < MANY ? `it is ${somaxconn}` : undefined), () => {
+  it('the port queues as many new connections as the kernel allows (net.core.somaxconn), not Node\'s 511, while weft-cp is busy', async (t) => {
+    const n = MANY;
+    const ads = await startTestAds();
+    t.after(() => ads.server.destroy());
+    const port = Number(ads.address.split(':')[1]);
+    // Another process opens n connections while this one's event loop is busy (as weft-cp's is in a
+    // big round), so none is accepted until it is free: the kernel queues them, or drops their SYNs.
+    const child = spawn(process.execPath, ['-e', `
+      const net = require('node:net');
+      let connected = 0;
+      const sockets = [];
+      for (let i = 0; i < ${n}; i++) {
+        const s = net.connect(${port}, '127.0.0.1', () => connected++);
+        s.on('error', () => {});
+        sockets.push(s);
+      }
+      setTimeout(() => { process.stdout.write(connected + ' ' + Date.now()); sockets.forEach((s) => s.destroy()); }, 700);
+    `]);
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const busyUntil = Date.now() + 2500;
+    while (Date.now() < busyUntil); // busy: nothing is accepted
+    await exited;
+    const [connected, at] = out.split(' ').map(Number);
+    assert.ok(at! < busyUntil, 'the child counted while this process was still busy (else the count proves nothing)');
+    // A SYN dropped on a full queue is sent again only after 1 s: within the child's 700 ms those
+    // connections are not made.
+    assert.equal(connected, n, `connections made while weft-cp was busy: ${connected} of ${n}`);
   });
 });
