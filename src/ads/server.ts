@@ -410,7 +410,9 @@ export class AdsServer {
    * Stops accepting streams and ends the open ones with UNAVAILABLE, so proxies reconnect to
    * another replica at once instead of waiting out a timeout. Connections that have sent nothing
    * for a second since accept (a probe, a spare connection) are cut as they are found; the rest
-   * get `shutdownGraceMs` to go. Idempotent.
+   * get `shutdownGraceMs` to go. Once grpc-js's every session has closed, the connections still
+   * open have none to finish (a TLS handshake begun and stalled, or a socket Node kept under a
+   * destroyed session, see reapDead) and are cut then. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
@@ -426,7 +428,14 @@ export class AdsServer {
       const timer = setTimeout(() => this.destroy(), this.opts.shutdownGraceMs ?? 5000);
       // Done when grpc-js's sessions have closed and the port's every connection too.
       const closed = this.listeners.map((l) => new Promise<void>((done) => l.close(() => done())));
-      closed.push(new Promise<void>((done) => this.server.tryShutdown(() => done())));
+      closed.push(
+        new Promise<void>((done) =>
+          this.server.tryShutdown(() => {
+            for (const tracked of this.sockets) for (const socket of tracked.keys()) socket.destroy();
+            done();
+          }),
+        ),
+      );
       void Promise.all(closed).then(() => {
         clearInterval(this.reaper);
         clearInterval(sweeper);

@@ -100,6 +100,32 @@ describe('ADS connections: keepalive and age', () => {
     assert.equal(await mute(quiet, 800), undefined);
   });
 
+  it('shutdown cuts what is left once every session has closed: a TLS handshake begun and stalled does not hold it for the grace', async (t) => {
+    const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
+    const ads = await startTestAds({ credentials: grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false), shutdownGraceMs: 5000 });
+    t.after(() => ads.server.destroy());
+    ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]] }));
+    const proxy = new XdsTestClient(ads.address, 'delta', { id: 'default.web-1' }, { ownConnection: true, tlsCa: m.certPem });
+    t.after(() => proxy.close());
+    proxy.delta({ type_url: TypeUrl.Cluster });
+    proxy.ack(await proxy.next(TypeUrl.Cluster));
+    // The start of a ClientHello: a handshake record of 512 bytes, of which only the header comes.
+    const [host, port] = ads.address.split(':');
+    const stalled = connect(Number(port), host);
+    stalled.on('error', () => {});
+    t.after(() => stalled.destroy());
+    await new Promise((r) => stalled.once('connect', r));
+    stalled.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+    const cut = new Promise<void>((r) => stalled.once('close', () => r()));
+    await new Promise((r) => setTimeout(r, 100));
+    const started = performance.now();
+    await ads.server.close();
+    const ms = performance.now() - started;
+    assert.ok(ms < 2000, `closed after ${Math.round(ms)} ms, not after the 5 s grace`);
+    assert.equal((await proxy.closed).code, grpc.status.UNAVAILABLE, 'the proxy was told to go elsewhere');
+    await cut;
+  });
+
   it('without keepalive the silent proxy would count as connected for as long as TCP lets it', async (t) => {
     const ads = await startTestAds({ connections: { keepaliveTimeMs: 0 } });
     const relay = await relayTo(ads.address);
