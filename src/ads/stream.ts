@@ -547,8 +547,12 @@ export class AdsStream {
       this.ackOrNack(state, req.error_detail, req.version_info ?? '');
     }
     this.subscribe(state, req.resource_names ?? []);
-    // Rule 3: after a reconnect the client says which version it holds; do not resend it.
-    if (first && nonce === '' && req.version_info) {
+    // Rule 3: after a reconnect the client says which version it holds; do not resend it. Only for
+    // a wildcard subscription, where that version is the whole set the client holds. Named
+    // resources are sent again (rule 12: on a new stream every name is one the subscription
+    // gained): the client may have dropped some names since it accepted that version, and asks
+    // for them again now (grpc-js-xds keeps a type's version across streams and unsubscribes).
+    if (first && nonce === '' && req.version_info && state.wildcard) {
       const { desired, version } = this.desiredWithVersion(state);
       if (version === req.version_info) {
         state.sent = desired;

@@ -61,6 +61,25 @@ describe('ADS state of the world', () => {
     assert.equal((await again.next(CDS)).resources.length, 2, 'but a change is sent');
   });
 
+  it('rules 3 and 12: a reconnecting client that names its resources is sent them, even at the version it last accepted', async () => {
+    // As grpc-js-xds: it accepted [pay] at version V, then dropped pay (its route went; the empty
+    // response did not arrive before the stream broke), and on a new stream asks for pay again,
+    // still saying V. It holds nothing: answering nothing left it without the cluster for good.
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ pay: [['10.0.0.1', 80]] }));
+    const first = connect(id);
+    first.subscribe(CDS, ['pay']);
+    const r = await first.next(CDS);
+    first.ack(r, ['pay']);
+    first.subscribe(CDS, [], { version_info: r.version, response_nonce: r.nonce });
+    first.close();
+    const again = connect(id);
+    again.subscribe(CDS, ['pay'], { version_info: r.version });
+    const resent = await again.next(CDS);
+    assert.deepEqual(resent.resources.map((c) => c.name), ['pay']);
+    assert.equal(resent.version, r.version, 'the same version: nothing changed but the subscription');
+  });
+
   it('rules 4 and 6: an ACK is recorded and nothing is resent in answer to it', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
