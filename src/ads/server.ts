@@ -349,6 +349,14 @@ export class AdsServer {
         resolve();
       });
     });
+    // An 'error' event on the listening socket (an accept libuv reports as failed), unheard, would
+    // end the process. Logged at most every 10 s; the port goes on accepting.
+    let loggedAt = -Infinity;
+    listener.on('error', (err) => {
+      if (performance.now() - loggedAt < 10_000) return;
+      loggedAt = performance.now();
+      this.opts.logger.error({ err }, 'the xDS port could not accept a connection');
+    });
     this.listeners.push(listener);
     this.startReaper();
     return (listener.address() as AddressInfo).port;

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Server, Socket } from 'node:net';
 
 /**
@@ -31,3 +32,28 @@ export const SHUTDOWN_SWEEP_MS = 100;
 export function cutSilent(connections: ReadonlyMap<Socket, number>, now = performance.now()): void {
   for (const [socket, at] of connections) if (socket.bytesRead === 0 && now - at >= SILENT_IS_IDLE_MS) socket.destroy();
 }
+
+/**
+ * The soft limit on open files from a `/proc/<pid>/limits` text ("Max open files"), or undefined
+ * when it names none or says unlimited.
+ */
+export function openFileLimitOf(limits: string): number | undefined {
+  const m = /^Max open files\s+(\d+)\s/m.exec(limits);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** This process's soft limit on open files (Linux; undefined elsewhere). */
+export function openFileLimit(): number | undefined {
+  try {
+    return openFileLimitOf(readFileSync('/proc/self/limits', 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Below this many open files weft-cp warns at start: each xDS connection holds one. Node raises its
+ * soft limit to the hard one as it starts, so what counts is the hard limit (systemd's default is
+ * 524288; a container runtime or an old init may set 1024 or 4096).
+ */
+export const LOW_OPEN_FILE_LIMIT = 4096;

@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { cutSilent, defaultRegistry, initialPolicies, isWeftError, MESH_TYPE, SHUTDOWN_SWEEP_MS, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, defaultRegistry, initialPolicies, isWeftError, LOW_OPEN_FILE_LIMIT, MESH_TYPE, openFileLimit, SHUTDOWN_SWEEP_MS, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -237,7 +237,13 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   serving = true;
   logger.info({ url: apiUrl, adminTokenRequired: needsToken }, 'HTTP API listening');
   logger.info({ url: diagnosticsUrl }, 'diagnostics listening');
-  logger.info({ address: xdsAddress }, 'ADS listening');
+  const fileLimit = openFileLimit();
+  logger.info({ address: xdsAddress, openFileLimit: fileLimit }, 'ADS listening');
+  if (fileLimit !== undefined && fileLimit < LOW_OPEN_FILE_LIMIT) {
+    // Past the limit new connections wait unaccepted in the kernel's queue: no error, no log line
+    // (seen with a soft limit of 40 and 200 connections), and their proxies time out.
+    logger.warn({ openFileLimit: fileLimit }, `the open file limit is ${fileLimit}: each xDS connection holds one file, so weft-cp can serve fewer than ${fileLimit} proxies; raise its hard limit (LimitNOFILE= in a systemd unit, ulimits in a container, ulimit -Hn in a shell) to ${LOW_OPEN_FILE_LIMIT} or more`);
+  }
 
   let closing: Promise<void> | undefined;
   return {
