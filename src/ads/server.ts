@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
-import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { createServer, isIP, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
@@ -339,30 +340,37 @@ export class AdsServer {
   async listen(address: string, port: number, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
     this.secure = credentials._isSecure();
     const injector = this.server.createConnectionInjector(credentials);
-    const listener = createServer((socket) => injector.injectConnection(socket));
-    this.sockets.push(trackSockets(listener));
-    await new Promise<void>((resolve, reject) => {
-      listener.once('error', reject);
-      // The kernel caps the backlog at net.core.somaxconn.
-      listener.listen({ host: address, port, backlog: 65_535 }, () => {
-        listener.off('error', reject);
-        resolve();
+    // A name (localhost) is bound on each of its addresses, as grpc-js's bindAsync did: the first
+    // picks the port when it is 0, the others take the same one.
+    const hosts = isIP(address) ? [address] : [...new Set((await lookup(address, { all: true })).map((a) => a.address))];
+    let bound = port;
+    for (const host of hosts) {
+      const listener = createServer((socket) => injector.injectConnection(socket));
+      this.sockets.push(trackSockets(listener));
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', reject);
+        // The kernel caps the backlog at net.core.somaxconn.
+        listener.listen({ host, port: bound, backlog: 65_535 }, () => {
+          listener.off('error', reject);
+          resolve();
+        });
       });
-    });
-    // An 'error' event on the listening socket (an accept libuv reports as failed), unheard, would
-    // end the process. Logged at most every 10 s; the port goes on accepting.
-    let loggedAt = -Infinity;
-    listener.on('error', (err) => {
-      if (performance.now() - loggedAt < 10_000) return;
-      loggedAt = performance.now();
-      this.opts.logger.error({ err }, 'the xDS port could not accept a connection');
-    });
-    this.listeners.push(listener);
+      // An 'error' event on the listening socket (an accept libuv reports as failed), unheard,
+      // would end the process. Logged at most every 10 s; the port goes on accepting.
+      let loggedAt = -Infinity;
+      listener.on('error', (err) => {
+        if (performance.now() - loggedAt < 10_000) return;
+        loggedAt = performance.now();
+        this.opts.logger.error({ err }, 'the xDS port could not accept a connection');
+      });
+      this.listeners.push(listener);
+      bound = (listener.address() as AddressInfo).port;
+    }
     this.startReaper();
-    return (listener.address() as AddressInfo).port;
+    return bound;
   }
 
-  /** The listening sockets of the port (one per `listen`). */
+  /** The listening sockets of the port (one per address bound). */
   private readonly listeners: NetServer[] = [];
   /** Every TCP connection of the port, from accept on, so `destroy` can cut them all. */
   private readonly sockets: ReadonlyMap<Socket, number>[] = [];

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { lookup } from 'node:dns/promises';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { describe, it } from 'node:test';
@@ -209,5 +210,23 @@ describe('ADS connections: many at once', systemRequirement(`net.core.somaxconn 
     // A SYN dropped on a full queue is sent again only after 1 s: within the child's 700 ms those
     // connections are not made.
     assert.equal(connected, n, `connections made while weft-cp was busy: ${connected} of ${n}`);
+  });
+});
+
+describe('ADS connections: binding a name', () => {
+  it('binds a name (localhost) on each address it resolves to, on one port, as grpc-js did', async (t) => {
+    const ads = await startTestAds();
+    t.after(() => ads.server.destroy());
+    const port = await ads.server.listen('localhost', 0);
+    const addresses = (await lookup('localhost', { all: true })).map((a) => (a.family === 6 ? `[${a.address}]` : a.address));
+    assert.ok(addresses.length > 0);
+    for (const address of addresses) {
+      ads.cache.set('default.web-1', meshSet({ web: [['10.0.0.1', 80]] }));
+      const c = new XdsTestClient(`${address}:${port}`, 'delta', { id: 'default.web-1' }, { ownConnection: true });
+      t.after(() => c.close());
+      c.delta({ type_url: TypeUrl.Cluster });
+      assert.equal((await c.next(TypeUrl.Cluster)).resources.length, 1, `served on ${address}`);
+      c.close();
+    }
   });
 });
