@@ -211,8 +211,9 @@ export class Reconciler {
    * (it is regenerated with the others), then dropped; it is rebuilt if the proxy comes back later.
    */
   untrack(nodeId: string): void {
-    if (!this.tracked.has(nodeId) || this.lingering.has(nodeId)) return;
-    const n = (this.tracked.get(nodeId) ?? 1) - 1;
+    const count = this.tracked.get(nodeId);
+    if (count === undefined || this.lingering.has(nodeId)) return;
+    const n = count - 1;
     if (n > 0) return void this.tracked.set(nodeId, n);
     const lingerMs = this.opts.lingerMs ?? 0;
     if (lingerMs > 0 && !this.closed) {

@@ -15,6 +15,16 @@ import { systemRequirement } from '../helpers/require.js';
 
 const dp = { type: 'Dataplane', mesh: 'default', name: 'dp-1', networking: { address: '10.0.0.1', inbound: [{ port: 8080, tags: { 'kuma.io/service': 'web' } }] } };
 
+/** Until `ok` holds, or fails naming `what` after `ms`. */
+async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  for (let t0 = Date.now(); !(await ok()); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > ms) assert.fail(`timed out waiting for ${what}`);
+}
+
+/** A metric's value on the control plane's /metrics (`name` may carry escaped labels); 0 when absent. */
+async function metricOf(cp: TestControlPlane, name: string): Promise<number> {
+  return Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text())?.[1] ?? 0);
+}
+
 describe('weft-cp serves ADS and reports each proxy', () => {
   let cp: TestControlPlane;
   let client: XdsTestClient;
@@ -80,11 +90,8 @@ describe('weft-cp serves ADS and reports each proxy', () => {
 
   it('answers a proxy back within xds.lingerMs from the config kept for it, with what changed while it was away', async () => {
     const dp2 = (ports: number[]) => ({ ...dp, name: 'dp-2', networking: { address: '10.0.0.2', inbound: ports.map((port) => ({ port, tags: { 'kuma.io/service': 'web' } })) } });
-    const metric = async (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text())?.[1] ?? 0);
+    const metric = (name: string) => metricOf(cp, name);
     const full = 'weft_xds_proxy_regenerations_total\\{kind="full"\\}';
-    const waitFor = async (what: string, ok: () => Promise<boolean>) => {
-      for (let t0 = Date.now(); !(await ok()); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 5000) assert.fail(`timed out waiting for ${what}`);
-    };
     assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-2', dp2([8080]))).status, 201);
     const first = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-2' });
     first.subscribe(TypeUrl.Cluster, []);
@@ -108,10 +115,7 @@ describe('weft-cp serves ADS and reports each proxy', () => {
   });
 
   it('keeps a departed proxy\'s status while its Dataplane exists, and drops it with the Dataplane, so names that come and go do not pile up', async () => {
-    const waitFor = async (what: string, ok: () => boolean) => {
-      for (let t0 = Date.now(); !ok(); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 5000) assert.fail(`timed out waiting for ${what}`);
-    };
-    const records = async () => Number(/^weft_xds_proxy_status_records (\d+)$/m.exec(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text())?.[1]);
+    const records = () => metricOf(cp, 'weft_xds_proxy_status_records');
     const visit = async (id: string) => {
       const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id });
       c.subscribe(TypeUrl.Cluster, []);
@@ -271,15 +275,12 @@ describe('weft-cp on PostgreSQL', systemRequirement('PostgreSQL server', postgre
     const cp = await startTestControlPlane({ WEFT_STORE_TYPE: 'postgres', WEFT_STORE_POSTGRES_URL: url, WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_XDS_EPHEMERAL_CLEANUP_MS: '600000' });
     const admin = new pg.Client({ connectionString: url });
     try {
-      const waitFor = async (what: string, ok: () => boolean) => {
-        for (let t0 = Date.now(); !ok(); await new Promise((r) => setTimeout(r, 25))) if (Date.now() - t0 > 10_000) assert.fail(`timed out waiting for ${what}`);
-      };
       assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-1', dp)).status, 201);
       const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
       c.subscribe(TypeUrl.Cluster, []);
       c.ack(await c.next(TypeUrl.Cluster));
       c.close();
-      await waitFor('the proxy to leave', () => cp.ads.status.get('default.dp-1')?.connected === false);
+      await waitFor('the proxy to leave', () => cp.ads.status.get('default.dp-1')?.connected === false, 10_000);
       // Deleted behind weft-cp's back: no change event reaches it, only the resync after its feed is
       // cut (the departed-proxy check, WEFT_XDS_EPHEMERAL_CLEANUP_MS, comes too late to count here).
       await admin.connect();
@@ -287,7 +288,7 @@ describe('weft-cp on PostgreSQL', systemRequirement('PostgreSQL server', postgre
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(cp.ads.status.get('default.dp-1'), 'no event yet: still shown');
       await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`);
-      await waitFor('its status to go after the resync', () => cp.ads.status.get('default.dp-1') === undefined);
+      await waitFor('its status to go after the resync', () => cp.ads.status.get('default.dp-1') === undefined, 10_000);
     } finally {
       await admin.end().catch(() => {});
       await cp.stop();
