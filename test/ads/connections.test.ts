@@ -101,6 +101,37 @@ describe('ADS connections: keepalive and age', () => {
     assert.equal(await mute(quiet, 800), undefined);
   });
 
+
+  it("a silence that is weft-cp's own (its event loop busy) does not count against a connection", async (t) => {
+    // While the event loop is blocked nothing is read, from live peers either: what they sent
+    // waits in the kernel. The reaper's first look after such a stall starts every count afresh.
+    // A connection that never begins its TLS handshake has no HTTP/2 session, so grpc-js's pings
+    // (whose own timeout, late too, would end a session at once) play no part: only the reaper
+    // can cut it.
+    const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
+    const credentials = grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false);
+    const ads = await startTestAds({ credentials, connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 200 } });
+    t.after(() => ads.stop());
+    const [host, port] = ads.address.split(':');
+    const socket = connect(Number(port), host);
+    socket.resume();
+    t.after(() => socket.destroy());
+    let closedAt: number | undefined;
+    socket.once('close', () => (closedAt = performance.now()));
+    await new Promise((r) => socket.once('connect', r));
+    // Accepted, and seen by the reaper (it looks every 50 ms).
+    await new Promise((r) => setTimeout(r, 120));
+    const busyUntil = performance.now() + 1000;
+    while (performance.now() < busyUntil) {
+      // The stall: three times the 300 ms after which a connection that read nothing is dead.
+    }
+    const stallEnd = performance.now();
+    await until('the silent connection is cut', () => closedAt !== undefined, 3000);
+    const afterMs = closedAt! - stallEnd;
+    // Counted afresh from the first look after the stall: cut 300 ms (ping and timeout) and one
+    // look later at the earliest. Counting the stall, it would go at the first look after it.
+    assert.ok(afterMs >= 250, `cut ${Math.round(afterMs)} ms after the stall; the stall must not count as its silence`);
+  });
   it('shutdown cuts what is left once every session has closed: a TLS handshake begun and stalled does not hold it for the grace', async (t) => {
     const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
     const ads = await startTestAds({ credentials: grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false), shutdownGraceMs: 5000 });
