@@ -120,6 +120,24 @@ export class MeshCertificates {
     this.sweepAt.set(mesh, Math.max(this.issuedSweepMin, 2 * perMesh.size));
   }
 
+  /** Meshes this replica keeps anything of: issuance records, retired roots, opened CA keys. */
+  meshesKept(): string[] {
+    const meshes = new Set([...this.issued.keys(), ...this.retired.keys()]);
+    for (const k of this.materials.keys()) meshes.add(k.slice(0, k.indexOf('/')));
+    return [...meshes];
+  }
+
+  /**
+   * Forgets a deleted mesh: its issuance records, its retired roots, and its CAs' keys opened in
+   * memory. Its CAs went with it from the store; a mesh made again under the name starts afresh.
+   */
+  forgetMesh(mesh: string): void {
+    this.issued.delete(mesh);
+    this.sweepAt.delete(mesh);
+    this.retired.delete(mesh);
+    for (const k of this.materials.keys()) if (k.startsWith(`${mesh}/`)) this.materials.delete(k);
+  }
+
   /** Certificates this replica issued whose records it keeps (for tests and diagnostics). */
   get issuedRecords(): number {
     let n = 0;

@@ -170,16 +170,28 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     shutdownGraceMs: config.shutdownGraceMs,
   });
   // A departed proxy's status is shown while its Dataplane exists (Kuma's Offline), and dropped
-  // with it, so that names which come and go do not pile up in memory.
-  const forgetDeparted = async () => {
+  // with it, so that names which come and go do not pile up in memory. A deleted mesh takes what
+  // the CA kept of it (issuance records, its CAs' keys opened in memory).
+  // After a resync, whose missed events may have been deletes, both are checked against the store:
+  // one list per mesh, not a read per proxy.
+  const forgetGone = async () => {
+    const offline = new Map<string, string[]>();
     for (const nodeId of ads.status.offline()) {
       const dot = nodeId.indexOf('.');
-      if (!(await store.get({ type: 'Dataplane', mesh: nodeId.slice(0, dot), name: nodeId.slice(dot + 1) }))) ads.status.forget(nodeId);
+      const mesh = nodeId.slice(0, dot);
+      offline.set(mesh, [...(offline.get(mesh) ?? []), nodeId.slice(dot + 1)]);
     }
+    for (const [mesh, names] of offline) {
+      const present = new Set((await store.list('Dataplane', { mesh })).items.map((d) => d.name));
+      for (const name of names) if (!present.has(name)) ads.status.forget(`${mesh}.${name}`);
+    }
+    const meshes = new Set((await store.list('Mesh')).items.map((m) => m.name));
+    for (const mesh of certificates.meshesKept()) if (!meshes.has(mesh)) certificates.forgetMesh(mesh);
   };
   const unwatchStatus = store.watch((e) => {
-    if (e.kind === 'resync') void forgetDeparted().catch((err: unknown) => logger.warn({ err }, 'could not drop the status of departed proxies'));
+    if (e.kind === 'resync') void forgetGone().catch((err: unknown) => logger.warn({ err }, 'could not drop what was kept of departed proxies and deleted meshes'));
     else if (e.kind === 'delete' && e.key.type === 'Dataplane') ads.status.forget(`${e.key.mesh}.${e.key.name}`);
+    else if (e.kind === 'delete' && e.key.type === 'Mesh') certificates.forgetMesh(e.key.name);
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
   ads.addService(dpServiceDefinition(), dpService.handlers());

@@ -252,6 +252,19 @@ describe('weft-cp authenticates proxies with dataplane tokens, over TLS', () => 
   });
 });
 
+describe('weft-cp forgets a deleted mesh', () => {
+  it("drops what its CA kept of the mesh (the CA's key opened in memory) when the Mesh is deleted", async (t) => {
+    const cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_TLS_MODE: 'off' });
+    t.after(() => cp.stop());
+    const mtls = { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] };
+    assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/brief', { type: 'Mesh', name: 'brief', mtls })).status, 201);
+    assert.equal((await cp.certificates.trustBundle('brief')).length, 1);
+    assert.ok(cp.certificates.meshesKept().includes('brief'));
+    assert.equal((await http(cp.apiUrl, 'DELETE', '/meshes/brief')).status, 200);
+    await waitFor('the mesh to be forgotten', () => !cp.certificates.meshesKept().includes('brief'));
+  });
+});
+
 describe('weft-cp by default', () => {
   it('refuses xDS clients that bring no token', async (t) => {
     const cp = await startTestControlPlane({ WEFT_XDS_ADDRESS: '127.0.0.1' });
@@ -270,25 +283,34 @@ describe('weft-cp on PostgreSQL', systemRequirement('PostgreSQL server', postgre
   });
   after(() => server?.stop());
 
-  it('drops the status of a departed proxy whose Dataplane went while the change feed was down (resync)', async () => {
+  it('drops the status of a departed proxy whose Dataplane went while the change feed was down, and a mesh deleted meanwhile (resync)', async () => {
     const url = await server.createDatabase(`weft_status_${process.pid}`);
     const cp = await startTestControlPlane({ WEFT_STORE_TYPE: 'postgres', WEFT_STORE_POSTGRES_URL: url, WEFT_XDS_ADDRESS: '127.0.0.1', WEFT_XDS_ALLOW_UNAUTHENTICATED_LOOPBACK: 'true', WEFT_XDS_TLS_MODE: 'off', WEFT_XDS_EPHEMERAL_CLEANUP_MS: '600000' });
     const admin = new pg.Client({ connectionString: url });
     try {
-      assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/dp-1', dp)).status, 201);
-      const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: 'default.dp-1' });
-      c.subscribe(TypeUrl.Cluster, []);
-      c.ack(await c.next(TypeUrl.Cluster));
-      c.close();
-      await waitFor('the proxy to leave', () => cp.ads.status.get('default.dp-1')?.connected === false, 10_000);
+      for (const name of ['dp-1', 'dp-2']) {
+        assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/default/dataplanes/${name}`, { ...dp, name })).status, 201);
+        const c = new XdsTestClient(cp.xdsAddress, 'sotw', { id: `default.${name}` });
+        c.subscribe(TypeUrl.Cluster, []);
+        c.ack(await c.next(TypeUrl.Cluster));
+        c.close();
+        await waitFor('the proxy to leave', () => cp.ads.status.get(`default.${name}`)?.connected === false, 10_000);
+      }
+      const mtls = { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] };
+      assert.equal((await http(cp.apiUrl, 'PUT', '/meshes/brief', { type: 'Mesh', name: 'brief', mtls })).status, 201);
+      await cp.certificates.trustBundle('brief');
       // Deleted behind weft-cp's back: no change event reaches it, only the resync after its feed is
       // cut (the departed-proxy check, WEFT_XDS_EPHEMERAL_CLEANUP_MS, comes too late to count here).
       await admin.connect();
       await admin.query(`DELETE FROM weft_resources WHERE type = 'Dataplane' AND mesh = 'default' AND name = 'dp-1'`);
+      await admin.query(`DELETE FROM weft_resources WHERE mesh = 'brief' OR (type = 'Mesh' AND name = 'brief')`);
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(cp.ads.status.get('default.dp-1'), 'no event yet: still shown');
+      assert.ok(cp.certificates.meshesKept().includes('brief'), 'no event yet: the mesh is still kept');
       await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`);
       await waitFor('its status to go after the resync', () => cp.ads.status.get('default.dp-1') === undefined, 10_000);
+      assert.ok(cp.ads.status.get('default.dp-2'), "a departed proxy whose Dataplane is still there keeps its status");
+      await waitFor('the deleted mesh to be forgotten after the resync', () => !cp.certificates.meshesKept().includes('brief'), 10_000);
     } finally {
       await admin.end().catch(() => {});
       await cp.stop();

@@ -153,6 +153,20 @@ describe('built-in CA and workload certificates', () => {
     }
   });
 
+  it('forgets a deleted mesh: its issuance records and its CA keys opened in memory, and nothing of other meshes', async () => {
+    await store.create(mtlsMesh('brief', 'ca-1', ['ca-1']));
+    await store.create(dp('brief', 'web-1', 'web'));
+    await identity('brief', 'web-1', ['spiffe://brief/web']);
+    await identity('other', 'web-1', ['spiffe://other/web']);
+    const before = certs.issuedRecords;
+    assert.ok(certs.meshesKept().includes('brief') && certs.meshesKept().includes('other'));
+    certs.forgetMesh('brief');
+    assert.deepEqual(certs.meshesKept().filter((m) => m === 'brief'), []);
+    assert.ok(certs.meshesKept().includes('other'), 'another mesh keeps its state');
+    assert.equal(certs.issuedRecords, before - 1);
+    await store.delete({ type: 'Mesh', mesh: '', name: 'brief' });
+  });
+
   it('a token bound to tags gets certificates for Dataplanes with those tags only', async () => {
     const { token } = await tokens.issue('tls', undefined, 3600_000, { 'kuma.io/service': 'web' });
     const { csrPem } = await keyAndCsr(['spiffe://tls/web']);
