@@ -143,11 +143,33 @@ export function requestDeserializer(typeName: string, namesField: string, versio
   const field = type.fields[namesField];
   if (!field?.repeated || field.type !== 'string') throw new Error(`${typeName} has no repeated string field ${namesField}`);
   const id = field.id;
-  const named = namesDeserializer(typeName, field, id);
+  const ok = scannable(type);
+  const named = namesDeserializer(typeName, field, id, ok);
   if (versionsField === undefined) return named;
   const versions = type.fields[versionsField];
   if (!(versions instanceof protobuf.MapField) || versions.keyType !== 'string' || versions.type !== 'string') throw new Error(`${typeName} has no map<string, string> field ${versionsField}`);
-  return versionsDeserializer(versions, named);
+  return versionsDeserializer(versions, named, ok);
+}
+
+/**
+ * Whether a tag is read by these deserializers' scans as protobufjs reads it. protobufjs takes a
+ * field it knows by number alone (a string field's tag with the varint wire type is still read as
+ * a string), where a scan skips by wire type. Every field of the xDS requests is length-delimited,
+ * so a known field's tag with another wire type is malformed; the scans then hand the message to
+ * protobufjs whole, and garbage is read exactly as protobufjs reads it.
+ */
+function scannable(type: protobuf.Type): (tag: number) => boolean {
+  // Per field number: 0 unknown, 1 length-delimited, 2 anything else (read as its type, not skipped).
+  const max = Math.max(0, ...type.fieldsArray.map((f) => f.id));
+  const kinds = new Uint8Array(max + 1);
+  for (const f of type.fieldsArray) {
+    f.resolve();
+    kinds[f.id] = f.map || f.resolvedType instanceof protobuf.Type || f.type === 'string' || f.type === 'bytes' ? 1 : 2;
+  }
+  return (tag) => {
+    const n = tag >>> 3;
+    return n > max || kinds[n] === 0 || (kinds[n] === 1 && (tag & 7) === 2);
+  };
 }
 
 /** Entries of a map field over this many bytes are read into a Map directly. */
@@ -161,7 +183,7 @@ const VERSION_MAP_MIN_BYTES = 1024;
  * object and copying it into another. The stream takes the Map as it is (stream.ts `handleDelta`).
  * A message that does not parse this way takes `next` whole, which reports what is wrong.
  */
-function versionsDeserializer(field: protobuf.Field, next: (buf: Buffer) => Record<string, unknown>): (buf: Buffer) => Record<string, unknown> {
+function versionsDeserializer(field: protobuf.Field, next: (buf: Buffer) => Record<string, unknown>, scannableTag: (tag: number) => boolean): (buf: Buffer) => Record<string, unknown> {
   const id = field.id;
   return (buf) => {
     if (buf.length < VERSION_MAP_MIN_BYTES) return next(buf);
@@ -173,7 +195,8 @@ function versionsDeserializer(field: protobuf.Field, next: (buf: Buffer) => Reco
       while (r.pos < r.len) {
         const at = r.pos;
         const tag = r.uint32();
-        if (tag >>> 3 !== id || (tag & 7) !== 2) {
+        if (!scannableTag(tag)) return next(buf);
+        if (tag >>> 3 !== id) {
           r.skipType(tag & 7);
           continue;
         }
@@ -185,7 +208,7 @@ function versionsDeserializer(field: protobuf.Field, next: (buf: Buffer) => Reco
           const t = r.uint32();
           if (t === 10) key = r.string();
           else if (t === 18) value = r.string();
-          else r.skipType(t & 7);
+          else return next(buf); // not an entry as protobuf writes one (see scannable)
         }
         if (r.pos !== end) return next(buf);
         versions.set(key, value);
@@ -202,7 +225,7 @@ function versionsDeserializer(field: protobuf.Field, next: (buf: Buffer) => Reco
   };
 }
 
-function namesDeserializer(typeName: string, field: protobuf.Field, id: number): (buf: Buffer) => Record<string, unknown> {
+function namesDeserializer(typeName: string, field: protobuf.Field, id: number, scannableTag: (tag: number) => boolean): (buf: Buffer) => Record<string, unknown> {
   const plain = grpcCodec(typeName).deserialize;
   const lists = new Map<string, readonly string[]>();
   let keptBytes = 0;
@@ -216,6 +239,7 @@ function namesDeserializer(typeName: string, field: protobuf.Field, id: number):
       while (r.pos < r.len) {
         const at = r.pos;
         const tag = r.uint32();
+        if (!scannableTag(tag)) return plain(buf);
         r.skipType(tag & 7);
         if (tag >>> 3 !== id) continue;
         if (start >= 0 && at !== end) return plain(buf); // split around other fields

@@ -4,6 +4,7 @@ import protobuf from 'protobufjs';
 import { messageType, TypeUrl } from '../../src/ads/index.js';
 import { TO_OBJECT } from '../../src/ads/protos.js';
 import { requestDeserializer } from '../../src/ads/wire.js';
+import { seeded } from '../helpers/seeded.js';
 
 const SOTW = 'envoy.service.discovery.v3.DiscoveryRequest';
 const DELTA = 'envoy.service.discovery.v3.DeltaDiscoveryRequest';
@@ -163,5 +164,87 @@ describe("request deserializer: a delta proxy's initial_resource_versions read i
       const theirs = outcome(() => plain(DELTA, g));
       assert.deepEqual('error' in mine, 'error' in theirs, g.subarray(-8).toString('hex'));
     }
+  });
+});
+
+describe('request deserializers: mutated requests read exactly as protobufjs reads them', () => {
+  // A seeded history of damage done to good requests: bytes changed, cut, inserted, dropped or
+  // spliced in from elsewhere, and fields of any number (the request's own, or unknown) with any
+  // wire type put between two halves of one. Whatever protobufjs makes of each, value or error,
+  // the deserializers must make the same: they read most requests without protobufjs, and a
+  // scan that skips a field by its wire type, where protobufjs reads it by number, would read the
+  // rest of the message differently. WEFT_WIRE_FUZZ_SEED and WEFT_WIRE_FUZZ_CASES run others.
+  const cases = Number(process.env.WEFT_WIRE_FUZZ_CASES ?? 6000);
+  const seed = Number(process.env.WEFT_WIRE_FUZZ_SEED ?? 1);
+  const few = names.slice(0, 60);
+  const held = Object.fromEntries(few.map((n, i) => [n, `v${i}-${'h'.repeat(20)}`]));
+  const requests: [string, Record<string, unknown>][] = [
+    [SOTW, { type_url: EDS, resource_names: few, version_info: 'v1', response_nonce: 'n-1', node: { id: 'default.web-1' } }],
+    [DELTA, { type_url: EDS, resource_names_subscribe: few, initial_resource_versions: held, response_nonce: 'n', node: { id: 'x' } }],
+    [DELTA, { type_url: TypeUrl.Cluster, resource_names_unsubscribe: few, resource_names_subscribe: few.slice(3), initial_resource_versions: held }],
+  ];
+  const deserializers: Record<string, (b: Buffer) => Record<string, unknown>> = {
+    [SOTW]: requestDeserializer(SOTW, 'resource_names'),
+    [DELTA]: requestDeserializer(DELTA, 'resource_names_subscribe', 'initial_resource_versions'),
+  };
+  /** A value as JSON (the versions Map as an object, as protobufjs gives them), or that it failed. */
+  const outcome = (f: () => Record<string, unknown>) => {
+    try {
+      const v = { ...f() };
+      if (v.initial_resource_versions instanceof Map) v.initial_resource_versions = Object.fromEntries(v.initial_resource_versions);
+      return { value: JSON.parse(JSON.stringify(v)) as unknown };
+    } catch {
+      return { error: true };
+    }
+  };
+  const varint = (v: number): number[] => {
+    const out: number[] = [];
+    for (; v > 127; v >>>= 7) out.push((v & 127) | 128);
+    out.push(v);
+    return out;
+  };
+
+  it(`${cases} cases, seed ${seed}`, () => {
+    const rnd = seeded(seed);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+    let refused = 0;
+    for (let i = 0; i < cases; i++) {
+      const [typeName, req] = pick(requests);
+      let buf = encode(typeName, req);
+      if (rnd() < 0.5) {
+        const field: number[] = varint((pick([1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 99]) << 3) | pick([0, 1, 2, 3, 5]));
+        const wireType = field[field.length - 1]! & 7;
+        if (wireType === 0) field.push(...varint(Math.floor(rnd() * 300)));
+        if (wireType === 1 || wireType === 5) for (let j = wireType === 1 ? 8 : 4; j > 0; j--) field.push(Math.floor(rnd() * 256));
+        if (wireType === 2) {
+          const len = Math.floor(rnd() * 12);
+          field.push(...varint(len));
+          for (let j = 0; j < len; j++) field.push(rnd() < 0.5 ? 0x0a : Math.floor(rnd() * 256));
+        }
+        if (wireType === 3) field.push(0x0c); // a group, ended at once
+        const keys = Object.keys(req);
+        const cut = Math.floor(rnd() * (keys.length + 1));
+        buf = Buffer.concat([encode(typeName, Object.fromEntries(keys.slice(0, cut).map((k) => [k, req[k]]))), Buffer.from(field), encode(typeName, Object.fromEntries(keys.slice(cut).map((k) => [k, req[k]])))]);
+      }
+      for (let k = rnd() < 0.5 ? 0 : 1 + Math.floor(rnd() * 4); k > 0; k--) {
+        const op = rnd();
+        const at = Math.floor(rnd() * buf.length);
+        if (op < 0.4) buf[at] = Math.floor(rnd() * 256);
+        else if (op < 0.55) buf = buf.subarray(0, at);
+        else if (op < 0.7) buf = Buffer.concat([buf.subarray(0, at), Buffer.from([Math.floor(rnd() * 256)]), buf.subarray(at)]);
+        else if (op < 0.85) buf = Buffer.concat([buf.subarray(0, at), buf.subarray(at + 1 + Math.floor(rnd() * 5))]);
+        else {
+          const other = encode(typeName, req);
+          const from = Math.floor(rnd() * other.length);
+          buf = Buffer.concat([buf.subarray(0, at), other.subarray(from, from + Math.floor(rnd() * 50)), buf.subarray(at)]);
+        }
+      }
+      buf = Buffer.from(buf); // the deserializers get a buffer of their own, as from gRPC
+      const expected = outcome(() => plain(typeName, buf));
+      if ('error' in expected) refused++;
+      assert.deepEqual(outcome(() => deserializers[typeName]!(buf)), expected, `case ${i}: ${buf.toString('hex')}`);
+    }
+    // The damage is both kinds: some still reads as a request, some is refused.
+    assert.ok(refused > cases / 10 && refused < cases * 0.9, `${refused} of ${cases} refused`);
   });
 });
