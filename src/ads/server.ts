@@ -10,7 +10,7 @@ import { requestDeserializer, responseParts, responseSerializer } from './wire.j
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
 import { http2StreamOf, TURN_BYTES, TurnWriter } from './turn-writer.js';
-import { AdsStream, DELTA_MOST_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
+import { AdsStream, DELTA_MOST_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
 export interface Authenticator {
@@ -102,6 +102,9 @@ const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 const writers = new WeakMap<object, TurnWriter>();
 
 /** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
+/** Requests a stream may send before its credentials are checked (see `serve`). */
+const EARLY_REQUESTS_KEPT = 32;
+
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
@@ -186,10 +189,19 @@ export class AdsServer {
     const log = this.opts.logger;
     const fail = (err: StreamError) => endWith(call, err);
     if (this.closing) return fail(new StreamError(GRPC_UNAVAILABLE, 'control plane is shutting down; reconnect to another replica'));
-    // Requests that arrive while the credentials are being checked wait for the answer.
+    // Requests that arrive while the credentials are being checked wait for the answer; a few
+    // (a proxy asks once per type before it hears anything), not whatever a client without
+    // credentials sends while the check waits on a slow store.
     const early: (DiscoveryRequest | DeltaDiscoveryRequest)[] = [];
     let gone = false;
-    const buffer = (req: DiscoveryRequest | DeltaDiscoveryRequest) => early.push(req);
+    let overrun = false;
+    const buffer = (req: DiscoveryRequest | DeltaDiscoveryRequest) => {
+      if (gone) return;
+      if (early.length < EARLY_REQUESTS_KEPT) return void early.push(req);
+      overrun = true;
+      log.warn({ peer: call.getPeer() }, 'xDS stream refused: too many requests before its credentials were checked');
+      fail(new StreamError(GRPC_RESOURCE_EXHAUSTED, `more than ${EARLY_REQUESTS_KEPT} requests before the stream's credentials were checked; wait for a response`));
+    };
     call.on('data', buffer);
     const abandon = () => (gone = true);
     call.on('cancelled', abandon);
@@ -209,7 +221,7 @@ export class AdsServer {
           const e = err instanceof StreamError ? err : new StreamError(GRPC_UNAUTHENTICATED, (err as Error).message);
           if (!(err instanceof StreamError)) log.error({ err }, 'xDS authentication failed');
           log.warn({ peer: call.getPeer(), reason: e.message }, 'xDS stream refused');
-          fail(e);
+          if (!overrun) fail(e); // ended already
         },
       );
   }

@@ -72,6 +72,7 @@ export class StreamError extends Error {
 
 export const GRPC_INVALID_ARGUMENT = 3;
 export const GRPC_PERMISSION_DENIED = 7;
+export const GRPC_RESOURCE_EXHAUSTED = 8;
 export const GRPC_UNAVAILABLE = 14;
 export const GRPC_UNAUTHENTICATED = 16;
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
-import { isLoopbackPeer, refuseAllAuthenticator, StreamError, TypeUrl, type Authenticator } from '../../src/ads/index.js';
+import { isLoopbackPeer, loopbackOnlyAuthenticator, refuseAllAuthenticator, StreamError, TypeUrl, type Authenticator } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
 
@@ -125,6 +125,22 @@ describe('ADS server: defaults and robustness', () => {
     good.close();
     noisy.close();
     await ads.stop();
+  });
+
+  it('keeps a few requests while credentials are checked, not a flood: the flooding stream is refused, a proxy that asked per type is served', async (t) => {
+    // The check waits on a slow store (here 300 ms) for everyone; meanwhile requests are kept.
+    const ads = await startTestAds({ authenticator: { authenticate: async (ctx) => (await new Promise((r) => setTimeout(r, 300)), loopbackOnlyAuthenticator.authenticate(ctx)) } });
+    t.after(() => ads.server.destroy());
+    ads.cache.set('default.proxy', meshSet({ web: [['10.0.0.1', 80]] }));
+    const flood = new XdsTestClient(ads.address, 'sotw', { id: 'default.flood' }, { ownConnection: true });
+    const proxy = new XdsTestClient(ads.address, 'sotw', { id: 'default.proxy' }, { ownConnection: true });
+    t.after(() => (flood.close(), proxy.close()));
+    for (let i = 0; i < 100; i++) flood.subscribe(TypeUrl.Cluster, [`c-${i}`]);
+    for (const type of [TypeUrl.Cluster, TypeUrl.Listener, TypeUrl.ClusterLoadAssignment, TypeUrl.RouteConfiguration, TypeUrl.Secret]) proxy.subscribe(type, type === TypeUrl.Cluster || type === TypeUrl.Listener ? [] : ['web']);
+    const refused = await Promise.race([flood.closed, new Promise<{ code: number; details: string }>((r) => setTimeout(() => r({ code: -1, details: 'still open after 5 s' }), 5000).unref())]);
+    assert.equal(refused.code, grpc.status.RESOURCE_EXHAUSTED);
+    assert.match(refused.details, /more than 32 requests before the stream's credentials were checked/);
+    assert.deepEqual((await proxy.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['web'], 'what it asked before the check is answered after it');
   });
 
   it('on shutdown, ends open streams with UNAVAILABLE so proxies go to another replica', async (t) => {
