@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it, before, after } from 'node:test';
 import { isWeftError, type ErrorCode } from '../../src/core/index.js';
-import type { ChangeEvent, Store } from '../../src/store/index.js';
+import type { ChangeEvent, Store, WriteOp, WriteResult } from '../../src/store/index.js';
 import { dataplaneInput, meshInput } from './fixtures.js';
+import { seeded } from './seeded.js';
 
 export async function rejectsWith(p: Promise<unknown>, code: ErrorCode, index?: number): Promise<void> {
   await assert.rejects(p, (err: unknown) => {
@@ -180,6 +181,15 @@ export function storeConformance(engine: string, open: () => Promise<Store>): vo
       assert.ok(revs[0]! < revs[1]! && revs[1]! < revs[2]!, 'revisions increase');
     });
 
+    it('random histories of writes: every read agrees with a model of what was acknowledged, and watchers see each change once, in order', async () => {
+      const fresh = await open();
+      try {
+        await randomHistory(fresh, Number(process.env.WEFT_STORE_HISTORY_SEED ?? 1), Number(process.env.WEFT_STORE_HISTORY_OPS ?? 300));
+      } finally {
+        await fresh.close();
+      }
+    });
+
     it('a throwing watcher does not break writes or other watchers', async () => {
       const off = store.watch(() => {
         throw new Error('bad watcher');
@@ -190,4 +200,204 @@ export function storeConformance(engine: string, open: () => Promise<Store>): vo
       off();
     });
   });
+}
+
+type Key = { type: string; mesh: string; name: string };
+type Held = { version: string; spec: string; labels: string };
+
+const keyText = (k: Key) => `${k.type}/${k.mesh}/${k.name}`;
+
+/**
+ * A seeded random history against a store, checked after every write against a model: creates,
+ * updates, upserts and deletes, alone or in batches (all or nothing, some dry runs), with expected
+ * versions right, stale or absent, over two meshes that are deleted (taking their contents) and
+ * made again. The model knows what each write must do (outcome, or error code and index); the
+ * store's answers, every resource read back, lists whole and paged, and the change events must
+ * agree with it. Versions must increase with every change.
+ */
+async function randomHistory(store: Store, seed: number, steps: number): Promise<void> {
+  const rnd = seeded(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+  const MESHES = ['hist-1', 'hist-2'];
+  const NAMES = ['a', 'b', 'c'];
+  const keys: Key[] = [...MESHES.map((m) => ({ type: 'Mesh', mesh: '', name: m })), ...MESHES.flatMap((m) => NAMES.map((n) => ({ type: 'Dataplane', mesh: m, name: n })))];
+  let model = new Map<string, Held>();
+  const expectedEvents: string[] = [];
+  const seen: ChangeEvent[] = [];
+  const off = store.watch((e) => seen.push(e));
+  let lastVersion = 0n;
+
+  const input = (k: Key) =>
+    k.type === 'Mesh'
+      ? meshInput(k.name, pick([{}, { networking: { outbound: { passthrough: false } } }]))
+      : { ...dataplaneInput(k.mesh, k.name, { port: pick([8080, 9090]), service: pick(['web', 'api']) }), labels: pick<Record<string, string>>([{}, { team: 'x' }]) };
+  const versionFor = (k: Key) => {
+    const held = model.get(keyText(k));
+    const r = rnd();
+    if (r < 0.5) return undefined;
+    if (r < 0.8 && held) return held.version;
+    return pick(['1', '999999', held ? String(BigInt(held.version) + 1n) : '2']);
+  };
+  const randomOp = (): WriteOp => {
+    const k = pick(keys);
+    const r = rnd();
+    if (r < 0.3) return { op: 'create', resource: input(k) };
+    if (r < 0.5) return { op: 'update', resource: input(k), expectedVersion: versionFor(k) };
+    if (r < 0.75) return { op: 'upsert', resource: input(k), expectedVersion: versionFor(k) };
+    return { op: 'delete', key: k, expectedVersion: versionFor(k) };
+  };
+
+  /** What the ops must do to `before`: the state after, outcomes and events, or the error. */
+  const simulate = (ops: readonly WriteOp[], before: Map<string, Held>) => {
+    const state = new Map(before);
+    const outcomes: string[] = [];
+    const events: string[] = [];
+    for (const [index, op] of ops.entries()) {
+      const k: Key = op.op === 'delete' ? op.key : op.resource;
+      const held = state.get(keyText(k));
+      const fail = (code: string) => ({ error: { code, index: ops.length > 1 ? index : undefined } });
+      const content = (o: { resource: { spec: unknown; labels: unknown } }) => ({ spec: JSON.stringify(o.resource.spec), labels: JSON.stringify(o.resource.labels) });
+      if (op.op === 'delete') {
+        if (!held) return fail('not_found');
+        if (op.expectedVersion !== undefined && op.expectedVersion !== held.version) return fail('version_conflict');
+        if (k.type === 'Mesh') {
+          const inside = [...state.keys()].filter((t) => t.startsWith(`Dataplane/${k.name}/`)).sort();
+          for (const t of inside) {
+            state.delete(t);
+            events.push(`delete ${t}`);
+          }
+        }
+        state.delete(keyText(k));
+        events.push(`delete ${keyText(k)}`);
+        outcomes.push('deleted');
+        continue;
+      }
+      const create = () => {
+        if (k.mesh !== '' && !state.has(`Mesh//${k.mesh}`)) return false;
+        state.set(keyText(k), { version: '?', ...content(op) });
+        events.push(`create ${keyText(k)}`);
+        outcomes.push('created');
+        return true;
+      };
+      if (op.op === 'create') {
+        if (held) return fail('already_exists');
+        if (!create()) return fail('mesh_not_found');
+        continue;
+      }
+      if (!held) {
+        if (op.op === 'update' || op.expectedVersion !== undefined) return fail('not_found');
+        if (!create()) return fail('mesh_not_found');
+        continue;
+      }
+      if (op.expectedVersion !== undefined && op.expectedVersion !== held.version) return fail('version_conflict');
+      const next = content(op);
+      if (next.spec === held.spec && next.labels === held.labels) {
+        outcomes.push('unchanged');
+        continue;
+      }
+      state.set(keyText(k), { version: '?', ...next });
+      events.push(`update ${keyText(k)}`);
+      outcomes.push('updated');
+    }
+    return { state, outcomes, events };
+  };
+
+  for (let step = 0; step < steps; step++) {
+    const ops = Array.from({ length: rnd() < 0.7 ? 1 : 2 + Math.floor(rnd() * 3) }, randomOp);
+    const dryRun = ops.length > 1 && rnd() < 0.2;
+    const what = `seed ${seed} step ${step}: ${JSON.stringify(ops.map((o) => [o.op, keyText(o.op === 'delete' ? o.key : o.resource), o.op === 'create' ? '' : (o.expectedVersion ?? '')]))}${dryRun ? ' (dry run)' : ''}`;
+    const want = simulate(ops, model);
+    let results: WriteResult[] | undefined;
+    let error: { code: string; index?: number } | undefined;
+    try {
+      const only = ops[0]!;
+      results = ops.length === 1 ? await single(store, only, model.get(keyText(only.op === 'delete' ? only.key : only.resource))?.version) : await store.write(ops, { dryRun });
+    } catch (err) {
+      assert.ok(isWeftError(err), `${what}: ${String(err)}`);
+      error = { code: err.code, index: err.index };
+    }
+    if ('error' in want) {
+      assert.deepEqual(error, want.error, what);
+      continue;
+    }
+    assert.equal(error, undefined, `${what}: ${JSON.stringify(error)}`);
+    assert.deepEqual(results!.map((r) => r.outcome), want.outcomes, what);
+    if (dryRun) continue;
+    // The versions the store gave: each change a new one, above every earlier one; an unchanged
+    // write keeps the version it found (perhaps given earlier in the same batch).
+    const versions = new Map([...model].map(([k, h]) => [k, h.version]));
+    for (const [i, r] of results!.entries()) {
+      const k = keyText(r.key);
+      if (r.outcome === 'deleted') {
+        versions.delete(k);
+        continue;
+      }
+      if (r.outcome === 'unchanged') {
+        assert.equal(r.resource!.version, versions.get(k), `${what}: op ${i} unchanged keeps its version`);
+        continue;
+      }
+      const v = BigInt(r.resource!.version);
+      assert.ok(v > lastVersion, `${what}: op ${i} got version ${v}, not above ${lastVersion}`);
+      lastVersion = v;
+      versions.set(k, r.resource!.version);
+    }
+    for (const [k, held] of want.state) want.state.set(k, { ...held, version: versions.get(k)! });
+    model = want.state;
+    expectedEvents.push(...want.events);
+    // Every key reads back as the model has it; lists, whole and paged, give the model's names.
+    for (const k of keys) {
+      const got = await store.get(k);
+      const held = model.get(keyText(k));
+      assert.deepEqual(got && { version: got.version, spec: JSON.stringify(got.spec), labels: JSON.stringify(got.labels) }, held, `${what}: read ${keyText(k)}`);
+    }
+    for (const mesh of MESHES) {
+      const names = NAMES.filter((n) => model.has(`Dataplane/${mesh}/${n}`));
+      assert.deepEqual((await store.list('Dataplane', { mesh })).items.map((r) => r.name), names, `${what}: list ${mesh}`);
+      const paged: string[] = [];
+      let after: string | undefined;
+      do {
+        const page = await store.list('Dataplane', { mesh, limit: 1, after });
+        paged.push(...page.items.map((r) => r.name));
+        after = page.next;
+      } while (after);
+      assert.deepEqual(paged, names, `${what}: paged list ${mesh}`);
+    }
+    assert.deepEqual((await store.list('Mesh')).items.map((r) => r.name).filter((n) => MESHES.includes(n)), MESHES.filter((m) => model.has(`Mesh//${m}`)), `${what}: list meshes`);
+  }
+  // Events come after commit (on PostgreSQL, by notification): wait for as many as were made.
+  const changes = () => seen.filter((e) => e.kind !== 'resync');
+  for (const t0 = Date.now(); changes().length < expectedEvents.length && Date.now() - t0 < 5000; ) await new Promise((r) => setTimeout(r, 20));
+  off();
+  const got = changes() as Extract<ChangeEvent, { revision: string }>[];
+  // A mesh's contents go in the store's order, before the mesh: runs of deletes are compared as sets.
+  const canonical = (list: string[]) => {
+    const out: string[] = [];
+    let run: string[] = [];
+    const flush = () => (out.push(...run.sort()), (run = []));
+    for (const e of list) {
+      if (e.startsWith('delete Dataplane/')) run.push(e);
+      else (flush(), out.push(e));
+    }
+    flush();
+    return out;
+  };
+  assert.deepEqual(canonical(got.map((e) => `${e.kind} ${keyText(e.key)}`)), canonical(expectedEvents), `seed ${seed}: change events`);
+  for (let i = 1; i < got.length; i++) assert.ok(BigInt(got[i]!.revision) > BigInt(got[i - 1]!.revision), `seed ${seed}: event revisions increase`);
+}
+
+/** One op through the store's own method for it, as the API calls them (`update` tells no outcome: a kept version is "unchanged"). */
+async function single(store: Store, op: WriteOp, heldVersion: string | undefined): Promise<WriteResult[]> {
+  switch (op.op) {
+    case 'create':
+      return [{ outcome: 'created', key: op.resource, resource: await store.create(op.resource) }];
+    case 'update': {
+      const resource = await store.update(op.resource, op.expectedVersion);
+      return [{ outcome: resource.version === heldVersion ? 'unchanged' : 'updated', key: op.resource, resource }];
+    }
+    case 'upsert':
+      return [await store.upsert(op.resource, op.expectedVersion)];
+    case 'delete':
+      await store.delete(op.key, op.expectedVersion);
+      return [{ outcome: 'deleted', key: op.key }];
+  }
 }
