@@ -141,6 +141,11 @@ interface TypeState {
   /** Names to send again even if unchanged (EDS after its Cluster changed, XDS-RULES 9). */
   forced: Set<string>;
   /**
+   * SotW: names the client unsubscribed since the last response, which it therefore no longer
+   * holds though `sent` has them (see `noteDropped`).
+   */
+  dropped: Set<string>;
+  /**
    * Nonces of responses sent before the last one and not answered yet: earlier responses still in
    * flight (the client answers each in order), and for delta the earlier pieces of the last
    * response (see DELTA_MOST_BYTES). A NACK of any of them counts (rule 5), though SotW ignores
@@ -500,7 +505,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, nackedContent: undefined, nackedAt: 0, nackRepeats: 0, sentTypeVersion: undefined, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, nackedContent: undefined, nackedAt: 0, nackRepeats: 0, sentTypeVersion: undefined, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), dropped: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -569,6 +574,7 @@ export class AdsStream {
     // per distinct list of names (wire.ts), so an ACK repeating them costs no comparison.
     if (names === state.namesFrom) return;
     state.namesFrom = Object.isFrozen(names) ? names : undefined;
+    const before = { wildcard: state.wildcard, subscribed: state.subscribed };
     if (names.includes('*')) {
       state.wildcard = true;
       state.subscribed = subscriptionOf(names);
@@ -580,6 +586,26 @@ export class AdsStream {
       state.explicit = true;
       // ACKs repeat the names: keep the same set then (cached checks stay valid).
       if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = subscriptionOf(names);
+    }
+    if (state.subscribed !== before.subscribed || state.wildcard !== before.wildcard) this.noteDropped(state, before);
+  }
+
+  /**
+   * Rule 12: a client forgets a resource the moment it unsubscribes it (Envoy and grpc-js-xds
+   * both do). Until the next response (after which `sent` is what the client wants), names dropped
+   * from the subscription are noted, and one asked for again meanwhile is sent again, even at the
+   * version `sent` has. Without this, a drop and a re-ask while the type waited (a NACK's backoff,
+   * rule 8's hold behind clusters, the send budget) left the subscription as `sent` had it: the
+   * server sent nothing, and the client lacked the resource for good.
+   */
+  private noteDropped(state: TypeState, before: { wildcard: boolean; subscribed: ReadonlySet<string> }): void {
+    if (state.sent.size > 0 && !state.wildcard) {
+      for (const n of before.wildcard ? state.sent.keys() : before.subscribed) if (!state.subscribed.has(n) && state.sent.has(n)) state.dropped.add(n);
+    }
+    for (const n of state.dropped) {
+      if (!this.wants(state, n)) continue;
+      state.forced.add(n);
+      state.dropped.delete(n);
     }
   }
 
@@ -987,6 +1013,7 @@ export class AdsStream {
     state.pieceNacked = false;
     state.sent = desired;
     if (state.forced.size > 0) state.forced.clear(); // clear() allocates even when empty
+    if (state.dropped.size > 0) state.dropped.clear(); // `sent` has only what the client wants now
     const bytes = bytesOf(resources);
     this.checkSize(state, resources, bytes);
     this.opts.send(res, bytes);
