@@ -373,10 +373,16 @@ async function randomHistory(store: Store, seed: number, steps: number): Promise
   const canonical = (list: string[]) => {
     const out: string[] = [];
     let run: string[] = [];
-    const flush = () => (out.push(...run.sort()), (run = []));
+    const flush = () => {
+      out.push(...run.sort());
+      run = [];
+    };
     for (const e of list) {
       if (e.startsWith('delete Dataplane/')) run.push(e);
-      else (flush(), out.push(e));
+      else {
+        flush();
+        out.push(e);
+      }
     }
     flush();
     return out;
