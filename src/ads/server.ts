@@ -101,10 +101,10 @@ const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 /** Writers of TLS streams (see TurnWriter), by call. */
 const writers = new WeakMap<object, TurnWriter>();
 
-/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
 /** Requests a stream may send before its credentials are checked (see `serve`). */
 const EARLY_REQUESTS_KEPT = 32;
 
+/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
