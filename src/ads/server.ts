@@ -79,11 +79,18 @@ export interface AdsServerOptions {
    */
   maxConnectionAgeMs?: number;
   maxConnectionAgeGraceMs?: number;
+  /**
+   * Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; default
+   * 100). A proxy uses one ADS stream; clients wait for a free one beyond this, and streams a client
+   * opens regardless are refused. Without it one connection could open streams without end (grpc-js
+   * sets no limit, and lifts Node's per-session memory limit).
+   */
+  maxStreamsPerConnection?: number;
 }
 
-/** grpc-js's server options for the connection lifetime settings above. */
-export function connectionOptions(opts: Pick<AdsServerOptions, 'keepaliveTimeMs' | 'keepaliveTimeoutMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs'>): grpc.ServerOptions {
-  const out: grpc.ServerOptions = {};
+/** grpc-js's server options for the connection settings above. */
+export function connectionOptions(opts: Pick<AdsServerOptions, 'keepaliveTimeMs' | 'keepaliveTimeoutMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'maxStreamsPerConnection'>): grpc.ServerOptions {
+  const out: grpc.ServerOptions = { 'grpc.max_concurrent_streams': opts.maxStreamsPerConnection ?? 100 };
   const keepalive = opts.keepaliveTimeMs ?? 15_000;
   if (keepalive > 0) {
     out['grpc.keepalive_time_ms'] = keepalive;

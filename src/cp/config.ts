@@ -69,6 +69,8 @@ export const configSchema = z
         maxConnectionAgeMs: z.number().int().min(0).max(2_592_000_000).default(0),
         /** How long such a connection's streams have before it is cut. */
         maxConnectionAgeGraceMs: z.number().int().min(0).max(3_600_000).default(10_000),
+        /** Streams one xDS connection may have open at once; a proxy uses one. */
+        maxStreamsPerConnection: z.number().int().min(1).max(1_000_000).default(100),
         tls: z
           .strictObject({
             /** auto: a self-signed certificate in the data dir; files: certFile + keyFile; off: plaintext. */
@@ -80,7 +82,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, maxStreamsPerConnection: 100, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -135,6 +137,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_KEEPALIVE_TIME_MS: { path: ['xds', 'keepaliveTimeMs'], kind: 'number' },
   WEFT_XDS_KEEPALIVE_TIMEOUT_MS: { path: ['xds', 'keepaliveTimeoutMs'], kind: 'number' },
   WEFT_XDS_MAX_CONNECTION_AGE_MS: { path: ['xds', 'maxConnectionAgeMs'], kind: 'number' },
+  WEFT_XDS_MAX_STREAMS_PER_CONNECTION: { path: ['xds', 'maxStreamsPerConnection'], kind: 'number' },
   WEFT_XDS_MAX_CONNECTION_AGE_GRACE_MS: { path: ['xds', 'maxConnectionAgeGraceMs'], kind: 'number' },
   WEFT_XDS_TLS_MODE: { path: ['xds', 'tls', 'mode'], kind: 'string' },
   WEFT_XDS_TLS_CERT_FILE: { path: ['xds', 'tls', 'certFile'], kind: 'string' },

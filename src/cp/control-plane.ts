@@ -167,6 +167,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     keepaliveTimeoutMs: config.xds.keepaliveTimeoutMs,
     maxConnectionAgeMs: config.xds.maxConnectionAgeMs,
     maxConnectionAgeGraceMs: config.xds.maxConnectionAgeGraceMs,
+    maxStreamsPerConnection: config.xds.maxStreamsPerConnection,
     shutdownGraceMs: config.shutdownGraceMs,
   });
   // A departed proxy's status is shown while its Dataplane exists (Kuma's Offline), and dropped

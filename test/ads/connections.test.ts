@@ -29,8 +29,28 @@ function bigSet(): ReturnType<typeof meshSet> {
 
 describe('ADS connections: keepalive and age', () => {
   it("maps the settings to grpc-js's: keepalive on by default, no age limit", () => {
-    assert.deepEqual(connectionOptions({}), { 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': 15_000 });
-    assert.deepEqual(connectionOptions({ keepaliveTimeMs: 0, maxConnectionAgeMs: 1_800_000 }), { 'grpc.max_connection_age_ms': 1_800_000, 'grpc.max_connection_age_grace_ms': 10_000 });
+    assert.deepEqual(connectionOptions({}), { 'grpc.max_concurrent_streams': 100, 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': 15_000 });
+    assert.deepEqual(connectionOptions({ keepaliveTimeMs: 0, maxConnectionAgeMs: 1_800_000, maxStreamsPerConnection: 7 }), { 'grpc.max_concurrent_streams': 7, 'grpc.max_connection_age_ms': 1_800_000, 'grpc.max_connection_age_grace_ms': 10_000 });
+  });
+
+  it('one connection has at most maxStreamsPerConnection streams open; a client waits for one to close', async (t) => {
+    const ads = await startTestAds({ connections: { maxStreamsPerConnection: 3 } });
+    t.after(() => ads.stop());
+    // Clients in one process share one connection (grpc-js's subchannel pool).
+    const clients = Array.from({ length: 5 }, (_, i) => new XdsTestClient(ads.address, 'delta', { id: `default.many-${i}` }));
+    t.after(() => clients.forEach((c) => c.close()));
+    for (const [i, c] of clients.entries()) {
+      ads.cache.set(`default.many-${i}`, meshSet({ web: [['10.0.0.1', 80]] }));
+      c.delta({ type_url: TypeUrl.Cluster });
+    }
+    const answered = new Set<number>();
+    clients.forEach((c, i) => void c.next(TypeUrl.Cluster, 10_000).then(() => answered.add(i), () => {}));
+    await until('three answered', () => answered.size === 3);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(answered.size, 3, 'the other two wait');
+    assert.equal(ads.server.streamCount, 3);
+    clients[[...answered][0]!]!.close();
+    await until('a fourth answered once one closed', () => answered.size === 4);
   });
 
   it('a proxy that stops answering is cut by keepalive: disconnected, its send budget back; one that answers stays', async (t) => {

@@ -25,6 +25,8 @@ describe('control plane configuration', () => {
     assert.equal(c.xds.port, 5678);
     // Kuma's keepalive (15 s, 15 s); no connection age, as Kuma.
     assert.deepEqual([c.xds.keepaliveTimeMs, c.xds.keepaliveTimeoutMs, c.xds.maxConnectionAgeMs], [15_000, 15_000, 0]);
+    assert.equal(c.xds.maxStreamsPerConnection, 100);
+    assert.equal(loadConfig({ env: { WEFT_XDS_MAX_STREAMS_PER_CONNECTION: '8' } }).xds.maxStreamsPerConnection, 8);
     // A departed proxy's config is kept as long as its ephemeral Dataplane.
     assert.deepEqual([c.xds.lingerMs, c.xds.ephemeralCleanupMs], [10_000, 10_000]);
     assert.equal(loadConfig({ env: { WEFT_XDS_LINGER_MS: '0' } }).xds.lingerMs, 0);
