@@ -574,7 +574,7 @@ export class AdsStream {
     // per distinct list of names (wire.ts), so an ACK repeating them costs no comparison.
     if (names === state.namesFrom) return;
     state.namesFrom = Object.isFrozen(names) ? names : undefined;
-    const before = { wildcard: state.wildcard, subscribed: state.subscribed };
+    const { wildcard, subscribed } = state;
     if (names.includes('*')) {
       state.wildcard = true;
       state.subscribed = subscriptionOf(names);
@@ -587,7 +587,7 @@ export class AdsStream {
       // ACKs repeat the names: keep the same set then (cached checks stay valid).
       if (names.length !== state.subscribed.size || names.some((n) => !state.subscribed.has(n))) state.subscribed = subscriptionOf(names);
     }
-    if (state.subscribed !== before.subscribed || state.wildcard !== before.wildcard) this.noteDropped(state, before);
+    if (state.subscribed !== subscribed || state.wildcard !== wildcard) this.noteDropped(state, wildcard, subscribed);
   }
 
   /**
@@ -598,9 +598,9 @@ export class AdsStream {
    * rule 8's hold behind clusters, the send budget) left the subscription as `sent` had it: the
    * server sent nothing, and the client lacked the resource for good.
    */
-  private noteDropped(state: TypeState, before: { wildcard: boolean; subscribed: ReadonlySet<string> }): void {
+  private noteDropped(state: TypeState, wasWildcard: boolean, wasSubscribed: ReadonlySet<string>): void {
     if (state.sent.size > 0 && !state.wildcard) {
-      for (const n of before.wildcard ? state.sent.keys() : before.subscribed) if (!state.subscribed.has(n) && state.sent.has(n)) state.dropped.add(n);
+      for (const n of wasWildcard ? state.sent.keys() : wasSubscribed) if (!state.subscribed.has(n) && state.sent.has(n)) state.dropped.add(n);
     }
     for (const n of state.dropped) {
       if (!this.wants(state, n)) continue;
