@@ -28,7 +28,7 @@ function bigSet(): ReturnType<typeof meshSet> {
 }
 
 describe('ADS connections: keepalive and age', () => {
-  it("maps the settings to grpc-js's: keepalive on by default, no age limit", () => {
+  it("maps the settings to grpc-js's: keepalive on by default, no age limit, 100 streams a connection", () => {
     assert.deepEqual(connectionOptions({}), { 'grpc.max_concurrent_streams': 100, 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': 15_000 });
     assert.deepEqual(connectionOptions({ keepaliveTimeMs: 0, maxConnectionAgeMs: 1_800_000, maxStreamsPerConnection: 7 }), { 'grpc.max_concurrent_streams': 7, 'grpc.max_connection_age_ms': 1_800_000, 'grpc.max_connection_age_grace_ms': 10_000 });
   });
@@ -121,7 +121,6 @@ describe('ADS connections: keepalive and age', () => {
     assert.equal(await mute(quiet, 800), undefined);
   });
 
-
   it("a silence that is weft-cp's own (its event loop busy) does not count against a connection", async (t) => {
     // While the event loop is blocked nothing is read, from live peers either: what they sent
     // waits in the kernel. The reaper's first look after such a stall starts every count afresh.
@@ -152,6 +151,7 @@ describe('ADS connections: keepalive and age', () => {
     // look later at the earliest. Counting the stall, it would go at the first look after it.
     assert.ok(afterMs >= 250, `cut ${Math.round(afterMs)} ms after the stall; the stall must not count as its silence`);
   });
+
   it('shutdown cuts what is left once every session has closed: a TLS handshake begun and stalled does not hold it for the grace', async (t) => {
     const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
     const ads = await startTestAds({ credentials: grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false), shutdownGraceMs: 5000 });

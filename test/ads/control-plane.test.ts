@@ -309,7 +309,7 @@ describe('weft-cp on PostgreSQL', systemRequirement('PostgreSQL server', postgre
       assert.ok(cp.certificates.meshesKept().includes('brief'), 'no event yet: the mesh is still kept');
       await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`);
       await waitFor('its status to go after the resync', () => cp.ads.status.get('default.dp-1') === undefined, 10_000);
-      assert.ok(cp.ads.status.get('default.dp-2'), "a departed proxy whose Dataplane is still there keeps its status");
+      assert.ok(cp.ads.status.get('default.dp-2'), 'a departed proxy whose Dataplane is still there keeps its status');
       await waitFor('the deleted mesh to be forgotten after the resync', () => !cp.certificates.meshesKept().includes('brief'), 10_000);
     } finally {
       await admin.end().catch(() => {});
