@@ -95,7 +95,10 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
 
   const yamlParser = (_req: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void) => {
     try {
-      done(null, parseYaml(body));
+      // Warnings (an unresolved tag, an ambiguous anchor) would go to process.emitWarning: stderr
+      // lines any client could make weft-cp print, outside its structured log. The value is read
+      // as YAML reads it, and validation names what is wrong with it.
+      done(null, parseYaml(body, { logLevel: 'error' }));
     } catch (err) {
       const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : '';
       done(new WeftError('malformed_body', `the YAML body cannot be parsed${where}: ${(err as Error).message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`));

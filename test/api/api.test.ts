@@ -98,6 +98,22 @@ describe('HTTP API', () => {
     assert.match(String(y.body.message), /line \d+, column \d+/);
   });
 
+  it('YAML that the parser only warns about leaves nothing on the process\'s stderr; validation answers it', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      // An unresolved tag and an ambiguous anchor: the yaml library warns, and reads on.
+      const r = await http(api, 'PUT', '/meshes/default/dataplanes/x', '!!nonsense networking:\n  &address: 10.0.0.9\n', { 'content-type': 'application/yaml' });
+      assert.equal(r.status, 400);
+      assert.equal(r.body.code, 'invalid_resource');
+      await new Promise((res) => setImmediate(res)); // process warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    assert.deepEqual(warnings, []);
+  });
+
   it('an unsupported media type gets 415 and an oversized body 413', async () => {
     const t = await http(api, 'PUT', '/meshes/default/dataplanes/x', 'hello', { 'content-type': 'text/plain' });
     assert.equal(t.status, 415);
