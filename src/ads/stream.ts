@@ -156,6 +156,11 @@ interface TypeState {
   pieceNacked: boolean;
   /** Delta: names removed by responses not acknowledged yet (after a NACK the proxy may still hold them). */
   removedSinceAck: readonly string[];
+  /**
+   * Delta: resources sent by responses not acknowledged yet. After a NACK the proxy may hold an
+   * older version of each, or none, whatever the server noted when it sent them.
+   */
+  sentSinceAck: readonly EncodedResource[];
   /** A response of this type was over GRPC_DEFAULT_RECEIVE_BYTES (reported once per stream and type). */
   oversized: boolean;
 }
@@ -199,6 +204,7 @@ export const GRPC_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024;
 export const DELTA_MOST_BYTES = 1024 * 1024;
 
 const NO_NONCES: readonly string[] = Object.freeze([]);
+const NO_RESOURCES: readonly EncodedResource[] = Object.freeze([]);
 const NO_VERSIONS: ReadonlyMap<string, string> = new Map();
 
 /** `send` cut into runs of at most `most` bytes on the wire each (at least one resource per run; one empty run for none). */
@@ -505,7 +511,7 @@ export class AdsStream {
       // happened to them. Fields added later gave each order of events its own class, and V8 threw
       // away its optimized record, pump, handleDelta and ackOrNack in the first endpoint change
       // after start (--trace-deopt over bench/prof-regen.ts; they are kept now).
-      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, nackedContent: undefined, nackedAt: 0, nackRepeats: 0, sentTypeVersion: undefined, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), dropped: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, oversized: false };
+      state = { typeUrl, subscribed: NO_NAMES, namesFrom: undefined, wildcard: false, explicit: false, lastNonce: undefined, sentVersion: undefined, sentChangeTime: 0, inFlight: false, ackedVersion: undefined, backoffUntil: 0, nackedContent: undefined, nackedAt: 0, nackRepeats: 0, sentTypeVersion: undefined, sent: new Map(), settled: undefined, subsDirty: true, pending: new Set(), clientHas: new ClientView(), toldMissing: new Set(), forced: new Set(), dropped: new Set(), pieceNonces: NO_NONCES, pieceNacked: false, removedSinceAck: NO_NONCES, sentSinceAck: NO_RESOURCES, oversized: false };
       this.types.set(typeUrl, state);
     }
     if (this.opts.variant === 'sotw') this.handleSotw(state, req as DiscoveryRequest, first);
@@ -548,6 +554,13 @@ export class AdsStream {
       if (nonce !== state.lastNonce) {
         if (state.pieceNonces.includes(nonce)) this.pieceAnswered(state, req.error_detail);
         else this.opts.hooks.onIgnored(this.nodeId, 'stale_nonce');
+        // Its ACK is stale, but what it asks for is not: the client sends its requests in order,
+        // and forgets a name the moment it drops it. Ignored, a drop and a later ask for the same
+        // name (this one, then the ACK of the response in flight) looked like no change, and the
+        // name was never sent again. Delta honours such changes too (rule 18); the discussion of
+        // this point of the protocol (envoyproxy/envoy#10363) comes to the same for servers that
+        // keep several responses in flight, as this one does.
+        this.subscribe(state, req.resource_names ?? []);
         return;
       }
       this.ackOrNack(state, req.error_detail, req.version_info ?? '');
@@ -679,7 +692,13 @@ export class AdsStream {
     if (this.opts.variant === 'sotw') state.sentVersion = undefined;
     else {
       for (const n of wanted.keys()) state.forced.add(n);
-      for (const n of state.removedSinceAck) if (!wanted.has(n)) state.clientHas.set(n, MAY_HOLD);
+      // What the unanswered responses carried or removed is held as before them (an older version,
+      // or none; a removed one still), not as noted when they were sent. Forcing the names wanted
+      // now is not enough: one that leaves the config before the next response would not be
+      // removed, and one that comes back at the version the rejected response carried would pass
+      // for held. A removal of a name the proxy does not hold is harmless (rule 21).
+      for (const r of state.sentSinceAck) state.clientHas.set(r.name, MAY_HOLD);
+      for (const n of state.removedSinceAck) state.clientHas.set(n, MAY_HOLD);
       state.settled = undefined;
     }
     // Rule 9: clusters sent again bring their endpoints again.
@@ -714,6 +733,7 @@ export class AdsStream {
         state.backoffUntil = 0;
       }
       if (state.removedSinceAck.length > 0) state.removedSinceAck = NO_NONCES;
+      if (state.sentSinceAck.length > 0) state.sentSinceAck = NO_RESOURCES;
       state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
       this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
     }
@@ -1054,6 +1074,8 @@ export class AdsStream {
     const earlier = state.inFlight && state.lastNonce !== undefined ? [...state.pieceNonces, state.lastNonce].slice(-UNANSWERED_KEPT) : NO_NONCES;
     if (!state.inFlight) state.removedSinceAck = removed.length > 0 ? removed : NO_NONCES;
     else if (removed.length > 0) state.removedSinceAck = state.removedSinceAck.concat(removed);
+    if (!state.inFlight || state.sentSinceAck.length === 0) state.sentSinceAck = send;
+    else if (send.length > 0) state.sentSinceAck = state.sentSinceAck.concat(send);
     this.record(state, nonce, this.snapshot.version);
     state.sentTypeVersion = this.snapshot.typeVersions.get(state.typeUrl);
     state.pieceNonces = responses.length === 1 ? earlier : earlier.concat(responses.slice(0, -1).map((r) => r.nonce));

@@ -337,6 +337,30 @@ describe('ADS state of the world', () => {
     assert.deepEqual(names(again), ['r-api'], 'the route the client dropped, once the clusters go again');
   });
 
+  it('rules 11 and 12: a stale request\'s ACK is ignored, but not the names it asks for; one it dropped and the next asks for again is sent', async () => {
+    // The client has not read the response in flight when it drops api (and forgets it), then asks
+    // for api again: both requests carry the nonce of the response before. Ignoring their names,
+    // the server saw [web, api] before and after, and never sent api again.
+    const id = nodeId();
+    ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    const c = connect(id);
+    c.subscribe(EDS, ['web', 'api']);
+    const a = await c.next(EDS);
+    c.ack(a, ['web', 'api']);
+    ads.cache.set(id, meshSet({ web: [['10.0.0.9', 80]], api: [['10.0.0.2', 80]] }));
+    await until('a response in flight', () => ads.server.status.get(id)!.types.EDS!.lastSentVersion !== a.version);
+    c.subscribe(EDS, ['web'], { version_info: a.version, response_nonce: a.nonce });
+    c.subscribe(EDS, ['web', 'api'], { version_info: a.version, response_nonce: a.nonce });
+    const got = new Set<string>();
+    for (const end = Date.now() + 3000; !got.has('api') && Date.now() < end; ) {
+      const r = await c.next(EDS, Math.max(end - Date.now(), 1)).catch(() => undefined);
+      if (!r) break;
+      for (const n of names(r)) got.add(n);
+      c.ack(r, ['web', 'api']);
+    }
+    assert.ok(got.has('api'), `api sent again (got ${[...got].join(', ')})`);
+  });
+
   it('rule 13: empty first list and "*" mean everything; after explicit names an empty list means nothing', async () => {
     const id = nodeId();
     ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
