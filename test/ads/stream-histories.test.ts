@@ -9,17 +9,18 @@ import { cla, cluster, listener, route } from '../helpers/xds-fixtures.js';
 import { seeded } from '../helpers/seeded.js';
 
 /**
- * One stream, driven by hand through seeded random histories, thousands a second: the config
- * changes, the proxy drops names from its subscriptions and asks for them again, rejects
- * responses, and reads what was sent only when the transport gets to it, while a send budget of
- * a few hundred bytes keeps the stream waiting and NACK backoffs hold types (and, by rule 8,
- * routes and listeners behind clusters). The proxy forgets what it unsubscribes, as Envoy and
- * grpc-js-xds do. At the end it accepts everything, time passes, and it must hold exactly the
- * config: every listener and cluster, and of the endpoints and routes it asks for, each one the
- * config has, at its version (delta: and nothing the config lacks). The model test
- * (model.test.ts) does this over gRPC with the whole control plane; this one reaches the stream's
- * corners (held types, budget waits, subscription churn) far more often.
- * WEFT_STREAM_HISTORY_SEED and WEFT_STREAM_HISTORY_RUNS run others.
+ * Two streams, driven by hand through seeded random histories, hundreds a second: the config
+ * changes, a proxy drops names from its subscriptions and asks for them again, rejects responses,
+ * reads what was sent only when the transport gets to it, and reconnects (what was on its way is
+ * lost; it comes back naming what it holds), while one send budget of a few hundred bytes for both
+ * keeps the streams waiting and NACK backoffs hold types (and, by rule 8, routes and listeners
+ * behind clusters). A proxy forgets what it unsubscribes, as Envoy and grpc-js-xds do. The two
+ * share one config, so they share its maps and the answers worked out for them. At the end each
+ * accepts everything, time passes, and each must hold exactly its config: every listener and
+ * cluster, and of the endpoints and routes it asks for, each one the config has, at its version
+ * (delta: and nothing the config lacks). The model test (model.test.ts) does this over gRPC with
+ * the whole control plane; this one reaches the streams' corners (held types, budget waits,
+ * subscription churn) far more often. WEFT_STREAM_HISTORY_SEED, _RUNS and _STEPS run others.
  */
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
@@ -27,7 +28,7 @@ const WILDCARD = [CDS, LDS] as const;
 const NAMED = [EDS, RDS] as const;
 const CLUSTERS = ['a', 'b', 'c', 'd'];
 const ROUTES = ['r-1', 'r-2', 'r-3'];
-const NODE = 'default.proxy';
+const NODES = ['default.proxy-1', 'default.proxy-2'];
 
 function randomConfig(rnd: () => number): ResourceSet {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
@@ -56,38 +57,44 @@ class Proxy {
   readonly held = new Map<string, Map<string, string>>([...WILDCARD, ...NAMED].map((t) => [t, new Map()]));
   readonly subscribed = new Map<string, Set<string>>();
   /** Sent and not yet written by the transport (each holds its bytes of the budget). */
-  readonly wire: { r: Response; bytes: number }[] = [];
+  readonly wire: { r: Response; bytes: number; stream: AdsStream }[] = [];
   /** Written, not yet read. */
   readonly inbox: Response[] = [];
   private readonly acked = new Map<string, string>();
-  private readonly lastNonce = new Map<string, string>();
-  readonly stream: AdsStream;
-  /** What happened, for a failure's report. */
-  readonly trace: string[] = [];
+  private lastNonce = new Map<string, string>();
+  stream!: AdsStream;
 
   constructor(
+    readonly nodeId: string,
     readonly variant: Variant,
-    cache: SnapshotCache,
+    private readonly cache: SnapshotCache,
     readonly budget: SendBudget,
-    clock: () => number,
+    private readonly clock: () => number,
+    /** What happened, for a failure's report (shared by the proxies of a history). */
+    readonly trace: string[],
   ) {
+    this.open();
+  }
+
+  private open(): void {
     const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
-    this.stream = new AdsStream({
-      variant,
-      cache,
+    const stream: AdsStream = new AdsStream({
+      variant: this.variant,
+      cache: this.cache,
       identity: { kind: 'unauthenticated' },
       controlPlaneId: 'test',
       nackBackoffMs: 1000,
       nackBackoffMaxMs: 4000,
       hooks,
-      budget,
-      now: clock,
+      budget: this.budget,
+      now: this.clock,
       send: (r, bytes) => {
-        budget.charge(bytes);
-        this.wire.push({ r: r as Response, bytes });
-        this.trace.push(`  sent ${show(r as Response)}`);
+        this.budget.charge(bytes);
+        this.wire.push({ r: r as Response, bytes, stream });
+        this.trace.push(`  ${this.nodeId} sent ${show(r as Response)}`);
       },
     });
+    this.stream = stream;
   }
 
   private names(t: string): string[] {
@@ -102,15 +109,32 @@ class Proxy {
 
   start(rnd: () => number): void {
     for (const t of NAMED) this.subscribed.set(t, new Set((t === EDS ? CLUSTERS : ROUTES).filter((n, i) => i === 0 || rnd() < 0.6)));
+    this.ask();
+  }
+
+  /** The first requests of a stream: a new proxy's, or one back with what it holds (rules 3 and 20). */
+  private ask(): void {
     for (const t of [...WILDCARD, ...NAMED]) {
-      const node = t === CDS ? { node: { id: NODE } } : {};
-      if (this.variant === 'sotw') this.stream.handle({ ...node, type_url: t, resource_names: this.names(t) });
-      else this.stream.handle({ ...node, type_url: t, ...(this.subscribed.has(t) ? { resource_names_subscribe: this.names(t) } : {}) });
+      const node = t === CDS ? { node: { id: this.nodeId } } : {};
+      const held = Object.fromEntries(this.held.get(t)!);
+      if (this.variant === 'sotw') this.stream.handle({ ...node, type_url: t, resource_names: this.names(t), ...(this.acked.has(t) ? { version_info: this.acked.get(t) } : {}) });
+      else this.stream.handle({ ...node, type_url: t, ...(this.subscribed.has(t) ? { resource_names_subscribe: this.names(t) } : {}), initial_resource_versions: held });
     }
+  }
+
+  /** The stream breaks (what was on its way is lost) and the proxy comes back on a new one, keeping what it holds. */
+  reconnect(): void {
+    this.stream.close();
+    for (const w of this.wire.splice(0)) this.budget.refund(w.bytes);
+    this.inbox.length = 0;
+    this.lastNonce = new Map();
+    this.open();
+    this.ask();
   }
 
   /** Drops a name from a subscription (and forgets the resource at once), or asks for one again. */
   toggle(t: string, name: string): void {
+    this.trace.push(`${this.nodeId} toggles ${short(t)} ${name}`);
     const sub = this.subscribed.get(t)!;
     const drop = sub.has(name);
     if (drop) {
@@ -125,6 +149,7 @@ class Proxy {
   write(): void {
     const w = this.wire.shift();
     if (!w) return;
+    this.trace.push(`${this.nodeId} write`);
     this.inbox.push(w.r);
     this.budget.refund(w.bytes);
   }
@@ -133,7 +158,7 @@ class Proxy {
   read(reject: boolean): void {
     const r = this.inbox.shift();
     if (!r) return;
-    this.trace.push(`${reject ? 'reject' : 'accept'} ${r.nonce}`);
+    this.trace.push(`${this.nodeId} ${reject ? 'rejects' : 'accepts'} ${r.nonce}`);
     const t = r.type_url;
     this.lastNonce.set(t, r.nonce);
     if (reject) {
@@ -163,33 +188,38 @@ class Proxy {
   }
 }
 
-function runHistory(variant: Variant, seed: number): void {
+function runHistory(variant: Variant, seed: number, steps: number): void {
   const rnd = seeded(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
   let now = 1_000_000;
   const cache = new SnapshotCache();
+  const trace: string[] = [];
+  // Two proxies with the same config share its maps and the answers worked out for them; one
+  // budget of a few hundred bytes for both, as all streams share one: most responses leave it
+  // spent, so streams often wait.
+  const budget = new SendBudget(300);
+  const proxies = NODES.map((id) => new Proxy(id, variant, cache, budget, () => now, trace));
   const config = () => {
-    const s = cache.set(NODE, randomConfig(rnd)).snapshot;
-    trace.push(`config: ${[...WILDCARD, ...NAMED].map((t) => `${short(t)} [${[...(s.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ')}`);
+    const set = randomConfig(rnd);
+    let s;
+    for (const id of NODES) s = cache.set(id, set).snapshot;
+    trace.push(`config: ${[...WILDCARD, ...NAMED].map((t) => `${short(t)} [${[...(s!.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ')}`);
   };
-  // A few hundred bytes: most responses leave the budget spent, so the stream often waits.
-  const proxy = new Proxy(variant, cache, new SendBudget(300), () => now);
-  const trace = proxy.trace;
   config();
   try {
-    proxy.start(rnd);
-    for (let step = 0; step < 80; step++) {
+    for (const p of proxies) p.start(rnd);
+    for (let step = 0; step < steps; step++) {
       const r = rnd();
+      const proxy = pick(proxies);
       if (r < 0.12) config();
-      else if (r < 0.32) {
-        const t = NAMED[Math.floor(rnd() * NAMED.length)]!;
-        const name = (t === EDS ? CLUSTERS : ROUTES)[Math.floor(rnd() * (t === EDS ? CLUSTERS : ROUTES).length)]!;
-        trace.push(`toggle ${short(t)} ${name}`);
-        proxy.toggle(t, name);
-      } else if (r < 0.55) {
-        trace.push('write');
-        proxy.write();
-      } else if (r < 0.85) {
-        proxy.read(rnd() < 0.2);
+      else if (r < 0.3) {
+        const t = pick(NAMED);
+        proxy.toggle(t, pick(t === EDS ? CLUSTERS : ROUTES));
+      } else if (r < 0.53) proxy.write();
+      else if (r < 0.83) proxy.read(rnd() < 0.2);
+      else if (r < 0.86) {
+        trace.push(`${proxy.nodeId} reconnects`);
+        proxy.reconnect();
       } else {
         const ms = Math.floor(rnd() * 3000);
         now += ms;
@@ -199,38 +229,44 @@ function runHistory(variant: Variant, seed: number): void {
     }
     // The end: everything written and accepted, every backoff over.
     trace.push('the end');
-    for (let i = 0; i < 200 && (proxy.wire.length > 0 || proxy.inbox.length > 0 || i < 3); i++) {
+    const busy = () => proxies.some((p) => p.wire.length > 0 || p.inbox.length > 0);
+    for (let i = 0; i < 200 && (busy() || i < 3); i++) {
       now += 10_000;
-      proxy.poke();
-      while (proxy.wire.length > 0) proxy.write();
-      while (proxy.inbox.length > 0) proxy.read(false);
+      for (const p of proxies) {
+        p.poke();
+        while (p.wire.length > 0) p.write();
+        while (p.inbox.length > 0) p.read(false);
+      }
     }
-    assert.equal(proxy.wire.length + proxy.inbox.length, 0, 'the stream went quiet');
-    const snapshot = cache.get(NODE)!;
-    for (const t of [...WILDCARD, ...NAMED]) {
-      const config = snapshot.resources.get(t) ?? new Map<string, EncodedResource>();
-      const held = proxy.held.get(t)!;
-      const sub = proxy.subscribed.get(t);
-      const want = [...config.values()].filter((e) => !sub || sub.has(e.name)).map((e) => `${e.name}@${e.version}`).sort();
-      // SotW cannot say that a named resource is gone (rule 14): a proxy may keep one the config lost.
-      const has = [...held].filter(([n]) => variant === 'delta' || !sub || config.has(n)).map(([n, v]) => `${n}@${v}`).sort();
-      assert.deepEqual(has, want, `${t.split('.').pop()}: what the proxy holds`);
+    assert.ok(!busy(), 'the streams went quiet');
+    for (const proxy of proxies) {
+      const snapshot = cache.get(proxy.nodeId)!;
+      for (const t of [...WILDCARD, ...NAMED]) {
+        const config = snapshot.resources.get(t) ?? new Map<string, EncodedResource>();
+        const held = proxy.held.get(t)!;
+        const sub = proxy.subscribed.get(t);
+        const want = [...config.values()].filter((e) => !sub || sub.has(e.name)).map((e) => `${e.name}@${e.version}`).sort();
+        // SotW cannot say that a named resource is gone (rule 14): a proxy may keep one the config lost.
+        const has = [...held].filter(([n]) => variant === 'delta' || !sub || config.has(n)).map(([n, v]) => `${n}@${v}`).sort();
+        assert.deepEqual(has, want, `${proxy.nodeId}, ${short(t)}: what the proxy holds`);
+      }
     }
   } catch (err) {
     (err as Error).message = `${variant} seed ${seed} (replay with WEFT_STREAM_HISTORY_SEED=${seed}): ${(err as Error).message}\nhistory:\n  ${trace.join('\n  ')}`;
     throw err;
   } finally {
-    proxy.stream.close();
+    for (const p of proxies) p.stream.close();
   }
 }
 
-describe('one stream through random histories of config, subscriptions, rejections, a tight budget and time', () => {
+describe('streams through random histories of config, subscriptions, rejections, reconnects, a tight budget and time', () => {
   const one = process.env.WEFT_STREAM_HISTORY_SEED;
   const runs = Number(process.env.WEFT_STREAM_HISTORY_RUNS ?? 500);
+  const steps = Number(process.env.WEFT_STREAM_HISTORY_STEPS ?? 80);
   const seeds = one ? [Number(one)] : Array.from({ length: runs }, (_, i) => i + 1);
   for (const variant of ['sotw', 'delta'] as const) {
-    it(`${variant}: the proxy ends holding exactly its config (rules 5, 8, 11, 12, 14, 18, 19, 21; ${seeds.length} histories)`, () => {
-      for (const seed of seeds) runHistory(variant, seed);
+    it(`${variant}: each proxy ends holding exactly its config (rules 3, 5, 8, 11, 12, 14, 18-21; ${seeds.length} histories)`, () => {
+      for (const seed of seeds) runHistory(variant, seed, steps);
     });
   }
 });
