@@ -26,9 +26,17 @@ import { seeded } from '../helpers/seeded.js';
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 const WILDCARD = [CDS, LDS] as const;
 const NAMED = [EDS, RDS] as const;
+const ALL = [...WILDCARD, ...NAMED] as const;
 const CLUSTERS = ['a', 'b', 'c', 'd'];
 const ROUTES = ['r-1', 'r-2', 'r-3'];
 const NODES = ['default.proxy-1', 'default.proxy-2'];
+
+/** The names a type's resources take in these configs. */
+function namesOf(t: string): string[] {
+  if (t === CDS || t === EDS) return CLUSTERS;
+  if (t === LDS) return ROUTES.map((r) => `l-${r}`);
+  return ROUTES;
+}
 
 function randomConfig(rnd: () => number): ResourceSet {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
@@ -72,6 +80,8 @@ class Proxy {
     private readonly clock: () => number,
     /** What happened, for a failure's report (shared by the proxies of a history). */
     readonly trace: string[],
+    /** Asks for listeners and clusters by name too, as grpc-js-xds does. */
+    readonly grpc = false,
   ) {
     this.open();
   }
@@ -103,22 +113,41 @@ class Proxy {
 
   /** A SotW request of type `t` as the proxy sends it: what it asks for, what it accepted, the last nonce it saw. */
   private sotw(t: string, extra: Record<string, unknown> = {}): void {
-    const named = (NAMED as readonly string[]).includes(t);
-    this.stream.handle({ type_url: t, resource_names: named ? this.names(t) : [], version_info: this.acked.get(t) ?? '', response_nonce: this.lastNonce.get(t) ?? '', ...extra });
+    this.request({ type_url: t, resource_names: this.names(t), version_info: this.acked.get(t) ?? '', response_nonce: this.lastNonce.get(t) ?? '', ...extra });
+  }
+
+  /** Whether this stream has carried a request yet: the first carries the node (rule 2). */
+  private started = false;
+
+  private request(req: Record<string, unknown>): void {
+    if (!this.started) req = { node: { id: this.nodeId }, ...req };
+    this.started = true;
+    const names = (k: string) => (Array.isArray(req[k]) ? ` ${k.replace('resource_names', 'names')} [${(req[k] as string[]).join(' ')}]` : '');
+    this.trace.push(`    ${this.nodeId} asks ${short(String(req.type_url))}${names('resource_names')}${names('resource_names_subscribe')}${names('resource_names_unsubscribe')}${req.response_nonce ? ` nonce ${String(req.response_nonce)}` : ''}${req.error_detail ? ' (NACK)' : ''}`);
+    this.stream.handle(req);
   }
 
   start(rnd: () => number): void {
-    for (const t of NAMED) this.subscribed.set(t, new Set((t === EDS ? CLUSTERS : ROUTES).filter((n, i) => i === 0 || rnd() < 0.6)));
+    for (const t of this.namedTypes) this.subscribed.set(t, new Set(namesOf(t).filter((n, i) => i === 0 || rnd() < 0.6)));
     this.ask();
   }
 
-  /** The first requests of a stream: a new proxy's, or one back with what it holds (rules 3 and 20). */
+  /** Types it asks for by name: EDS and RDS as Envoy does; every type for a proxyless gRPC app (SotW). */
+  get namedTypes(): readonly string[] {
+    return this.grpc ? ALL : NAMED;
+  }
+
+  /**
+   * The first requests of a stream: a new proxy's, or one back with what it holds (rules 3 and 20).
+   * A type it asks for by name and no name of is not asked for at all, as Envoy and grpc-js-xds do:
+   * a first request naming nothing would mean every resource of the type (rule 13).
+   */
   private ask(): void {
     for (const t of [...WILDCARD, ...NAMED]) {
-      const node = t === CDS ? { node: { id: this.nodeId } } : {};
+      if (this.subscribed.get(t)?.size === 0) continue;
       const held = Object.fromEntries(this.held.get(t)!);
-      if (this.variant === 'sotw') this.stream.handle({ ...node, type_url: t, resource_names: this.names(t), ...(this.acked.has(t) ? { version_info: this.acked.get(t) } : {}) });
-      else this.stream.handle({ ...node, type_url: t, ...(this.subscribed.has(t) ? { resource_names_subscribe: this.names(t) } : {}), initial_resource_versions: held });
+      if (this.variant === 'sotw') this.request({ type_url: t, resource_names: this.names(t), ...(this.acked.has(t) ? { version_info: this.acked.get(t) } : {}) });
+      else this.request({ type_url: t, ...(this.subscribed.has(t) ? { resource_names_subscribe: this.names(t) } : {}), initial_resource_versions: held });
     }
   }
 
@@ -128,6 +157,7 @@ class Proxy {
     for (const w of this.wire.splice(0)) this.budget.refund(w.bytes);
     this.inbox.length = 0;
     this.lastNonce = new Map();
+    this.started = false;
     this.open();
     this.ask();
   }
@@ -142,7 +172,7 @@ class Proxy {
       this.held.get(t)!.delete(name);
     } else sub.add(name);
     if (this.variant === 'sotw') this.sotw(t);
-    else this.stream.handle({ type_url: t, ...(drop ? { resource_names_unsubscribe: [name] } : { resource_names_subscribe: [name] }) });
+    else this.request({ type_url: t, ...(drop ? { resource_names_unsubscribe: [name] } : { resource_names_subscribe: [name] }) });
   }
 
   /** The transport writes the oldest response out: its budget comes back, and it reaches the proxy. */
@@ -163,28 +193,35 @@ class Proxy {
     this.lastNonce.set(t, r.nonce);
     if (reject) {
       if (this.variant === 'sotw') this.sotw(t, { error_detail: { code: 3, message: 'rejected' } });
-      else this.stream.handle({ type_url: t, response_nonce: r.nonce, error_detail: { code: 3, message: 'rejected' } });
+      else this.request({ type_url: t, response_nonce: r.nonce, error_detail: { code: 3, message: 'rejected' } });
       return;
     }
     const held = this.held.get(t)!;
     const got: readonly EncodedResource[] = r[PRE_ENCODED] ?? [];
-    const wildcard = (WILDCARD as readonly string[]).includes(t);
+    const sub = this.subscribed.get(t);
+    const wildcard = !sub;
     if (this.variant === 'sotw') {
       // LDS and CDS carry the whole set; EDS and RDS what changed (rule 14).
-      if (wildcard) held.clear();
-      for (const e of got) if (wildcard || this.subscribed.get(t)!.has(e.name)) held.set(e.name, e.version);
+      if ((WILDCARD as readonly string[]).includes(t)) held.clear();
+      for (const e of got) if (wildcard || sub.has(e.name)) held.set(e.name, e.version);
       this.acked.set(t, (r as DiscoveryResponse).version_info);
       this.sotw(t);
     } else {
-      for (const e of got) if (wildcard || this.subscribed.get(t)!.has(e.name)) held.set(e.name, e.version);
+      for (const e of got) if (wildcard || sub.has(e.name)) held.set(e.name, e.version);
       for (const n of (r as DeltaDiscoveryResponse).removed_resources ?? []) held.delete(n);
-      this.stream.handle({ type_url: t, response_nonce: r.nonce });
+      this.request({ type_url: t, response_nonce: r.nonce });
     }
   }
 
-  /** Any request makes the stream look at what it has to send (after time passed, a backoff's end). */
+  /**
+   * Any request makes the stream look at what it has to send (after time passed, a backoff's
+   * end): here a stale one, which changes nothing (SotW: it names what the proxy asks for, as every
+   * SotW request does).
+   */
   poke(): void {
-    this.stream.handle({ type_url: CDS, response_nonce: 'stale' });
+    if (!this.started) return;
+    if (this.variant === 'sotw') this.stream.handle({ type_url: CDS, resource_names: this.names(CDS), version_info: this.acked.get(CDS) ?? '', response_nonce: 'stale' });
+    else this.stream.handle({ type_url: CDS, response_nonce: 'stale' });
   }
 }
 
@@ -198,12 +235,24 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   // budget of a few hundred bytes for both, as all streams share one: most responses leave it
   // spent, so streams often wait.
   const budget = new SendBudget(300);
-  const proxies = NODES.map((id) => new Proxy(id, variant, cache, budget, () => now, trace));
+  // SotW: the second proxy is a proxyless gRPC app, which asks for every type by name.
+  const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1));
+  let last: ResourceSet = {};
+  const show = (s: { resources: ReadonlyMap<string, ReadonlyMap<string, EncodedResource>> }) =>
+    ALL.map((t) => `${short(t)} [${[...(s.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ');
   const config = () => {
-    const set = randomConfig(rnd);
+    last = randomConfig(rnd);
     let s;
-    for (const id of NODES) s = cache.set(id, set).snapshot;
-    trace.push(`config: ${[...WILDCARD, ...NAMED].map((t) => `${short(t)} [${[...(s!.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ')}`);
+    for (const id of NODES) s = cache.set(id, last).snapshot;
+    trace.push(`config: ${show(s!)}`);
+  };
+  // Only endpoints change, every other type the same objects: the cache swaps the endpoints alone
+  // (setEndpoints), as the reconciler's endpoint rounds do.
+  const endpoints = () => {
+    last = { ...last, [EDS]: (last[EDS] ?? []).map((c) => cla(String(c.cluster_name), [[`10.0.1.${1 + Math.floor(rnd() * 3)}`, 80]])) };
+    let s;
+    for (const id of NODES) s = cache.setEndpoints(id, last).snapshot;
+    trace.push(`endpoints: ${show(s!)}`);
   };
   config();
   try {
@@ -211,10 +260,11 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
     for (let step = 0; step < steps; step++) {
       const r = rnd();
       const proxy = pick(proxies);
-      if (r < 0.12) config();
+      if (r < 0.08) config();
+      else if (r < 0.12) endpoints();
       else if (r < 0.3) {
-        const t = pick(NAMED);
-        proxy.toggle(t, pick(t === EDS ? CLUSTERS : ROUTES));
+        const t = pick(proxy.namedTypes);
+        proxy.toggle(t, pick(namesOf(t)));
       } else if (r < 0.53) proxy.write();
       else if (r < 0.83) proxy.read(rnd() < 0.2);
       else if (r < 0.86) {
@@ -261,7 +311,7 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
 
 describe('streams through random histories of config, subscriptions, rejections, reconnects, a tight budget and time', () => {
   const one = process.env.WEFT_STREAM_HISTORY_SEED;
-  const runs = Number(process.env.WEFT_STREAM_HISTORY_RUNS ?? 500);
+  const runs = Number(process.env.WEFT_STREAM_HISTORY_RUNS ?? 1000);
   const steps = Number(process.env.WEFT_STREAM_HISTORY_STEPS ?? 80);
   const seeds = one ? [Number(one)] : Array.from({ length: runs }, (_, i) => i + 1);
   for (const variant of ['sotw', 'delta'] as const) {
