@@ -14,7 +14,7 @@ import { seeded } from '../helpers/seeded.js';
  * reads what was sent only when the transport gets to it, and reconnects (what was on its way is
  * lost; it comes back naming what it holds), while one send budget of a few hundred bytes for both
  * keeps the streams waiting and NACK backoffs hold types (and, by rule 8, routes and listeners
- * behind clusters). A proxy forgets what it unsubscribes, as Envoy and grpc-js-xds do. The two
+ * behind clusters); delta responses go in pieces of one resource in half the histories. A proxy forgets what it unsubscribes, as Envoy and grpc-js-xds do. The two
  * share one config, so they share its maps and the answers worked out for them. At the end each
  * accepts everything, time passes, and each must hold exactly its config: every listener and
  * cluster, and of the endpoints and routes it asks for, each one the config has, at its version
@@ -82,6 +82,8 @@ class Proxy {
     readonly trace: string[],
     /** Asks for listeners and clusters by name too, as grpc-js-xds does. */
     readonly grpc = false,
+    /** Delta: responses of more resource bytes than this go in pieces, each with its own nonce. */
+    private readonly pieceBytes?: number,
   ) {
     this.open();
   }
@@ -97,6 +99,7 @@ class Proxy {
       nackBackoffMaxMs: 4000,
       hooks,
       budget: this.budget,
+      pieceBytes: this.pieceBytes,
       now: this.clock,
       send: (r, bytes) => {
         this.budget.charge(bytes);
@@ -236,7 +239,9 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   // spent, so streams often wait.
   const budget = new SendBudget(300);
   // SotW: the second proxy is a proxyless gRPC app, which asks for every type by name.
-  const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1));
+  // Delta: half the histories cut responses into pieces of about one resource (a few hundred bytes).
+  const pieceBytes = variant === 'delta' && rnd() < 0.5 ? 150 : undefined;
+  const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1, pieceBytes));
   let last: ResourceSet = {};
   const show = (s: { resources: ReadonlyMap<string, ReadonlyMap<string, EncodedResource>> }) =>
     ALL.map((t) => `${short(t)} [${[...(s.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ');
