@@ -180,6 +180,8 @@ export interface StreamOptions {
   budget?: SendBudget;
   /** Delta: send responses of more bytes than this in pieces, each with its own nonce (DELTA_MOST_BYTES; default: never). */
   pieceBytes?: number;
+  /** Delta: resources sent and not yet acknowledged that a type lists at most (default 8192; see TOO_MANY_SENT). */
+  sentSinceAckKept?: number;
   now?: () => number;
 }
 
@@ -205,6 +207,12 @@ export const DELTA_MOST_BYTES = 1024 * 1024;
 
 const NO_NONCES: readonly string[] = Object.freeze([]);
 const NO_RESOURCES: readonly EncodedResource[] = Object.freeze([]);
+/**
+ * `sentSinceAck` once a client has left more resources unanswered than a stream lists
+ * (`sentSinceAckKept`): a client that never answers would make the list grow without end. After
+ * its NACK, every name it may hold is then taken to be held in any version.
+ */
+const TOO_MANY_SENT: readonly EncodedResource[] = Object.freeze([]);
 const NO_VERSIONS: ReadonlyMap<string, string> = new Map();
 
 /** `send` cut into runs of at most `most` bytes on the wire each (at least one resource per run; one empty run for none). */
@@ -697,7 +705,8 @@ export class AdsStream {
       // now is not enough: one that leaves the config before the next response would not be
       // removed, and one that comes back at the version the rejected response carried would pass
       // for held. A removal of a name the proxy does not hold is harmless (rule 21).
-      for (const r of state.sentSinceAck) state.clientHas.set(r.name, MAY_HOLD);
+      if (state.sentSinceAck === TOO_MANY_SENT) for (const n of [...state.clientHas.keys()]) state.clientHas.set(n, MAY_HOLD);
+      else for (const r of state.sentSinceAck) state.clientHas.set(r.name, MAY_HOLD);
       for (const n of state.removedSinceAck) state.clientHas.set(n, MAY_HOLD);
       state.settled = undefined;
     }
@@ -733,7 +742,7 @@ export class AdsStream {
         state.backoffUntil = 0;
       }
       if (state.removedSinceAck.length > 0) state.removedSinceAck = NO_NONCES;
-      if (state.sentSinceAck.length > 0) state.sentSinceAck = NO_RESOURCES;
+      if (state.sentSinceAck !== NO_RESOURCES) state.sentSinceAck = NO_RESOURCES;
       state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
       this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
     }
@@ -1074,8 +1083,11 @@ export class AdsStream {
     const earlier = state.inFlight && state.lastNonce !== undefined ? [...state.pieceNonces, state.lastNonce].slice(-UNANSWERED_KEPT) : NO_NONCES;
     if (!state.inFlight) state.removedSinceAck = removed.length > 0 ? removed : NO_NONCES;
     else if (removed.length > 0) state.removedSinceAck = state.removedSinceAck.concat(removed);
-    if (!state.inFlight || state.sentSinceAck.length === 0) state.sentSinceAck = send;
-    else if (send.length > 0) state.sentSinceAck = state.sentSinceAck.concat(send);
+    if (!state.inFlight || state.sentSinceAck === NO_RESOURCES) state.sentSinceAck = send;
+    else if (send.length > 0 && state.sentSinceAck !== TOO_MANY_SENT) {
+      const kept = this.opts.sentSinceAckKept ?? 8192;
+      state.sentSinceAck = state.sentSinceAck.length + send.length > kept ? TOO_MANY_SENT : state.sentSinceAck.concat(send);
+    }
     this.record(state, nonce, this.snapshot.version);
     state.sentTypeVersion = this.snapshot.typeVersions.get(state.typeUrl);
     state.pieceNonces = responses.length === 1 ? earlier : earlier.concat(responses.slice(0, -1).map((r) => r.nonce));

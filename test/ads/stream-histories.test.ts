@@ -14,7 +14,8 @@ import { seeded } from '../helpers/seeded.js';
  * reads what was sent only when the transport gets to it, and reconnects (what was on its way is
  * lost; it comes back naming what it holds), while one send budget of a few hundred bytes for both
  * keeps the streams waiting and NACK backoffs hold types (and, by rule 8, routes and listeners
- * behind clusters); delta responses go in pieces of one resource in half the histories. A proxy forgets what it unsubscribes, as Envoy and grpc-js-xds do. The two
+ * behind clusters); delta responses go in pieces of one resource in half the histories, and in
+ * half a stream lists at most 3 resources left unanswered. A proxy forgets what it unsubscribes, as Envoy and grpc-js-xds do. The two
  * share one config, so they share its maps and the answers worked out for them. At the end each
  * accepts everything, time passes, and each must hold exactly its config: every listener and
  * cluster, and of the endpoints and routes it asks for, each one the config has, at its version
@@ -84,6 +85,8 @@ class Proxy {
     readonly grpc = false,
     /** Delta: responses of more resource bytes than this go in pieces, each with its own nonce. */
     private readonly pieceBytes?: number,
+    /** Delta: unanswered resources the stream lists at most before it counts them all as unknown. */
+    private readonly sentSinceAckKept?: number,
   ) {
     this.open();
   }
@@ -100,6 +103,7 @@ class Proxy {
       hooks,
       budget: this.budget,
       pieceBytes: this.pieceBytes,
+      sentSinceAckKept: this.sentSinceAckKept,
       now: this.clock,
       send: (r, bytes) => {
         this.budget.charge(bytes);
@@ -241,7 +245,10 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   // SotW: the second proxy is a proxyless gRPC app, which asks for every type by name.
   // Delta: half the histories cut responses into pieces of about one resource (a few hundred bytes).
   const pieceBytes = variant === 'delta' && rnd() < 0.5 ? 150 : undefined;
-  const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1, pieceBytes));
+  // Delta: half the histories list at most 3 unanswered resources, so that a NACK often finds them
+  // too many to list (every name then counts as held in any version).
+  const sentSinceAckKept = rnd() < 0.5 ? 3 : undefined;
+  const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1, pieceBytes, sentSinceAckKept));
   let last: ResourceSet = {};
   const show = (s: { resources: ReadonlyMap<string, ReadonlyMap<string, EncodedResource>> }) =>
     ALL.map((t) => `${short(t)} [${[...(s.resources.get(t)?.values() ?? [])].map((e) => `${e.name}@${e.version.slice(0, 4)}`).join(' ')}]`).join(', ');
