@@ -66,7 +66,7 @@ class Proxy {
   readonly held = new Map<string, Map<string, string>>([...WILDCARD, ...NAMED].map((t) => [t, new Map()]));
   readonly subscribed = new Map<string, Set<string>>();
   /** Sent and not yet written by the transport (each holds its bytes of the budget). */
-  readonly wire: { r: Response; bytes: number; stream: AdsStream }[] = [];
+  readonly wire: { r: Response; bytes: number }[] = [];
   /** Written, not yet read. */
   readonly inbox: Response[] = [];
   private readonly acked = new Map<string, string>();
@@ -93,7 +93,7 @@ class Proxy {
 
   private open(): void {
     const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
-    const stream: AdsStream = new AdsStream({
+    this.stream = new AdsStream({
       variant: this.variant,
       cache: this.cache,
       identity: { kind: 'unauthenticated' },
@@ -107,11 +107,10 @@ class Proxy {
       now: this.clock,
       send: (r, bytes) => {
         this.budget.charge(bytes);
-        this.wire.push({ r: r as Response, bytes, stream });
+        this.wire.push({ r: r as Response, bytes });
         this.trace.push(`  ${this.nodeId} sent ${show(r as Response)}`);
       },
     });
-    this.stream = stream;
   }
 
   private names(t: string): string[] {
@@ -242,12 +241,12 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   // budget of a few hundred bytes for both, as all streams share one: most responses leave it
   // spent, so streams often wait.
   const budget = new SendBudget(300);
-  // SotW: the second proxy is a proxyless gRPC app, which asks for every type by name.
   // Delta: half the histories cut responses into pieces of about one resource (a few hundred bytes).
   const pieceBytes = variant === 'delta' && rnd() < 0.5 ? 150 : undefined;
   // Delta: half the histories list at most 3 unanswered resources, so that a NACK often finds them
-  // too many to list (every name then counts as held in any version).
+  // too many to list (every name then counts as held in any version). SotW has no such list.
   const sentSinceAckKept = rnd() < 0.5 ? 3 : undefined;
+  // SotW: the second proxy is a proxyless gRPC app, which asks for every type by name.
   const proxies = NODES.map((id, i) => new Proxy(id, variant, cache, budget, () => now, trace, variant === 'sotw' && i === 1, pieceBytes, sentSinceAckKept));
   let last: ResourceSet = {};
   const show = (s: { resources: ReadonlyMap<string, ReadonlyMap<string, EncodedResource>> }) =>
