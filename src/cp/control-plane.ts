@@ -180,7 +180,9 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     for (const nodeId of ads.status.offline()) {
       const dot = nodeId.indexOf('.');
       const mesh = nodeId.slice(0, dot);
-      offline.set(mesh, [...(offline.get(mesh) ?? []), nodeId.slice(dot + 1)]);
+      let names = offline.get(mesh);
+      if (!names) offline.set(mesh, (names = []));
+      names.push(nodeId.slice(dot + 1));
     }
     for (const [mesh, names] of offline) {
       const present = new Set((await store.list('Dataplane', { mesh })).items.map((d) => d.name));
