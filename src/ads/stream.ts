@@ -154,7 +154,10 @@ interface TypeState {
   pieceNonces: readonly string[];
   /** One of those was rejected, so the last response's ACK does not make it acknowledged. */
   pieceNacked: boolean;
-  /** Delta: names removed by responses not acknowledged yet (after a NACK the proxy may still hold them). */
+  /**
+   * Delta: names removed by responses not acknowledged yet (after a NACK the proxy may still hold
+   * them). Bounded like `sentSinceAck` (TOO_MANY_REMOVED).
+   */
   removedSinceAck: readonly string[];
   /**
    * Delta: resources sent by responses not acknowledged yet. After a NACK the proxy may hold an
@@ -180,7 +183,10 @@ export interface StreamOptions {
   budget?: SendBudget;
   /** Delta: send responses of more bytes than this in pieces, each with its own nonce (DELTA_MOST_BYTES; default: never). */
   pieceBytes?: number;
-  /** Delta: resources sent and not yet acknowledged that a type lists at most (default 8192; see TOO_MANY_SENT). */
+  /**
+   * Delta: resources sent, and names removed, by responses not yet acknowledged that a type lists
+   * at most, each (default 8192; see TOO_MANY_SENT and TOO_MANY_REMOVED).
+   */
   sentSinceAckKept?: number;
   now?: () => number;
 }
@@ -206,6 +212,8 @@ export const GRPC_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024;
 export const DELTA_MOST_BYTES = 1024 * 1024;
 
 const NO_NONCES: readonly string[] = Object.freeze([]);
+/** The default of `sentSinceAckKept`. */
+const SINCE_ACK_KEPT = 8192;
 const NO_RESOURCES: readonly EncodedResource[] = Object.freeze([]);
 /**
  * `sentSinceAck` once a client has left more resources unanswered than a stream lists
@@ -213,6 +221,12 @@ const NO_RESOURCES: readonly EncodedResource[] = Object.freeze([]);
  * its NACK, every name it may hold is then taken to be held in any version.
  */
 const TOO_MANY_SENT: readonly EncodedResource[] = Object.freeze([]);
+/**
+ * `removedSinceAck` past the same bound. A removed name is no longer among those the client may
+ * hold, so nothing else remembers it: after a NACK the stream cannot tell which removals to make
+ * again, and ends with UNAVAILABLE. The client comes back naming what it holds (rule 20).
+ */
+const TOO_MANY_REMOVED: readonly string[] = Object.freeze([]);
 const NO_VERSIONS: ReadonlyMap<string, string> = new Map();
 
 /** `send` cut into runs of at most `most` bytes on the wire each (at least one resource per run; one empty run for none). */
@@ -696,6 +710,9 @@ export class AdsStream {
    * holds. Until its answer, the routes it holds are not known (rule 8 keeps their clusters).
    */
   private resync(state: TypeState): void {
+    if (state.removedSinceAck === TOO_MANY_REMOVED) {
+      throw new StreamError(GRPC_UNAVAILABLE, `${state.typeUrl} rejected after more than ${this.opts.sentSinceAckKept ?? SINCE_ACK_KEPT} removals were left unanswered: reconnect naming the resources held (initial_resource_versions)`);
+    }
     const wanted = wantedPart(this.current(state.typeUrl), state.wildcard, state.subscribed);
     if (this.opts.variant === 'sotw') state.sentVersion = undefined;
     else {
@@ -741,7 +758,7 @@ export class AdsStream {
         state.nackRepeats = 0;
         state.backoffUntil = 0;
       }
-      if (state.removedSinceAck.length > 0) state.removedSinceAck = NO_NONCES;
+      if (state.removedSinceAck !== NO_NONCES) state.removedSinceAck = NO_NONCES;
       if (state.sentSinceAck !== NO_RESOURCES) state.sentSinceAck = NO_RESOURCES;
       state.ackedVersion = this.opts.variant === 'sotw' ? version : state.sentVersion;
       this.opts.hooks.onAck(nodeId, state.typeUrl, state.ackedVersion ?? '', state.sentChangeTime);
@@ -1081,11 +1098,13 @@ export class AdsStream {
     this.synced(state, all, changes);
     // Responses still unanswered stay answerable: the client answers each, in order.
     const earlier = state.inFlight && state.lastNonce !== undefined ? [...state.pieceNonces, state.lastNonce].slice(-UNANSWERED_KEPT) : NO_NONCES;
+    const kept = this.opts.sentSinceAckKept ?? SINCE_ACK_KEPT;
     if (!state.inFlight) state.removedSinceAck = removed.length > 0 ? removed : NO_NONCES;
-    else if (removed.length > 0) state.removedSinceAck = state.removedSinceAck.concat(removed);
+    else if (removed.length > 0 && state.removedSinceAck !== TOO_MANY_REMOVED) {
+      state.removedSinceAck = state.removedSinceAck.length + removed.length > kept ? TOO_MANY_REMOVED : state.removedSinceAck.concat(removed);
+    }
     if (!state.inFlight || state.sentSinceAck === NO_RESOURCES) state.sentSinceAck = send;
     else if (send.length > 0 && state.sentSinceAck !== TOO_MANY_SENT) {
-      const kept = this.opts.sentSinceAckKept ?? 8192;
       state.sentSinceAck = state.sentSinceAck.length + send.length > kept ? TOO_MANY_SENT : state.sentSinceAck.concat(send);
     }
     this.record(state, nonce, this.snapshot.version);

@@ -3,7 +3,8 @@ import { before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { createServingCertificate } from '../../src/certs/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
-import { TypeUrl } from '../../src/ads/index.js';
+import { AdsStream, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
+import { GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryResponse } from '../../src/ads/stream.js';
 import type { Received } from '../../src/ads/test-client.js';
 import { nackRunTests } from '../helpers/nack-runs.js';
 import { adsSuite, cla, cluster, listener, meshSet, route, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
@@ -495,3 +496,70 @@ describe('ADS delta responses: cut only over 1 MiB, over TLS too', () => {
 });
 
 nackRunTests('delta');
+
+describe('ADS delta: what a client leaves unanswered is bounded', () => {
+  const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
+  const five = ['a', 'b', 'c', 'd', 'e'];
+  /** The config with the clusters of `names` only, each with one endpoint. */
+  const setOf = (names: string[]) => meshSet(Object.fromEntries(names.map((x) => [x, [['10.0.0.1', 80]] as [string, number][]])));
+
+  let now = 0;
+  function open(cache: SnapshotCache) {
+    const sent: DeltaDiscoveryResponse[] = [];
+    const s = new AdsStream({ variant: 'delta', cache, identity: { kind: 'unauthenticated' }, controlPlaneId: 'test', nackBackoffMs: 1000, hooks, sentSinceAckKept: 2, now: () => now, send: (r) => sent.push(r as DeltaDiscoveryResponse) });
+    return { s, sent };
+  }
+
+  it('rules 5 and 20: past the bound of removals left unanswered, a NACK ends the stream with UNAVAILABLE, and the client back naming what it holds has them removed', () => {
+    const cache = new SnapshotCache();
+    const id = 'default.unanswered';
+    cache.set(id, setOf(five));
+    const { s, sent } = open(cache);
+    s.handle({ node: { id }, type_url: EDS, resource_names_subscribe: five });
+    const held = Object.fromEntries(sent[0]!.resources.map((r) => [r.name, r.version]));
+    s.handle({ type_url: EDS, response_nonce: sent[0]!.nonce });
+    // Three removals, each in a response the client leaves unanswered: one more than the stream lists.
+    for (let i = 1; i <= 3; i++) cache.set(id, setOf(five.slice(i)));
+    assert.deepEqual(sent.slice(1).map((r) => r.removed_resources), [['a'], ['b'], ['c']]);
+    assert.throws(
+      () => s.handle({ type_url: EDS, response_nonce: sent[1]!.nonce, error_detail: { code: 3, message: 'rejected' } }),
+      (err: unknown) => err instanceof StreamError && err.grpcCode === GRPC_UNAVAILABLE && /more than 2 removals were left unanswered: reconnect/.test(err.message),
+    );
+    s.close();
+    // It rejected them, so it holds what it held before; back on a new stream it names that.
+    const back = open(cache);
+    back.s.handle({ node: { id }, type_url: EDS, resource_names_subscribe: five, initial_resource_versions: held });
+    // Rule 8: the removals wait up to 1 s for the routes it holds, which this client never names.
+    assert.equal(back.sent.length, 0);
+    now += 1001;
+    back.s.handle({ type_url: EDS, response_nonce: 'none of ours' });
+    assert.deepEqual(back.sent.map((r) => [r.resources.length, [...r.removed_resources].sort()]), [[0, ['a', 'b', 'c']]]);
+    back.s.close();
+  });
+
+  it('rule 5: within the bound, or once an ACK has cleared what was unanswered, a NACK leaves the stream open', () => {
+    const cache = new SnapshotCache();
+    /** A stream subscribed to five clusters' endpoints, its first response ACKed, then `removals` of them in as many responses left unanswered. */
+    const removing = (id: string, removals: number) => {
+      cache.set(id, setOf(five));
+      const { s, sent } = open(cache);
+      s.handle({ node: { id }, type_url: EDS, resource_names_subscribe: five });
+      s.handle({ type_url: EDS, response_nonce: sent[0]!.nonce });
+      for (let i = 1; i <= removals; i++) cache.set(id, setOf(five.slice(i)));
+      assert.equal(sent.length, removals + 1);
+      return { s, sent };
+    };
+    const nack = (s: AdsStream, r: DeltaDiscoveryResponse) => s.handle({ type_url: EDS, response_nonce: r.nonce, error_detail: { code: 3, message: 'rejected' } });
+    // Two removals unanswered: as many as the stream lists.
+    const within = removing('default.within', 2);
+    nack(within.s, within.sent[2]!);
+    within.s.close();
+    // Three, then answered in order, the last with an ACK: nothing is left unanswered.
+    const acked = removing('default.acked', 3);
+    for (const r of acked.sent.slice(1)) acked.s.handle({ type_url: EDS, response_nonce: r.nonce });
+    cache.set('default.acked', setOf(['e']));
+    assert.deepEqual(acked.sent[4]?.removed_resources, ['d']);
+    nack(acked.s, acked.sent[4]!);
+    acked.s.close();
+  });
+});
