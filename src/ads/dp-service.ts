@@ -7,6 +7,7 @@ import {
   enabledMtlsBackend,
   isWeftError,
   MESH_TYPE,
+  nodeIdOf,
   type DataplaneSpec,
   type Logger,
   type MeshSpec,
@@ -149,7 +150,7 @@ export class DataplaneService {
     const mtls = await this.mtlsOf(resource.mesh);
     this.opts.logger.info({ mesh: resource.mesh, name: resource.name, proxyless: req.proxyless === true, version: req.version }, 'dataplane registered by weft-dp');
     return {
-      nodeId: `${resource.mesh}.${resource.name}`,
+      nodeId: nodeIdOf(resource.mesh, resource.name),
       mesh: resource.mesh,
       name: resource.name,
       mtls,

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, SigningKeyType, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
+import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, nodeIdOf, SigningKeyType, splitNodeId, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
 import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, TypeUrl, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
@@ -97,9 +97,10 @@ function withList(set: ResourceSet, type: TypeUrl, list: readonly Record<string,
   return out;
 }
 
+/** The mesh and Dataplane name of a tracked proxy's node.id (checked by its stream before it is tracked). */
 function meshOf(nodeId: string): [string, string] {
-  const dot = nodeId.indexOf('.');
-  return [nodeId.slice(0, dot), nodeId.slice(dot + 1)];
+  const who = splitNodeId(nodeId)!;
+  return [who.mesh, who.name];
 }
 
 /**
@@ -531,7 +532,7 @@ export class Reconciler {
     if (!data.mesh || !dataplane) return undefined;
     const trustBundle = enabledMtlsBackend(data.mesh.spec) && this.opts.trustBundle ? await this.opts.trustBundle(mesh) : [];
     const set = this.generate({ mesh: data.mesh, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle });
-    buildSnapshot(new ResourceEncoder(), `${mesh}.${name}`, set); // the same checks as before sending
+    buildSnapshot(new ResourceEncoder(), nodeIdOf(mesh, name), set); // the same checks as before sending
     return set;
   }
 

@@ -3,7 +3,7 @@ import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
-import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { SHORT_NAME, streamingMethod } from './protos.js';
 import { requestDeserializer, responseParts, responseSerializer } from './wire.js';
@@ -249,9 +249,8 @@ export class AdsServer {
       call.once('cancelled', () => reject(new StreamError(GRPC_UNAUTHENTICATED, 'stream closed before its first request')));
     });
     const id = first.node?.id ?? '';
-    const dot = id.indexOf('.');
-    const [mesh, name] = [id.slice(0, dot), id.slice(dot + 1)];
-    if (dot <= 0 || mesh !== identity.mesh) throw new StreamError(GRPC_PERMISSION_DENIED, `node.id "${id}" is not a Dataplane of mesh "${identity.mesh}", which the token is for`);
+    const { mesh, name } = splitNodeId(id) ?? { mesh: '', name: '' };
+    if (mesh === '' || mesh !== identity.mesh) throw new StreamError(GRPC_PERMISSION_DENIED, `node.id "${id}" is not a Dataplane of mesh "${identity.mesh}", which the token is for`);
     const dp = await this.opts.dataplaneOf?.(mesh, name);
     if (!dp || !dataplaneHasTags(dp, identity.tags)) {
       throw new StreamError(GRPC_PERMISSION_DENIED, `the token is bound to tags ${JSON.stringify(identity.tags)}, which Dataplane "${name}" ${dp ? 'does not carry on every inbound' : 'cannot show: it does not exist'}`);

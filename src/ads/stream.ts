@@ -2,6 +2,7 @@ import { pairwise, setVersion, SplitMap, type EncodedResource, type Snapshot, ty
 import { isTypeUrl, RESPONSE_ORDER, TypeUrl } from './protos.js';
 import { wireBytes, withEncoded } from './wire.js';
 import type { SendBudget } from './budget.js';
+import { splitNodeId } from '../core/identity.js';
 
 export interface Node {
   id?: string;
@@ -544,13 +545,11 @@ export class AdsStream {
   private start(node: Node | undefined): void {
     const id = node?.id;
     if (!id) throw new StreamError(GRPC_INVALID_ARGUMENT, 'the first request must carry node.id ("<mesh>.<name>")');
-    const dot = id.indexOf('.');
-    if (dot <= 0 || dot === id.length - 1) throw new StreamError(GRPC_INVALID_ARGUMENT, `node.id "${id}" is not "<mesh>.<dataplane name>"`);
+    const who = splitNodeId(id);
+    if (!who) throw new StreamError(GRPC_INVALID_ARGUMENT, `node.id "${id}" is not "<mesh>.<dataplane name>"`);
     const ident = this.opts.identity;
     if (ident.kind === 'dataplane') {
-      const mesh = id.slice(0, dot);
-      const name = id.slice(dot + 1);
-      if (mesh !== ident.mesh || name !== ident.name) {
+      if (who.mesh !== ident.mesh || who.name !== ident.name) {
         throw new StreamError(GRPC_PERMISSION_DENIED, `node.id "${id}" does not match the token, which is for dataplane "${ident.name}" in mesh "${ident.mesh}"`);
       }
     }

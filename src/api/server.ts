@@ -13,6 +13,7 @@ import {
   validate,
   isWeftError,
   MESH_TYPE,
+  nodeIdOf,
   prefixViolations,
   toWire,
   WeftError,
@@ -254,8 +255,8 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
   );
   /** Kuma's dataplane insight, in short: is the proxy connected, what it took, what it refused. */
   const insight = (mesh: string, name: string) => {
-    const st = opts.xdsStatus?.(`${mesh}.${name}`);
-    return st ? { ...st, online: st.connected } : { online: false, connected: false, nodeId: `${mesh}.${name}`, types: {} };
+    const st = opts.xdsStatus?.(nodeIdOf(mesh, name));
+    return st ? { ...st, online: st.connected } : { online: false, connected: false, nodeId: nodeIdOf(mesh, name), types: {} };
   };
   app.get<{ Params: { mesh: string; name: string } }>('/meshes/:mesh/dataplanes/:name/_status', async (req) => {
     const r = await store.get({ type: 'Dataplane', mesh: req.params.mesh, name: req.params.name });

@@ -12,3 +12,15 @@ export function meshSpiffePrefix(mesh: string): string {
 export function kumaTagUri(tag: string, value: string): string {
   return `kuma://${tag}/${encodeURIComponent(value)}`;
 }
+
+/** The xDS `node.id` of a Dataplane: `<mesh>.<name>`. A mesh name has no "." (a Dataplane name may). */
+export function nodeIdOf(mesh: string, name: string): string {
+  return `${mesh}.${name}`;
+}
+
+/** The mesh and Dataplane name a `node.id` stands for, or undefined when it is not `<mesh>.<name>`. */
+export function splitNodeId(id: string): { mesh: string; name: string } | undefined {
+  const dot = id.indexOf('.');
+  if (dot <= 0 || dot === id.length - 1) return undefined;
+  return { mesh: id.slice(0, dot), name: id.slice(dot + 1) };
+}

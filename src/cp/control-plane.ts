@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
-import { cutSilent, defaultRegistry, initialPolicies, isWeftError, LOW_OPEN_FILE_LIMIT, MESH_TYPE, openFileLimit, SHUTDOWN_SWEEP_MS, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, defaultRegistry, initialPolicies, isWeftError, LOW_OPEN_FILE_LIMIT, MESH_TYPE, nodeIdOf, openFileLimit, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
 import * as grpc from '@grpc/grpc-js';
 import { ensureAdminToken, isLoopback } from './admin-token.js';
@@ -124,8 +124,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   // xDS stream closed, unless it reconnects first (to this replica: see docs/dataplane.md).
   const cleanups = new Map<string, NodeJS.Timeout>();
   const scheduleCleanup = (nodeId: string) => {
-    const dot = nodeId.indexOf('.');
-    const key = { type: 'Dataplane', mesh: nodeId.slice(0, dot), name: nodeId.slice(dot + 1) };
+    const key = { type: 'Dataplane', ...splitNodeId(nodeId)! };
     const timer = setTimeout(() => {
       cleanups.delete(nodeId);
       if (ads.status.get(nodeId)?.connected) return;
@@ -178,22 +177,21 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   const forgetGone = async () => {
     const offline = new Map<string, string[]>();
     for (const nodeId of ads.status.offline()) {
-      const dot = nodeId.indexOf('.');
-      const mesh = nodeId.slice(0, dot);
+      const { mesh, name } = splitNodeId(nodeId)!;
       let names = offline.get(mesh);
       if (!names) offline.set(mesh, (names = []));
-      names.push(nodeId.slice(dot + 1));
+      names.push(name);
     }
     for (const [mesh, names] of offline) {
       const present = new Set((await store.list('Dataplane', { mesh })).items.map((d) => d.name));
-      for (const name of names) if (!present.has(name)) ads.status.forget(`${mesh}.${name}`);
+      for (const name of names) if (!present.has(name)) ads.status.forget(nodeIdOf(mesh, name));
     }
     const meshes = new Set((await store.list('Mesh')).items.map((m) => m.name));
     for (const mesh of certificates.meshesKept()) if (!meshes.has(mesh)) certificates.forgetMesh(mesh);
   };
   const unwatchStatus = store.watch((e) => {
     if (e.kind === 'resync') void forgetGone().catch((err: unknown) => logger.warn({ err }, 'could not drop what was kept of departed proxies and deleted meshes'));
-    else if (e.kind === 'delete' && e.key.type === 'Dataplane') ads.status.forget(`${e.key.mesh}.${e.key.name}`);
+    else if (e.kind === 'delete' && e.key.type === 'Dataplane') ads.status.forget(nodeIdOf(e.key.mesh, e.key.name));
     else if (e.kind === 'delete' && e.key.type === 'Mesh') certificates.forgetMesh(e.key.name);
   });
   const dpService = new DataplaneService({ store, registry, tokens, certificates, logger: logger.child({ component: 'dp-server' }), allowUnauthenticatedLoopback: config.xds.allowUnauthenticatedLoopback });
