@@ -84,6 +84,9 @@ function toWeftError(err: unknown): WeftError {
   return new WeftError('internal', 'internal error', [], { cause: err });
 }
 
+/** The longest resource name there is (NAME in core/validation). */
+const NAME_MOST_CHARS = 253;
+
 /**
  * The Kuma-style HTTP API (port 5681). Kuma's paths: `/meshes/{mesh}`, `/meshes/{mesh}/{plural}`,
  * `/meshes/{mesh}/{plural}/{name}` and `/{plural}` across meshes; plus `POST /_apply`, which applies
@@ -92,7 +95,24 @@ function toWeftError(err: unknown): WeftError {
  */
 export function buildApi(opts: ApiOptions): FastifyInstance {
   const { store, registry, logger } = opts;
-  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: opts.bodyLimitBytes });
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: opts.bodyLimitBytes,
+    // Any name fits in a path segment (the router's default allows 100 characters, so resources
+    // with longer names could be created but not read or deleted).
+    routerOptions: { maxParamLength: NAME_MOST_CHARS },
+    // The router refuses some URLs before any route runs: answered in the API's own error shape.
+    frameworkErrors: (err, _req, reply) => {
+      const we =
+        err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new WeftError('invalid_resource', `a name in the URL is longer than ${NAME_MOST_CHARS} characters`, [{ field: 'url', message: `names are at most ${NAME_MOST_CHARS} characters` }])
+          : err.code === 'FST_ERR_BAD_URL'
+            ? new WeftError('invalid_resource', `the URL cannot be decoded: ${err.message}`, [{ field: 'url', message: 'a "%" must start a percent-encoded UTF-8 character' }])
+            : toWeftError(err);
+      void (reply as FastifyReply).status(we.status).send(we.toJSON());
+    },
+  });
 
   const yamlParser = (_req: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void) => {
     try {

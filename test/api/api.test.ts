@@ -143,6 +143,24 @@ describe('HTTP API', () => {
     assert.equal(g.body.code, 'not_found');
   });
 
+  it('a resource with the longest name there is (253 characters) is written, read and deleted at its URL', async () => {
+    const name = `dp-${'a'.repeat(249)}z`;
+    assert.equal(name.length, 253);
+    assert.equal((await http(api, 'PUT', `/meshes/default/dataplanes/${name}`, dp(name))).status, 201);
+    const got = await http(api, 'GET', `/meshes/default/dataplanes/${name}`);
+    assert.deepEqual([got.status, got.body.name], [200, name]);
+    assert.equal((await http(api, 'DELETE', `/meshes/default/dataplanes/${name}`)).status, 200);
+    assert.equal((await http(api, 'GET', `/meshes/default/dataplanes/${name}`)).status, 404);
+  });
+
+  it('URLs the router refuses (a segment longer than any name, broken percent-encoding) get the API\'s own errors', async () => {
+    const long = await http(api, 'GET', `/meshes/default/dataplanes/${'a'.repeat(254)}`);
+    assert.deepEqual([long.status, long.body.code, long.body.violations], [400, 'invalid_resource', [{ field: 'url', message: 'names are at most 253 characters' }]]);
+    const bad = await http(api, 'DELETE', '/meshes/%zz');
+    assert.deepEqual([bad.status, bad.body.code], [400, 'invalid_resource']);
+    assert.match(String(bad.body.message), /the URL cannot be decoded/);
+  });
+
   it('lists with paging and the Kuma tag filter', async () => {
     await http(api, 'PUT', '/meshes/pages', { type: 'Mesh', name: 'pages' });
     for (let i = 0; i < 5; i++) {
