@@ -42,9 +42,9 @@ const MESH: { mesh: Doc; dataplanes: Doc[]; trafficPermissions: Doc[]; meshTraff
   ],
 };
 
-/** Values that have broken parsers before: empty, huge, wildcard, IPv6, out of range, wrong type. */
+/** Values that have broken parsers before: empty, huge, the longest name, wildcard, IPv6, out of range, wrong type. */
 const STRINGS = [
-  '', 'web', '*', 'db', '10.0.0.1', '::', '::1', 'fd00::9', '0.0.0.0', 'a'.repeat(300), 'ünï', '0', '-1', '1h', '0s', 'http', 'http2', 'grpc', 'tcp', 'kafka',
+  '', 'web', '*', 'db', '10.0.0.1', '::', '::1', 'fd00::9', '0.0.0.0', 'a'.repeat(300), 'a'.repeat(253), `${'a.'.repeat(126)}a`, 'ünï', '0', '-1', '1h', '0s', 'http', 'http2', 'grpc', 'tcp', 'kafka',
   'Allow', 'Deny', 'Mesh', 'MeshService', 'STRICT', 'builtin', 'ca-1', 'a.b', 'a/b', ' ', 'DualStack', 'ipv6', '__proto__', 'constructor',
 ];
 const NUMBERS = [0, 1, -1, 65535, 65536, 1.5, 1e20, 15001, 15006, 15053, 8080, 9090];
