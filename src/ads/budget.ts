@@ -35,6 +35,11 @@ export class SendBudget {
     return this.inFlight < this.limitBytes;
   }
 
+  /** Bytes handed to gRPC and not yet written (or given back by a stream that ended). */
+  get bytesInFlight(): number {
+    return this.inFlight;
+  }
+
   get streamsWaiting(): number {
     return this.waiting.size;
   }

@@ -65,6 +65,8 @@ interface Plane {
    * proxies whose status was since dropped with their Dataplane too).
    */
   nacks(i?: number): Promise<number>;
+  /** What each replica's ADS server shows of a proxy, and of its send budget, for a failure's report. */
+  diagnose(nodeId: string): string;
   /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
   restart(i: number): Promise<void>;
   stop(): Promise<void>;
@@ -90,6 +92,7 @@ async function controlPlane(tls: boolean): Promise<Plane> {
     settle: () => r.cp.reconciler.settle(),
     trustBundle: (mesh) => r.cp.certificates.trustBundle(mesh),
     nacks: () => nacksOf(r.cp),
+    diagnose: (id) => diagnosis(r.cp.ads, id),
     restart: () => r.restart(),
     stop: () => r.stop(),
   };
@@ -156,6 +159,7 @@ async function replicas(pg: TestPostgres, seed: number): Promise<Plane> {
     },
     trustBundle: (mesh) => a.cp.certificates.trustBundle(mesh),
     nacks: async (i) => (await Promise.all((i === undefined ? rs : [rs[i]!]).map((r) => nacksOf(r.cp)))).reduce((a, b) => a + b, 0),
+    diagnose: (id) => rs.map((r, i) => `replica ${i}: ${diagnosis(r.cp.ads, id)}`).join('\n'),
     restart: (i) => rs[i]!.restart(),
     async stop() {
       await Promise.all(rs.map((r) => r.stop()));
@@ -211,6 +215,7 @@ async function tightParts(): Promise<Plane> {
     settle: () => parts.reconciler.settle(),
     trustBundle: async () => [ca.certPem],
     nacks: async () => nacksIn(await parts.metrics.metrics()),
+    diagnose: (id) => diagnosis(parts.server, id),
     async restart() {
       await halt();
       parts = await start();
@@ -489,7 +494,7 @@ class World {
       }
       if (bad.length === 0) return;
       if (Date.now() > deadline) {
-        assert.fail(`proxies do not hold what translation gives them, ${ms} ms after the changes:\n${bad.join('\n')}\n${this.history()}\n${firstBad!.nodeId}'s streams:\n  ${firstBad!.trace.slice(-40).join('\n  ')}`);
+        assert.fail(`proxies do not hold what translation gives them, ${ms} ms after the changes:\n${bad.join('\n')}\n${this.history()}\n${firstBad!.nodeId}'s streams:\n  ${firstBad!.trace.slice(-40).join('\n  ')}\nas the control plane sees it:\n${this.cp.diagnose(firstBad!.nodeId)}`);
       }
       await new Promise((res) => setTimeout(res, 25));
     }
@@ -514,6 +519,12 @@ class World {
 }
 
 const nacksIn = (metrics: string) => [...metrics.matchAll(/^weft_xds_nacks_total\{[^}]*\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
+/** An ADS server's streams and send budget, and its status record of one proxy. */
+function diagnosis(server: AdsServer, nodeId: string): string {
+  const b = server.budget;
+  return `${server.streamCount} streams; send budget ${b.bytesInFlight} of ${b.limitBytes} bytes in flight, ${b.streamsWaiting} streams waiting; ${nodeId}: ${JSON.stringify(server.status.get(nodeId) ?? null)}`;
+}
+
 const nacksOf = async (cp: { diagnosticsUrl: string }) => nacksIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());
 
 /** Seeds take the planes in turn. */
