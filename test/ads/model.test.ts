@@ -29,7 +29,8 @@ import { seeded } from '../helpers/seeded.js';
  * and passthrough, a mesh deleted), proxy moves (connects, reconnects announcing what they hold,
  * drops, rejected responses) and control plane restarts, sometimes while a round is in flight.
  * After each burst, every proxy must come to hold exactly what a fresh translation of the store
- * gives it, and at no moment may a listener it holds send to a cluster it lacks (XDS-RULES 8).
+ * gives it, and at no moment may a listener it holds send to a cluster it lacks (XDS-RULES 8);
+ * then nothing may stay charged to the send budget.
  * docs/ads.md ("Random histories") says more.
  *
  * A seed replays a history: WEFT_MODEL_SEED=N runs just that one; WEFT_MODEL_SEEDS=K runs K seeds
@@ -67,6 +68,8 @@ interface Plane {
   nacks(i?: number): Promise<number>;
   /** What each replica's ADS server shows of a proxy, and of its send budget, for a failure's report. */
   diagnose(nodeId: string): string;
+  /** Each replica's send budget: bytes handed to gRPC and not yet written, streams waiting for it. */
+  budgets(): { bytesInFlight: number; streamsWaiting: number }[];
   /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
   restart(i: number): Promise<void>;
   stop(): Promise<void>;
@@ -93,6 +96,7 @@ async function controlPlane(tls: boolean): Promise<Plane> {
     trustBundle: (mesh) => r.cp.certificates.trustBundle(mesh),
     nacks: () => nacksOf(r.cp),
     diagnose: (id) => diagnosis(r.cp.ads, id),
+    budgets: () => [r.cp.ads.budget],
     restart: () => r.restart(),
     stop: () => r.stop(),
   };
@@ -160,6 +164,7 @@ async function replicas(pg: TestPostgres, seed: number): Promise<Plane> {
     trustBundle: (mesh) => a.cp.certificates.trustBundle(mesh),
     nacks: async (i) => (await Promise.all((i === undefined ? rs : [rs[i]!]).map((r) => nacksOf(r.cp)))).reduce((a, b) => a + b, 0),
     diagnose: (id) => rs.map((r, i) => `replica ${i}: ${diagnosis(r.cp.ads, id)}`).join('\n'),
+    budgets: () => rs.map((r) => r.cp.ads.budget),
     restart: (i) => rs[i]!.restart(),
     async stop() {
       await Promise.all(rs.map((r) => r.stop()));
@@ -216,6 +221,7 @@ async function tightParts(): Promise<Plane> {
     trustBundle: async () => [ca.certPem],
     nacks: async () => nacksIn(await parts.metrics.metrics()),
     diagnose: (id) => diagnosis(parts.server, id),
+    budgets: () => [parts.server.budget],
     async restart() {
       await halt();
       parts = await start();
@@ -492,11 +498,28 @@ class World {
         const first = [...this.proxies.values()].find((p) => p.violations.length > 0)!;
         assert.fail(`${violations.slice(0, 5).join('\n')}\n${this.history()}\n${first.nodeId}'s streams:\n  ${first.trace.slice(-30).join('\n  ')}`);
       }
-      if (bad.length === 0) return;
+      if (bad.length === 0) return this.quiesce();
       if (Date.now() > deadline) {
         assert.fail(`proxies do not hold what translation gives them, ${ms} ms after the changes:\n${bad.join('\n')}\n${this.history()}\n${firstBad!.nodeId}'s streams:\n  ${firstBad!.trace.slice(-40).join('\n  ')}\nas the control plane sees it:\n${this.cp.diagnose(firstBad!.nodeId)}`);
       }
       await new Promise((res) => setTimeout(res, 25));
+    }
+  }
+
+  /**
+   * Once every proxy holds its config, nothing is left on its way out: every byte a stream was
+   * charged is given back once written (or when its stream ends), and no stream waits for an open
+   * budget. Proxies rejecting a type still get it again now and then, so a moment with nothing in
+   * flight must come within 2 s. A leak would hold the budget shut for good: every stream would
+   * wait, and a proxy's next change would never reach it.
+   */
+  private async quiesce(): Promise<void> {
+    const deadline = Date.now() + 2000;
+    for (;;) {
+      const budgets = this.cp.budgets();
+      if (budgets.every((b) => b.bytesInFlight === 0 && b.streamsWaiting === 0)) return;
+      if (Date.now() > deadline) assert.fail(`every proxy holds its config, yet send budgets stay charged (bytes in flight, streams waiting): ${budgets.map((b) => `${b.bytesInFlight}, ${b.streamsWaiting}`).join('; ')}\n${this.history()}`);
+      await new Promise((res) => setTimeout(res, 10));
     }
   }
 
