@@ -1,3 +1,4 @@
+import * as grpc from '@grpc/grpc-js';
 import { messageType, TypeUrl } from '../../src/ads/index.js';
 import { TO_OBJECT } from '../../src/ads/protos.js';
 import type { DeltaDiscoveryRequest } from '../../src/ads/stream.js';
@@ -197,6 +198,7 @@ export class ModelProxy {
     this.resyncing = this.variant === 'sotw' && holds ? 'before LDS' : 'no';
     this.trace.push(`connect, holding ${ALL_TYPES.map((t) => `${short(t)} [${[...this.held.get(t)!.keys()].join(' ')}]`).join(', ')}`);
     const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, onResponse: (r) => this.onResponse(client, r) }));
+    void client.closed.then((s) => this.ended(client, s));
     for (const t of this.wildcard) {
       if (this.variant === 'sotw') client.request(t, [], this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
       // Delta wildcard: the legacy empty list or "*", as Envoy versions differ.
@@ -208,6 +210,20 @@ export class ModelProxy {
       if (this.variant === 'sotw') client.request(t, names, this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
       else client.delta({ type_url: t, resource_names_subscribe: names, initial_resource_versions: this.versions(t) });
     }
+  }
+
+  /**
+   * The server ended the stream (this proxy did not close it): Envoy reconnects, holding what it
+   * holds. UNAVAILABLE is how a control plane that stops sends its proxies away; any other status
+   * means weft-cp ended a stream a healthy history never ends (an error in it), and is a violation.
+   * Without this, such a proxy sat on a dead stream, its config never changing again.
+   */
+  private ended(client: XdsTestClient, status: { code: number; details: string }): void {
+    if (client !== this.client) return; // closed by this proxy, or replaced already
+    this.trace.push(`stream ended by the server: ${grpc.status[status.code] ?? status.code} ${status.details}`);
+    if (status.code !== grpc.status.UNAVAILABLE) this.violations.push(`the server ended its stream: ${grpc.status[status.code] ?? status.code} ${status.details}`);
+    this.client = undefined;
+    setTimeout(() => this.client ?? this.connect(), 10);
   }
 
   /** Closes the stream; the proxy keeps what it holds, as Envoy does while it reconnects. */
