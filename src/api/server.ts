@@ -130,7 +130,7 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
 
   app.setErrorHandler((err, req, reply) => {
     const we = toWeftError(err);
-    if (we.code === 'internal') req.log.error({ err, url: req.url, method: req.method }, 'request failed');
+    if (we.status >= 500) req.log.error({ err, url: req.url, method: req.method }, 'request failed');
     void reply.status(we.status).send(we.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {

@@ -89,7 +89,7 @@ export class MeshCertificates {
     const cacheKey = `${mesh}/${backend.name}/${stored.version}`;
     let material = this.materials.get(cacheKey);
     if (!material) {
-      material = { certPem: stored.spec.certPem, keyPem: this.box.open(stored.spec.sealedKeyPem, `${mesh}/ca-${backend.name}`) };
+      material = { certPem: stored.spec.certPem, keyPem: this.box.openStored(stored.spec.sealedKeyPem, `${mesh}/ca-${backend.name}`, `the CA key of mesh "${mesh}"`) };
       for (const k of this.materials.keys()) if (k.startsWith(`${mesh}/${backend.name}/`)) this.materials.delete(k);
       this.materials.set(cacheKey, material);
     }

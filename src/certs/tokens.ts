@@ -98,7 +98,7 @@ export class DataplaneTokens {
     if (name === undefined && (!tags || Object.keys(tags).length === 0)) throw new WeftError('invalid_resource', 'a dataplane token needs a name or tags', [{ field: 'name', message: 'required unless tags are given' }]);
     if (!(await this.store.get({ type: 'Mesh', mesh: '', name: mesh }))) throw new WeftError('mesh_not_found', `mesh "${mesh}" does not exist`);
     const key = await this.signingKey(mesh);
-    const privateKey = await importPKCS8(this.box.open(key.spec.sealedPrivateKey, `${mesh}/${key.spec.keyId}`), 'ES256');
+    const privateKey = await importPKCS8(this.box.openStored(key.spec.sealedPrivateKey, `${mesh}/${key.spec.keyId}`, `the token signing key of mesh "${mesh}"`), 'ES256');
     const id = randomUUID();
     const now = this.now();
     const expiresAt = new Date(now + validForMs);

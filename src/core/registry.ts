@@ -5,7 +5,7 @@ import { meshSpec, enabledMtlsBackend, type MeshSpec } from './resources/mesh.js
 import { dataplaneSpec, dataplaneTagSets, dataplaneServices, type DataplaneSpec } from './resources/dataplane.js';
 import { trafficPermissionSpec, type TrafficPermissionSpec } from './resources/traffic-permission.js';
 import { meshTrafficPermissionBody, type MeshTrafficPermissionBody, type TargetRef } from './resources/mesh-traffic-permission.js';
-import { meshCaSpec, secretSpec, signingKeySpec, tokenRevocationSpec, type MeshCaSpec, type SecretSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
+import { meshCaSpec, secretsKeyCheckSpec, secretSpec, signingKeySpec, tokenRevocationSpec, type MeshCaSpec, type SecretsKeyCheckSpec, type SecretSpec, type SigningKeySpec, type TokenRevocationSpec } from './resources/tokens.js';
 
 export interface Column<S> {
   header: string;
@@ -176,6 +176,15 @@ export const MeshCaType = defineType<MeshCaSpec>({
   schema: meshCaSpec,
 });
 
+export const SecretsKeyCheckType = defineType<SecretsKeyCheckSpec>({
+  name: 'SecretsKeyCheck',
+  plural: 'secrets-key-checks',
+  aliases: [],
+  scope: 'global',
+  internal: true,
+  schema: secretsKeyCheckSpec,
+});
+
 /** The registry of the types this control plane serves. */
 export function defaultRegistry(): ResourceRegistry {
   return new ResourceRegistry()
@@ -186,7 +195,8 @@ export function defaultRegistry(): ResourceRegistry {
     .register(DataplaneTokenRevocationType)
     .register(SecretType)
     .register(SigningKeyType)
-    .register(MeshCaType);
+    .register(MeshCaType)
+    .register(SecretsKeyCheckType);
 }
 
 /** Flattened `key=value` strings of a resource's tag sets, for the store's tag index. */

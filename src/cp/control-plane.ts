@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
-import { DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
+import { checkSecretsKey, DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { cutSilent, defaultRegistry, initialPolicies, isWeftError, LOW_OPEN_FILE_LIMIT, MESH_TYPE, nodeIdOf, openFileLimit, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
 import { instrumentStore, openStore, type Store } from '../store/index.js';
@@ -105,6 +105,12 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
 
   const box = SecretBox.fromFile(config.secrets.keyFile ?? join(config.dataDir, 'secret.key'), config.secrets.keyFile === undefined);
+  try {
+    await checkSecretsKey(store, box);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   const tokens = new DataplaneTokens(store, box, logger.child({ component: 'tokens' }));
   const certificates = new MeshCertificates(store, box, tokens, logger.child({ component: 'ca' }));
   const snapshots = new SnapshotCache();

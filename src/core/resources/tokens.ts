@@ -29,6 +29,14 @@ export const meshCaSpec = z.strictObject({
 export type MeshCaSpec = z.infer<typeof meshCaSpec>;
 
 /**
+ * A known text sealed with the secrets key by the first control plane to start on a store, so
+ * that every other one can check it holds the same key (internal: never served; see
+ * certs/key-check.ts).
+ */
+export const secretsKeyCheckSpec = z.strictObject({ sealed: z.string().min(1) });
+export type SecretsKeyCheckSpec = z.infer<typeof secretsKeyCheckSpec>;
+
+/**
  * Kuma's Secret: opaque data (base64) that other resources refer to by name, e.g. a provided CA's
  * certificate and key (`conf.cert: {secret: NAME}`). Write-only through the API: reads show that
  * data is set, never the data.
