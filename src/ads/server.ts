@@ -284,7 +284,14 @@ export class AdsServer {
       budget: this.budget,
       // Delta: only what a gRPC client could not take whole is cut (XDS-RULES 24).
       pieceBytes: variant === 'delta' ? (this.opts.deltaPieceBytes ?? DELTA_MOST_BYTES) : undefined,
+      onFailure: (err) => {
+        internal(err);
+        end();
+      },
       send: (r, bytes) => {
+        // A call ended during the pump that sends this (its transport failed under a write): nothing
+        // to write, and a charge now would never be given back.
+        if (ended) return;
         // Charged until it is written; a stream that ends first gives back what it held.
         this.budget.charge(bytes);
         outstanding += bytes;
@@ -301,6 +308,11 @@ export class AdsServer {
     });
     let outstanding = 0;
     let ended = false;
+    /** A bug: logged with its stack; the proxy is told no more than that, and reconnects. */
+    const internal = (err: unknown) => {
+      log.error({ err, nodeId: stream.nodeId }, 'xDS stream failed');
+      call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error' });
+    };
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     const end = () => {
       stream.close();
@@ -319,10 +331,7 @@ export class AdsServer {
         if (err instanceof StreamError) {
           log.warn({ peer: call.getPeer(), nodeId: stream.nodeId ?? req.node?.id, reason: err.message }, 'xDS stream closed');
           fail(err);
-        } else {
-          log.error({ err, nodeId: stream.nodeId }, 'xDS stream failed');
-          call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error' });
-        }
+        } else internal(err);
         end();
       }
     };

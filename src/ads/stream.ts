@@ -178,6 +178,8 @@ export interface StreamOptions {
   /** The longest backoff when a proxy rejects the same config again and again (default: nackBackoffMs, no growth). */
   nackBackoffMaxMs?: number;
   hooks: StreamHooks;
+  /** The stream failed outside `handle` (see pumpApart) and closed itself: the transport ends it. */
+  onFailure?(err: unknown): void;
   /** Hands a response to the transport; `bytes` is the size of the resources it carries. */
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
   /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
@@ -560,7 +562,7 @@ export class AdsStream {
     this.snapshot = this.opts.cache.get(id);
     this.unwatch = this.opts.cache.watch(id, (s) => {
       this.snapshot = s;
-      this.pump();
+      this.pumpApart();
     });
   }
 
@@ -1009,6 +1011,7 @@ export class AdsStream {
       // ones) wait with them; they follow the clusters when those go again.
       if (clustersWait && (typeUrl === TypeUrl.Listener || typeUrl === TypeUrl.RouteConfiguration)) continue;
       const sent = this.opts.variant === 'sotw' ? this.sendSotw(state) : this.sendDelta(state);
+      if (this.closed) return; // the transport ended the stream under a write
       if (sent === 'blocked') {
         // The rest waits too, so the order above holds; pump runs again when the budget opens.
         this.opts.budget!.wait(this.resume);
@@ -1018,12 +1021,28 @@ export class AdsStream {
     if (this.pumpChanges.size > 0) this.pumpChanges.clear();
     clearTimeout(this.timer);
     if (wakeAt !== Infinity) {
-      this.timer = setTimeout(() => this.pump(), wakeAt - now);
+      this.timer = setTimeout(this.resume, wakeAt - now);
       this.timer.unref();
     }
   }
 
-  private readonly resume = () => this.pump();
+  private readonly resume = () => this.pumpApart();
+
+  /**
+   * A pump that no request started: a new snapshot (inside the reconciler's round), a timer (a
+   * backoff's end), the send budget opening (inside another stream's write callback). An error
+   * there, a bug, must not reach those callers: it would cut the round short for the proxies
+   * after this one, or crash weft-cp from a timer. This stream ends instead (`onFailure`), as a
+   * request's error ends it.
+   */
+  private pumpApart(): void {
+    try {
+      this.pump();
+    } catch (err) {
+      this.close();
+      this.opts.onFailure?.(err);
+    }
+  }
 
   /** True when the shared send budget is spent: the caller must not send now. */
   private blocked(): boolean {
