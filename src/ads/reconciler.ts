@@ -472,13 +472,13 @@ export class Reconciler {
       if (!this.tracked.has(nodeId)) continue; // disconnected while the mesh was loading or in a pause
       const name = meshOf(nodeId)[1];
       const dataplane = byName.get(name);
-      if (!data.mesh || !dataplane) {
-        // No such dataplane (yet, or any more): the proxy gets an empty config.
-        this.opts.cache.set(nodeId, {}, changeTime);
-        this.last.delete(nodeId);
-        continue;
-      }
       try {
+        if (!data.mesh || !dataplane) {
+          // No such dataplane (yet, or any more): the proxy gets an empty config.
+          this.last.delete(nodeId);
+          this.opts.cache.set(nodeId, {}, changeTime);
+          continue;
+        }
         const ctx = (): MeshContext => ({ mesh: data.mesh!, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo });
         const prev = this.last.get(nodeId);
         // Direct access listeners follow other Dataplanes' addresses, which the shortcut does not redo.
