@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
@@ -9,6 +10,17 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 /** An option that also reads WEFT_DP_<NAME> (Kuma's kuma-dp flags keep their names). */
 const opt = (flags: string, description: string, env: string) => new Option(flags, description).env(`WEFT_DP_${env}`);
+
+/**
+ * `$TMPDIR/weft-dp-<name>`; a name of more than 40 characters (they may have 253) is cut, with a
+ * hash of the whole name so that two long names keep apart, so the SDS socket in it stays within
+ * a Unix socket path's length.
+ */
+export function defaultWorkDir(name: string | undefined, base = tmpdir()): string {
+  if (name === undefined) return join(base, `weft-dp-${process.pid}`);
+  const short = name.length <= 40 ? name : `${name.slice(0, 40)}-${createHash('sha256').update(name).digest('hex').slice(0, 8)}`;
+  return join(base, `weft-dp-${short}`);
+}
 
 export function buildProgram(onExit: (code: number) => void): Command {
   const program = new Command('weft-dp').description('Weft data-plane wrapper: registers a Dataplane and runs its proxy').version(VERSION);
@@ -76,7 +88,7 @@ export function buildProgram(onExit: (code: number) => void): Command {
             vars: parsePairs([...(process.env.WEFT_DP_DATAPLANE_VAR ?? '').split(/[,\n]/).filter((p) => p.trim() !== ''), ...(o.dataplaneVar as string[])], '--dataplane-var'),
             name,
             mesh: o.mesh as string | undefined,
-            workDir: (o.workDir as string | undefined) ?? join(tmpdir(), `weft-dp-${name ?? process.pid}`),
+            workDir: (o.workDir as string | undefined) ?? defaultWorkDir(name),
             proxyless: o.proxyless === true,
             readyPort: Number(o.readyPort),
             readyAddress: String(o.readyAddress),

@@ -57,6 +57,9 @@ export const EXIT = { stopped: 0, startFailed: 1, proxyFailed: 2 } as const;
 /** A start-up problem the user can fix: printed without a stack trace. */
 export class StartError extends Error {}
 
+/** The longest path a Unix socket may have (Linux's sun_path holds 108 bytes, the last a NUL). */
+export const UNIX_SOCKET_PATH_MOST_BYTES = 107;
+
 function read(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
@@ -117,6 +120,11 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
     throw new StartError(`the dataplane token${opts.dataplaneTokenFile ? ` in ${opts.dataplaneTokenFile}` : ''} is malformed: it must be one token (weftctl generate dataplane-token), without spaces or extra lines`);
   }
   const caCertPem = opts.caCertFile ? read(opts.caCertFile, 'the CA certificate file') : undefined;
+  const sdsSocket = join(opts.workDir, 'sds.sock');
+  if (!opts.proxyless && Buffer.byteLength(sdsSocket) > UNIX_SOCKET_PATH_MOST_BYTES) {
+    // Past it the kernel refuses the socket with a misleading "address already in use".
+    throw new StartError(`the work directory ${opts.workDir} is too long: Envoy's SDS socket there would be ${Buffer.byteLength(sdsSocket)} bytes, over the ${UNIX_SOCKET_PATH_MOST_BYTES} a Unix socket path may have; give a shorter --work-dir`);
+  }
   mkdirSync(opts.workDir, { recursive: true, mode: 0o700 });
   const cp = new CpClient({ address: opts.cpAddress, caCertPem, token });
   const abort = new AbortController();
@@ -155,7 +163,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
 
     let sds: LocalSds | undefined;
     if (!opts.proxyless) {
-      sds = new LocalSds(join(opts.workDir, 'sds.sock'), log.child({ component: 'sds' }));
+      sds = new LocalSds(sdsSocket, log.child({ component: 'sds' }));
       await sds.listen();
       const s = sds;
       cleanup.push(() => s.close());
@@ -246,7 +254,7 @@ export async function runDataplane(opts: DpOptions, log: Logger): Promise<Runnin
       const [host, port] = [cpAddr.target.slice(0, cpAddr.target.lastIndexOf(':')).replace(/^\[|\]$/g, ''), Number(cpAddr.target.slice(cpAddr.target.lastIndexOf(':') + 1))];
       const adminPort = opts.adminPort ?? 9901;
       const service = resource.spec.networking.inbound?.[0]?.tags['kuma.io/service'] ?? resource.spec.networking.gateway?.tags['kuma.io/service'] ?? resource.name;
-      const config = envoyBootstrap({ nodeId: bootstrap.nodeId, cluster: service, cp: { host, port, tls: cpAddr.tls, caCertPem }, token, adminPort, sdsSocket: join(opts.workDir, 'sds.sock'), variant: opts.xdsVariant ?? 'delta' });
+      const config = envoyBootstrap({ nodeId: bootstrap.nodeId, cluster: service, cp: { host, port, tls: cpAddr.tls, caCertPem }, token, adminPort, sdsSocket, variant: opts.xdsVariant ?? 'delta' });
       const problems = checkBootstrap(config);
       if (problems.length > 0) throw new StartError(`BUG: the Envoy bootstrap breaks Envoy's rules, please report: ${problems.join('; ')}`);
       const configPath = join(opts.workDir, 'envoy-bootstrap.json');

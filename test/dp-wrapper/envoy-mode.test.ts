@@ -10,6 +10,7 @@ import { Resolver } from 'node:dns/promises';
 import { grpcCodec, messageType } from '../../src/ads/index.js';
 import { serviceVips } from '../../src/xds/index.js';
 import { checkBootstrap } from '../../src/dp-wrapper/envoy-bootstrap.js';
+import { defaultWorkDir } from '../../src/dp-wrapper/main.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { freePort } from '../helpers/postgres.js';
 import { startWeftDp, type WeftDpProcess } from '../helpers/weft-dp.js';
@@ -58,20 +59,22 @@ describe('weft-dp with Envoy (a supervision double for the process)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function start(mode: string, extra: string[] = []): Promise<{ w: WeftDpProcess; work: string; record: string; name: string }> {
-    const name = `web-${++n}`;
-    const token = join(dir, `${name}.token`);
+  /** weft-dp for Dataplane web-N (or `name`) of mesh m; `work` its --work-dir (null: none given, so the default under `dir`). */
+  async function start(mode: string, extra: string[] = [], opts: { name?: string; work?: string | null } = {}): Promise<{ w: WeftDpProcess; work: string; record: string; name: string }> {
+    const name = opts.name ?? `web-${++n}`;
+    const token = join(dir, `${name.slice(0, 60)}.token`);
     writeFileSync(token, String((await http(cp.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'm', name })).body.token));
-    const work = join(dir, name);
-    const record = join(dir, `${name}.record`);
+    const work = opts.work === null ? defaultWorkDir(name, dir) : (opts.work ?? join(dir, name));
+    const record = join(dir, `${name.slice(0, 60)}.record`);
     const dataplane = `type: Dataplane\nmesh: m\nname: ${name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: { kuma.io/service: web }\n`;
     const w = startWeftDp(
       [
         ...['--cp-address', `https://${cp.xdsAddress}`, '--ca-cert-file', join(cp.dataDir, 'xds-tls.crt'), '--dataplane-token-file', token, '--dataplane', dataplane],
-        ...['--work-dir', work, '--ready-port', '0', '--ready-address', '127.0.0.1', '--admin-port', String(await freePort()), '--binary-path', double, '--drain-time', '1s'],
+        ...(opts.work === null ? [] : ['--work-dir', work]),
+        ...['--ready-port', '0', '--ready-address', '127.0.0.1', '--admin-port', String(await freePort()), '--binary-path', double, '--drain-time', '1s'],
         ...extra,
       ],
-      { DOUBLE_MODE: mode, DOUBLE_RECORD: record },
+      { DOUBLE_MODE: mode, DOUBLE_RECORD: record, TMPDIR: dir },
     );
     running.push(w);
     return { w, work, record, name };
@@ -128,6 +131,24 @@ describe('weft-dp with Envoy (a supervision double for the process)', () => {
     } finally {
       client.close();
     }
+  });
+
+  it('a Dataplane with the longest name (253 characters) runs without --work-dir: its work directory is cut short enough for the SDS socket', async () => {
+    const name = `web-${'n'.repeat(247)}-x`;
+    assert.equal(name.length, 253);
+    const { w, work } = await start('serve', ['--name', name], { name, work: null });
+    await w.line((l) => l.msg === 'weft-dp running');
+    assert.ok(work.length < 100 && work.startsWith(join(dir, `weft-dp-web-${'n'.repeat(36)}-`)), work);
+    assert.equal(statSync(join(work, 'sds.sock')).mode & 0o777, 0o600);
+    w.child.kill('SIGKILL');
+  });
+
+  it('a --work-dir too long for a Unix socket is refused before registering, saying so', async () => {
+    const work = join(dir, 'w'.repeat(110));
+    const { w, name } = await start('serve', [], { work });
+    assert.equal(await w.exited, 1);
+    assert.match(w.stderr, /the work directory \S+ is too long: Envoy's SDS socket there would be \d+ bytes, over the 107 a Unix socket path may have; give a shorter --work-dir/);
+    assert.equal((await http(cp.apiUrl, 'GET', `/meshes/m/dataplanes/${name}`)).status, 404, 'not registered');
   });
 
   it('SIGTERM: not ready, health checks failed and listeners drained through the admin API, drain time waited, then Envoy stopped; exit 0', async () => {
