@@ -228,6 +228,12 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     return show(r);
   }
 
+  /** `{warnings}` naming the fields of a written resource that are kept but not applied; nothing when there are none. */
+  const notApplied = (r: { type: string; spec: unknown }): { warnings?: string[] } => {
+    const fields = registry.get(r.type)?.notApplied?.(r.spec) ?? [];
+    return fields.length === 0 ? {} : { warnings: [`kept for compatibility with Kuma, but not applied by Weft: ${fields.join(', ')}`] };
+  };
+
   async function put(req: FastifyRequest, reply: FastifyReply, def: ResourceType<unknown>, mesh: string, name: string) {
     const body = req.body as Record<string, unknown> | undefined;
     // Kuma lets the URL carry mesh and name; a body that omits them takes them from there.
@@ -237,7 +243,7 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const { ops } = await withInitialPolicies([{ op: 'upsert', resource, expectedVersion: expectedVersion(req) }]);
     const [result] = await store.write(ops, { dryRun });
     void reply.status(result!.outcome === 'created' ? 201 : 200).header('etag', `"${result!.resource!.version}"`);
-    return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: show(result!.resource!) };
+    return { outcome: result!.outcome, ...(dryRun ? { dryRun: true } : {}), resource: show(result!.resource!), ...notApplied(resource) };
   }
 
   async function del(req: FastifyRequest, type: string, mesh: string, name: string) {
@@ -374,7 +380,13 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
     const all = await withInitialPolicies(ops);
     try {
       const results = await store.write(all.ops, { dryRun: body.dryRun === true });
-      return { dryRun: body.dryRun === true, results: results.map((r) => ({ ...r.key, outcome: r.outcome, version: r.resource?.version })) };
+      return {
+        dryRun: body.dryRun === true,
+        results: results.map((r, i) => {
+          const op = all.ops[i]!;
+          return { ...r.key, outcome: r.outcome, version: r.resource?.version, ...('resource' in op ? notApplied(op.resource) : {}) };
+        }),
+      };
     } catch (err) {
       if (isWeftError(err) && err.index !== undefined) {
         const i = all.origin[err.index] ?? -1;

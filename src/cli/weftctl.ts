@@ -76,10 +76,13 @@ async function apply(client: ApiClient, opts: { filename: string; var: string[];
   }
   const docs = parseDocuments(rendered.text, source);
   if (docs.length > 20) err(`applying ${docs.length} resources from ${source}...\n`);
-  type Result = { type: string; mesh: string; name: string; outcome: string };
+  type Result = { type: string; mesh: string; name: string; outcome: string; warnings?: string[] };
   try {
     const { body } = await client.request<{ results: Result[] }>('POST', '/_apply', { resources: docs.map((d) => d.value), dryRun: opts.dryRun === true });
-    for (const r of body.results) out(`${label(r.type, r.mesh, r.name)} ${r.outcome}${opts.dryRun ? ' (dry run)' : ''}\n`);
+    for (const r of body.results) {
+      out(`${label(r.type, r.mesh, r.name)} ${r.outcome}${opts.dryRun ? ' (dry run)' : ''}\n`);
+      for (const w of r.warnings ?? []) err(`warning: ${label(r.type, r.mesh, r.name)}: ${w}\n`);
+    }
   } catch (e) {
     if (!(e instanceof ApiError)) throw e;
     // Point each violation at the document it came from.

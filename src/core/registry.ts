@@ -34,6 +34,17 @@ export interface ResourceType<S = unknown> {
   readonly internal?: boolean;
   /** What API reads show instead of the stored body (write-only fields such as secret data). */
   readonly redact?: (spec: S) => S;
+  /**
+   * The fields set in `spec` that are accepted and kept (Kuma's YAML has them) but not acted on:
+   * writes answer with a warning naming them, so nobody takes them for applied.
+   */
+  readonly notApplied?: (spec: S) => string[];
+}
+
+/** The keys of `fields` set in `obj`, each prefixed by `at`. */
+function setFields(obj: object | undefined, fields: readonly string[], at = ''): string[] {
+  if (!obj) return [];
+  return fields.filter((f) => (obj as Record<string, unknown>)[f] !== undefined).map((f) => `${at}${f}`);
 }
 
 export function defineType<S>(def: ResourceType<S>): ResourceType<S> {
@@ -92,6 +103,11 @@ export const MeshType = defineType<MeshSpec>({
   aliases: ['mesh'],
   scope: 'global',
   schema: meshSpec,
+  notApplied: (m) => [
+    ...setFields(m, ['logging', 'tracing', 'metrics', 'routing', 'constraints', 'meshServices']),
+    ...setFields(m.mtls, ['skipValidation'], 'mtls.'),
+    ...(m.mtls?.backends ?? []).flatMap((b, i) => setFields(b, ['rootChain'], `mtls.backends[${i}].`)),
+  ],
   columns: [
     {
       header: 'MTLS',
@@ -110,6 +126,11 @@ export const DataplaneType = defineType<DataplaneSpec>({
   scope: 'mesh',
   schema: dataplaneSpec,
   tagSets: dataplaneTagSets,
+  notApplied: (d) => [
+    ...setFields(d, ['metrics', 'probes']),
+    ...setFields(d.networking.transparentProxying, ['reachableBackends'], 'networking.transparentProxying.'),
+    ...(d.networking.gateway?.type === 'BUILTIN' ? ['networking.gateway.type: BUILTIN (a built-in gateway needs MeshGateway, which Weft does not have)'] : []),
+  ],
   columns: [
     { header: 'ADDRESS', value: (r) => r.spec.networking.advertisedAddress ?? r.spec.networking.address },
     { header: 'SERVICES', value: (r) => dataplaneServices(r.spec).join(',') },

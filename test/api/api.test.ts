@@ -143,6 +143,24 @@ describe('HTTP API', () => {
     assert.equal(g.body.code, 'not_found');
   });
 
+  it("a write answers with warnings naming the Kuma fields it keeps but does not apply; none when there are none", async () => {
+    const mesh = { type: 'Mesh', name: 'kept', logging: { backends: [] }, mtls: { enabledBackend: 'ca-1', skipValidation: true, backends: [{ name: 'ca-1', type: 'builtin', rootChain: { requestTimeout: '10s' } }] } };
+    const put = await http(api, 'PUT', '/meshes/kept', mesh);
+    assert.deepEqual([put.status, put.body.warnings], [201, ['kept for compatibility with Kuma, but not applied by Weft: logging, mtls.skipValidation, mtls.backends[0].rootChain']]);
+    const gw = { type: 'Dataplane', mesh: 'kept', name: 'gw-1', networking: { address: '10.0.0.9', gateway: { type: 'BUILTIN', tags: { 'kuma.io/service': 'gw' } }, transparentProxying: { reachableBackends: {} } } };
+    const applied = await http(api, 'POST', '/_apply', { resources: [gw, dp('plain', 8080, 'web', 'kept')] });
+    assert.equal(applied.status, 200);
+    const results = applied.body.results as { name: string; warnings?: string[] }[];
+    assert.deepEqual(
+      results.map((r) => [r.name, r.warnings]),
+      [
+        ['gw-1', ['kept for compatibility with Kuma, but not applied by Weft: networking.transparentProxying.reachableBackends, networking.gateway.type: BUILTIN (a built-in gateway needs MeshGateway, which Weft does not have)']],
+        ['plain', undefined],
+      ],
+    );
+    assert.equal((await http(api, 'PUT', '/meshes/default/dataplanes/plain', dp('plain'))).body.warnings, undefined);
+  });
+
   it('a resource with the longest name there is (253 characters) is written, read and deleted at its URL', async () => {
     const name = `dp-${'a'.repeat(249)}z`;
     assert.equal(name.length, 253);

@@ -55,6 +55,21 @@ describe('weftctl', () => {
     assert.equal(r.stdout, 'Dataplane shop/web-2 created\n');
   });
 
+  it("warns of Kuma fields that are kept but not applied, naming them, and applies the rest", async () => {
+    const f = file('kuma.yaml', [
+      'type: Mesh\nname: kuma-like\nmetrics:\n  enabledBackend: prometheus-1\n  backends:\n  - name: prometheus-1\n    type: prometheus\ntracing:\n  defaultBackend: jaeger\n  backends: []\n',
+      'type: Dataplane\nmesh: kuma-like\nname: web-1\nnetworking:\n  address: 10.0.0.1\n  inbound: [{port: 8080, tags: {kuma.io/service: web}}]\nprobes:\n  port: 9000\n',
+      'type: Dataplane\nmesh: kuma-like\nname: web-2\nnetworking:\n  address: 10.0.0.2\n  inbound: [{port: 8080, tags: {kuma.io/service: web}}]\n',
+    ].join('---\n'));
+    const r = await weftctl(['apply', '-f', f], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'Mesh kuma-like created\nTrafficPermission kuma-like/allow-all-kuma-like created\nDataplane kuma-like/web-1 created\nDataplane kuma-like/web-2 created\n');
+    assert.equal(
+      r.stderr,
+      'warning: Mesh kuma-like: kept for compatibility with Kuma, but not applied by Weft: tracing, metrics\nwarning: Dataplane kuma-like/web-1: kept for compatibility with Kuma, but not applied by Weft: probes\n',
+    );
+  });
+
   it('--dry-run validates on the control plane and stores nothing', async () => {
     const f = file('dry.yaml', 'type: Mesh\nname: dry\n---\ntype: Dataplane\nmesh: dry\nname: d\nnetworking:\n  address: 10.0.0.1\n  inbound: [{port: 1, tags: {kuma.io/service: d}}]\n');
     const r = await weftctl(['apply', '-f', f, '--dry-run'], { env });
