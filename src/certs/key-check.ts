@@ -1,4 +1,4 @@
-import { isWeftError, MeshCaType, SecretsKeyCheckType, SigningKeyType, type MeshCaSpec, type Resource, type SecretsKeyCheckSpec, type SigningKeySpec } from '../core/index.js';
+import { isWeftError, MeshCaType, type WeftError, SecretsKeyCheckType, SigningKeyType, type MeshCaSpec, type Resource, type SecretsKeyCheckSpec, type SigningKeySpec } from '../core/index.js';
 import type { Store } from '../store/index.js';
 import { wrongSecretsKey, type SecretBox } from './secret-box.js';
 
@@ -8,17 +8,17 @@ const CHECK_TEXT = 'weft secrets key';
 /**
  * Control planes sharing a store must share the secrets key: what one seals (token signing keys,
  * CA keys), the others open. The first to start on a store seals a known text in it; every one
- * after checks that its key opens it, and refuses to start if not, before it could seal a key of
- * its own that the others cannot open. A store from before this check has its first sealed
- * secrets tried instead, then gets the check.
+ * after checks that its key opens it. One whose key does not gets the error back, and seals
+ * nothing from then on (`SecretBox.refuseSealing`): it cannot make keys the others cannot open.
+ * A store from before this check has its first sealed secrets tried instead, then gets the check.
  */
-export async function checkSecretsKey(store: Store, box: SecretBox): Promise<void> {
+export async function checkSecretsKey(store: Store, box: SecretBox): Promise<WeftError | undefined> {
   let check = (await store.get(CHECK_KEY)) as Resource<SecretsKeyCheckSpec> | undefined;
   if (!check) {
     const key = ((await store.list(SigningKeyType.name, { limit: 1 })).items as Resource<SigningKeySpec>[])[0];
-    if (key && !box.opens(key.spec.sealedPrivateKey, `${key.mesh}/${key.spec.keyId}`)) throw wrongSecretsKey(box.path, `the token signing key of mesh "${key.mesh}"`);
+    if (key && !box.opens(key.spec.sealedPrivateKey, `${key.mesh}/${key.spec.keyId}`)) return wrongSecretsKey(box.path, `the token signing key of mesh "${key.mesh}"`);
     const ca = ((await store.list(MeshCaType.name, { limit: 1 })).items as Resource<MeshCaSpec>[])[0];
-    if (ca && !box.opens(ca.spec.sealedKeyPem, `${ca.mesh}/ca-${ca.spec.backend}`)) throw wrongSecretsKey(box.path, `the CA key of mesh "${ca.mesh}"`);
+    if (ca && !box.opens(ca.spec.sealedKeyPem, `${ca.mesh}/ca-${ca.spec.backend}`)) return wrongSecretsKey(box.path, `the CA key of mesh "${ca.mesh}"`);
     try {
       check = (await store.create({ ...CHECK_KEY, labels: {}, spec: { sealed: box.seal(CHECK_TEXT, CHECK_KEY.name) } })) as Resource<SecretsKeyCheckSpec>;
     } catch (err) {
@@ -27,5 +27,5 @@ export async function checkSecretsKey(store: Store, box: SecretBox): Promise<voi
       check = (await store.get(CHECK_KEY)) as Resource<SecretsKeyCheckSpec>;
     }
   }
-  if (!box.opens(check.spec.sealed, CHECK_KEY.name)) throw wrongSecretsKey(box.path, 'the secrets in this store');
+  return box.opens(check.spec.sealed, CHECK_KEY.name) ? undefined : wrongSecretsKey(box.path, 'the secrets in this store');
 }

@@ -162,7 +162,13 @@ export class MeshCertificates {
     const retired = this.retired.get(mesh);
     for (const b of m.spec.mtls?.backends ?? []) {
       if (b.name !== m.spec.mtls?.enabledBackend && retired?.has(b.name)) continue;
-      if (b.type === 'builtin' && b.name !== m.spec.mtls?.enabledBackend && !(await this.store.get({ type: MeshCaType.name, mesh, name: `ca-${b.name}` }))) continue;
+      if (b.type === 'builtin') {
+        // A built-in CA's certificate is stored in clear: its key is not opened for the bundle.
+        const stored = (await this.store.get({ type: MeshCaType.name, mesh, name: `ca-${b.name}` })) as Resource<MeshCaSpec> | undefined;
+        if (stored) out.push(stored.spec.certPem);
+        else if (b.name === m.spec.mtls?.enabledBackend) out.push((await this.ca(mesh, b)).certPem);
+        continue;
+      }
       out.push((await this.ca(mesh, b)).certPem);
     }
     return out;

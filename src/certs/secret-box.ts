@@ -40,8 +40,16 @@ export class SecretBox {
     return new SecretBox(key);
   }
 
+  private refusal?: WeftError;
+
+  /** From now on `seal` throws `why`: this key is not the one the store's secrets were sealed with. */
+  refuseSealing(why: WeftError): void {
+    this.refusal = why;
+  }
+
   /** `v1.<iv>.<tag>.<ciphertext>`, base64url parts. `context` is bound in (e.g. the resource name). */
   seal(plaintext: string, context: string): string {
+    if (this.refusal) throw this.refusal;
     const iv = randomBytes(12);
     const c = createCipheriv('aes-256-gcm', this.key, iv);
     c.setAAD(Buffer.from(context));

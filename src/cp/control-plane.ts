@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
 import { checkSecretsKey, DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
@@ -105,12 +105,14 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   const needsToken = config.api.auth === 'always' || !isLoopback(config.api.address);
 
   const box = SecretBox.fromFile(config.secrets.keyFile ?? join(config.dataDir, 'secret.key'), config.secrets.keyFile === undefined);
-  try {
-    await checkSecretsKey(store, box);
-  } catch (err) {
-    await store.close();
-    throw err;
+  const wrongKey = await checkSecretsKey(store, box);
+  if (wrongKey) {
+    // Not fatal: proxies with tokens and certificates from the other replicas are still served.
+    // Sealing nothing, this one cannot make keys they could not open.
+    box.refuseSealing(wrongKey);
+    logger.error({ keyFile: box.path }, `${wrongKey.message} Until then this control plane issues no dataplane tokens or certificates.`);
   }
+  new Gauge({ name: 'weft_secrets_key_mismatch', help: '1 when secrets.keyFile is not the key the store was sealed with: no tokens or certificates are issued here.', registers: [metrics] }).set(wrongKey ? 1 : 0);
   const tokens = new DataplaneTokens(store, box, logger.child({ component: 'tokens' }));
   const certificates = new MeshCertificates(store, box, tokens, logger.child({ component: 'ca' }));
   const snapshots = new SnapshotCache();

@@ -79,14 +79,23 @@ describe('replicas on one PostgreSQL share tokens and CAs through the store, wit
     }
   });
 
-  it('a replica with another secrets key refuses to start, saying which file to share, and changes nothing', async () => {
-    const before = await http(a.apiUrl, 'GET', '/meshes/secure/dataplanes');
-    await assert.rejects(startTestControlPlane(env('other.key')), (err: unknown) => {
-      assert.ok(isWeftError(err, 'invalid_config'), String(err));
-      assert.match(err.message, new RegExp(`the secrets key \\(${join(keyDir, 'other.key')}\\) cannot open the secrets in this store: it was sealed with another key`));
-      return true;
-    });
-    assert.deepEqual((await http(a.apiUrl, 'GET', '/meshes/secure/dataplanes')).body, before.body);
-    assert.equal((await http(a.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'secure', name: 'web-1' })).status, 200, 'the replicas with the right key go on');
+  it('a replica with another secrets key says which file to share, and issues and seals nothing; it still serves proxies with tokens from the others', async (t) => {
+    const c = await startTestControlPlane(env('other.key'));
+    t.after(() => c.stop());
+    const metrics = await (await fetch(`${c.diagnosticsUrl}/metrics`)).text();
+    assert.match(metrics, /^weft_secrets_key_mismatch 1$/m);
+    assert.match(await (await fetch(`${a.diagnosticsUrl}/metrics`)).text(), /^weft_secrets_key_mismatch 0$/m);
+    const refused = await http(c.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'secure', name: 'web-1' });
+    assert.deepEqual([refused.status, refused.body.code], [500, 'invalid_config']);
+    assert.match(String(refused.body.message), new RegExp(`^the secrets key \\(${join(keyDir, 'other.key')}\\) cannot open the token signing key of mesh "secure": it was sealed with another key`));
+    // A new mesh's first token and CA would be sealed with its key: refused, nothing written.
+    const mtls = { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin' }] };
+    assert.equal((await http(c.apiUrl, 'PUT', '/meshes/late', { type: 'Mesh', name: 'late', mtls })).status, 201);
+    assert.equal((await http(c.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'late', name: 'x' })).body.code, 'invalid_config');
+    await assert.rejects(c.certificates.trustBundle('late'), (err: unknown) => isWeftError(err, 'invalid_config'));
+    // The right replicas make them as usual, and the wrong one serves what they issue.
+    assert.equal((await a.certificates.trustBundle('late')).length, 1);
+    const token = String((await http(a.apiUrl, 'POST', '/tokens/dataplane', { mesh: 'secure', name: 'web-2' })).body.token);
+    assert.equal(await streamOn(c, 'secure.web-2', token), 'served');
   });
 });
