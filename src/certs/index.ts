@@ -1,4 +1,4 @@
-export { SecretBox, wrongSecretsKey } from './secret-box.js';
+export { SecretBox } from './secret-box.js';
 export { checkSecretsKey } from './key-check.js';
 export { DataplaneTokens, type DataplaneIdentity, type IssuedToken } from './tokens.js';
 export { MeshCertificates, type IssuedCertificate } from './mesh-ca.js';

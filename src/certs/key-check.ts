@@ -1,4 +1,4 @@
-import { isWeftError, MeshCaType, type WeftError, SecretsKeyCheckType, SigningKeyType, type MeshCaSpec, type Resource, type SecretsKeyCheckSpec, type SigningKeySpec } from '../core/index.js';
+import { isWeftError, MeshCaType, SecretsKeyCheckType, SigningKeyType, type MeshCaSpec, type Resource, type SecretsKeyCheckSpec, type SigningKeySpec, type WeftError } from '../core/index.js';
 import type { Store } from '../store/index.js';
 import { wrongSecretsKey, type SecretBox } from './secret-box.js';
 

@@ -10,8 +10,8 @@ export function wrongSecretsKey(keyPath: string, what: string): WeftError {
 }
 
 /**
- * Encrypts secrets kept in the store (signing keys, later CA keys) with AES-256-GCM, so a copy of
- * the database alone reveals no key. The 32-byte key lives in a file of its own, mode 0600.
+ * Encrypts secrets kept in the store (token signing keys, built-in CA keys) with AES-256-GCM, so
+ * a copy of the database alone reveals no key. The 32-byte key lives in a file of its own, mode 0600.
  */
 export class SecretBox {
   private constructor(
