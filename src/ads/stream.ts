@@ -408,6 +408,8 @@ export class ClientView {
  * clusters they may use goes ahead anyway (rule 8).
  */
 const RESUME_WAIT_MS = 1000;
+/** A timer this much late found the event loop stalled: the wait for routes gives the loop as long again (see afterReads). */
+const STALL_GRACE_MS = 50;
 
 /** How many unanswered responses of a type a stream keeps the nonces of (a client that never answers holds no more). */
 const UNANSWERED_KEPT = 32;
@@ -772,6 +774,8 @@ export class AdsStream {
 
   /** True while the proxy has not taken the listeners and routes of the current snapshot. */
   private routingPending(): boolean {
+    // The timer ends the wait (afterReads); by its latest end, any pump does (a clock a test moves).
+    if (this.resumeWaiting && this.now() >= this.resumeLatest) this.resumeWaiting = false;
     for (const t of ROUTING_TYPES) {
       const s = this.types.get(t);
       if (!s) {
@@ -779,7 +783,7 @@ export class AdsStream {
         // yet (they come with its own request of that type, which Envoy sends at once): until then
         // they may use any cluster it holds (rule 8). Routes count when its listeners use some.
         // A proxy that never asks (static listeners) gets its removals after RESUME_WAIT_MS.
-        if (this.now() < this.resumedUntil && (t === TypeUrl.Listener || this.listenersUseRoutes())) return true;
+        if (this.resumeWaiting && (t === TypeUrl.Listener || this.listenersUseRoutes())) return true;
         continue;
       }
       if (s.inFlight) return true;
@@ -841,6 +845,13 @@ export class AdsStream {
    * when the listeners and routes it has not named yet count as pending (rule 8).
    */
   private resumedUntil = 0;
+  /**
+   * Still waiting for that: only the stream's timer ends the wait (see afterReads), not a pump a
+   * request started after a stall, before the requests behind it were read.
+   */
+  private resumeWaiting = false;
+  /** Stalls extend that wait (by STALL_GRACE_MS at a time) until this at most. */
+  private resumeLatest = 0;
 
   private listenersUseRoutes(): boolean {
     for (const l of this.current(TypeUrl.Listener).values()) if (l.refs.length > 0) return true;
@@ -864,7 +875,11 @@ export class AdsStream {
     for (const name of [...sub, ...unsub]) state.pending.add(name);
     const given = first ? req.initial_resource_versions : undefined;
     const initial: ReadonlyMap<string, string> = given instanceof Map ? given : given ? new Map(Object.entries(given)) : NO_VERSIONS;
-    if (first && this.resumedUntil === 0 && initial.size > 0) this.resumedUntil = this.now() + RESUME_WAIT_MS;
+    if (first && this.resumedUntil === 0 && initial.size > 0) {
+      this.resumedUntil = this.now() + RESUME_WAIT_MS;
+      this.resumeLatest = this.resumedUntil + RESUME_WAIT_MS;
+      this.resumeWaiting = true;
+    }
     if (first && sub.length === 0) state.wildcard = true; // rule 13, legacy wildcard
     if (sub.length + unsub.length > 0) state.subscribed = changedNames(state.subscribed, sub, unsub);
     for (const name of sub) {
@@ -994,7 +1009,11 @@ export class AdsStream {
     let wakeAt = Infinity;
     this.routingPendingCached = this.routingPending();
     // Removals held back for a resumed client's unnamed routing state go out when the wait ends.
-    if (now < this.resumedUntil && this.routingPendingCached) wakeAt = this.resumedUntil;
+    // A pump past its end, before the timer ended it, runs after a stall: the grace, as afterReads.
+    if (this.resumeWaiting && this.routingPendingCached) {
+      if (now >= this.resumedUntil && now < this.resumeLatest) this.resumedUntil = now + STALL_GRACE_MS;
+      wakeAt = Math.max(now, this.resumedUntil);
+    }
     let clustersWait = false;
     for (const typeUrl of RESPONSE_ORDER) {
       const state = this.types.get(typeUrl);
@@ -1021,12 +1040,40 @@ export class AdsStream {
     if (this.pumpChanges.size > 0) this.pumpChanges.clear();
     clearTimeout(this.timer);
     if (wakeAt !== Infinity) {
-      this.timer = setTimeout(this.resume, wakeAt - now);
+      this.timerDue = wakeAt;
+      this.timer = setTimeout(this.afterReads, wakeAt - now);
       this.timer.unref();
     }
   }
 
   private readonly resume = () => this.pumpApart();
+
+  /** When the pending timer was due. */
+  private timerDue = 0;
+
+  /**
+   * A timer's pump (a backoff's end, the wait for a returning proxy's routes). The wait for routes
+   * ends here only: one that fires late, after the event loop stalled (a long round, a busy
+   * machine), first gives the loop STALL_GRACE_MS to read what arrived meanwhile, since Node runs
+   * due timers before it reads sockets and gRPC hands over a burst of requests over several turns.
+   * Else a proxy's routes, sent right after its clusters, would lie unread when the wait for them
+   * ends, and its clusters would be removed from under them (rule 8).
+   */
+  private readonly afterReads = () => {
+    if (this.closed) return;
+    const now = this.now();
+    // Only the wait for a returning proxy's routes needs the grace, and for at most as long again.
+    if (this.resumeWaiting && now - this.timerDue > STALL_GRACE_MS && now < this.resumeLatest) {
+      // The wait now ends when the grace does; pumps meanwhile (requests read) re-arm for then.
+      this.resumedUntil = now + STALL_GRACE_MS;
+      this.timerDue = this.resumedUntil;
+      this.timer = setTimeout(this.afterReads, STALL_GRACE_MS);
+      this.timer.unref();
+      return;
+    }
+    if (now >= this.resumedUntil) this.resumeWaiting = false;
+    this.resume();
+  };
 
   /**
    * A pump that no request started: a new snapshot (inside the reconciler's round), a timer (a
