@@ -1011,8 +1011,9 @@ export class AdsStream {
     // Removals held back for a resumed client's unnamed routing state go out when the wait ends.
     // A pump past its end, before the timer ended it, runs after a stall: the grace, as afterReads.
     if (this.resumeWaiting && this.routingPendingCached) {
-      if (now >= this.resumedUntil && now < this.resumeLatest) this.resumedUntil = now + STALL_GRACE_MS;
-      wakeAt = Math.max(now, this.resumedUntil);
+      // (Past resumeLatest, routingPending ended the wait: resumedUntil is ahead of now here.)
+      if (now >= this.resumedUntil) this.resumedUntil = now + STALL_GRACE_MS;
+      wakeAt = this.resumedUntil;
     }
     let clustersWait = false;
     for (const typeUrl of RESPONSE_ORDER) {

@@ -58,7 +58,7 @@ export const EXIT = { stopped: 0, startFailed: 1, proxyFailed: 2 } as const;
 export class StartError extends Error {}
 
 /** The longest path a Unix socket may have (Linux's sun_path holds 108 bytes, the last a NUL). */
-export const UNIX_SOCKET_PATH_MOST_BYTES = 107;
+const UNIX_SOCKET_PATH_MOST_BYTES = 107;
 
 function read(path: string, what: string): string {
   try {
