@@ -1,4 +1,4 @@
-export { AdsServer, connectionOptions, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
+export { AdsServer, connectionOptions, PING_ANSWER_WAIT_MS, loopbackOnlyAuthenticator, refuseAllAuthenticator, tokenAuthenticator, isLoopbackPeer, type Authenticator, type AdsServerOptions } from './server.js';
 export { SnapshotCache, ResourceEncoder, buildSnapshot, InconsistentSnapshotError, referencesOf, type ResourceSet, type Snapshot, type EncodedResource } from './cache.js';
 export { TypeUrl, RESPONSE_ORDER, SHORT_NAME, envoyProtos, messageType, grpcCodec, streamingMethod } from './protos.js';
 export { checkResource, fromProto3Json, type ProtoViolation } from './proto-check.js';

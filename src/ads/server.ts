@@ -65,10 +65,11 @@ export interface AdsServerOptions {
   /** Told when a proxy's first stream opens and its last one closes (the reconciler tracks it). */
   onProxy?: { connected(nodeId: string): void; disconnected(nodeId: string): void };
   /**
-   * Every this many ms each connection is pinged (HTTP/2 PING); one not answered within
-   * `keepaliveTimeoutMs` is cut, so a proxy whose host or network vanished without closing its
-   * connection stops counting as connected and gives back what it held (default 15 s and 15 s, as
-   * Kuma's; 0: no pings).
+   * Every this many ms each connection is pinged (HTTP/2 PING); one from which nothing at all has
+   * been read for `keepaliveTimeMs` + `keepaliveTimeoutMs` is cut, so a proxy whose host or network
+   * vanished without closing its connection stops counting as connected and gives back what it
+   * held (default 15 s and 15 s, as Kuma's; 0: no pings). Whatever the proxy sends counts, not only
+   * the ping's answer (as gRPC-Go's server keepalive): see `reapDead`.
    */
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
@@ -88,13 +89,30 @@ export interface AdsServerOptions {
   maxStreamsPerConnection?: number;
 }
 
+type ConnectionSettings = Pick<AdsServerOptions, 'keepaliveTimeMs' | 'keepaliveTimeoutMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'maxStreamsPerConnection'>;
+
+/** The ping interval and the silence after it that ends a connection; undefined: no pings. */
+function keepaliveOf(opts: ConnectionSettings): { timeMs: number; timeoutMs: number } | undefined {
+  const timeMs = opts.keepaliveTimeMs ?? 15_000;
+  return timeMs > 0 ? { timeMs, timeoutMs: opts.keepaliveTimeoutMs ?? 15_000 } : undefined;
+}
+
+/**
+ * How long grpc-js waits for a ping's answer before it ends the connection: in effect never (the
+ * longest timer Node has). The ping's answer comes after everything the proxy has yet to read of
+ * what was sent before it: a proxy taking in a big config on a busy host or a slow link answers
+ * late while it goes on ACKing. grpc-js would cut it, and its config would be sent again, whole, to
+ * be cut again. The server's reaper cuts a connection that is silent instead (`reapDead`).
+ */
+export const PING_ANSWER_WAIT_MS = 2 ** 31 - 1;
+
 /** grpc-js's server options for the connection settings above. */
-export function connectionOptions(opts: Pick<AdsServerOptions, 'keepaliveTimeMs' | 'keepaliveTimeoutMs' | 'maxConnectionAgeMs' | 'maxConnectionAgeGraceMs' | 'maxStreamsPerConnection'>): grpc.ServerOptions {
+export function connectionOptions(opts: ConnectionSettings): grpc.ServerOptions {
   const out: grpc.ServerOptions = { 'grpc.max_concurrent_streams': opts.maxStreamsPerConnection ?? 100 };
-  const keepalive = opts.keepaliveTimeMs ?? 15_000;
-  if (keepalive > 0) {
-    out['grpc.keepalive_time_ms'] = keepalive;
-    out['grpc.keepalive_timeout_ms'] = opts.keepaliveTimeoutMs ?? 15_000;
+  const keepalive = keepaliveOf(opts);
+  if (keepalive) {
+    out['grpc.keepalive_time_ms'] = keepalive.timeMs;
+    out['grpc.keepalive_timeout_ms'] = PING_ANSWER_WAIT_MS;
   }
   if ((opts.maxConnectionAgeMs ?? 0) > 0) {
     out['grpc.max_connection_age_ms'] = opts.maxConnectionAgeMs;
@@ -403,11 +421,10 @@ export class AdsServer {
   private readonly sockets: ReadonlyMap<Socket, number>[] = [];
 
   private startReaper(): void {
-    // The pings grpc-js was told to send (defaults included), so the two cannot disagree.
-    const { 'grpc.keepalive_time_ms': keepalive, 'grpc.keepalive_timeout_ms': timeout } = connectionOptions(this.opts);
-    if (keepalive !== undefined && timeout !== undefined && !this.reaper) {
-      const deadAfter = keepalive + timeout;
-      const every = Math.min(Math.max(keepalive / 2, 50), 5000);
+    const keepalive = keepaliveOf(this.opts);
+    if (keepalive && !this.reaper) {
+      const deadAfter = keepalive.timeMs + keepalive.timeoutMs;
+      const every = Math.min(Math.max(keepalive.timeMs / 2, 50), 5000);
       this.reaper = setInterval(() => this.reapDead(deadAfter, every), every);
       this.reaper.unref();
     }
@@ -419,12 +436,15 @@ export class AdsServer {
 
   /**
    * With keepalive on, a connection that has read nothing for the ping interval and its timeout
-   * together is dead: a live peer answers every ping. Node does not always close the socket under
-   * an HTTP/2 session that was destroyed: it waits for a write in progress to finish, and with
-   * pings on some never did (in the ADS bench, about 100 of 2000 connections stayed open after
-   * their proxies had exited, until shutdown cut them: each a descriptor and its buffers). This
-   * cuts such a socket itself, and a connection that never sends anything (no TLS handshake, no
-   * HTTP/2 preface) the same way.
+   * together is dead: a live peer answers every ping, and sends what else it has to. Anything read
+   * counts, not only the ping's answer, which may wait behind megabytes the proxy has yet to read
+   * (see PING_ANSWER_WAIT_MS). Cutting the socket ends its HTTP/2 session and streams.
+   *
+   * It also cuts what grpc-js leaves: Node does not always close the socket under an HTTP/2 session
+   * that was destroyed (it waits for a write in progress to finish, and with pings on some never
+   * did: in the ADS bench, about 100 of 2000 connections stayed open after their proxies had
+   * exited), and a connection that never sends anything (no TLS handshake, no HTTP/2 preface) has
+   * no session for grpc-js to ping.
    */
   private reapDead(deadAfter: number, every: number): void {
     const now = performance.now();
@@ -436,8 +456,7 @@ export class AdsServer {
       for (const socket of tracked.keys()) {
         const seen = this.lastRead.get(socket);
         if (!seen || late || seen.bytes !== socket.bytesRead) this.lastRead.set(socket, { bytes: socket.bytesRead, since: now });
-        // One interval more than grpc-js waits, so that it ends the session cleanly where it can.
-        else if (now - seen.since >= deadAfter + every) socket.destroy();
+        else if (now - seen.since >= deadAfter) socket.destroy();
       }
     }
   }

@@ -62,7 +62,7 @@ export const configSchema = z
         lingerMs: z.number().int().min(0).max(600_000).default(10_000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
-        /** Ping each connection this often (0: never); one that does not answer within keepaliveTimeoutMs is cut. */
+        /** Ping each connection this often (0: never); one that sends nothing for this and keepaliveTimeoutMs more is cut. */
         keepaliveTimeMs: z.number().int().min(0).max(86_400_000).default(15_000),
         keepaliveTimeoutMs: z.number().int().min(1).max(600_000).default(15_000),
         /** Ask connections older than this to go, so proxies spread over the replicas (0: never). */

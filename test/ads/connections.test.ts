@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { connectionOptions, TypeUrl } from '../../src/ads/index.js';
+import { connectionOptions, PING_ANSWER_WAIT_MS, TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { createServingCertificate } from '../../src/certs/index.js';
 import { systemRequirement } from '../helpers/require.js';
@@ -20,6 +20,16 @@ async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 50
   }
 }
 
+/** A delta proxy behind a TCP relay (helpers/tcp-relay), its first clusters ACKed. */
+async function relayedProxy(ads: TestAds, id: string): Promise<{ client: XdsTestClient; relay: Awaited<ReturnType<typeof relayTo>>; close(): void }> {
+  const relay = await relayTo(ads.address);
+  const client = new XdsTestClient(relay.address, 'delta', { id }, { ownConnection: true });
+  ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
+  client.delta({ type_url: TypeUrl.Cluster });
+  client.ack(await client.next(TypeUrl.Cluster));
+  return { client, relay, close: () => (client.close(), relay.close()) };
+}
+
 const metric = async (ads: TestAds, name: string) => ((await ads.metrics.getSingleMetric(name)?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
 
 /** Clusters enough to fill a 64 KiB HTTP/2 window many times over. */
@@ -29,7 +39,8 @@ function bigSet(): ReturnType<typeof meshSet> {
 
 describe('ADS connections: keepalive and age', () => {
   it("maps the settings to grpc-js's: keepalive on by default, no age limit, 100 streams a connection", () => {
-    assert.deepEqual(connectionOptions({}), { 'grpc.max_concurrent_streams': 100, 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': 15_000 });
+    // grpc-js pings; the server's reaper, not grpc-js's ping timeout, ends a silent connection.
+    assert.deepEqual(connectionOptions({}), { 'grpc.max_concurrent_streams': 100, 'grpc.keepalive_time_ms': 15_000, 'grpc.keepalive_timeout_ms': PING_ANSWER_WAIT_MS });
     assert.deepEqual(connectionOptions({ keepaliveTimeMs: 0, maxConnectionAgeMs: 1_800_000, maxStreamsPerConnection: 7 }), { 'grpc.max_concurrent_streams': 7, 'grpc.max_connection_age_ms': 1_800_000, 'grpc.max_connection_age_grace_ms': 10_000 });
   });
 
@@ -98,6 +109,38 @@ describe('ADS connections: keepalive and age', () => {
     assert.deepEqual((await alive.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
   });
 
+  it("a proxy that goes on sending is not cut while a ping's answer waits behind what it has yet to read; once silent, it is", async (t) => {
+    // A proxy taking in a big config on a busy host or a slow link reads the ping only after what
+    // came before it, and answers late while it ACKs along. grpc-js's own ping timeout cut such
+    // proxies: 2000 in the ADS bench, 30 s into their cold start, to be sent it all again.
+    const ads = await startTestAds({ connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 500 } });
+    const { client: busy, relay, close } = await relayedProxy(ads, 'default.busy');
+    t.after(async () => {
+      close();
+      await ads.stop();
+    });
+    await until('connected', () => ads.server.status.get('default.busy')?.connected === true);
+
+    relay.holdToClient();
+    // Six times the timeout: nothing reaches the proxy, pings included, and it goes on asking.
+    for (let i = 0, end = Date.now() + 3000; Date.now() < end; i++) {
+      busy.delta({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: [`web-${i}`] });
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(ads.server.status.get('default.busy')?.connected, true, `cut ${i * 100} ms into the hold, while it was sending`);
+    }
+    relay.releaseToClient();
+    ads.cache.set('default.busy', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
+    assert.deepEqual((await busy.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
+
+    // Held up and silent: that is a dead proxy, cut after the interval and the timeout.
+    relay.freeze();
+    const frozeAt = Date.now();
+    await until('the silent proxy is cut', () => ads.server.status.get('default.busy')?.connected === false, 5000);
+    const tookMs = Date.now() - frozeAt;
+    // Its silence began with the last bytes it sent (a ping's answer), a little before the freeze.
+    assert.ok(tookMs >= 300 && tookMs < 2500, `cut after ${tookMs} ms; keepalive is 100 + 500 ms of silence`);
+  });
+
   it('with keepalive on, a connection that reads nothing for the ping interval and timeout is cut, even with no HTTP/2 session to ping', async (t) => {
     // Node can leave a socket open under an HTTP/2 session grpc-js destroyed (a write in progress
     // that never ends). A connection that never began its TLS handshake has no session at all, so
@@ -129,12 +172,20 @@ describe('ADS connections: keepalive and age', () => {
     // While the event loop is blocked nothing is read, from live peers either: what they sent
     // waits in the kernel. The reaper's first look after such a stall starts every count afresh.
     // A connection that never begins its TLS handshake has no HTTP/2 session, so grpc-js's pings
-    // (whose own timeout, late too, would end a session at once) play no part: only the reaper
-    // can cut it.
+    // play no part: only the reaper can cut it. A proxy's connection has one; its ping's answer, if a
+    // ping was out, is read only after the timers due once the stall ends. The reaper alone ends
+    // sessions (PING_ANSWER_WAIT_MS), so the proxy must not be cut for the stall either.
     const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
     const credentials = grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false);
     const ads = await startTestAds({ credentials, connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 200 } });
-    t.after(() => ads.stop());
+    const proxy = new XdsTestClient(ads.address, 'delta', { id: 'default.live' }, { ownConnection: true, tlsCa: m.certPem });
+    t.after(async () => {
+      proxy.close();
+      await ads.stop();
+    });
+    ads.cache.set('default.live', meshSet({ web: [['10.0.0.1', 80]] }));
+    proxy.delta({ type_url: TypeUrl.Cluster });
+    proxy.ack(await proxy.next(TypeUrl.Cluster));
     const [host, port] = ads.address.split(':');
     const socket = connect(Number(port), host);
     socket.resume();
@@ -149,6 +200,8 @@ describe('ADS connections: keepalive and age', () => {
       // The stall: three times the 300 ms after which a connection that read nothing is dead.
     }
     const stallEnd = performance.now();
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(ads.server.status.get('default.live')?.connected, true, 'the proxy, silent only while weft-cp was, is still connected');
     await until('the silent connection is cut', () => closedAt !== undefined, 3000);
     const afterMs = closedAt! - stallEnd;
     // Counted afresh from the first look after the stall: cut 300 ms (ping and timeout) and one
@@ -184,16 +237,11 @@ describe('ADS connections: keepalive and age', () => {
 
   it('without keepalive the silent proxy would count as connected for as long as TCP lets it', async (t) => {
     const ads = await startTestAds({ connections: { keepaliveTimeMs: 0 } });
-    const relay = await relayTo(ads.address);
-    const gone = new XdsTestClient(relay.address, 'delta', { id: 'default.gone' }, { ownConnection: true });
+    const { relay, close } = await relayedProxy(ads, 'default.gone');
     t.after(async () => {
-      gone.close();
-      relay.close();
+      close();
       await ads.stop();
     });
-    ads.cache.set('default.gone', meshSet({ web: [['10.0.0.1', 80]] }));
-    gone.delta({ type_url: TypeUrl.Cluster });
-    gone.ack(await gone.next(TypeUrl.Cluster));
     relay.freeze();
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(ads.server.status.get('default.gone')?.connected, true);

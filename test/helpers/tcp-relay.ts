@@ -3,9 +3,9 @@ import { connect, createServer, type Socket } from 'node:net';
 /**
  * A TCP relay in front of a port that can stop passing bytes, both ways, without closing
  * anything: what each end sees of a peer whose host lost power or whose network dropped (no FIN,
- * no RST, nothing).
+ * no RST, nothing). Or one way only: what the server sends is held up.
  */
-export async function relayTo(target: string): Promise<{ address: string; freeze(): void; close(): void }> {
+export async function relayTo(target: string): Promise<{ address: string; freeze(): void; holdToClient(): void; releaseToClient(): void; close(): void }> {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const pairs: [Socket, Socket][] = [];
   const server = createServer((down) => {
@@ -26,6 +26,19 @@ export async function relayTo(target: string): Promise<{ address: string; freeze
         down.pause();
         up.pause();
       }
+    },
+    /**
+     * Stops passing what the server sends (it waits, unread, as behind a slow link or a busy
+     * client), while the client's bytes still go through.
+     */
+    holdToClient() {
+      for (const [down, up] of pairs) {
+        up.unpipe(down);
+        up.pause();
+      }
+    },
+    releaseToClient() {
+      for (const [down, up] of pairs) up.pipe(down);
     },
     close() {
       for (const [down, up] of pairs) {
