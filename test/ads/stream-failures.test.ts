@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
 import { describe, it } from 'node:test';
 import { AdsStream, SnapshotCache, TypeUrl } from '../../src/ads/index.js';
 import { SendBudget } from '../../src/ads/budget.js';
 import type { DeltaDiscoveryResponse } from '../../src/ads/stream.js';
-import { meshSet } from '../helpers/xds-fixtures.js';
+import { XdsTestClient } from '../../src/ads/test-client.js';
+import { collectingLogger } from '../helpers/log-lines.js';
+import { meshSet, startTestAds } from '../helpers/xds-fixtures.js';
 
 const EDS = TypeUrl.ClusterLoadAssignment;
 const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
@@ -35,6 +38,12 @@ function proxy(cache: SnapshotCache, id: string, opts: { failAt?: number; budget
 }
 
 const endpoints = (ip: string) => meshSet({ web: [[ip, 80]] });
+
+async function until(ok: () => boolean, ms = 5000): Promise<void> {
+  for (const end = Date.now() + ms; !ok(); await new Promise((r) => setTimeout(r, 10))) {
+    if (Date.now() > end) throw new Error(`not so after ${ms} ms: ${ok.toString()}`);
+  }
+}
 
 describe('a stream that fails outside a request ends alone', () => {
   it("in the reconciler's round: the round goes on for the proxies after it", () => {
@@ -79,5 +88,61 @@ describe('a stream that fails outside a request ends alone', () => {
     assert.deepEqual(a.failures.map((e) => (e as Error).message), ['transport broke on m.a']);
     assert.equal(b.sent.length, 1);
     assert.equal(c.sent.length, 1);
+  });
+});
+
+describe('the server ends a stream that failed outside a request', () => {
+  it('with INTERNAL and no more than that to the proxy, its error logged, what it held given back, the others served', { timeout: 20_000 }, async () => {
+    const { logger, lines } = collectingLogger('info');
+    const ads = await startTestAds({ logger });
+    const clients: XdsTestClient[] = [];
+    try {
+      for (const id of ['m.a', 'm.b']) ads.cache.set(id, endpoints('10.0.0.1'));
+      const connect = async (id: string) => {
+        const c = new XdsTestClient(ads.address, 'delta', { id });
+        clients.push(c);
+        c.delta({ type_url: EDS, resource_names_subscribe: ['web'] });
+        c.ack(await c.next(EDS));
+        return c;
+      };
+      const a = await connect('m.a');
+      const b = await connect('m.b');
+      await until(() => ads.server.budget.bytesInFlight === 0);
+      // The next response the server charges breaks (a transport bug stands for any): a's, sent
+      // from the reconciler's round (cache.set), outside any request of a's.
+      const budget = ads.server.budget;
+      const charge = budget.charge.bind(budget);
+      let broken = false;
+      budget.charge = (bytes: number) => {
+        if (!broken) {
+          broken = true;
+          throw new Error('secret detail of a broken transport');
+        }
+        charge(bytes);
+      };
+      assert.doesNotThrow(() => ads.cache.set('m.a', endpoints('10.0.0.2')));
+      const status = await a.closed;
+      assert.equal(status.code, grpc.status.INTERNAL);
+      assert.equal(status.details, 'internal error', "the proxy is not told weft-cp's internals");
+      const logged = lines.find((l) => l.msg === 'xDS stream failed');
+      assert.equal(logged?.nodeId, 'm.a');
+      assert.match(String((logged?.err as { message?: string } | undefined)?.message), /secret detail of a broken transport/);
+      assert.equal(ads.server.streamCount, 1, "a's stream is gone");
+      await until(() => ads.server.status.get('m.a')?.connected === false);
+      // b is served on, and what the failed stream charged went back.
+      ads.cache.set('m.b', endpoints('10.0.0.3'));
+      const r = await b.next(EDS);
+      assert.match(JSON.stringify(r.resources), /10\.0\.0\.3/);
+      b.ack(r);
+      await until(() => budget.bytesInFlight === 0);
+      assert.equal(budget.streamsWaiting, 0);
+      // a reconnects, as Envoy does after INTERNAL, and gets its config.
+      const again = await connect('m.a');
+      assert.equal(ads.server.status.get('m.a')?.connected, true);
+      again.close();
+    } finally {
+      clients.forEach((c) => c.close());
+      await ads.stop();
+    }
   });
 });
