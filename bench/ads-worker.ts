@@ -162,6 +162,15 @@ process.on('message', (m: Msg) => {
     seen = new Map();
     listeners = new Map();
     bytes = 0;
+    // A change some proxy never sees is worth a line: which proxies, and what they got of the kind watched.
+    const w = m;
+    setTimeout(() => {
+      if (watch !== w) return;
+      const done = w.kind === 'cluster' ? listeners : seen;
+      const missing = w.expect.filter((id) => !done.has(id));
+      process.stderr.write(`worker ${process.pid}: ${missing.length} of ${w.expect.length} proxies have not seen ${w.kind} ${w.name} after 30 s: ${missing.slice(0, 5).map((id) => `${id} (cluster seen: ${seen.has(id)}, ready: ${ready.has(id)})`).join(', ')}\n`);
+      send({ type: 'missing', ids: missing.slice(0, 3) });
+    }, 30_000).unref();
     // The change is made only once every worker watches: a busy worker could otherwise read the
     // change's response before this message and never count that proxy.
     send({ type: 'watching' });

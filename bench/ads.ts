@@ -7,7 +7,7 @@
  *   WEFT_BENCH_SERVICES=50 WEFT_BENCH_VARIANTS=delta npm run bench:ads
  *   WEFT_BENCH_CLIENT=grpc-js npm run bench:ads        # proxies on grpc-js instead of the lean node:http2 clients
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +37,14 @@ const NACK_BACKOFF_MAX_MS = process.env.WEFT_BENCH_NACK_BACKOFF_MAX_MS || undefi
 const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
 // WEFT_BENCH_LINGER_MS: weft-cp's xds.lingerMs (how long it keeps a departed proxy's config); its default otherwise.
 const LINGER_MS = process.env.WEFT_BENCH_LINGER_MS || undefined;
+// WEFT_BENCH_PIN=1: weft-cp (every thread) on CPU 0, the simulated proxies and this driver on CPU 1,
+// as when the proxies run elsewhere: the control plane has one core to itself and no more.
+const PIN = process.env.WEFT_BENCH_PIN === '1';
+
+/** Binds every thread of process `pid` to CPU `cpu` (threads it starts later inherit it). */
+function pin(pid: number, cpu: number): void {
+  execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
+}
 
 function reachableOf(s: number): string[] | undefined {
   if (REACHABLE === 'all') return undefined;
@@ -141,6 +149,10 @@ async function scenario(variant: 'sotw' | 'delta') {
   );
   const workers: ChildProcess[] = [];
   try {
+    if (PIN) {
+      pin(cp.child.pid!, 0);
+      pin(process.pid, 1);
+    }
     while (!cp.logs.some((l) => l.includes('"ADS listening"'))) await new Promise((r) => setTimeout(r, 20));
     const xds = (JSON.parse(cp.logs.find((l) => l.includes('"ADS listening"'))!) as { address: string }).address;
     const all: ReturnType<typeof dataplane>[] = [];
@@ -154,6 +166,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     // WEFT_BENCH_CLIENT_PROFILE=DIR writes a V8 CPU profile of each client process there.
     const clientProfile = process.env.WEFT_BENCH_CLIENT_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CLIENT_PROFILE}`] : [];
     for (let w = 0; w < WORKERS; w++) workers.push(fork(workerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: clientProfile }));
+    if (PIN) for (const w of workers) pin(w.pid!, 1);
     await waitFor(workers, 'up', WORKERS, 30_000);
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
@@ -173,13 +186,25 @@ async function scenario(variant: 'sotw' | 'delta') {
       const watchingP = waitFor(workers, 'watching', WORKERS, TIMEOUT_MS);
       workers.forEach((w, i) => w.send({ cmd: 'watch', kind, name, count, chain, expect: expect.filter((id) => indexOf.get(id)! % WORKERS === i) }));
       await watchingP;
+      // A proxy that has not seen the change after 30 s: what weft-cp says it sent it and it took.
+      const onMissing = (m: { type?: string; ids?: string[] }) => {
+        if (m.type !== 'missing') return;
+        for (const id of m.ids ?? []) {
+          void fetch(`${cp.apiUrl}/meshes/default/dataplanes/${id.slice('default.'.length)}/_status`)
+            .then((r) => r.text())
+            .then((t) => process.stderr.write(`weft-cp's status of ${id}: ${t}\n`), () => {});
+        }
+      };
+      workers.forEach((w) => w.on('message', onMissing));
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       const clientsSysBefore = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
       const at = Date.now();
       await change();
       const apiMs = Date.now() - at;
-      const seen = await seenP;
+      const seen = await seenP.catch((e: Error) => {
+        throw new Error(`${kind} ${name}: ${e.message}`);
+      }).finally(() => workers.forEach((w) => w.off('message', onMissing)));
       const rounds = cp.logs
         .filter((l) => l.includes('"proxy configs regenerated'))
         .map((l) => JSON.parse(l) as { ms: number; full: number; endpointsOnly: number; time: string })
@@ -337,6 +362,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       variant,
       client: benchClient(),
       tls: TLS,
+      pinned: PIN,
       proxies: ids.length,
       services: SERVICES,
       reachable: REACHABLE,
