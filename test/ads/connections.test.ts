@@ -21,9 +21,9 @@ async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 50
 }
 
 /** A delta proxy behind a TCP relay (helpers/tcp-relay), its first clusters ACKed. */
-async function relayedProxy(ads: TestAds, id: string): Promise<{ client: XdsTestClient; relay: Awaited<ReturnType<typeof relayTo>>; close(): void }> {
+async function relayedProxy(ads: TestAds, id: string, tlsCa?: string): Promise<{ client: XdsTestClient; relay: Awaited<ReturnType<typeof relayTo>>; close(): void }> {
   const relay = await relayTo(ads.address);
-  const client = new XdsTestClient(relay.address, 'delta', { id }, { ownConnection: true });
+  const client = new XdsTestClient(relay.address, 'delta', { id }, { ownConnection: true, tlsCa });
   ads.cache.set(id, meshSet({ web: [['10.0.0.1', 80]] }));
   client.delta({ type_url: TypeUrl.Cluster });
   client.ack(await client.next(TypeUrl.Cluster));
@@ -113,8 +113,11 @@ describe('ADS connections: keepalive and age', () => {
     // A proxy taking in a big config on a busy host or a slow link reads the ping only after what
     // came before it, and answers late while it ACKs along. grpc-js's own ping timeout cut such
     // proxies: 2000 in the ADS bench, 30 s into their cold start, to be sent it all again.
-    const ads = await startTestAds({ connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 500 } });
-    const { client: busy, relay, close } = await relayedProxy(ads, 'default.busy');
+    // Over TLS, as weft-cp serves by default: the cut below then ends a TLS socket's HTTP/2 session.
+    const m = await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 3600_000 });
+    const credentials = grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(m.keyPem), cert_chain: Buffer.from(m.certPem) }], false);
+    const ads = await startTestAds({ credentials, connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 500 } });
+    const { client: busy, relay, close } = await relayedProxy(ads, 'default.busy', m.certPem);
     t.after(async () => {
       close();
       await ads.stop();
@@ -132,13 +135,17 @@ describe('ADS connections: keepalive and age', () => {
     ads.cache.set('default.busy', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
     assert.deepEqual((await busy.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
 
-    // Held up and silent: that is a dead proxy, cut after the interval and the timeout.
+    // Held up and silent: that is a dead proxy, cut after the interval and the timeout, and what
+    // it could not take goes back to the send budget.
     relay.freeze();
     const frozeAt = Date.now();
+    ads.cache.set('default.busy', bigSet());
+    await until('the stuck response holds budget', async () => (await metric(ads, 'weft_xds_send_bytes_in_flight')) > 500_000);
     await until('the silent proxy is cut', () => ads.server.status.get('default.busy')?.connected === false, 5000);
     const tookMs = Date.now() - frozeAt;
     // Its silence began with the last bytes it sent (a ping's answer), a little before the freeze.
     assert.ok(tookMs >= 300 && tookMs < 2500, `cut after ${tookMs} ms; keepalive is 100 + 500 ms of silence`);
+    assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
   });
 
   it('with keepalive on, a connection that reads nothing for the ping interval and timeout is cut, even with no HTTP/2 session to ping', async (t) => {
