@@ -72,6 +72,8 @@ interface Plane {
   budgets(): { bytesInFlight: number; streamsWaiting: number }[];
   /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
   restart(i: number): Promise<void>;
+  /** A dataplane token for Dataplane `name` of `mesh`, where proxies authenticate (weft-cp; not the bare parts). */
+  tokenFor?(mesh: string, name: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -98,6 +100,7 @@ async function controlPlane(tls: boolean): Promise<Plane> {
     diagnose: (id) => diagnosis(r.cp.ads, id),
     budgets: () => [r.cp.ads.budget],
     restart: () => r.restart(),
+    tokenFor: async (mesh, name) => (await r.cp.tokens.issue(mesh, name, 3600_000)).token,
     stop: () => r.stop(),
   };
 }
@@ -166,6 +169,8 @@ async function replicas(pg: TestPostgres, seed: number): Promise<Plane> {
     diagnose: (id) => rs.map((r, i) => `replica ${i}: ${diagnosis(r.cp.ads, id)}`).join('\n'),
     budgets: () => rs.map((r) => r.cp.ads.budget),
     restart: (i) => rs[i]!.restart(),
+    // Issued by one replica, taken by either (one store, one secrets key).
+    tokenFor: async (mesh, name) => (await a.cp.tokens.issue(mesh, name, 3600_000)).token,
     async stop() {
       await Promise.all(rs.map((r) => r.stop()));
       rmSync(keyDir, { recursive: true, force: true });
@@ -322,9 +327,16 @@ class World {
       for (const n of [...NAMES.slice(0, m === 'model' ? 5 : 3), 'dp-6']) await this.put(this.dataplane(m, n));
       await this.put(this.allowAll(m));
     }
+    // Tokens for the first mesh's Dataplanes (the second one goes now and then, and its tokens with
+    // its signing key): their streams are let in only once the token is checked, which takes a
+    // turn of the store, while a returning proxy's requests wait (server.ts, `serve`).
+    if (this.cp.tokenFor) for (const n of NAMES) this.tokens.set(`model.${n}`, await this.cp.tokenFor('model', n));
     for (const n of [...NAMES.slice(0, 4), 'dp-6']) this.connect('model', n);
     for (const n of NAMES.slice(0, 2)) this.connect('other', n);
   }
+
+  /** Tokens by node id; a proxy that has one sends it two times in three. */
+  private readonly tokens = new Map<string, string>();
 
   private connect(mesh: MeshName, name: string): void {
     // gRPC apps ask as grpc-js-xds does (SotW): the services they call, the ports they serve.
@@ -332,12 +344,13 @@ class World {
     const variant = grpc || this.rng() < 0.5 ? 'sotw' : 'delta';
     const id = `${mesh}.${name}`;
     const replica = Math.floor(this.rng() * this.cp.addresses.length);
-    const p = new ModelProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc });
+    const token = this.tokens.has(id) && this.rng() < 2 / 3 ? this.tokens.get(id) : undefined;
+    const p = new ModelProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc, token });
     this.proxies.set(id, p);
     this.replicaOf.set(p, replica);
     this.everyone.push(p);
     p.connect();
-    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''}${this.cp.addresses.length > 1 ? `, to replica ${replica}` : ''})`);
+    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''}${this.cp.addresses.length > 1 ? `, to replica ${replica}` : ''}${token ? ', with its token' : ''})`);
   }
 
   /** One random change to the store or to the proxies. */

@@ -168,6 +168,8 @@ export class ModelProxy {
       nackRate?: number;
       /** Subscribe as grpc-js-xds does (SotW only), asking for these listeners. */
       grpc?: { listeners: string[] };
+      /** A dataplane token, sent as weft-dp and Envoy do (`authorization: Bearer`) on every stream. */
+      token?: string;
     },
   ) {
     if (opts.grpc && variant !== 'sotw') throw new Error('grpc-js-xds speaks SotW only');
@@ -197,7 +199,7 @@ export class ModelProxy {
     const holds = ALL_TYPES.some((t) => this.held.get(t)!.size > 0);
     this.resyncing = this.variant === 'sotw' && holds ? 'before LDS' : 'no';
     this.trace.push(`connect, holding ${ALL_TYPES.map((t) => `${short(t)} [${[...this.held.get(t)!.keys()].join(' ')}]`).join(', ')}`);
-    const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, onResponse: (r) => this.onResponse(client, r) }));
+    const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, metadata: this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : undefined, onResponse: (r) => this.onResponse(client, r) }));
     void client.closed.then((s) => this.ended(client, s));
     for (const t of this.wildcard) {
       if (this.variant === 'sotw') client.request(t, [], this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
