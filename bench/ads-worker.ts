@@ -7,7 +7,7 @@
 import { TypeUrl } from '../src/ads/index.js';
 import { XdsTestClient, type Received } from '../src/ads/test-client.js';
 import { benchClient } from './common.js';
-import { H2AdsClient } from './h2-client.js';
+import { cutNow, H2AdsClient } from './h2-client.js';
 
 interface Start {
   cmd: 'start';
@@ -52,6 +52,9 @@ let seen = new Map<string, number>();
 /** For a new cluster: when each proxy got the first LDS response after it. */
 let listeners = new Map<string, number>();
 let bytes = 0;
+/** Streams of grpc-js clients ended while the run went on; set once the run stops. */
+let grpcCut = 0;
+let stopping = false;
 let rejectType: string | undefined;
 /** Responses of `rejectType` received (and rejected) since the last count. */
 let rejected = 0;
@@ -149,6 +152,8 @@ process.on('message', (m: Msg) => {
           ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR })
           : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR });
       clients.set(id, c);
+      // grpc-js clients: a stream that ends before 'stop' was ended by weft-cp (see H2AdsClient.cut).
+      if (c instanceof XdsTestClient) void c.closed.then(() => void (stopping || cutNow(id, ++grpcCut)));
       if (m.variant === 'sotw') {
         c.subscribe(TypeUrl.Cluster, []);
         c.subscribe(TypeUrl.Listener, []);
@@ -198,7 +203,8 @@ process.on('message', (m: Msg) => {
     }
   } else if (m.cmd === 'stop') {
     if (H2AdsClient.reconnects > 0) process.stderr.write(`ads-worker: proxies connected again ${H2AdsClient.reconnects} times (refused while thousands connected)\n`);
-    send({ type: 'bytes', bytes });
+    stopping = true;
+    send({ type: 'cut', count: H2AdsClient.cut + grpcCut });
     for (const c of clients.values()) c.close();
     setTimeout(() => process.exit(0), 100);
   }

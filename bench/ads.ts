@@ -356,7 +356,11 @@ async function scenario(variant: 'sotw' | 'delta') {
     const memoryAtEnd = await memoryOf(cp);
     // With WEFT_BENCH_CP_HEAPSNAPSHOT, a second snapshot (a full collection first) tells garbage from what is held.
     const memoryAtEndAfterSnapshot = snapshotDir ? await heapSnapshot(cp, snapshotDir) : undefined;
+    const cutP = waitFor(workers, 'cut', WORKERS, 30_000);
     workers.forEach((w) => w.send({ cmd: 'stop' }));
+    // Streams weft-cp ended under a live proxy during the run (keepalive, a failure): 0 in a healthy run.
+    const proxiesCut = (await cutP).reduce((n, m) => n + Number(m.count), 0);
+    if (proxiesCut > 0) process.stderr.write(`${proxiesCut} proxies had their stream ended by weft-cp during the run\n`);
     await Promise.all(workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once('exit', r)))));
     return {
       variant,
@@ -364,6 +368,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       tls: TLS,
       pinned: PIN,
       proxies: ids.length,
+      proxiesCut,
       services: SERVICES,
       reachable: REACHABLE,
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },

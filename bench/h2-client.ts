@@ -18,6 +18,11 @@ const codecs = {
   delta: { path: `${SERVICE}/DeltaAggregatedResources`, request: grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryRequest'), response: grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryResponse') },
 };
 
+/** The first few cut streams get a line each on stderr, so a run that fails for them says so. */
+export function cutNow(nodeId: string | undefined, count: number): void {
+  if (count <= 3) process.stderr.write(`ads-worker ${process.pid}: the stream of ${nodeId} ended after its first response, not closed by the proxy (${count} so far)\n`);
+}
+
 export class H2AdsClient {
   private session!: http2.ClientHttp2Session;
   private stream!: http2.ClientHttp2Stream;
@@ -29,6 +34,13 @@ export class H2AdsClient {
   private readonly names = new Map<string, string[]>();
   /** Connections that failed before their first response and were made again, in this process. */
   static reconnects = 0;
+  /**
+   * Streams that ended after their first response without this process closing or dropping them:
+   * the control plane (or the network) cut a proxy. Envoy would reconnect and be sent its config
+   * again; these clients stop, and the bench reports them.
+   */
+  static cut = 0;
+  private dropped = false;
 
   constructor(
     private readonly address: string,
@@ -52,7 +64,8 @@ export class H2AdsClient {
     const stream = (this.stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' }));
     stream.on('error', () => {});
     stream.on('close', () => {
-      if (this.closed || !this.early) return;
+      if (this.closed || this.dropped || this.stream !== stream) return;
+      if (!this.early) return void cutNow(this.node.id, ++H2AdsClient.cut);
       session.destroy();
       H2AdsClient.reconnects++;
       setTimeout(() => this.connect(), 200 + Math.random() * 800);
@@ -101,11 +114,13 @@ export class H2AdsClient {
   /** Drops the connection at once, as when the control plane replica it used dies. */
   drop(): void {
     this.early = undefined;
+    this.dropped = true;
     this.session.destroy();
   }
 
   /** Connects again after `drop`: the requests that follow open the new stream (the first carries the node). */
   resume(): void {
+    this.dropped = false;
     this.firstSent = false;
     this.early = [];
     this.connect();
