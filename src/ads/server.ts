@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import type { Registry } from 'prom-client';
+import { Counter, type Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
@@ -157,6 +157,11 @@ export class AdsServer {
 
   constructor(private readonly opts: AdsServerOptions) {
     this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
+    this.silentCuts = new Counter({
+      name: 'weft_xds_connections_cut_total',
+      help: 'xDS connections cut because nothing was read from them for keepaliveTimeMs + keepaliveTimeoutMs: a proxy whose host or network went away without closing, a connection that never spoke, or the socket of a session that had ended.',
+      registers: [opts.metrics],
+    });
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
     const status = this.status;
     this.hooks = {
@@ -431,6 +436,7 @@ export class AdsServer {
   }
 
   private reaper?: NodeJS.Timeout;
+  private readonly silentCuts: Counter;
   /** Per connection: bytes read when last looked at, and since when that count has not moved. */
   private readonly lastRead = new WeakMap<Socket, { bytes: number; since: number }>();
 
@@ -456,7 +462,11 @@ export class AdsServer {
       for (const socket of tracked.keys()) {
         const seen = this.lastRead.get(socket);
         if (!seen || late || seen.bytes !== socket.bytesRead) this.lastRead.set(socket, { bytes: socket.bytesRead, since: now });
-        else if (now - seen.since >= deadAfter) socket.destroy();
+        else if (now - seen.since >= deadAfter) {
+          this.silentCuts.inc();
+          this.opts.logger.info({ peer: `${socket.remoteAddress}:${socket.remotePort}`, silentMs: Math.round(now - seen.since) }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
+          socket.destroy();
+        }
       }
     }
   }

@@ -99,6 +99,7 @@ describe('ADS connections: keepalive and age', () => {
     await until('the silent proxy is cut', () => ads.server.status.get('default.gone')?.connected === false, 5000);
     const tookMs = Date.now() - frozeAt;
     assert.ok(tookMs < 3000, `cut after ${tookMs} ms; keepalive is 100 + 1000 ms`);
+    assert.equal(await metric(ads, 'weft_xds_connections_cut_total'), 1, 'counted as cut for silence');
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
     assert.equal(await metric(ads, 'weft_xds_connected_proxies'), 1);
 
@@ -132,6 +133,7 @@ describe('ADS connections: keepalive and age', () => {
       assert.equal(ads.server.status.get('default.busy')?.connected, true, `cut ${i * 100} ms into the hold, while it was sending`);
     }
     relay.releaseToClient();
+    assert.equal(await metric(ads, 'weft_xds_connections_cut_total'), 0);
     ads.cache.set('default.busy', meshSet({ web: [['10.0.0.1', 80]], api: [['10.0.0.2', 80]] }));
     assert.deepEqual((await busy.next(TypeUrl.Cluster)).resources.map((r) => r.name), ['api']);
 
