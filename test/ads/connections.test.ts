@@ -213,8 +213,8 @@ describe('ADS connections: keepalive and age', () => {
     assert.equal(ads.server.status.get('default.live')?.connected, true, 'the proxy, silent only while weft-cp was, is still connected');
     await until('the silent connection is cut', () => closedAt !== undefined, 3000);
     const afterMs = closedAt! - stallEnd;
-    // Counted afresh from the first look after the stall: cut 300 ms (ping and timeout) and one
-    // look later at the earliest. Counting the stall, it would go at the first look after it.
+    // Counted afresh from the first look after the stall: cut 300 ms (ping interval and timeout)
+    // after it at the earliest. Counting the stall, it would go at the first look after it.
     assert.ok(afterMs >= 250, `cut ${Math.round(afterMs)} ms after the stall; the stall must not count as its silence`);
   });
 
