@@ -173,7 +173,7 @@ process.on('message', (m: Msg) => {
       if (watch !== w) return;
       const done = w.kind === 'cluster' ? listeners : seen;
       const missing = w.expect.filter((id) => !done.has(id));
-      process.stderr.write(`worker ${process.pid}: ${missing.length} of ${w.expect.length} proxies have not seen ${w.kind} ${w.name} after 30 s: ${missing.slice(0, 5).map((id) => `${id} (seen${w.kind === `cluster` ? ` its cluster` : ``}: ${seen.has(id)}, ready: ${ready.has(id)})`).join(', ')}\n`);
+      process.stderr.write(`worker ${process.pid}: ${missing.length} of ${w.expect.length} proxies have not seen ${w.kind} ${w.name} after 30 s: ${missing.slice(0, 5).map((id) => `${id} (seen${w.kind === 'cluster' ? ' its cluster' : ''}: ${seen.has(id)}, ready: ${ready.has(id)})`).join(', ')}\n`);
       send({ type: 'missing', ids: missing.slice(0, 3) });
     }, 30_000).unref();
     // The change is made only once every worker watches: a busy worker could otherwise read the
