@@ -126,6 +126,9 @@ const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 /** Writers of TLS streams (see TurnWriter), by call. */
 const writers = new WeakMap<object, TurnWriter>();
 
+/** How long a connection the reaper cut is remembered, for the status of the streams it carried. */
+const CUT_REMEMBERED_MS = 10_000;
+
 /** Requests a stream may send before its credentials are checked (see `serve`). */
 const EARLY_REQUESTS_KEPT = 32;
 
@@ -169,8 +172,8 @@ export class AdsServer {
         status.onConnect(id, v);
         opts.onProxy?.connected(id);
       },
-      onDisconnect: (id, v) => {
-        status.onDisconnect(id, v);
+      onDisconnect: (id, v, reason) => {
+        status.onDisconnect(id, v, reason);
         opts.onProxy?.disconnected(id);
       },
       onResponse: (...a) => status.onResponse(...a),
@@ -337,8 +340,11 @@ export class AdsServer {
       call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error' });
     };
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
-    const end = () => {
-      stream.close();
+    // Its connection's address as the reaper sees it, taken now: once the connection is gone, grpc-js no longer knows it.
+    const peer = call.getPeer();
+    /** Ends the stream; `reason` (the first given stands) goes to the proxy's status. */
+    const end = (reason?: string) => {
+      stream.close(reason);
       this.streams.delete(stream);
       if (!ended) {
         ended = true;
@@ -360,14 +366,25 @@ export class AdsServer {
     };
     for (const req of early) onData(req);
     call.on('data', onData);
+    // A connection the reaper cut ends its streams in any of these ways: its reason comes first.
+    const gone = (otherwise: string) => end(this.cutReason(peer) ?? otherwise);
     call.on('end', () => {
       writer?.flush();
-      end();
+      gone('the proxy closed its stream');
       call.end();
     });
-    call.on('cancelled', end);
-    call.on('error', end);
-    call.on('close', end);
+    call.on('cancelled', () => gone('the proxy reset its stream, or its connection closed'));
+    // Emitted by the server itself to end the stream with a status (endWith, internal).
+    call.on('error', (e: { code?: number; details?: string }) => end(`weft-cp ended the stream: ${grpc.status[e.code ?? grpc.status.UNKNOWN] ?? e.code}: ${e.details ?? ''}`));
+    call.on('close', () => gone('the stream closed'));
+  }
+
+  /** Connections the reaper cut, by peer address, with why; kept for a while for their streams' status. */
+  private readonly cutPeers = new Map<string, { at: number; reason: string }>();
+
+  private cutReason(peer: string): string | undefined {
+    const cut = this.cutPeers.get(peer);
+    return cut && performance.now() - cut.at < CUT_REMEMBERED_MS ? cut.reason : undefined;
   }
 
   /** Serves another service on the same port (the data-plane service, see dp-service.ts). */
@@ -454,6 +471,7 @@ export class AdsServer {
    */
   private reapDead(deadAfter: number, every: number): void {
     const now = performance.now();
+    for (const [peer, cut] of this.cutPeers) if (now - cut.at >= CUT_REMEMBERED_MS) this.cutPeers.delete(peer);
     // Late: the event loop was busy, and what arrived meanwhile is read only after timers run.
     // That silence is this process's, not the peers': it does not count.
     const late = now - this.lastReap > 2 * every;
@@ -463,8 +481,11 @@ export class AdsServer {
         const seen = this.lastRead.get(socket);
         if (!seen || late || seen.bytes !== socket.bytesRead) this.lastRead.set(socket, { bytes: socket.bytesRead, since: now });
         else if (now - seen.since >= deadAfter) {
+          const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+          const silentMs = Math.round(now - seen.since);
           this.silentCuts.inc();
-          this.opts.logger.info({ peer: `${socket.remoteAddress}:${socket.remotePort}`, silentMs: Math.round(now - seen.since) }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
+          this.opts.logger.info({ peer, silentMs }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
+          this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)` });
           socket.destroy();
         }
       }
@@ -521,7 +542,7 @@ export class AdsServer {
 
   /** Stops now. */
   destroy(): void {
-    for (const s of this.streams.keys()) s.close();
+    for (const s of this.streams.keys()) s.close('weft-cp stopped');
     this.streams.clear();
     for (const l of this.listeners) l.close();
     for (const tracked of this.sockets) for (const socket of tracked.keys()) socket.destroy();

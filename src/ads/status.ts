@@ -21,6 +21,8 @@ export interface ProxyStatus {
   connected: boolean;
   connectedSince?: string;
   disconnectedAt?: string;
+  /** Why its last stream ended: closed by the proxy, cut for silence, ended by weft-cp with a status. */
+  disconnectReason?: string;
   variant?: Variant;
   controlPlaneInstance: string;
   /** Keyed by CDS, EDS, LDS, RDS, SDS. */
@@ -99,15 +101,17 @@ export class XdsStatus implements StreamHooks {
     p.variant = variant;
     p.connectedSince = new Date().toISOString();
     p.disconnectedAt = undefined;
+    p.disconnectReason = undefined;
     this.connected.inc({ variant });
   }
 
-  onDisconnect(nodeId: string, variant: Variant): void {
+  onDisconnect(nodeId: string, variant: Variant, reason?: string): void {
     const p = this.entry(nodeId);
     p.streams = Math.max(0, p.streams - 1);
     if (p.streams === 0) {
       p.connected = false;
       p.disconnectedAt = new Date().toISOString();
+      p.disconnectReason = reason ?? 'unknown';
     }
     this.connected.dec({ variant });
   }

@@ -84,7 +84,8 @@ export const GRPC_UNAUTHENTICATED = 16;
  */
 export interface StreamHooks {
   onConnect(nodeId: string, variant: Variant): void;
-  onDisconnect(nodeId: string, variant: Variant): void;
+  /** `reason`: why the stream ended, for the proxy's status (see AdsServer). */
+  onDisconnect(nodeId: string, variant: Variant, reason?: string): void;
   onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, resources: number): void;
   onAck(nodeId: string, typeUrl: TypeUrl, version: string, changeTime: number): void;
   /** `retryInMs`: when the rejected config is sent again, unless it changes first (rule 5). */
@@ -178,7 +179,7 @@ export interface StreamOptions {
   /** The longest backoff when a proxy rejects the same config again and again (default: nackBackoffMs, no growth). */
   nackBackoffMaxMs?: number;
   hooks: StreamHooks;
-  /** The stream failed outside `handle` (see pumpApart) and closed itself: the transport ends it. */
+  /** The stream failed outside `handle` (see pumpApart): the transport ends it; the stream closes itself after. */
   onFailure?(err: unknown): void;
   /** Hands a response to the transport; `bytes` is the size of the resources it carries. */
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
@@ -1087,8 +1088,12 @@ export class AdsStream {
     try {
       this.pump();
     } catch (err) {
-      this.close();
-      this.opts.onFailure?.(err);
+      // The transport ends the call, and this stream with the reason it gives (the status).
+      try {
+        this.opts.onFailure?.(err);
+      } finally {
+        this.close();
+      }
     }
   }
 
@@ -1253,12 +1258,13 @@ export class AdsStream {
     return [...this.types.values()].map((s) => ({ typeUrl: s.typeUrl, sentVersion: s.sentVersion, ackedVersion: s.ackedVersion, wildcard: s.wildcard, subscribed: [...s.subscribed] }));
   }
 
-  close(): void {
+  /** Ends the stream's work; `reason` says why, for the proxy's status. Idempotent: the first reason stands. */
+  close(reason?: string): void {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
     this.opts.budget?.cancel(this.resume);
     this.unwatch?.();
-    if (this.nodeId) this.opts.hooks.onDisconnect(this.nodeId, this.opts.variant);
+    if (this.nodeId) this.opts.hooks.onDisconnect(this.nodeId, this.opts.variant, reason);
   }
 }

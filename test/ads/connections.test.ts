@@ -100,6 +100,7 @@ describe('ADS connections: keepalive and age', () => {
     const tookMs = Date.now() - frozeAt;
     assert.ok(tookMs < 3000, `cut after ${tookMs} ms; keepalive is 100 + 1000 ms`);
     assert.equal(await metric(ads, 'weft_xds_connections_cut_total'), 1, 'counted as cut for silence');
+    assert.match(ads.server.status.get('default.gone')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/);
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
     assert.equal(await metric(ads, 'weft_xds_connected_proxies'), 1);
 
@@ -147,6 +148,7 @@ describe('ADS connections: keepalive and age', () => {
     const tookMs = Date.now() - frozeAt;
     // Its silence began with the last bytes it sent (a ping's answer), a little before the freeze.
     assert.ok(tookMs >= 300 && tookMs < 2500, `cut after ${tookMs} ms; keepalive is 100 + 500 ms of silence`);
+    assert.match(ads.server.status.get('default.busy')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/, 'over TLS too');
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
   });
 

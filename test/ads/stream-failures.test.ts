@@ -129,6 +129,7 @@ describe('the server ends a stream that failed outside a request', () => {
       assert.match(String((logged?.err as { message?: string } | undefined)?.message), /secret detail of a broken transport/);
       assert.equal(ads.server.streamCount, 1, "a's stream is gone");
       await until(() => ads.server.status.get('m.a')?.connected === false);
+      assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'weft-cp ended the stream: INTERNAL: internal error');
       // b is served on, and what the failed stream charged went back.
       ads.cache.set('m.b', endpoints('10.0.0.3'));
       const r = await b.next(EDS);
@@ -139,7 +140,14 @@ describe('the server ends a stream that failed outside a request', () => {
       // a reconnects, as Envoy does after INTERNAL, and gets its config.
       const again = await connect('m.a');
       assert.equal(ads.server.status.get('m.a')?.connected, true);
+      assert.equal(ads.server.status.get('m.a')?.disconnectReason, undefined, 'connected again: no reason to show');
       again.close();
+      await until(() => ads.server.status.get('m.a')?.connected === false);
+      assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'the proxy closed its stream');
+      // Shutdown ends the rest with UNAVAILABLE, which tells them to go to another replica.
+      await ads.stop();
+      await until(() => ads.server.status.get('m.b')?.connected === false);
+      assert.equal(ads.server.status.get('m.b')?.disconnectReason, 'weft-cp ended the stream: UNAVAILABLE: control plane is shutting down; reconnect to another replica');
     } finally {
       clients.forEach((c) => c.close());
       await ads.stop();
