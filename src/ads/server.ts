@@ -374,8 +374,11 @@ export class AdsServer {
       call.end();
     });
     call.on('cancelled', () => gone('the proxy reset its stream, or its connection closed'));
-    // Emitted by the server itself to end the stream with a status (endWith, internal).
-    call.on('error', (e: { code?: number; details?: string }) => end(`weft-cp ended the stream: ${grpc.status[e.code ?? grpc.status.UNKNOWN] ?? e.code}: ${e.details ?? ''}`));
+    // Emitted by the server itself to end the stream with a status (endWith, internal); anything
+    // else emitted as an error (the HTTP/2 stream failing) is said as it is.
+    call.on('error', (e: { code?: unknown; details?: string; message?: string }) =>
+      end(typeof e.code === 'number' && e.details !== undefined ? `weft-cp ended the stream: ${grpc.status[e.code] ?? e.code}: ${e.details}` : this.cutReason(peer) ?? `the stream failed: ${e.message ?? String(e.code)}`),
+    );
     call.on('close', () => gone('the stream closed'));
   }
 
