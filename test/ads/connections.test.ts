@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connectionOptions, PING_ANSWER_WAIT_MS, TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { createServingCertificate } from '../../src/certs/index.js';
+import { collectingLogger } from '../helpers/log-lines.js';
 import { systemRequirement } from '../helpers/require.js';
 import { relayTo } from '../helpers/tcp-relay.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
@@ -69,7 +70,8 @@ describe('ADS connections: keepalive and age', () => {
     // runs due timers before it reads sockets, so a ping timeout shorter than the stalls a loaded
     // machine gives (200 ms cut an answering proxy once, 4 busy processes on 2 cores) would fire
     // with the ping's answer unread.
-    const ads = await startTestAds({ connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 1000 } });
+    const { logger, lines } = collectingLogger('info');
+    const ads = await startTestAds({ logger, connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 1000 } });
     const relay = await relayTo(ads.address);
     const gone = new XdsTestClient(relay.address, 'delta', { id: 'default.gone' }, { ownConnection: true });
     const alive = new XdsTestClient(ads.address, 'delta', { id: 'default.alive' }, { ownConnection: true });
@@ -101,6 +103,8 @@ describe('ADS connections: keepalive and age', () => {
     assert.ok(tookMs < 3000, `cut after ${tookMs} ms; keepalive is 100 + 1000 ms`);
     assert.equal(await metric(ads, 'weft_xds_connections_cut_total'), 1, 'counted as cut for silence');
     assert.match(ads.server.status.get('default.gone')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/);
+    const logged = lines.filter((l) => l.msg === 'xDS connection cut: nothing read from it for the keepalive time and timeout');
+    assert.deepEqual(logged.map((l) => l.nodeIds), [['default.gone']], 'logged once, naming the proxy on it');
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
     assert.equal(await metric(ads, 'weft_xds_connected_proxies'), 1);
 
