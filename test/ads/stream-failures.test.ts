@@ -92,7 +92,7 @@ describe('a stream that fails outside a request ends alone', () => {
 });
 
 describe('the server ends a stream that failed outside a request', () => {
-  it('with INTERNAL and no more than that to the proxy, its error logged, what it held given back, the others served', { timeout: 20_000 }, async () => {
+  it('with INTERNAL and no more than that to the proxy, its error logged, the others served; the status says how each stream ended', { timeout: 20_000 }, async () => {
     const { logger, lines } = collectingLogger('info');
     const ads = await startTestAds({ logger });
     const clients: XdsTestClient[] = [];
@@ -130,7 +130,7 @@ describe('the server ends a stream that failed outside a request', () => {
       assert.equal(ads.server.streamCount, 1, "a's stream is gone");
       await until(() => ads.server.status.get('m.a')?.connected === false);
       assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'weft-cp ended the stream: INTERNAL: internal error');
-      // b is served on, and what the failed stream charged went back.
+      // b is served on, and the budget is left as it was (the failed send charged nothing).
       ads.cache.set('m.b', endpoints('10.0.0.3'));
       const r = await b.next(EDS);
       assert.match(JSON.stringify(r.resources), /10\.0\.0\.3/);
@@ -145,7 +145,7 @@ describe('the server ends a stream that failed outside a request', () => {
       await until(() => ads.server.status.get('m.a')?.connected === false);
       assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'the proxy closed its stream');
       // Shutdown ends the rest with UNAVAILABLE, which tells them to go to another replica.
-      await ads.stop();
+      await ads.stop(); // idempotent: the finally below stops it again
       await until(() => ads.server.status.get('m.b')?.connected === false);
       assert.equal(ads.server.status.get('m.b')?.disconnectReason, 'weft-cp ended the stream: UNAVAILABLE: control plane is shutting down; reconnect to another replica');
     } finally {
