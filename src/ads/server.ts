@@ -162,7 +162,8 @@ export class AdsServer {
     this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
     this.silentCuts = new Counter({
       name: 'weft_xds_connections_cut_total',
-      help: 'xDS connections cut because nothing was read from them for keepaliveTimeMs + keepaliveTimeoutMs: a proxy whose host or network went away without closing, a connection that never spoke, or the socket of a session that had ended.',
+      help: 'xDS connections cut because nothing was read from them for keepaliveTimeMs + keepaliveTimeoutMs. streams="open": it carried proxies\' streams (their host or network went away without closing); "none": a connection that never spoke, or the socket of a session that had ended.',
+      labelNames: ['streams'],
       registers: [opts.metrics],
     });
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
@@ -460,7 +461,7 @@ export class AdsServer {
   }
 
   private reaper?: NodeJS.Timeout;
-  private readonly silentCuts: Counter;
+  private readonly silentCuts: Counter<'streams'>;
   /** Per connection: bytes read when last looked at, and since when that count has not moved. */
   private readonly lastRead = new WeakMap<Socket, { bytes: number; since: number }>();
 
@@ -490,8 +491,9 @@ export class AdsServer {
         else if (now - seen.since >= deadAfter) {
           const peer = `${socket.remoteAddress}:${socket.remotePort}`;
           const silentMs = Math.round(now - seen.since);
-          this.silentCuts.inc();
+
           const nodeIds = [...this.streams.keys()].filter((st) => this.peers.get(st) === peer).map((st) => st.nodeId);
+          this.silentCuts.inc({ streams: nodeIds.length > 0 ? 'open' : 'none' });
           this.opts.logger.info({ peer, silentMs, nodeIds }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
           this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)` });
           socket.destroy();

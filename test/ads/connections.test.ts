@@ -31,7 +31,9 @@ async function relayedProxy(ads: TestAds, id: string, tlsCa?: string): Promise<{
   return { client, relay, close: () => (client.close(), relay.close()) };
 }
 
-const metric = async (ads: TestAds, name: string) => ((await ads.metrics.getSingleMetric(name)?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
+/** A metric's value summed over its label sets, or over those with `labels`. */
+const metric = async (ads: TestAds, name: string, labels: Record<string, string> = {}) =>
+  ((await ads.metrics.getSingleMetric(name)?.get())?.values ?? []).filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((n, v) => n + v.value, 0);
 
 /** Clusters enough to fill a 64 KiB HTTP/2 window many times over. */
 function bigSet(): ReturnType<typeof meshSet> {
@@ -101,7 +103,7 @@ describe('ADS connections: keepalive and age', () => {
     await until('the silent proxy is cut', () => ads.server.status.get('default.gone')?.connected === false, 5000);
     const tookMs = Date.now() - frozeAt;
     assert.ok(tookMs < 3000, `cut after ${tookMs} ms; keepalive is 100 + 1000 ms`);
-    assert.equal(await metric(ads, 'weft_xds_connections_cut_total'), 1, 'counted as cut for silence');
+    assert.equal(await metric(ads, 'weft_xds_connections_cut_total', { streams: 'open' }), 1, 'counted as cut for silence, with a stream on it');
     assert.match(ads.server.status.get('default.gone')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/);
     const logged = lines.filter((l) => l.msg === 'xDS connection cut: nothing read from it for the keepalive time and timeout');
     assert.deepEqual(logged.map((l) => l.nodeIds), [['default.gone']], 'logged once, naming the proxy on it');
@@ -177,6 +179,7 @@ describe('ADS connections: keepalive and age', () => {
     t.after(() => ads.stop());
     const tookMs = await mute(ads, 3000);
     assert.ok(tookMs !== undefined && tookMs >= 250 && tookMs < 2000, `cut after ${tookMs} ms; nothing read for 300 ms is dead`);
+    assert.equal(await metric(ads, 'weft_xds_connections_cut_total', { streams: 'none' }), 1, 'counted as a cut with no stream on it');
     // Without keepalive it stays.
     const quiet = await startTestAds({ credentials: credentials(), connections: { keepaliveTimeMs: 0 } });
     t.after(() => quiet.stop());

@@ -72,6 +72,11 @@ interface Plane {
   budgets(): { bytesInFlight: number; streamsWaiting: number }[];
   /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
   restart(i: number): Promise<void>;
+  /**
+   * Connections cut for silence that carried streams (`weft_xds_connections_cut_total{streams="open"}`).
+   * Every proxy here is alive and answers pings, so any is a live proxy cut.
+   */
+  liveCuts(): Promise<number>;
   /** A dataplane token for Dataplane `name` of `mesh`, where proxies authenticate (weft-cp; not the bare parts). */
   tokenFor?(mesh: string, name: string): Promise<string>;
   stop(): Promise<void>;
@@ -97,6 +102,7 @@ async function controlPlane(tls: boolean): Promise<Plane> {
     settle: () => r.cp.reconciler.settle(),
     trustBundle: (mesh) => r.cp.certificates.trustBundle(mesh),
     nacks: () => nacksOf(r.cp),
+    liveCuts: () => liveCutsOf(r.cp),
     diagnose: (id) => diagnosis(r.cp.ads, id),
     budgets: () => [r.cp.ads.budget],
     restart: () => r.restart(),
@@ -166,6 +172,7 @@ async function replicas(pg: TestPostgres, seed: number): Promise<Plane> {
     },
     trustBundle: (mesh) => a.cp.certificates.trustBundle(mesh),
     nacks: async (i) => (await Promise.all((i === undefined ? rs : [rs[i]!]).map((r) => nacksOf(r.cp)))).reduce((a, b) => a + b, 0),
+    liveCuts: async () => (await Promise.all(rs.map((r) => liveCutsOf(r.cp)))).reduce((a, b) => a + b, 0),
     diagnose: (id) => rs.map((r, i) => `replica ${i}: ${diagnosis(r.cp.ads, id)}`).join('\n'),
     budgets: () => rs.map((r) => r.cp.ads.budget),
     restart: (i) => rs[i]!.restart(),
@@ -205,13 +212,19 @@ async function tightParts(): Promise<Plane> {
       deltaPieceBytes: 2048,
       turnBytes: 1024,
       sendBudgetBytes: 8192,
+      // Pings every 200 ms, and a connection silent for 1 s is cut: no live proxy may ever be.
+      keepaliveTimeMs: 200,
+      keepaliveTimeoutMs: 800,
       onProxy: { connected: (id) => reconciler.track(id), disconnected: (id) => reconciler.untrack(id) },
     });
     const port = await server.listen('127.0.0.1', 0, grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(ca.keyPem), cert_chain: Buffer.from(ca.certPem) }], false));
     return { reconciler, server, metrics, address: `127.0.0.1:${port}` };
   };
   let parts = await start();
+  /** Live cuts counted by the servers before the last restart (each starts with its own metrics). */
+  let cutsBefore = 0;
   const halt = async () => {
+    cutsBefore += liveCutsIn(await parts.metrics.metrics());
     await parts.server.close();
     parts.reconciler.close();
   };
@@ -225,6 +238,7 @@ async function tightParts(): Promise<Plane> {
     settle: () => parts.reconciler.settle(),
     trustBundle: async () => [ca.certPem],
     nacks: async () => nacksIn(await parts.metrics.metrics()),
+    liveCuts: async () => cutsBefore + liveCutsIn(await parts.metrics.metrics()),
     diagnose: (id) => diagnosis(parts.server, id),
     budgets: () => [parts.server.budget],
     async restart() {
@@ -525,8 +539,13 @@ class World {
    * budget. Proxies rejecting a type still get it again now and then, so a moment with nothing in
    * flight must come within 2 s. A leak would hold the budget shut for good: every stream would
    * wait, and a proxy's next change would never reach it.
+   *
+   * And no live proxy's connection was cut for silence (keepalive): the tight plane pings every
+   * 200 ms and cuts after 1 s without a byte read.
    */
   private async quiesce(): Promise<void> {
+    const cuts = await this.cp.liveCuts();
+    if (cuts > 0) assert.fail(`${cuts} connections of live proxies were cut for silence (keepalive)\n${this.history()}`);
     const deadline = Date.now() + 2000;
     for (;;) {
       const budgets = this.cp.budgets();
@@ -562,6 +581,8 @@ function diagnosis(server: AdsServer, nodeId: string): string {
 }
 
 const nacksOf = async (cp: { diagnosticsUrl: string }) => nacksIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());
+const liveCutsIn = (metrics: string) => Number(/^weft_xds_connections_cut_total\{streams="open"\} (\d+)$/m.exec(metrics)?.[1] ?? 0);
+const liveCutsOf = async (cp: { diagnosticsUrl: string }) => liveCutsIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());
 
 /** Seeds take the planes in turn. */
 const PLANES = ['tiny limits', 'TLS', 'plaintext', 'replicas on PostgreSQL'] as const;
