@@ -343,7 +343,6 @@ export class AdsServer {
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     // Its connection's address as the reaper sees it, taken now: once the connection is gone, grpc-js no longer knows it.
     const peer = call.getPeer();
-    this.peers.set(stream, peer);
     /** Ends the stream; `reason` (the first given stands) goes to the proxy's status. */
     const end = (reason?: string) => {
       stream.close(reason);
@@ -383,9 +382,6 @@ export class AdsServer {
     );
     call.on('close', () => gone('the stream closed'));
   }
-
-  /** Each open stream's peer address (`ip:port`, as grpc-js and the reaper write it). */
-  private readonly peers = new WeakMap<AdsStream, string>();
 
   /** Connections the reaper cut, by peer address, with why; kept for a while for their streams' status. */
   private readonly cutPeers = new Map<string, { at: number; reason: string }>();
@@ -492,7 +488,8 @@ export class AdsServer {
           const peer = `${socket.remoteAddress}:${socket.remotePort}`;
           const silentMs = Math.round(now - seen.since);
 
-          const nodeIds = [...this.streams.keys()].filter((st) => this.peers.get(st) === peer).map((st) => st.nodeId);
+          // Its streams, while grpc-js still knows their peer (`ip:port`, written as above).
+          const nodeIds = [...this.streams].filter(([, call]) => call.getPeer() === peer).map(([st]) => st.nodeId);
           this.silentCuts.inc({ streams: nodeIds.length > 0 ? 'open' : 'none' });
           this.opts.logger.info({ peer, silentMs, nodeIds }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
           this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)` });

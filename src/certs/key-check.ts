@@ -1,6 +1,8 @@
 import { isWeftError, MeshCaType, SecretsKeyCheckType, SigningKeyType, type MeshCaSpec, type Resource, type SecretsKeyCheckSpec, type SigningKeySpec, type WeftError } from '../core/index.js';
 import type { Store } from '../store/index.js';
+import { caKeySeal } from './mesh-ca.js';
 import { wrongSecretsKey, type SecretBox } from './secret-box.js';
+import { signingKeySeal } from './tokens.js';
 
 const CHECK_KEY = { type: SecretsKeyCheckType.name, mesh: '', name: 'secrets-key' };
 const CHECK_TEXT = 'weft secrets key';
@@ -16,9 +18,9 @@ export async function checkSecretsKey(store: Store, box: SecretBox): Promise<Wef
   let check = (await store.get(CHECK_KEY)) as Resource<SecretsKeyCheckSpec> | undefined;
   if (!check) {
     const key = ((await store.list(SigningKeyType.name, { limit: 1 })).items as Resource<SigningKeySpec>[])[0];
-    if (key && !box.opens(key.spec.sealedPrivateKey, `${key.mesh}/${key.spec.keyId}`)) return wrongSecretsKey(box.path, `the token signing key of mesh "${key.mesh}"`);
     const ca = ((await store.list(MeshCaType.name, { limit: 1 })).items as Resource<MeshCaSpec>[])[0];
-    if (ca && !box.opens(ca.spec.sealedKeyPem, `${ca.mesh}/ca-${ca.spec.backend}`)) return wrongSecretsKey(box.path, `the CA key of mesh "${ca.mesh}"`);
+    const sealed = [...(key ? [{ text: key.spec.sealedPrivateKey, ...signingKeySeal(key.mesh, key.spec.keyId) }] : []), ...(ca ? [{ text: ca.spec.sealedKeyPem, ...caKeySeal(ca.mesh, ca.spec.backend) }] : [])];
+    for (const s of sealed) if (!box.opens(s.text, s.context)) return wrongSecretsKey(box.path, s.what);
     try {
       check = (await store.create({ ...CHECK_KEY, labels: {}, spec: { sealed: box.seal(CHECK_TEXT, CHECK_KEY.name) } })) as Resource<SecretsKeyCheckSpec>;
     } catch (err) {

@@ -51,6 +51,9 @@ const ISSUED_SWEEP_MIN = 1024;
  * node: the data-plane wrapper sends a CSR with its token, this checks the CSR asks only for
  * identities the Dataplane has (a SPIFFE ID per inbound service, kuma:// URIs for its tags) and signs.
  */
+/** What a mesh's built-in CA key is sealed with (`SecretBox` context), and how errors name it. */
+export const caKeySeal = (mesh: string, backend: string) => ({ context: `${mesh}/ca-${backend}`, what: `the CA key of mesh "${mesh}"` });
+
 export class MeshCertificates {
   constructor(
     private readonly store: Store,
@@ -78,7 +81,7 @@ export class MeshCertificates {
       const keyType = conf.caCert?.RSAbits ? 'RSA' : 'ECDSA';
       const ca = await createRootCa({ mesh, backend: backend.name, keyType, rsaBits: conf.caCert?.RSAbits, validForMs: conf.caCert?.expiration ? durationToMs(conf.caCert.expiration) : CA_VALIDITY_MS, now: new Date(this.now()) });
       try {
-        await this.store.create({ ...key, labels: {}, spec: { backend: backend.name, keyType, certPem: ca.certPem, sealedKeyPem: this.box.seal(ca.keyPem, `${mesh}/ca-${backend.name}`) } });
+        await this.store.create({ ...key, labels: {}, spec: { backend: backend.name, keyType, certPem: ca.certPem, sealedKeyPem: this.box.seal(ca.keyPem, caKeySeal(mesh, backend.name).context) } });
         this.logger?.info({ mesh, backend: backend.name, keyType }, 'built-in CA created');
       } catch (err) {
         if (!isWeftError(err, 'already_exists')) throw err;
@@ -89,7 +92,8 @@ export class MeshCertificates {
     const cacheKey = `${mesh}/${backend.name}/${stored.version}`;
     let material = this.materials.get(cacheKey);
     if (!material) {
-      material = { certPem: stored.spec.certPem, keyPem: this.box.openStored(stored.spec.sealedKeyPem, `${mesh}/ca-${backend.name}`, `the CA key of mesh "${mesh}"`) };
+      const seal = caKeySeal(mesh, backend.name);
+      material = { certPem: stored.spec.certPem, keyPem: this.box.openStored(stored.spec.sealedKeyPem, seal.context, seal.what) };
       for (const k of this.materials.keys()) if (k.startsWith(`${mesh}/${backend.name}/`)) this.materials.delete(k);
       this.materials.set(cacheKey, material);
     }

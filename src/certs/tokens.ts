@@ -39,6 +39,9 @@ function refuse(reason: string): WeftError {
  * every replica verifies alike. Revocation: list the token id in a DataplaneTokenRevocation, or
  * rotate the mesh's key and drop the old one (every older token fails).
  */
+/** What a mesh's token signing key is sealed with (`SecretBox` context), and how errors name it. */
+export const signingKeySeal = (mesh: string, keyId: string) => ({ context: `${mesh}/${keyId}`, what: `the token signing key of mesh "${mesh}"` });
+
 export class DataplaneTokens {
   private readonly publicKeys = new Map<string, KeyObject>();
 
@@ -68,7 +71,7 @@ export class DataplaneTokens {
           mesh,
           name,
           labels: {},
-          spec: { keyId, algorithm: 'ES256', publicKeyPem: await exportSPKI(publicKey), sealedPrivateKey: this.box.seal(await exportPKCS8(privateKey), `${mesh}/${keyId}`) },
+          spec: { keyId, algorithm: 'ES256', publicKeyPem: await exportSPKI(publicKey), sealedPrivateKey: this.box.seal(await exportPKCS8(privateKey), signingKeySeal(mesh, keyId).context) },
         },
       },
       ...(opts.dropPrevious ? previous.map((k) => ({ op: 'delete' as const, key: { type: k.type, mesh, name: k.name } })) : []),
@@ -98,7 +101,8 @@ export class DataplaneTokens {
     if (name === undefined && (!tags || Object.keys(tags).length === 0)) throw new WeftError('invalid_resource', 'a dataplane token needs a name or tags', [{ field: 'name', message: 'required unless tags are given' }]);
     if (!(await this.store.get({ type: 'Mesh', mesh: '', name: mesh }))) throw new WeftError('mesh_not_found', `mesh "${mesh}" does not exist`);
     const key = await this.signingKey(mesh);
-    const privateKey = await importPKCS8(this.box.openStored(key.spec.sealedPrivateKey, `${mesh}/${key.spec.keyId}`, `the token signing key of mesh "${mesh}"`), 'ES256');
+    const seal = signingKeySeal(mesh, key.spec.keyId);
+    const privateKey = await importPKCS8(this.box.openStored(key.spec.sealedPrivateKey, seal.context, seal.what), 'ES256');
     const id = randomUUID();
     const now = this.now();
     const expiresAt = new Date(now + validForMs);
