@@ -6,11 +6,16 @@ import { Gauge, type Registry } from 'prom-client';
  * turn (first come, first served) instead of serializing one more copy: 2000 proxies connecting
  * at once then cost a bounded amount of memory rather than one serialized config per proxy
  * waiting for a slow reader. Like Istio's push throttle, but counted in bytes.
+ *
+ * Each stream draws on it through its own SendAccount, which also keeps a stream from queueing
+ * more while what it sent before is still unwritten (see SendAccount).
  */
 export class SendBudget {
   private inFlight = 0;
   private readonly waiting = new Set<() => void>();
   private readonly gauge?: Gauge;
+  /** Accounts with bytes not yet written. */
+  private writing = 0;
 
   constructor(
     readonly limitBytes: number,
@@ -25,6 +30,15 @@ export class SendBudget {
         registers: [metrics],
         collect() {
           this.set(waiting.size);
+        },
+      });
+      const writing = () => this.writing;
+      new Gauge({
+        name: 'weft_xds_streams_writing',
+        help: "xDS streams with responses not yet written to their connection (a slow or stalled proxy stays here); their next responses wait for these, and changes meanwhile go out together.",
+        registers: [metrics],
+        collect() {
+          this.set(writing());
         },
       });
     }
@@ -44,14 +58,34 @@ export class SendBudget {
     return this.waiting.size;
   }
 
+  /** Streams with responses not yet written. */
+  get streamsWriting(): number {
+    return this.writing;
+  }
+
+  /** A stream's account on this budget. */
+  account(now: () => number = Date.now): SendAccount {
+    return new SendAccount(this, now);
+  }
+
   charge(bytes: number): void {
     this.inFlight += bytes;
     this.gauge?.set(this.inFlight);
   }
 
   refund(bytes: number): void {
+    this.release(bytes);
+    this.resumeWaiting();
+  }
+
+  /** @internal Gives bytes back without waking the streams waiting (SendAccount.written does, after its own). */
+  release(bytes: number): void {
     this.inFlight -= bytes;
     this.gauge?.set(this.inFlight);
+  }
+
+  /** @internal Wakes the streams waiting, in order, while the budget stays open. */
+  resumeWaiting(): void {
     for (const resume of this.waiting) {
       if (!this.open) break;
       this.waiting.delete(resume);
@@ -66,5 +100,105 @@ export class SendBudget {
 
   cancel(resume: () => void): void {
     this.waiting.delete(resume);
+  }
+
+  /** @internal An account started or stopped having bytes unwritten. */
+  countWriting(delta: 1 | -1): void {
+    this.writing += delta;
+  }
+}
+
+/**
+ * One stream's share of the SendBudget. Besides charging the shared budget, it knows what this
+ * stream has handed over and not yet had written: while there is any, the stream sends nothing
+ * new (`behind`) and picks up once it is written, with whatever is current then. So a proxy that
+ * reads slowly (a slow link, a busy host) holds at most what one turn of its stream sent, not a
+ * copy of every version since it fell behind, and gets the changes made meanwhile as one response
+ * instead of one after another. Without this, a few slow proxies going through a series of
+ * changes would hold the whole shared budget, and every other proxy's changes would wait behind
+ * theirs. Istio merges a connection's pushes while one is in progress in the same way.
+ */
+export class SendAccount {
+  private outstanding = 0;
+  /** When the bytes not yet written began to be (epoch ms), while there are any. */
+  private behindSince = 0;
+  private drained?: () => void;
+  private closed = false;
+
+  constructor(
+    private readonly budget: SendBudget,
+    private readonly now: () => number,
+  ) {}
+
+  /** The shared budget is open. */
+  get open(): boolean {
+    return this.budget.open;
+  }
+
+  /** This stream has bytes handed over and not yet written. */
+  get behind(): boolean {
+    return this.outstanding > 0;
+  }
+
+  /** Bytes handed over and not yet written, and since when there have been some; undefined when none. */
+  get unwritten(): { bytes: number; since: number } | undefined {
+    return this.outstanding > 0 ? { bytes: this.outstanding, since: this.behindSince } : undefined;
+  }
+
+  charge(bytes: number): void {
+    if (this.closed) return;
+    this.budget.charge(bytes);
+    if (this.outstanding === 0 && bytes > 0) {
+      this.behindSince = this.now();
+      this.budget.countWriting(1);
+    }
+    this.outstanding += bytes;
+  }
+
+  /**
+   * `bytes` were written. Once all are, a stream waiting on its own writes goes on first, with
+   * the bytes it gave back, as it would have had it not fallen behind; then the streams waiting
+   * for the budget, in order, while it stays open.
+   */
+  written(bytes: number): void {
+    if (this.closed) return;
+    this.outstanding -= bytes;
+    this.budget.release(bytes);
+    if (this.outstanding === 0 && bytes > 0) {
+      this.budget.countWriting(-1);
+      const resume = this.drained;
+      this.drained = undefined;
+      resume?.();
+    }
+    this.budget.resumeWaiting();
+  }
+
+  /**
+   * Calls `resume` once this stream may send again: when what it has unwritten is written, or
+   * when the shared budget opens. Once per registration.
+   */
+  wait(resume: () => void): void {
+    if (this.closed) return;
+    if (this.outstanding > 0) this.drained = resume;
+    else this.budget.wait(resume);
+  }
+
+  /** Stops waiting (the stream closed). */
+  cancel(resume: () => void): void {
+    this.drained = undefined;
+    this.budget.cancel(resume);
+  }
+
+  /** The stream ended: what it had unwritten goes back to the budget; its writes finishing later count for nothing. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.drained = undefined;
+    if (this.outstanding > 0) {
+      this.budget.countWriting(-1);
+      const bytes = this.outstanding;
+      this.outstanding = 0;
+      this.budget.refund(bytes);
+    }
   }
 }

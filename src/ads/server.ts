@@ -169,8 +169,8 @@ export class AdsServer {
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
     const status = this.status;
     this.hooks = {
-      onConnect: (id, v) => {
-        status.onConnect(id, v);
+      onConnect: (id, v, sends) => {
+        status.onConnect(id, v, sends);
         opts.onProxy?.connected(id);
       },
       onDisconnect: (id, v, reason) => {
@@ -300,6 +300,7 @@ export class AdsServer {
     if (writer) writers.set(call, writer);
     const partsOf = this.parts[variant];
     let headersSent = false;
+    const account = this.budget.account();
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -308,7 +309,7 @@ export class AdsServer {
       nackBackoffMs: this.opts.nackBackoffMs ?? 5000,
       nackBackoffMaxMs: this.opts.nackBackoffMaxMs ?? 60_000,
       hooks: this.hooks,
-      budget: this.budget,
+      budget: account,
       // Delta: only what a gRPC client could not take whole is cut (XDS-RULES 24).
       pieceBytes: variant === 'delta' ? (this.opts.deltaPieceBytes ?? DELTA_MOST_BYTES) : undefined,
       onFailure: (err) => {
@@ -320,20 +321,14 @@ export class AdsServer {
         // to write, and a charge now would never be given back.
         if (ended) return;
         // Charged until it is written; a stream that ends first gives back what it held.
-        this.budget.charge(bytes);
-        outstanding += bytes;
-        const written = () => {
-          if (ended) return;
-          outstanding -= bytes;
-          this.budget.refund(bytes);
-        };
+        account.charge(bytes);
+        const written = () => account.written(bytes);
         if (!writer) return void call.write(r, written);
         if (!headersSent) call.sendMetadata(new grpc.Metadata());
         headersSent = true;
         writer.write(partsOf(r), written);
       },
     });
-    let outstanding = 0;
     let ended = false;
     /** A bug: logged with its stack; the proxy is told no more than that, and reconnects. */
     const internal = (err: unknown) => {
@@ -349,8 +344,7 @@ export class AdsServer {
       this.streams.delete(stream);
       if (!ended) {
         ended = true;
-        this.budget.refund(outstanding);
-        outstanding = 0;
+        account.close();
         writer?.close();
       }
     };

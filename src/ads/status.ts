@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { SendAccount } from './budget.js';
 import { SHORT_NAME, type TypeUrl } from './protos.js';
 import type { StreamHooks, Variant } from './stream.js';
 
@@ -24,6 +25,12 @@ export interface ProxyStatus {
   /** Why its last stream ended: closed by the proxy, cut for silence, ended by weft-cp with a status. */
   disconnectReason?: string;
   variant?: Variant;
+  /**
+   * While connected, response bytes handed to its connection and not yet written, and since when
+   * some have been: a proxy that reads slowly (a slow link, a busy host) or not at all. Its next
+   * responses wait for these, with what changes meanwhile sent together.
+   */
+  unwritten?: { bytes: number; since: string };
   controlPlaneInstance: string;
   /** Keyed by CDS, EDS, LDS, RDS, SDS. */
   types: Record<string, TypeStatus>;
@@ -31,7 +38,7 @@ export interface ProxyStatus {
 
 /** A type's status as kept: times as epoch milliseconds (formatting a date per response and ACK is costly). */
 type TypeRecord = Omit<TypeStatus, 'lastSentAt' | 'lastAckedAt'> & { lastSentAt?: number; lastAckedAt?: number };
-type ProxyRecord = Omit<ProxyStatus, 'types'> & { streams: number; types: Record<string, TypeRecord> };
+type ProxyRecord = Omit<ProxyStatus, 'types' | 'unwritten'> & { streams: number; types: Record<string, TypeRecord>; sends?: Pick<SendAccount, 'unwritten'> };
 
 const iso = (ms: number | undefined) => (ms === undefined ? undefined : new Date(ms).toISOString());
 
@@ -94,9 +101,10 @@ export class XdsStatus implements StreamHooks {
     return (p.types[k] ??= { responses: 0, acks: 0, nacks: 0 });
   }
 
-  onConnect(nodeId: string, variant: Variant): void {
+  onConnect(nodeId: string, variant: Variant, sends?: Pick<SendAccount, 'unwritten'>): void {
     const p = this.entry(nodeId);
     p.streams++;
+    p.sends = sends;
     p.connected = true;
     p.variant = variant;
     p.connectedSince = new Date().toISOString();
@@ -109,6 +117,7 @@ export class XdsStatus implements StreamHooks {
     const p = this.entry(nodeId);
     p.streams = Math.max(0, p.streams - 1);
     if (p.streams === 0) {
+      p.sends = undefined;
       p.connected = false;
       p.disconnectedAt = new Date().toISOString();
       p.disconnectReason = reason ?? 'unknown';
@@ -187,10 +196,11 @@ export class XdsStatus implements StreamHooks {
   get(nodeId: string): ProxyStatus | undefined {
     const p = this.proxies.get(nodeId);
     if (!p) return undefined;
-    const { streams: _s, types, ...rest } = p;
+    const { streams: _s, sends, types, ...rest } = p;
     const out: Record<string, TypeStatus> = {};
     for (const [k, { lastSentAt, lastAckedAt, ...t }] of Object.entries(types)) out[k] = { ...t, lastSentAt: iso(lastSentAt), lastAckedAt: iso(lastAckedAt) };
-    return structuredClone({ ...rest, types: out });
+    const u = sends?.unwritten;
+    return structuredClone({ ...rest, ...(u && { unwritten: { bytes: u.bytes, since: iso(u.since)! } }), types: out });
   }
 
   all(): ProxyStatus[] {

@@ -1,7 +1,7 @@
 import { pairwise, setVersion, SplitMap, type EncodedResource, type Snapshot, type SnapshotCache } from './cache.js';
 import { isTypeUrl, RESPONSE_ORDER, TypeUrl } from './protos.js';
 import { wireBytes, withEncoded } from './wire.js';
-import type { SendBudget } from './budget.js';
+import type { SendAccount } from './budget.js';
 import { splitNodeId } from '../core/identity.js';
 
 export interface Node {
@@ -83,7 +83,8 @@ export const GRPC_UNAUTHENTICATED = 16;
  * and metrics. They must not throw.
  */
 export interface StreamHooks {
-  onConnect(nodeId: string, variant: Variant): void;
+  /** `sends`: the stream's account on the send budget, which tells what it has not yet written. */
+  onConnect(nodeId: string, variant: Variant, sends?: Pick<SendAccount, 'unwritten'>): void;
   /** `reason`: why the stream ended, for the proxy's status (see AdsServer). */
   onDisconnect(nodeId: string, variant: Variant, reason?: string): void;
   onResponse(nodeId: string, typeUrl: TypeUrl, version: string, variant: Variant, resources: number): void;
@@ -183,8 +184,11 @@ export interface StreamOptions {
   onFailure?(err: unknown): void;
   /** Hands a response to the transport; `bytes` is the size of the resources it carries. */
   send(response: DiscoveryResponse | DeltaDiscoveryResponse, bytes: number): void;
-  /** Shared by all streams: while it is spent, a stream with something to send waits its turn. */
-  budget?: SendBudget;
+  /**
+   * This stream's account on the send budget all streams share: while that is spent, or while
+   * what this stream sent before is not yet written, a stream with something to send waits.
+   */
+  budget?: SendAccount;
   /** Delta: send responses of more bytes than this in pieces, each with its own nonce (DELTA_MOST_BYTES; default: never). */
   pieceBytes?: number;
   /**
@@ -561,7 +565,7 @@ export class AdsStream {
     this.node = node;
     this.nodeId = id;
     this.startedAt = this.now();
-    this.opts.hooks.onConnect(id, this.opts.variant);
+    this.opts.hooks.onConnect(id, this.opts.variant, this.opts.budget);
     this.snapshot = this.opts.cache.get(id);
     this.unwatch = this.opts.cache.watch(id, (s) => {
       this.snapshot = s;
@@ -1006,6 +1010,7 @@ export class AdsStream {
     // a resumed proxy's named resources against nothing meanwhile was pure waste.
     if (this.closed || !this.nodeId || !this.snapshot) return;
     if (this.pumpChanges.size > 0) this.pumpChanges.clear(); // left by a pump that threw
+    this.pumpBehind = this.opts.budget?.behind ?? false;
     const now = this.now();
     let wakeAt = Infinity;
     this.routingPendingCached = this.routingPending();
@@ -1034,7 +1039,8 @@ export class AdsStream {
       const sent = this.opts.variant === 'sotw' ? this.sendSotw(state) : this.sendDelta(state);
       if (this.closed) return; // the transport ended the stream under a write
       if (sent === 'blocked') {
-        // The rest waits too, so the order above holds; pump runs again when the budget opens.
+        // The rest waits too, so the order above holds; pump runs again when the budget opens, or
+        // when what this stream sent before is written.
         this.opts.budget!.wait(this.resume);
         break;
       }
@@ -1097,10 +1103,17 @@ export class AdsStream {
     }
   }
 
-  /** True when the shared send budget is spent: the caller must not send now. */
+  /**
+   * True when the caller must not send now: the shared send budget is spent, or this stream had
+   * bytes still unwritten when the pump began (a slow reader: what changes meanwhile goes out
+   * together once they are written, see SendAccount).
+   */
   private blocked(): boolean {
-    return this.opts.budget !== undefined && !this.opts.budget.open;
+    return this.opts.budget !== undefined && (this.pumpBehind || !this.opts.budget.open);
   }
+
+  /** The stream had bytes unwritten when this pump began. */
+  private pumpBehind = false;
 
   private nextNonce(): string {
     return `${this.id}-${(++this.nonceCounter).toString(36)}`;

@@ -11,15 +11,8 @@ import { createServingCertificate } from '../../src/certs/index.js';
 import { collectingLogger } from '../helpers/log-lines.js';
 import { systemRequirement } from '../helpers/require.js';
 import { relayTo } from '../helpers/tcp-relay.js';
+import { until } from '../helpers/until.js';
 import { meshSet, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** A delta proxy behind a TCP relay (helpers/tcp-relay), its first clusters ACKed. */
 async function relayedProxy(ads: TestAds, id: string, tlsCa?: string): Promise<{ client: XdsTestClient; relay: Awaited<ReturnType<typeof relayTo>>; close(): void }> {

@@ -6,7 +6,7 @@ import type { DeltaDiscoveryResponse } from '../../src/ads/stream.js';
 import { SplitMap } from '../../src/ads/cache.js';
 import { PRE_ENCODED, responseSerializer, withEncoded } from '../../src/ads/wire.js';
 import { joinShared, type ResourceSet } from '../../src/xds/index.js';
-import { cla, cluster, listener, route } from '../helpers/xds-fixtures.js';
+import { cla, cluster, listener, meshSet, route } from '../helpers/xds-fixtures.js';
 
 const L = TypeUrl.Listener;
 
@@ -116,9 +116,12 @@ describe('responses spliced from pre-encoded resources', () => {
 
 describe('streams over shared parts and the send budget', () => {
   const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
-  type Sent = { node: string; type: string; names: string[]; removed: readonly string[]; nonce: string; bytes: number };
+  /** `text`: the resources' bytes as Latin-1, to look for a string field's value in. */
+  type Sent = { node: string; type: string; names: string[]; removed: readonly string[]; nonce: string; bytes: number; text: string };
 
+  /** A delta stream on its own account of `budget`; `written(x)` is the transport having written `x`. */
   function stream(cache: SnapshotCache, node: string, sent: Sent[], budget?: SendBudget) {
+    const account = budget?.account();
     const s = new AdsStream({
       variant: 'delta',
       cache,
@@ -126,14 +129,15 @@ describe('streams over shared parts and the send budget', () => {
       controlPlaneId: 'test',
       nackBackoffMs: 1000,
       hooks,
-      budget,
+      budget: account,
       send: (r, bytes) => {
-        budget?.charge(bytes); // as the server does, until gRPC has written it
+        account?.charge(bytes); // as the server does, until gRPC has written it
         const d = r as DeltaDiscoveryResponse;
-        sent.push({ node, type: d.type_url, names: d.resources.map((x) => x.name), removed: d.removed_resources, nonce: d.nonce, bytes });
+        const text = d.resources.map((x) => Buffer.from(x.resource!.value as Uint8Array).toString('latin1')).join('');
+        sent.push({ node, type: d.type_url, names: d.resources.map((x) => x.name), removed: d.removed_resources, nonce: d.nonce, bytes, text });
       },
     });
-    return { s, ack: (x: Sent) => s.handle({ type_url: x.type, response_nonce: x.nonce }) };
+    return { s, account, ack: (x: Sent) => s.handle({ type_url: x.type, response_nonce: x.nonce }), written: (x: Sent) => account!.written(x.bytes) };
   }
 
   it('a delta stream holding split listeners gets only what changed in either part', () => {
@@ -172,16 +176,58 @@ describe('streams over shared parts and the send budget', () => {
     a.s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
     b.s.handle({ node: { id: 'm.b' }, type_url: TypeUrl.Cluster });
     assert.equal(sent.length, 1, 'both wait');
-    assert.equal(budget.streamsWaiting, 2);
-    budget.refund(sent[0]!.bytes);
-    assert.equal(sent.length, 2, 'the first waiter sent...');
+    // a waits for its clusters to be written, b for the budget.
+    assert.equal(budget.streamsWaiting, 1);
+    assert.equal(budget.streamsWriting, 1);
+    a.written(sent[0]!);
+    assert.equal(sent.length, 2, 'the stream whose write finished goes on first...');
     assert.deepEqual([sent[1]!.node, sent[1]!.type], ['m.a', TypeUrl.ClusterLoadAssignment]);
     assert.equal(budget.streamsWaiting, 1, '...and spent the budget again, so the next still waits');
-    budget.refund(sent[1]!.bytes);
+    a.written(sent[1]!);
     assert.deepEqual([sent[2]!.node, sent[2]!.type], ['m.b', TypeUrl.Cluster]);
     b.s.close();
     assert.equal(budget.streamsWaiting, 0);
     a.s.close();
+  });
+
+  it('a stream whose last response is not yet written sends nothing more; the changes made meanwhile go out as one once it is, while other streams go on', () => {
+    const cache = new SnapshotCache();
+    const budget = new SendBudget(1024 * 1024);
+    const sent: Sent[] = [];
+    const at = (ip: string) => meshSet({ web: [[ip, 80]] });
+    for (const n of ['m.slow', 'm.fast']) cache.set(n, at('10.0.0.1'));
+    const slow = stream(cache, 'm.slow', sent, budget);
+    const fast = stream(cache, 'm.fast', sent, budget);
+    for (const [x, n] of [[slow, 'm.slow'], [fast, 'm.fast']] as const) x.s.handle({ node: { id: n }, type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
+    const [first, fastFirst] = sent.splice(0);
+    fast.written(fastFirst!);
+    fast.ack(fastFirst!);
+    // The slow proxy's first response stays unwritten (its connection takes nothing) through three changes.
+    for (const ip of ['10.0.0.2', '10.0.0.3', '10.0.0.4']) {
+      cache.set('m.slow', at(ip));
+      cache.set('m.fast', at(ip));
+      const out = sent.splice(0);
+      assert.deepEqual(out.map((x) => x.node), ['m.fast'], `${ip}: the fast proxy is sent it, the slow one nothing`);
+      fast.written(out[0]!);
+      fast.ack(out[0]!);
+    }
+    assert.equal(budget.bytesInFlight, first!.bytes, 'the slow stream holds one response, not one per change');
+    assert.equal(budget.streamsWriting, 1);
+    assert.deepEqual(slow.account?.unwritten?.bytes, first!.bytes);
+    slow.written(first!);
+    const out = sent.splice(0);
+    assert.deepEqual(out.map((x) => [x.node, x.type]), [['m.slow', TypeUrl.ClusterLoadAssignment]], 'once written: one response...');
+    assert.ok(out[0]!.text.includes('10.0.0.4'), '...with the latest endpoints');
+    assert.equal(slow.account?.unwritten?.bytes, out[0]!.bytes);
+    // Written at once from now on: each change goes out as it comes.
+    slow.written(out[0]!);
+    slow.ack(out[0]!);
+    assert.equal(slow.account?.unwritten, undefined);
+    assert.equal(budget.streamsWriting, 0);
+    cache.set('m.slow', at('10.0.0.5'));
+    assert.deepEqual(sent.splice(0).map((x) => x.node), ['m.slow']);
+    slow.s.close();
+    fast.s.close();
   });
 });
 

@@ -5,16 +5,12 @@ import { XdsTestClient } from '../../src/ads/test-client.js';
 import { collectingLogger } from '../helpers/log-lines.js';
 import { nackRunTests } from '../helpers/nack-runs.js';
 import { adsSuite, cla, cluster, listener, meshSet, route, startTestAds, type TestAds } from '../helpers/xds-fixtures.js';
+import { until } from '../helpers/until.js';
 
 const { Cluster: CDS, ClusterLoadAssignment: EDS, Listener: LDS, RouteConfiguration: RDS } = TypeUrl;
 let n = 0;
 const nodeId = () => `default.sotw-${++n}`;
 const names = (r: { resources: { name: string }[] }) => r.resources.map((x) => x.name).sort();
-
-/** Waits until `cond` holds (the server has read what the client sent), failing after `ms`. */
-async function until(what: string, cond: () => boolean, ms = 3000): Promise<void> {
-  for (const end = Date.now() + ms; !cond(); await new Promise((r) => setTimeout(r, 5))) if (Date.now() > end) assert.fail(`not within ${ms} ms: ${what}`);
-}
 
 describe('ADS state of the world', () => {
   const suite = adsSuite('sotw', { nackBackoffMs: 400 });

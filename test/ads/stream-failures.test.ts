@@ -7,6 +7,7 @@ import type { DeltaDiscoveryResponse } from '../../src/ads/stream.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
 import { collectingLogger } from '../helpers/log-lines.js';
 import { meshSet, startTestAds } from '../helpers/xds-fixtures.js';
+import { until } from '../helpers/until.js';
 
 const EDS = TypeUrl.ClusterLoadAssignment;
 const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
@@ -16,6 +17,7 @@ const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, 
  * on (a bug in the transport, or in the stream, stands for any). Its failures are collected.
  */
 function proxy(cache: SnapshotCache, id: string, opts: { failAt?: number; budget?: SendBudget; nackBackoffMs?: number } = {}) {
+  const account = opts.budget?.account();
   const sent: DeltaDiscoveryResponse[] = [];
   const failures: unknown[] = [];
   const s = new AdsStream({
@@ -25,25 +27,20 @@ function proxy(cache: SnapshotCache, id: string, opts: { failAt?: number; budget
     controlPlaneId: 'test',
     nackBackoffMs: opts.nackBackoffMs ?? 1000,
     hooks,
-    budget: opts.budget,
+    budget: account,
     onFailure: (err) => failures.push(err),
     send: (r, bytes) => {
       if (sent.length + 1 >= (opts.failAt ?? Infinity)) throw new Error(`transport broke on ${id}`);
-      opts.budget?.charge(bytes);
+      account?.charge(bytes);
       sent.push(r as DeltaDiscoveryResponse);
     },
   });
   s.handle({ node: { id }, type_url: EDS, resource_names_subscribe: ['web'] });
-  return { s, sent, failures, ack: (r: DeltaDiscoveryResponse) => s.handle({ type_url: EDS, response_nonce: r.nonce }) };
+  return { s, sent, failures, account, ack: (r: DeltaDiscoveryResponse) => s.handle({ type_url: EDS, response_nonce: r.nonce }) };
 }
 
 const endpoints = (ip: string) => meshSet({ web: [[ip, 80]] });
 
-async function until(ok: () => boolean, ms = 5000): Promise<void> {
-  for (const end = Date.now() + ms; !ok(); await new Promise((r) => setTimeout(r, 10))) {
-    if (Date.now() > end) throw new Error(`not so after ${ms} ms: ${ok.toString()}`);
-  }
-}
 
 describe('a stream that fails outside a request ends alone', () => {
   it("in the reconciler's round: the round goes on for the proxies after it", () => {
@@ -84,7 +81,7 @@ describe('a stream that fails outside a request ends alone', () => {
     const b = proxy(cache, 'm.b', { budget });
     assert.equal(budget.streamsWaiting, 2);
     // c's response is written: a's turn throws, b's turn comes all the same.
-    budget.refund(budget.bytesInFlight);
+    c.account!.written(budget.bytesInFlight);
     assert.deepEqual(a.failures.map((e) => (e as Error).message), ['transport broke on m.a']);
     assert.equal(b.sent.length, 1);
     assert.equal(c.sent.length, 1);
@@ -107,7 +104,7 @@ describe('the server ends a stream that failed outside a request', () => {
       };
       const a = await connect('m.a');
       const b = await connect('m.b');
-      await until(() => ads.server.budget.bytesInFlight === 0);
+      await until('nothing in flight', () => ads.server.budget.bytesInFlight === 0);
       // The next response the server charges breaks (a transport bug stands for any): a's, sent
       // from the reconciler's round (cache.set), outside any request of a's.
       const budget = ads.server.budget;
@@ -128,25 +125,25 @@ describe('the server ends a stream that failed outside a request', () => {
       assert.equal(logged?.nodeId, 'm.a');
       assert.match(String((logged?.err as { message?: string } | undefined)?.message), /secret detail of a broken transport/);
       assert.equal(ads.server.streamCount, 1, "a's stream is gone");
-      await until(() => ads.server.status.get('m.a')?.connected === false);
+      await until('m.a disconnected', () => ads.server.status.get('m.a')?.connected === false);
       assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'weft-cp ended the stream: INTERNAL: internal error');
       // b is served on, and the budget is left as it was (the failed send charged nothing).
       ads.cache.set('m.b', endpoints('10.0.0.3'));
       const r = await b.next(EDS);
       assert.match(JSON.stringify(r.resources), /10\.0\.0\.3/);
       b.ack(r);
-      await until(() => budget.bytesInFlight === 0);
+      await until('nothing in flight', () => budget.bytesInFlight === 0);
       assert.equal(budget.streamsWaiting, 0);
       // a reconnects, as Envoy does after INTERNAL, and gets its config.
       const again = await connect('m.a');
       assert.equal(ads.server.status.get('m.a')?.connected, true);
       assert.equal(ads.server.status.get('m.a')?.disconnectReason, undefined, 'connected again: no reason to show');
       again.close();
-      await until(() => ads.server.status.get('m.a')?.connected === false);
+      await until('m.a disconnected', () => ads.server.status.get('m.a')?.connected === false);
       assert.equal(ads.server.status.get('m.a')?.disconnectReason, 'the proxy closed its stream');
       // Shutdown ends the rest with UNAVAILABLE, which tells them to go to another replica.
       await ads.stop(); // idempotent: the finally below stops it again
-      await until(() => ads.server.status.get('m.b')?.connected === false);
+      await until('m.b disconnected', () => ads.server.status.get('m.b')?.connected === false);
       assert.equal(ads.server.status.get('m.b')?.disconnectReason, 'weft-cp ended the stream: UNAVAILABLE: control plane is shutting down; reconnect to another replica');
     } finally {
       clients.forEach((c) => c.close());

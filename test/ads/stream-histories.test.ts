@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AdsStream, SnapshotCache, TypeUrl, type ResourceSet, type Variant } from '../../src/ads/index.js';
-import { SendBudget } from '../../src/ads/budget.js';
+import { SendBudget, type SendAccount } from '../../src/ads/budget.js';
 import type { EncodedResource } from '../../src/ads/cache.js';
 import { GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryResponse, type DiscoveryResponse } from '../../src/ads/stream.js';
 import { PRE_ENCODED, type PreEncoded } from '../../src/ads/wire.js';
@@ -74,6 +74,8 @@ class Proxy {
   private readonly acked = new Map<string, string>();
   private lastNonce = new Map<string, string>();
   stream!: AdsStream;
+  /** The stream's account on the shared budget, as the server gives each stream. */
+  private account!: SendAccount;
 
   constructor(
     readonly nodeId: string,
@@ -95,6 +97,7 @@ class Proxy {
 
   private open(): void {
     const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
+    const account = (this.account = this.budget.account(this.clock));
     this.stream = new AdsStream({
       variant: this.variant,
       cache: this.cache,
@@ -103,12 +106,12 @@ class Proxy {
       nackBackoffMs: 1000,
       nackBackoffMaxMs: 4000,
       hooks,
-      budget: this.budget,
+      budget: account,
       pieceBytes: this.pieceBytes,
       sentSinceAckKept: this.sentSinceAckKept,
       now: this.clock,
       send: (r, bytes) => {
-        this.budget.charge(bytes);
+        account.charge(bytes);
         this.wire.push({ r: r as Response, bytes });
         this.trace.push(`  ${this.nodeId} sent ${show(r as Response)}`);
       },
@@ -170,7 +173,8 @@ class Proxy {
   /** The stream breaks (what was on its way is lost) and the proxy comes back on a new one, keeping what it holds. */
   reconnect(): void {
     this.stream.close();
-    for (const w of this.wire.splice(0)) this.budget.refund(w.bytes);
+    this.wire.length = 0;
+    this.account.close();
     this.inbox.length = 0;
     this.lastNonce = new Map();
     this.started = false;
@@ -197,7 +201,7 @@ class Proxy {
     if (!w) return;
     this.trace.push(`${this.nodeId} write`);
     this.inbox.push(w.r);
-    this.budget.refund(w.bytes);
+    this.account.written(w.bytes);
   }
 
   /** Reads the oldest response: takes it and ACKs, or rejects it whole. */
