@@ -67,14 +67,27 @@ export interface InsightStatus {
   connectedSince?: string;
   disconnectedAt?: string;
   controlPlaneInstance?: string;
+  /** Response bytes its connection has not taken yet, and since when (a slow or stalled proxy). */
+  unwritten?: { bytes: number; since: string };
   types: Record<string, { lastSentVersion?: string; lastAckedVersion?: string; lastNack?: { message: string; at: string; retryAt?: string }; lastOversized?: { bytes: number; at: string } }>;
 }
 
 const XDS_TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
 
+/** ", behind: 1.1 MB for 12s" for a proxy whose connection has not taken what it was sent for a while; else "". */
+function behind(unwritten: InsightStatus['unwritten'], now: number): string {
+  if (!unwritten || now - Date.parse(unwritten.since) < BEHIND_AFTER_MS) return '';
+  const size = unwritten.bytes >= 1_000_000 ? `${(unwritten.bytes / 1_000_000).toFixed(1)} MB` : `${Math.ceil(unwritten.bytes / 1000)} KB`;
+  return `, behind: ${size} for ${age(unwritten.since, now)}`;
+}
+
+/** Below this, bytes not yet taken by a proxy's connection are a write under way, not a proxy behind. */
+const BEHIND_AFTER_MS = 1000;
+
 /**
- * One line per dataplane: online or not, since when, per xDS type whether the last response was
- * taken, responses too big for a gRPC client's default limit (XDS-RULES 24), and the last NACK.
+ * One line per dataplane: online or not (and behind, when its connection has left a response
+ * untaken for a second or more), since when, per xDS type whether the last response was taken,
+ * responses too big for a gRPC client's default limit (XDS-RULES 24), and the last NACK.
  */
 export function insightTable(rows: { dataplane: Record<string, unknown>; status: InsightStatus }[], now = Date.now()): string {
   const head = ['MESH', 'NAME', 'STATUS', 'SINCE', 'CP', ...XDS_TYPES, 'OVER 4 MiB', 'LAST NACK'];
@@ -98,7 +111,7 @@ export function insightTable(rows: { dataplane: Record<string, unknown>; status:
     return [
       String(dataplane.mesh),
       String(dataplane.name),
-      status.connected ? 'Online' : 'Offline',
+      status.connected ? `Online${behind(status.unwritten, now)}` : 'Offline',
       since ? age(since, now) : '-',
       status.controlPlaneInstance ?? '-',
       ...XDS_TYPES.map(cell),

@@ -52,4 +52,24 @@ describe('weftctl inspect dataplanes table', () => {
     assert.match(lines[2]!, /LDS: Error adding\/updating listener\(s\) http: bad port$/, 'its time has come: it is on its way');
     assert.match(lines[3]!, /ACK\s+-\s+-\s+-\s+LDS: Error adding\/updating listener\(s\) http: bad port$/, 'a newer config was taken');
   });
+
+  it('a proxy whose connection has left a response untaken for a second or more shows as behind, with how much and for how long', () => {
+    const rows = [
+      { name: 'slow', unwritten: { bytes: 1_234_567, since: ago(42) } },
+      { name: 'trickle', unwritten: { bytes: 900, since: ago(3) } },
+      { name: 'writing', unwritten: { bytes: 5_000_000, since: new Date(now - 200).toISOString() } },
+      { name: 'idle', unwritten: undefined },
+    ];
+    const lines = insightTable(
+      rows.map(({ name, unwritten }) => ({ dataplane: { mesh: 'default', name }, status: { connected: true, connectedSince: ago(600), unwritten, types: {} } })),
+      now,
+    )
+      .trimEnd()
+      .split('\n')
+      .slice(1);
+    assert.match(lines[0]!, /^default\s+slow\s+Online, behind: 1\.2 MB for 42s\s+10m\s/);
+    assert.match(lines[1]!, /^default\s+trickle\s+Online, behind: 1 KB for 3s\s+10m\s/);
+    assert.match(lines[2]!, /^default\s+writing\s+Online\s+10m\s/, 'a write under way is not being behind');
+    assert.match(lines[3]!, /^default\s+idle\s+Online\s+10m\s/);
+  });
 });
