@@ -74,18 +74,8 @@ export class SendBudget {
   }
 
   refund(bytes: number): void {
-    this.release(bytes);
-    this.resumeWaiting();
-  }
-
-  /** @internal Gives bytes back without waking the streams waiting (SendAccount.written does, after its own). */
-  release(bytes: number): void {
     this.inFlight -= bytes;
     this.gauge?.set(this.inFlight);
-  }
-
-  /** @internal Wakes the streams waiting, in order, while the budget stays open. */
-  resumeWaiting(): void {
     for (const resume of this.waiting) {
       if (!this.open) break;
       this.waiting.delete(resume);
@@ -110,8 +100,9 @@ export class SendBudget {
 
 /**
  * One stream's share of the SendBudget. Besides charging the shared budget, it knows what this
- * stream has handed over and not yet had written: while there is any, the stream sends nothing
- * new (`behind`) and picks up once it is written, with whatever is current then. So a proxy that
+ * stream has handed over and not yet had written: while there is any from an earlier turn, the
+ * stream sends nothing new (`behind`; the stream's pump decides what a turn is) and picks up once
+ * it is written, with whatever is current then. So a proxy that
  * reads slowly (a slow link, a busy host) holds at most what one turn of its stream sent, not a
  * copy of every version since it fell behind, and gets the changes made meanwhile as one response
  * instead of one after another. Without this, a few slow proxies going through a series of
@@ -156,30 +147,28 @@ export class SendAccount {
   }
 
   /**
-   * `bytes` were written. Once all are, a stream waiting on its own writes goes on first, with
-   * the bytes it gave back, as it would have had it not fallen behind; then the streams waiting
-   * for the budget, in order, while it stays open.
+   * `bytes` were written: the streams waiting for the budget go on, in order, while it stays
+   * open. Once all of this stream's bytes are written, it goes on too if it was waiting for that,
+   * after them: if the budget is spent by then, it waits its turn behind them.
    */
   written(bytes: number): void {
     if (this.closed) return;
     this.outstanding -= bytes;
-    this.budget.release(bytes);
-    if (this.outstanding === 0 && bytes > 0) {
-      this.budget.countWriting(-1);
-      const resume = this.drained;
-      this.drained = undefined;
-      resume?.();
-    }
-    this.budget.resumeWaiting();
+    this.budget.refund(bytes);
+    if (this.outstanding > 0 || bytes === 0) return;
+    this.budget.countWriting(-1);
+    const resume = this.drained;
+    this.drained = undefined;
+    resume?.();
   }
 
   /**
-   * Calls `resume` once this stream may send again: when what it has unwritten is written, or
-   * when the shared budget opens. Once per registration.
+   * Calls `resume` once, when this stream may try again: when what it has unwritten is written
+   * (`behind`: it had some when it began to send), or else when the shared budget opens.
    */
-  wait(resume: () => void): void {
+  wait(resume: () => void, behind: boolean): void {
     if (this.closed) return;
-    if (this.outstanding > 0) this.drained = resume;
+    if (behind && this.outstanding > 0) this.drained = resume;
     else this.budget.wait(resume);
   }
 

@@ -1010,7 +1010,9 @@ export class AdsStream {
     // a resumed proxy's named resources against nothing meanwhile was pure waste.
     if (this.closed || !this.nodeId || !this.snapshot) return;
     if (this.pumpChanges.size > 0) this.pumpChanges.clear(); // left by a pump that threw
-    this.pumpBehind = this.opts.budget?.behind ?? false;
+    // A turn the budget cut short goes on when it opens, whatever it sent before the cut.
+    this.pumpBehind = !this.turnCut && (this.opts.budget?.behind ?? false);
+    this.turnCut = false;
     const now = this.now();
     let wakeAt = Infinity;
     this.routingPendingCached = this.routingPending();
@@ -1039,9 +1041,10 @@ export class AdsStream {
       const sent = this.opts.variant === 'sotw' ? this.sendSotw(state) : this.sendDelta(state);
       if (this.closed) return; // the transport ended the stream under a write
       if (sent === 'blocked') {
-        // The rest waits too, so the order above holds; pump runs again when the budget opens, or
-        // when what this stream sent before is written.
-        this.opts.budget!.wait(this.resume);
+        // The rest waits too, so the order above holds; pump runs again when what this stream sent
+        // before this turn is written, or, for a turn the spent budget cut, when the budget opens.
+        this.turnCut = !this.pumpBehind;
+        this.opts.budget!.wait(this.resume, this.pumpBehind);
         break;
       }
     }
@@ -1112,8 +1115,10 @@ export class AdsStream {
     return this.opts.budget !== undefined && (this.pumpBehind || !this.opts.budget.open);
   }
 
-  /** The stream had bytes unwritten when this pump began. */
+  /** The stream had bytes unwritten from an earlier turn when this pump began. */
   private pumpBehind = false;
+  /** The last pump stopped for the spent budget, not for this stream's own unwritten bytes. */
+  private turnCut = false;
 
   private nextNonce(): string {
     return `${this.id}-${(++this.nonceCounter).toString(36)}`;

@@ -180,13 +180,37 @@ describe('streams over shared parts and the send budget', () => {
     assert.equal(budget.streamsWaiting, 1);
     assert.equal(budget.streamsWriting, 1);
     a.written(sent[0]!);
-    assert.equal(sent.length, 2, 'the stream whose write finished goes on first...');
-    assert.deepEqual([sent[1]!.node, sent[1]!.type], ['m.a', TypeUrl.ClusterLoadAssignment]);
-    assert.equal(budget.streamsWaiting, 1, '...and spent the budget again, so the next still waits');
-    a.written(sent[1]!);
-    assert.deepEqual([sent[2]!.node, sent[2]!.type], ['m.b', TypeUrl.Cluster]);
+    assert.equal(sent.length, 2, 'the stream waiting for the budget goes first...');
+    assert.deepEqual([sent[1]!.node, sent[1]!.type], ['m.b', TypeUrl.Cluster]);
+    assert.equal(budget.streamsWaiting, 1, '...and spent it again, so a, its own writes done, waits its turn behind it');
+    b.written(sent[1]!);
+    assert.deepEqual([sent[2]!.node, sent[2]!.type], ['m.a', TypeUrl.ClusterLoadAssignment]);
     b.s.close();
     assert.equal(budget.streamsWaiting, 0);
+    a.s.close();
+  });
+
+  it('a turn the spent budget cut short goes on when the budget opens, though what it sent before the cut is not yet written', () => {
+    const set = proxySet([listener('vip-1', 81, 'r1')], [], ['r1']);
+    const sent: Sent[] = [];
+    // The size of the clusters' response, from a stream with no budget.
+    const sizing = new SnapshotCache();
+    sizing.set('m.x', set);
+    stream(sizing, 'm.x', sent).s.handle({ node: { id: 'm.x' }, type_url: TypeUrl.Cluster });
+    const cdsBytes = sent.pop()!.bytes;
+    // Room for the clusters and a little more: 20 bytes of another stream's make them the last to fit.
+    const budget = new SendBudget(cdsBytes + 10);
+    budget.charge(20);
+    const cache = new SnapshotCache();
+    const a = stream(cache, 'm.a', sent, budget);
+    // Subscribed to both before its config comes, so that one turn sends both.
+    a.s.handle({ node: { id: 'm.a' }, type_url: TypeUrl.Cluster });
+    a.s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
+    cache.set('m.a', set);
+    assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster], 'the clusters went, then the budget was spent');
+    assert.equal(budget.streamsWaiting, 1);
+    budget.refund(20); // the other stream's bytes are written
+    assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment], 'the rest of the turn, its clusters still unwritten');
     a.s.close();
   });
 
