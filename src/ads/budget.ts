@@ -154,11 +154,13 @@ export class SendAccount {
   written(bytes: number): void {
     if (this.closed) return;
     this.outstanding -= bytes;
+    // Settled before the refund wakes anyone: a waiting stream woken there may be this one, which
+    // then charges anew.
+    const done = this.outstanding === 0 && bytes > 0;
+    if (done) this.budget.countWriting(-1);
+    const resume = done ? this.drained : undefined;
+    if (done) this.drained = undefined;
     this.budget.refund(bytes);
-    if (this.outstanding > 0 || bytes === 0) return;
-    this.budget.countWriting(-1);
-    const resume = this.drained;
-    this.drained = undefined;
     resume?.();
   }
 

@@ -1108,8 +1108,8 @@ export class AdsStream {
 
   /**
    * True when the caller must not send now: the shared send budget is spent, or this stream had
-   * bytes still unwritten when the pump began (a slow reader: what changes meanwhile goes out
-   * together once they are written, see SendAccount).
+   * bytes of an earlier turn still unwritten when the pump began (a slow reader: what changes
+   * meanwhile goes out together once they are written, see SendAccount).
    */
   private blocked(): boolean {
     return this.opts.budget !== undefined && (this.pumpBehind || !this.opts.budget.open);

@@ -69,7 +69,7 @@ interface Plane {
   /** What each replica's ADS server shows of a proxy, and of its send budget, for a failure's report. */
   diagnose(nodeId: string): string;
   /** Each replica's send budget: bytes handed to gRPC and not yet written, streams waiting for it. */
-  budgets(): { bytesInFlight: number; streamsWaiting: number }[];
+  budgets(): { bytesInFlight: number; streamsWaiting: number; streamsWriting: number }[];
   /** Stops replica `i` and starts it again on the same store, as after a crash or an upgrade: it remembers nothing of the proxies. */
   restart(i: number): Promise<void>;
   /**
@@ -549,8 +549,8 @@ class World {
     const deadline = Date.now() + 2000;
     for (;;) {
       const budgets = this.cp.budgets();
-      if (budgets.every((b) => b.bytesInFlight === 0 && b.streamsWaiting === 0)) return;
-      if (Date.now() > deadline) assert.fail(`every proxy holds its config, yet send budgets stay charged (bytes in flight, streams waiting): ${budgets.map((b) => `${b.bytesInFlight}, ${b.streamsWaiting}`).join('; ')}\n${this.history()}`);
+      if (budgets.every((b) => b.bytesInFlight === 0 && b.streamsWaiting === 0 && b.streamsWriting === 0)) return;
+      if (Date.now() > deadline) assert.fail(`every proxy holds its config, yet send budgets stay charged (bytes in flight, streams waiting, streams writing): ${budgets.map((b) => `${b.bytesInFlight}, ${b.streamsWaiting}, ${b.streamsWriting}`).join('; ')}\n${this.history()}`);
       await new Promise((res) => setTimeout(res, 10));
     }
   }
@@ -577,7 +577,7 @@ const nacksIn = (metrics: string) => [...metrics.matchAll(/^weft_xds_nacks_total
 /** An ADS server's streams and send budget, and its status record of one proxy. */
 function diagnosis(server: AdsServer, nodeId: string): string {
   const b = server.budget;
-  return `${server.streamCount} streams; send budget ${b.bytesInFlight} of ${b.limitBytes} bytes in flight, ${b.streamsWaiting} streams waiting; ${nodeId}: ${JSON.stringify(server.status.get(nodeId) ?? null)}`;
+  return `${server.streamCount} streams; send budget ${b.bytesInFlight} of ${b.limitBytes} bytes in flight, ${b.streamsWaiting} streams waiting, ${b.streamsWriting} writing; ${nodeId}: ${JSON.stringify(server.status.get(nodeId) ?? null)}`;
 }
 
 const nacksOf = async (cp: { diagnosticsUrl: string }) => nacksIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());

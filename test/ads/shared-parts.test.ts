@@ -211,6 +211,33 @@ describe('streams over shared parts and the send budget', () => {
     assert.equal(budget.streamsWaiting, 1);
     budget.refund(20); // the other stream's bytes are written
     assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment], 'the rest of the turn, its clusters still unwritten');
+    assert.equal(budget.streamsWriting, 1);
+    for (const x of sent) a.written(x);
+    assert.deepEqual([budget.bytesInFlight, budget.streamsWriting], [0, 0]);
+    a.s.close();
+  });
+
+  it("a cut turn that its own write lets go on: counted once among the streams writing, and nothing left charged", () => {
+    const set = proxySet([listener('vip-1', 81, 'r1')], [], ['r1']);
+    const sent: Sent[] = [];
+    const sizing = new SnapshotCache();
+    sizing.set('m.x', set);
+    stream(sizing, 'm.x', sent).s.handle({ node: { id: 'm.x' }, type_url: TypeUrl.Cluster });
+    const cdsBytes = sent.pop()!.bytes;
+    // Another stream's 20 bytes stay: the budget opens only when a's clusters are written.
+    const budget = new SendBudget(cdsBytes + 10);
+    budget.charge(20);
+    const cache = new SnapshotCache();
+    const a = stream(cache, 'm.a', sent, budget);
+    a.s.handle({ node: { id: 'm.a' }, type_url: TypeUrl.Cluster });
+    a.s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
+    cache.set('m.a', set);
+    assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster]);
+    a.written(sent[0]!);
+    assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment], 'the rest of the turn, once the budget opened');
+    assert.equal(budget.streamsWriting, 1, 'one stream, one count');
+    a.written(sent[1]!);
+    assert.deepEqual([budget.bytesInFlight, budget.streamsWriting], [20, 0]);
     a.s.close();
   });
 

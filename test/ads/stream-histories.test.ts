@@ -315,6 +315,7 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
       }
     }
     assert.ok(!busy(), 'the streams went quiet');
+    assert.deepEqual({ bytesInFlight: budget.bytesInFlight, streamsWaiting: budget.streamsWaiting, streamsWriting: budget.streamsWriting }, { bytesInFlight: 0, streamsWaiting: 0, streamsWriting: 0 }, 'nothing left charged or counted');
     for (const proxy of proxies) {
       const snapshot = cache.get(proxy.nodeId)!;
       for (const t of [...WILDCARD, ...NAMED]) {
