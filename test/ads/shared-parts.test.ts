@@ -190,16 +190,18 @@ describe('streams over shared parts and the send budget', () => {
     a.s.close();
   });
 
-  it('a turn the spent budget cut short goes on when the budget opens, though what it sent before the cut is not yet written', () => {
+  /**
+   * Stream m.a sends its clusters and is then cut short by the spent budget, before its endpoints:
+   * the budget has room for the clusters and 10 bytes more, and holds 20 bytes of another stream's.
+   */
+  function cutTurn() {
     const set = proxySet([listener('vip-1', 81, 'r1')], [], ['r1']);
     const sent: Sent[] = [];
     // The size of the clusters' response, from a stream with no budget.
     const sizing = new SnapshotCache();
     sizing.set('m.x', set);
     stream(sizing, 'm.x', sent).s.handle({ node: { id: 'm.x' }, type_url: TypeUrl.Cluster });
-    const cdsBytes = sent.pop()!.bytes;
-    // Room for the clusters and a little more: 20 bytes of another stream's make them the last to fit.
-    const budget = new SendBudget(cdsBytes + 10);
+    const budget = new SendBudget(sent.pop()!.bytes + 10);
     budget.charge(20);
     const cache = new SnapshotCache();
     const a = stream(cache, 'm.a', sent, budget);
@@ -209,6 +211,11 @@ describe('streams over shared parts and the send budget', () => {
     cache.set('m.a', set);
     assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster], 'the clusters went, then the budget was spent');
     assert.equal(budget.streamsWaiting, 1);
+    return { a, budget, sent };
+  }
+
+  it('a turn the spent budget cut short goes on when the budget opens, though what it sent before the cut is not yet written', () => {
+    const { a, budget, sent } = cutTurn();
     budget.refund(20); // the other stream's bytes are written
     assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment], 'the rest of the turn, its clusters still unwritten');
     assert.equal(budget.streamsWriting, 1);
@@ -217,22 +224,9 @@ describe('streams over shared parts and the send budget', () => {
     a.s.close();
   });
 
-  it("a cut turn that its own write lets go on: counted once among the streams writing, and nothing left charged", () => {
-    const set = proxySet([listener('vip-1', 81, 'r1')], [], ['r1']);
-    const sent: Sent[] = [];
-    const sizing = new SnapshotCache();
-    sizing.set('m.x', set);
-    stream(sizing, 'm.x', sent).s.handle({ node: { id: 'm.x' }, type_url: TypeUrl.Cluster });
-    const cdsBytes = sent.pop()!.bytes;
-    // Another stream's 20 bytes stay: the budget opens only when a's clusters are written.
-    const budget = new SendBudget(cdsBytes + 10);
-    budget.charge(20);
-    const cache = new SnapshotCache();
-    const a = stream(cache, 'm.a', sent, budget);
-    a.s.handle({ node: { id: 'm.a' }, type_url: TypeUrl.Cluster });
-    a.s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: ['web'] });
-    cache.set('m.a', set);
-    assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster]);
+  it('a cut turn that its own write lets go on: counted once among the streams writing, and nothing left charged', () => {
+    const { a, budget, sent } = cutTurn();
+    // The other stream's 20 bytes stay: the budget opens when a's clusters are written.
     a.written(sent[0]!);
     assert.deepEqual(sent.map((x) => x.type), [TypeUrl.Cluster, TypeUrl.ClusterLoadAssignment], 'the rest of the turn, once the budget opened');
     assert.equal(budget.streamsWriting, 1, 'one stream, one count');
