@@ -16,6 +16,7 @@ import { postgresMissing, startPostgres, type TestPostgres } from '../helpers/po
 import { systemRequirement } from '../helpers/require.js';
 import { ALL_TYPES, ModelProxy, heldOf, short, type Held } from '../helpers/model-proxy.js';
 import { seeded } from '../helpers/seeded.js';
+import { relayTo, type Relay } from '../helpers/tcp-relay.js';
 
 /**
  * The whole control plane against a random history, checked against translation from scratch.
@@ -27,7 +28,8 @@ import { seeded } from '../helpers/seeded.js';
  * subscribe as Envoy (SotW, delta) or grpc-js-xds (SotW) does, through a random mix of store
  * changes in two meshes (Dataplanes, health, reach, protocols, permissions, the Mesh's mTLS, CA
  * and passthrough, a mesh deleted), proxy moves (connects, reconnects announcing what they hold,
- * drops, rejected responses) and control plane restarts, sometimes while a round is in flight.
+ * drops, rejected responses, links that hold back what the server sends for a moment) and control
+ * plane restarts, sometimes while a round is in flight.
  * After each burst, every proxy must come to hold exactly what a fresh translation of the store
  * gives it, and at no moment may a listener it holds send to a cluster it lacks (XDS-RULES 8);
  * then nothing may stay charged to the send budget.
@@ -48,6 +50,13 @@ const SERVICES = ['web', 'api', 'db', 'cache', 'pay'];
 const NAMES = Array.from({ length: 8 }, (_, i) => `dp-${i}`);
 /** gRPC apps on grpc-js-xds (now and then registered as sidecars, as others now and then as proxyless). */
 const PROXYLESS = new Set(['dp-6', 'dp-7']);
+/**
+ * The HTTP/2 stream window of proxies on a link that slows down (see World.connect): small, so
+ * that a held link soon leaves the server's writes to it unfinished and its stream behind.
+ */
+const LINK_WINDOW = 4096;
+/** How long a slow link holds back what the server sends, at most: well under the tight plane's 1 s keepalive cut. */
+const LINK_HOLD_MS = 250;
 
 /** What the histories run against: a store to change, and an ADS port serving it. */
 interface Plane {
@@ -345,26 +354,35 @@ class World {
     // its signing key): their streams are let in only once the token is checked, which takes a
     // turn of the store, while a returning proxy's requests wait (server.ts, `serve`).
     if (this.cp.tokenFor) for (const n of NAMES) this.tokens.set(`model.${n}`, await this.cp.tokenFor('model', n));
-    for (const n of [...NAMES.slice(0, 4), 'dp-6']) this.connect('model', n);
-    for (const n of NAMES.slice(0, 2)) this.connect('other', n);
+    for (const n of [...NAMES.slice(0, 4), 'dp-6']) await this.connect('model', n);
+    for (const n of NAMES.slice(0, 2)) await this.connect('other', n);
   }
 
   /** Tokens by node id; a proxy that has one sends it two times in three. */
   private readonly tokens = new Map<string, string>();
 
-  private connect(mesh: MeshName, name: string): void {
+  /**
+   * Proxies on a link that now and then holds back what the server sends (a slow or congested
+   * network): the server's writes to them stay unfinished, and the changes meanwhile must reach
+   * them as one once the link frees up (docs/ads.md, "A slow proxy holds one response").
+   */
+  private readonly links = new Map<ModelProxy, Relay>();
+
+  private async connect(mesh: MeshName, name: string): Promise<void> {
     // gRPC apps ask as grpc-js-xds does (SotW): the services they call, the ports they serve.
     const grpc = PROXYLESS.has(name) && this.rng() < 0.8 ? { listeners: [...this.some(SERVICES), ...this.some([8080, 9090, 7070]).map((port) => `grpc/server?xds.resource.listening_address=0.0.0.0:${port}`)] } : undefined;
     const variant = grpc || this.rng() < 0.5 ? 'sotw' : 'delta';
     const id = `${mesh}.${name}`;
     const replica = Math.floor(this.rng() * this.cp.addresses.length);
     const token = this.tokens.has(id) && this.rng() < 2 / 3 ? this.tokens.get(id) : undefined;
-    const p = new ModelProxy(id, variant, this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc, token });
+    const link = this.rng() < 0.3 ? await relayTo(this.cp.addresses[replica]!) : undefined;
+    const p = new ModelProxy(id, variant, link?.address ?? this.cp.addresses[replica]!, { tlsCa: this.cp.tlsCa, rng: this.rng, nackRate: NACK_RATE, grpc, token, flowControlWindow: link ? LINK_WINDOW : undefined });
+    if (link) this.links.set(p, link);
     this.proxies.set(id, p);
     this.replicaOf.set(p, replica);
     this.everyone.push(p);
     p.connect();
-    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''}${this.cp.addresses.length > 1 ? `, to replica ${replica}` : ''}${token ? ', with its token' : ''})`);
+    this.log.push(`connect ${id} (${variant}${grpc ? `, as grpc-js-xds asking for ${grpc.listeners.join(' ')}` : ''}${this.cp.addresses.length > 1 ? `, to replica ${replica}` : ''}${token ? ', with its token' : ''}${link ? ', over a link that slows down' : ''})`);
   }
 
   /** One random change to the store or to the proxies. */
@@ -403,7 +421,7 @@ class World {
       if (p) {
         this.log.push(`reconnect ${id}`);
         p.reconnect();
-      } else this.connect(mesh, name);
+      } else await this.connect(mesh, name);
     } else if (r < 0.76) {
       const p = this.proxies.get(id);
       if (p) {
@@ -429,6 +447,16 @@ class World {
         p.stubborn = this.pick([TypeUrl.Cluster, TypeUrl.Listener, TypeUrl.ClusterLoadAssignment]);
         this.log.push(`${id} rejects every ${short(p.stubborn)}`);
       }
+    } else if (r < 0.92) {
+      // A proxy's link holds back what the server sends for a moment, while the history goes on.
+      const linked = [...this.proxies.values()].filter((p) => this.links.has(p));
+      if (linked.length === 0) return;
+      const p = this.pick(linked);
+      const ms = 20 + Math.floor(this.rng() * (LINK_HOLD_MS - 20));
+      this.log.push(`${p.nodeId}'s link holds what the server sends for ${ms} ms`);
+      const link = this.links.get(p)!;
+      link.holdToClient();
+      setTimeout(() => link.releaseToClient(), ms);
     } else {
       const ms = Math.floor(this.rng() * 40);
       this.log.push(`wait ${ms} ms`);
@@ -451,7 +479,9 @@ class World {
       if (this.replicaOf.get(p) !== i) continue;
       const to = Math.floor(this.rng() * n);
       this.replicaOf.set(p, to);
-      p.moveTo(this.cp.addresses[to]!);
+      const link = this.links.get(p);
+      if (link) link.retarget(this.cp.addresses[to]!);
+      else p.moveTo(this.cp.addresses[to]!);
       if (p.connected) p.reconnect();
     }
   }
@@ -570,6 +600,7 @@ class World {
 
   close(): void {
     for (const p of this.proxies.values()) p.close();
+    for (const link of this.links.values()) link.close();
   }
 }
 

@@ -170,6 +170,8 @@ export class ModelProxy {
       grpc?: { listeners: string[] };
       /** A dataplane token, sent as weft-dp and Envoy do (`authorization: Bearer`) on every stream. */
       token?: string;
+      /** Its HTTP/2 stream window (gRPC's default: 64 KiB): how much the server may send ahead of its reading. */
+      flowControlWindow?: number;
     },
   ) {
     if (opts.grpc && variant !== 'sotw') throw new Error('grpc-js-xds speaks SotW only');
@@ -199,7 +201,7 @@ export class ModelProxy {
     const holds = ALL_TYPES.some((t) => this.held.get(t)!.size > 0);
     this.resyncing = this.variant === 'sotw' && holds ? 'before LDS' : 'no';
     this.trace.push(`connect, holding ${ALL_TYPES.map((t) => `${short(t)} [${[...this.held.get(t)!.keys()].join(' ')}]`).join(', ')}`);
-    const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, metadata: this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : undefined, onResponse: (r) => this.onResponse(client, r) }));
+    const client = (this.client = new XdsTestClient(this.address, this.variant, { id: this.nodeId }, { tlsCa: this.opts.tlsCa, metadata: this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : undefined, flowControlWindow: this.opts.flowControlWindow, onResponse: (r) => this.onResponse(client, r) }));
     void client.closed.then((s) => this.ended(client, s));
     for (const t of this.wildcard) {
       if (this.variant === 'sotw') client.request(t, [], this.acked.has(t) ? { version_info: this.acked.get(t) } : {});
