@@ -133,6 +133,11 @@ const CUT_REMEMBERED_MS = 10_000;
 const EARLY_REQUESTS_KEPT = 32;
 
 /** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
+/** A byte count for people: 1.2 MB, 34 KB. */
+function sizeOf(bytes: number): string {
+  return bytes >= 1_000_000 ? `${(bytes / 1_000_000).toFixed(1)} MB` : `${Math.ceil(bytes / 1000)} KB`;
+}
+
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
@@ -483,10 +488,14 @@ export class AdsServer {
           const silentMs = Math.round(now - seen.since);
 
           // Its streams, while grpc-js still knows their peer (`ip:port`, written as above).
-          const nodeIds = [...this.streams].filter(([, call]) => call.getPeer() === peer).map(([st]) => st.nodeId);
+          const streams = [...this.streams].filter(([, call]) => call.getPeer() === peer).map(([st]) => st);
+          const nodeIds = streams.map((st) => st.nodeId);
+          // What it was sent and did not take: a proxy that stopped reading, not an idle one that vanished.
+          const unwrittenBytes = streams.reduce((n, st) => n + st.unwrittenBytes, 0);
           this.silentCuts.inc({ streams: nodeIds.length > 0 ? 'open' : 'none' });
-          this.opts.logger.info({ peer, silentMs, nodeIds }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
-          this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)` });
+          this.opts.logger.info({ peer, silentMs, nodeIds, unwrittenBytes }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
+          const untaken = unwrittenBytes > 0 ? `, ${sizeOf(unwrittenBytes)} sent to it not yet taken` : '';
+          this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)${untaken}` });
           socket.destroy();
         }
       }

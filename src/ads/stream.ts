@@ -1271,6 +1271,11 @@ export class AdsStream {
     state.sentChangeTime = Math.max(this.snapshot?.changeTime ?? 0, this.startedAt);
   }
 
+  /** Response bytes handed to the transport and not yet written to the connection. */
+  get unwrittenBytes(): number {
+    return this.opts.budget?.unwritten?.bytes ?? 0;
+  }
+
   /** What this stream has sent and had acknowledged, per type (for status pages and tests). */
   typeStatus(): { typeUrl: TypeUrl; sentVersion?: string; ackedVersion?: string; wildcard: boolean; subscribed: string[] }[] {
     return [...this.types.values()].map((s) => ({ typeUrl: s.typeUrl, sentVersion: s.sentVersion, ackedVersion: s.ackedVersion, wildcard: s.wildcard, subscribed: [...s.subscribed] }));

@@ -97,9 +97,11 @@ describe('ADS connections: keepalive and age', () => {
     const tookMs = Date.now() - frozeAt;
     assert.ok(tookMs < 3000, `cut after ${tookMs} ms; keepalive is 100 + 1000 ms`);
     assert.equal(await metric(ads, 'weft_xds_connections_cut_total', { streams: 'open' }), 1, 'counted as cut for silence, with a stream on it');
-    assert.match(ads.server.status.get('default.gone')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/);
+    // It had stopped reading in the middle of its big config: the reason says how much it left.
+    assert.match(ads.server.status.get('default.gone')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\), (\d+ KB|\d+\.\d MB) sent to it not yet taken$/);
     const logged = lines.filter((l) => l.msg === 'xDS connection cut: nothing read from it for the keepalive time and timeout');
     assert.deepEqual(logged.map((l) => l.nodeIds), [['default.gone']], 'logged once, naming the proxy on it');
+    assert.ok((logged[0]?.unwrittenBytes as number) > 500_000, `and what it had not taken: ${String(logged[0]?.unwrittenBytes)} bytes`);
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
     assert.equal(await metric(ads, 'weft_xds_connected_proxies'), 1);
 
@@ -147,8 +149,21 @@ describe('ADS connections: keepalive and age', () => {
     const tookMs = Date.now() - frozeAt;
     // Its silence began with the last bytes it sent (a ping's answer), a little before the freeze.
     assert.ok(tookMs >= 300 && tookMs < 2500, `cut after ${tookMs} ms; keepalive is 100 + 500 ms of silence`);
-    assert.match(ads.server.status.get('default.busy')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/, 'over TLS too');
+    assert.match(ads.server.status.get('default.busy')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\), (\d+ KB|\d+\.\d MB) sent to it not yet taken$/, 'over TLS too');
     assert.equal(await metric(ads, 'weft_xds_send_bytes_in_flight'), 0, 'the stuck bytes went back to the budget');
+  });
+
+  it('an idle proxy that vanished is cut with a reason that says only that: nothing was left untaken', async (t) => {
+    const ads = await startTestAds({ connections: { keepaliveTimeMs: 100, keepaliveTimeoutMs: 500 } });
+    const { relay, close } = await relayedProxy(ads, 'default.idle');
+    t.after(async () => {
+      close();
+      await ads.stop();
+    });
+    await until('nothing in flight', async () => (await metric(ads, 'weft_xds_send_bytes_in_flight')) === 0);
+    relay.freeze();
+    await until('the vanished proxy is cut', () => ads.server.status.get('default.idle')?.connected === false, 5000);
+    assert.match(ads.server.status.get('default.idle')?.disconnectReason ?? '', /^weft-cp cut its connection: nothing read from it for \d+\.\d s \(keepalive\)$/);
   });
 
   it('with keepalive on, a connection that reads nothing for the ping interval and timeout is cut, even with no HTTP/2 session to ping', async (t) => {
