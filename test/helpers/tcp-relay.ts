@@ -29,6 +29,12 @@ export async function relayTo(target: string): Promise<Relay> {
   const held = new Set<[Socket, Socket]>();
   const server = createServer((down) => {
     const up = connect(port, host);
+    // Nothing listening there (a control plane that stopped): the client's connection is refused too.
+    let connected = false;
+    up.once('connect', () => (connected = true));
+    up.once('error', () => {
+      if (!connected) down.destroy();
+    });
     const pair: [Socket, Socket] = [down, up];
     for (const s of pair) {
       s.on('error', () => {});
