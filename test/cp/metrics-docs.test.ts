@@ -47,9 +47,21 @@ describe('metrics and their documentation', () => {
     }
   });
 
-  it('docs/alerts.yaml is a rule file Prometheus loads (promtool check rules)', systemRequirement('promtool', promtoolMissing), () => {
-    const r = spawnSync('promtool', ['check', 'rules', fileURLToPath(new URL('alerts.yaml', docs))], { encoding: 'utf8' });
-    assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
-    assert.match(r.stdout, /SUCCESS: \d+ rules found/);
+  it('docs/alerts.yaml is a rule file Prometheus loads, and each alert fires on its series and not on look-alikes (promtool)', systemRequirement('promtool', promtoolMissing), () => {
+    const check = spawnSync('promtool', ['check', 'rules', fileURLToPath(new URL('alerts.yaml', docs))], { encoding: 'utf8' });
+    assert.equal(check.status, 0, `${check.stdout}${check.stderr}`);
+    assert.match(check.stdout, /SUCCESS: \d+ rules found/);
+    // test/fixtures/alerts.test.yaml: synthetic series, and when each alert must and must not fire.
+    const cases = fileURLToPath(new URL('../../../test/fixtures/alerts.test.yaml', import.meta.url));
+    const run = spawnSync('promtool', ['test', 'rules', cases], { encoding: 'utf8' });
+    assert.equal(run.status, 0, `${run.stdout}${run.stderr}`);
+    assert.match(run.stdout, /SUCCESS/);
+  });
+
+  it('every alert has a case in test/fixtures/alerts.test.yaml', () => {
+    const rules = (parse(readFileSync(new URL('alerts.yaml', docs), 'utf8')) as { groups: { rules: { alert: string }[] }[] }).groups.flatMap((g) => g.rules.map((r) => r.alert));
+    const cases = parse(readFileSync(new URL('../../../test/fixtures/alerts.test.yaml', import.meta.url), 'utf8')) as { tests: { alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[] };
+    const firing = new Set(cases.tests.flatMap((t) => t.alert_rule_test.filter((a) => a.exp_alerts.length > 0).map((a) => a.alertname)));
+    assert.deepEqual(rules.filter((a) => !firing.has(a)), [], 'alerts never shown to fire');
   });
 });
