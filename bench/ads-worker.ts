@@ -16,6 +16,8 @@ interface Start {
   /** The control plane's ADS certificate (PEM), to connect with TLS trusting it. */
   tlsCa?: string;
   nodeIds: string[];
+  /** Proxies that will stall (WEFT_BENCH_STALLED): they connect with gRPC's default window, 64 KiB. */
+  stallable?: string[];
 }
 interface Watch {
   cmd: 'watch';
@@ -36,7 +38,7 @@ interface Reject {
   cmd: 'reject';
   typeUrl: string;
 }
-type Msg = Start | Watch | Reject | { cmd: 'stop' } | { cmd: 'count' } | { cmd: 'drop' } | { cmd: 'resume' };
+type Msg = Start | Watch | Reject | { cmd: 'stop' } | { cmd: 'count' } | { cmd: 'drop' } | { cmd: 'resume' } | { cmd: 'stall' };
 
 // HTTP/2 flow-control window of each proxy's connection: Envoy's default for the xDS cluster of
 // its bootstrap is 256 MiB (initial stream and connection window); grpc-js's own is 64 KiB.
@@ -46,6 +48,9 @@ const CLIENT = benchClient();
 
 type Client = Pick<XdsTestClient, 'variant' | 'ack' | 'nack' | 'delta' | 'subscribe' | 'close'>;
 const clients = new Map<string, Client>();
+/** Proxies that stopped reading (WEFT_BENCH_STALLED): no change is expected to reach them. */
+const stalled = new Set<string>();
+let stallable = new Set<string>();
 const ready = new Set<string>();
 let watch: Watch | undefined;
 let seen = new Map<string, number>();
@@ -142,6 +147,7 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
 
 process.on('message', (m: Msg) => {
   if (m.cmd === 'start') {
+    stallable = new Set(m.stallable ?? []);
     for (const id of m.nodeIds) {
       // Each proxy on its own connection, as real Envoys are (WEFT_BENCH_SHARED_CONNECTIONS=1: one per process).
       const state = { eds: new Set<string>(), got: new Set<string>() };
@@ -149,7 +155,7 @@ process.on('message', (m: Msg) => {
       const onR = (r: Received) => onResponse(id, c, r, state);
       const c: Client =
         CLIENT === 'http2'
-          ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR })
+          ? new H2AdsClient(m.address, m.variant, { id }, { flowControlWindow: stallable.has(id) ? 65_535 : FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR })
           : new XdsTestClient(m.address, m.variant, { id }, { ownConnection: process.env.WEFT_BENCH_SHARED_CONNECTIONS !== '1', flowControlWindow: FLOW_WINDOW, tlsCa: m.tlsCa, onResponse: onR });
       clients.set(id, c);
       // grpc-js clients: a stream that ends before 'stop' was ended by weft-cp (see H2AdsClient.cut).
@@ -162,7 +168,14 @@ process.on('message', (m: Msg) => {
         c.delta({ type_url: TypeUrl.Listener });
       }
     }
+  } else if (m.cmd === 'stall') {
+    for (const id of stallable) {
+      (clients.get(id) as H2AdsClient | undefined)?.stall();
+      stalled.add(id);
+    }
+    send({ type: 'stalled', count: stalled.size });
   } else if (m.cmd === 'watch') {
+    if (stalled.size > 0) m.expect = m.expect.filter((id) => !stalled.has(id));
     watch = m;
     seen = new Map();
     listeners = new Map();

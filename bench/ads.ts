@@ -35,6 +35,10 @@ const STORM_S = Number(process.env.WEFT_BENCH_NACK_STORM_S ?? 0);
 const NACK_BACKOFF_MAX_MS = process.env.WEFT_BENCH_NACK_BACKOFF_MAX_MS || undefined;
 // WEFT_BENCH_FAILOVER=1 (delta, the default client): every proxy's connection drops at once and comes back (see below).
 const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
+// WEFT_BENCH_STALLED=N (the default client): after cold start, N proxies spread over the services
+// stop reading their stream (a congested link), their connection kept; they use gRPC's default
+// window (64 KiB). No change is expected to reach them; the others' figures show what they cost.
+const STALLED = Number(process.env.WEFT_BENCH_STALLED ?? 0);
 // WEFT_BENCH_LINGER_MS: weft-cp's xds.lingerMs (how long it keeps a departed proxy's config); its default otherwise.
 const LINGER_MS = process.env.WEFT_BENCH_LINGER_MS || undefined;
 // WEFT_BENCH_PIN=1: weft-cp (every thread) on CPU 0, the simulated proxies and this driver on CPU 1,
@@ -77,9 +81,11 @@ async function memoryOf(cp: CpProcess): Promise<Record<string, number>> {
     heapUsedMB: mb('nodejs_heap_size_used_bytes'),
     heapTotalMB: mb('nodejs_heap_size_total_bytes'),
     externalMB: mb('nodejs_external_memory_bytes'),
-    // Response bytes handed to gRPC and not yet written, and streams waiting for the send budget.
+    // Response bytes handed to gRPC and not yet written, streams waiting for the send budget, and
+    // streams with responses not yet written (behind).
     sendBytesInFlight: value('weft_xds_send_bytes_in_flight'),
     streamsWaitingToSend: value('weft_xds_streams_waiting_to_send'),
+    streamsWriting: value('weft_xds_streams_writing'),
   };
 }
 
@@ -171,8 +177,14 @@ async function scenario(variant: 'sotw' | 'delta') {
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
     const tlsCa = TLS ? readFileSync(join(dataDir, 'xds-tls.crt'), 'utf8') : undefined;
-    workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, tlsCa, nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
+    const stallable = STALLED > 0 ? ids.filter((_, j) => j % Math.floor(ids.length / STALLED) === 1).slice(0, STALLED) : [];
+    workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, tlsCa, nodeIds: ids.filter((_, j) => j % WORKERS === i), stallable: stallable.filter((id) => indexOf.get(id)! % WORKERS === i) }));
     await readyP;
+    if (stallable.length > 0) {
+      const stalledP = waitFor(workers, 'stalled', WORKERS, 30_000);
+      workers.forEach((w) => w.send({ cmd: 'stall' }));
+      await stalledP;
+    }
     const coldStart = (Date.now() - t0) / 1000;
     const afterCold = procStats(cp.child.pid!);
     const memoryAfterCold = await memoryOf(cp);
@@ -369,6 +381,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       pinned: PIN,
       proxies: ids.length,
       proxiesCut,
+      ...(STALLED > 0 && { stalled: stallable.length }),
       services: SERVICES,
       reachable: REACHABLE,
       coldStart: { seconds: coldStart, cpCpuSeconds: Number((afterCold.cpuSeconds - base.cpuSeconds).toFixed(2)) },

@@ -111,6 +111,15 @@ export class H2AdsClient {
     this.write({ type_url: r.typeUrl, resource_names: this.names.get(r.typeUrl) ?? [], version_info: keptVersion, response_nonce: r.nonce, error_detail });
   }
 
+  /**
+   * Stops reading its stream, its connection kept (HTTP/2 pings are still answered): a proxy that
+   * takes nothing more, as on a congested link. With a small window (gRPC's default 64 KiB) the
+   * control plane can then write little more to it.
+   */
+  stall(): void {
+    this.stream.pause();
+  }
+
   /** Drops the connection at once, as when the control plane replica it used dies. */
   drop(): void {
     this.early = undefined;
