@@ -39,6 +39,7 @@ const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
 // stop reading their stream (a congested link), their connection kept; they use gRPC's default
 // window (64 KiB). No change is expected to reach them; the others' figures show what they cost.
 const STALLED = Number(process.env.WEFT_BENCH_STALLED ?? 0);
+if (STALLED > 0 && benchClient() !== 'http2') throw new Error('WEFT_BENCH_STALLED needs the default client (WEFT_BENCH_CLIENT unset)');
 // WEFT_BENCH_LINGER_MS: weft-cp's xds.lingerMs (how long it keeps a departed proxy's config); its default otherwise.
 const LINGER_MS = process.env.WEFT_BENCH_LINGER_MS || undefined;
 // WEFT_BENCH_PIN=1: weft-cp (every thread) on CPU 0, the simulated proxies and this driver on CPU 1,
@@ -180,12 +181,12 @@ async function scenario(variant: 'sotw' | 'delta') {
     const stallable = STALLED > 0 ? ids.filter((_, j) => j % Math.floor(ids.length / STALLED) === 1).slice(0, STALLED) : [];
     workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, tlsCa, nodeIds: ids.filter((_, j) => j % WORKERS === i), stallable: stallable.filter((id) => indexOf.get(id)! % WORKERS === i) }));
     await readyP;
+    const coldStart = (Date.now() - t0) / 1000;
     if (stallable.length > 0) {
       const stalledP = waitFor(workers, 'stalled', WORKERS, 30_000);
       workers.forEach((w) => w.send({ cmd: 'stall' }));
       await stalledP;
     }
-    const coldStart = (Date.now() - t0) / 1000;
     const afterCold = procStats(cp.child.pid!);
     const memoryAfterCold = await memoryOf(cp);
     // WEFT_BENCH_SMAPS=FILE: the CP's memory mappings at this point, to see what its RSS is made of.
