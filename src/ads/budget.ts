@@ -102,12 +102,12 @@ export class SendBudget {
  * One stream's share of the SendBudget. Besides charging the shared budget, it knows what this
  * stream has handed over and not yet had written: while there is any from an earlier turn, the
  * stream sends nothing new (`behind`; the stream's pump decides what a turn is) and picks up once
- * it is written, with whatever is current then. So a proxy that
- * reads slowly (a slow link, a busy host) holds at most what one turn of its stream sent, not a
- * copy of every version since it fell behind, and gets the changes made meanwhile as one response
- * instead of one after another. Without this, a few slow proxies going through a series of
- * changes would hold the whole shared budget, and every other proxy's changes would wait behind
- * theirs. Istio merges a connection's pushes while one is in progress in the same way.
+ * it is written, with whatever is current then. So a proxy that reads slowly (a slow link, a busy
+ * host) holds at most what one turn of its stream sent, not a copy of every version since it fell
+ * behind, and gets the changes made meanwhile as one response instead of one after another.
+ * Without this, a few dozen slow proxies going through a series of changes held the whole shared
+ * budget, and every other proxy's changes waited behind theirs (bench/README.md,
+ * WEFT_BENCH_STALLED). Istio merges a connection's pushes while one is in progress the same way.
  */
 export class SendAccount {
   private outstanding = 0;
