@@ -3,7 +3,7 @@ import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
-import { cutSilent, dataplaneHasTags, isWeftError, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
+import { cutSilent, dataplaneHasTags, humanBytes, isWeftError, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
 import { SHORT_NAME, streamingMethod } from './protos.js';
 import { requestDeserializer, responseParts, responseSerializer } from './wire.js';
@@ -133,11 +133,6 @@ const CUT_REMEMBERED_MS = 10_000;
 const EARLY_REQUESTS_KEPT = 32;
 
 /** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
-/** A byte count for people: 1.2 MB, 34 KB. */
-function sizeOf(bytes: number): string {
-  return bytes >= 1_000_000 ? `${(bytes / 1_000_000).toFixed(1)} MB` : `${Math.ceil(bytes / 1000)} KB`;
-}
-
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
@@ -494,7 +489,7 @@ export class AdsServer {
           const unwrittenBytes = streams.reduce((n, st) => n + st.unwrittenBytes, 0);
           this.silentCuts.inc({ streams: nodeIds.length > 0 ? 'open' : 'none' });
           this.opts.logger.info({ peer, silentMs, nodeIds, unwrittenBytes }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
-          const untaken = unwrittenBytes > 0 ? `, ${sizeOf(unwrittenBytes)} sent to it not yet taken` : '';
+          const untaken = unwrittenBytes > 0 ? `, ${humanBytes(unwrittenBytes)} sent to it not yet taken` : '';
           this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)${untaken}` });
           socket.destroy();
         }

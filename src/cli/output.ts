@@ -1,5 +1,6 @@
 import { stringify } from 'yaml';
 import type { ResourceType, Resource } from '../core/index.js';
+import { humanBytes } from '../core/sizes.js';
 
 /** kubectl-style age: 45s, 12m, 5h, 3d. */
 export function age(iso: string, now = Date.now()): string {
@@ -77,8 +78,7 @@ const XDS_TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
 /** ", behind: 1.1 MB for 12s" for a proxy whose connection has not taken what it was sent for a while; else "". */
 function behind(unwritten: InsightStatus['unwritten'], now: number): string {
   if (!unwritten || now - Date.parse(unwritten.since) < BEHIND_AFTER_MS) return '';
-  const size = unwritten.bytes >= 1_000_000 ? `${(unwritten.bytes / 1_000_000).toFixed(1)} MB` : `${Math.ceil(unwritten.bytes / 1000)} KB`;
-  return `, behind: ${size} for ${age(unwritten.since, now)}`;
+  return `, behind: ${humanBytes(unwritten.bytes)} for ${age(unwritten.since, now)}`;
 }
 
 /** Below this, bytes not yet taken by a proxy's connection are a write under way, not a proxy behind. */

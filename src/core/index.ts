@@ -19,3 +19,4 @@ export * from './resources/initial-policies.js';
 export * from './template.js';
 export * from './resolv.js';
 export * from './sockets.js';
+export * from './sizes.js';
