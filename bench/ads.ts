@@ -178,7 +178,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, TIMEOUT_MS);
     const tlsCa = TLS ? readFileSync(join(dataDir, 'xds-tls.crt'), 'utf8') : undefined;
-    const stallable = STALLED > 0 ? ids.filter((_, j) => j % Math.floor(ids.length / STALLED) === 1).slice(0, STALLED) : [];
+    const stallable = STALLED > 0 ? ids.filter((_, j) => j % Math.max(2, Math.floor(ids.length / STALLED)) === 1).slice(0, STALLED) : [];
     workers.forEach((w, i) => w.send({ cmd: 'start', address: xds, variant, tlsCa, nodeIds: ids.filter((_, j) => j % WORKERS === i), stallable: stallable.filter((id) => indexOf.get(id)! % WORKERS === i) }));
     await readyP;
     const coldStart = (Date.now() - t0) / 1000;

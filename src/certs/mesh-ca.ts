@@ -46,14 +46,14 @@ async function dataSource(store: Store, mesh: string, ds: Record<string, string 
 /** By default, `issued` is not swept below this many records per mesh. */
 const ISSUED_SWEEP_MIN = 1024;
 
+/** What a mesh's built-in CA key is sealed with (`SecretBox` context), and how errors name it. */
+export const caKeySeal = (mesh: string, backend: string) => ({ context: `${mesh}/ca-${backend}`, what: `the CA key of mesh "${mesh}"` });
+
 /**
  * The CAs of each mesh and the workload certificates they sign. A dataplane's key never leaves its
  * node: the data-plane wrapper sends a CSR with its token, this checks the CSR asks only for
  * identities the Dataplane has (a SPIFFE ID per inbound service, kuma:// URIs for its tags) and signs.
  */
-/** What a mesh's built-in CA key is sealed with (`SecretBox` context), and how errors name it. */
-export const caKeySeal = (mesh: string, backend: string) => ({ context: `${mesh}/ca-${backend}`, what: `the CA key of mesh "${mesh}"` });
-
 export class MeshCertificates {
   constructor(
     private readonly store: Store,

@@ -33,15 +33,15 @@ function refuse(reason: string): WeftError {
   return new WeftError('unauthorized', `dataplane token refused: ${reason}`);
 }
 
+/** What a mesh's token signing key is sealed with (`SecretBox` context), and how errors name it. */
+export const signingKeySeal = (mesh: string, keyId: string) => ({ context: `${mesh}/${keyId}`, what: `the token signing key of mesh "${mesh}"` });
+
 /**
  * Dataplane tokens: ES256 JWTs signed with a key per mesh, bound to one Dataplane (mesh and
  * name), with an expiry. Keys live in the store (the private half sealed by the SecretBox) so
  * every replica verifies alike. Revocation: list the token id in a DataplaneTokenRevocation, or
  * rotate the mesh's key and drop the old one (every older token fails).
  */
-/** What a mesh's token signing key is sealed with (`SecretBox` context), and how errors name it. */
-export const signingKeySeal = (mesh: string, keyId: string) => ({ context: `${mesh}/${keyId}`, what: `the token signing key of mesh "${mesh}"` });
-
 export class DataplaneTokens {
   private readonly publicKeys = new Map<string, KeyObject>();
 
