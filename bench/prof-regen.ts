@@ -14,12 +14,13 @@
  *   WEFT_PROF_CPU_DIR=/tmp/rounds ...                     # a CPU profile of each round apart (round-1.cpuprofile, ...)
  *   WEFT_PROF_STREAMS=1 WEFT_PROF_RESUME=1 ...             # then every delta proxy leaves and comes back naming what it holds
  *   WEFT_PROF_LINGER_MS=10000 ...                         # the reconciler's lingerMs (default 0: departed proxies are forgotten)
+ *   WEFT_PROF_WARM_UP=12 ...                              # weft-cp's warm-up first, 12 rounds (src/ads/warmup.ts)
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
-import { AdsStream, messageType, Reconciler, SnapshotCache, TypeUrl } from '../src/ads/index.js';
+import { AdsStream, messageType, Reconciler, SnapshotCache, TypeUrl, warmUp } from '../src/ads/index.js';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse } from '../src/ads/stream.js';
 import { PRE_ENCODED, requestDeserializer, responseSerializer, type PreEncoded } from '../src/ads/wire.js';
 import { createLogger, defaultRegistry } from '../src/core/index.js';
@@ -96,6 +97,8 @@ async function drainAcks(): Promise<void> {
 }
 const rec = new Reconciler({ store, cache, logger: createLogger('p', 'silent'), metrics: new Registry(), debounceMs: 0, debounceMaxMs: 0, lingerMs: Number(process.env.WEFT_PROF_LINGER_MS ?? 0) });
 rec.start();
+// WEFT_PROF_WARM_UP=N: weft-cp's warm-up (src/ads/warmup.ts), N rounds, before the proxies come.
+if (process.env.WEFT_PROF_WARM_UP) console.log('warm-up', await warmUp({ dir: mkdtempSync(join(tmpdir(), 'prof-warm-up-')), maxMs: 60_000, rounds: Number(process.env.WEFT_PROF_WARM_UP), secure: false }));
 let t = performance.now();
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) rec.track(`default.svc-${s}-${r}`);
 await rec.settle();

@@ -6,3 +6,4 @@ export { XdsStatus, type ProxyStatus, type TypeStatus } from './status.js';
 export { AdsStream, StreamError, type Identity, type Variant, type StreamHooks } from './stream.js';
 export { Reconciler, type ReconcilerOptions } from './reconciler.js';
 export { DataplaneService, dpServiceDefinition, jsonCodec, DP_SERVICE, EPHEMERAL_LABEL, type BootstrapRequest, type BootstrapResponse } from './dp-service.js';
+export { warmUp, DEFAULT_ROUNDS as WARM_UP_ROUNDS, type WarmUpOptions, type WarmUpResult } from './warmup.js';

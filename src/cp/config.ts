@@ -60,6 +60,8 @@ export const configSchema = z
         ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
         /** Keep a departed proxy's config current this long, to answer it at once if it comes back (0: forget at once). */
         lingerMs: z.number().int().min(0).max(600_000).default(10_000),
+        /** Before the xDS port opens, run the change paths on a private mesh this long at most, so the first changes are as quick as later ones (0: off). */
+        warmUpMs: z.number().int().min(0).max(60_000).default(2000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
         /** Ping each connection this often (0: never); one that sends nothing for this and keepaliveTimeoutMs more is cut. */
@@ -82,7 +84,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, maxStreamsPerConnection: 100, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, warmUpMs: 2000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, maxStreamsPerConnection: 100, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -133,6 +135,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_LINGER_MS: { path: ['xds', 'lingerMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MS: { path: ['xds', 'debounceMs'], kind: 'number' },
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
+  WEFT_XDS_WARM_UP_MS: { path: ['xds', 'warmUpMs'], kind: 'number' },
   WEFT_XDS_SEND_BUDGET_BYTES: { path: ['xds', 'sendBudgetBytes'], kind: 'number' },
   WEFT_XDS_KEEPALIVE_TIME_MS: { path: ['xds', 'keepaliveTimeMs'], kind: 'number' },
   WEFT_XDS_KEEPALIVE_TIMEOUT_MS: { path: ['xds', 'keepaliveTimeoutMs'], kind: 'number' },

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
-import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator } from '../ads/index.js';
+import { AdsServer, DataplaneService, dpServiceDefinition, EPHEMERAL_LABEL, Reconciler, SnapshotCache, tokenAuthenticator, warmUp } from '../ads/index.js';
 import { checkSecretsKey, DataplaneTokens, MeshCertificates, SecretBox } from '../certs/index.js';
 import { createDiagnosticsServer, buildApi } from '../api/index.js';
 import { cutSilent, defaultRegistry, initialPolicies, isWeftError, LOW_OPEN_FILE_LIMIT, MESH_TYPE, nodeIdOf, openFileLimit, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, VERSION, type DataplaneSpec, type Logger } from '../core/index.js';
@@ -234,6 +234,8 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
   let xdsPort: number;
   try {
     const tls = await xdsServingMaterial(config);
+    // Before the port opens: no proxy waits on it, and the first changes run compiled code.
+    await warmUp({ dir: join(config.dataDir, 'warm-up'), maxMs: config.xds.warmUpMs, secure: tls !== undefined, logger: logger.child({ component: 'warm-up' }) });
     xdsPort = await ads.listen(
       config.xds.address,
       config.xds.port,
