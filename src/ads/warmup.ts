@@ -15,8 +15,8 @@ import { PRE_ENCODED, requestDeserializer, responseParts, responseSerializer, ty
  * The warm-up (docs/ads.md, "Warm-up"). V8 compiles a function to fast code only once it has run
  * often enough, and with what it learnt of the values that went through it. A control plane that
  * has just started has never run its change paths (a round over connected proxies, diffs against
- * what each holds, endpoint-only rounds): its first changes ran them slowly, a first round taking
- * about half again as long as later ones (bench/README.md, twenty-third session).
+ * what each holds, endpoint-only rounds): its first changes ran them slowly, the first round of a
+ * Mesh change taking 1.7 times as long as the third (bench/README.md, twenty-third session).
  *
  * So before the xDS port opens, a private mesh of simulated proxies goes through the changes a
  * control plane makes every day, on the real code: reconciler, snapshot cache, streams of both
