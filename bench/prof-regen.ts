@@ -63,7 +63,8 @@ function attach(id: string, resumeWith?: readonly Buffer[]): void {
     send: (r) => {
       serialize(r);
       sent.count++;
-      sent.resources += ((r as DeltaDiscoveryResponse).resources ?? []).length;
+      // The pre-encoded chunks, as the server writes them: reading `resources` would build each resource's plain form.
+      sent.resources += ((r as PreEncoded)[PRE_ENCODED] ?? (r as DeltaDiscoveryResponse).resources ?? []).length;
       if (sotw) {
         const d = r as DiscoveryResponse;
         acks.push(() => {
@@ -78,7 +79,7 @@ function attach(id: string, resumeWith?: readonly Buffer[]): void {
       const d = r as DeltaDiscoveryResponse;
       acks.push(() => {
         s.handle({ type_url: d.type_url, response_nonce: d.nonce });
-        const eds = edsNames(d.resources.map((x) => x.name));
+        const eds = edsNames(((d as PreEncoded)[PRE_ENCODED] ?? d.resources).map((x) => x.name));
         if (d.type_url === TypeUrl.Cluster && eds.length > 0) s.handle({ type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds });
       });
     },

@@ -1126,7 +1126,8 @@ export class AdsStream {
 
   private sendSotw(state: TypeState): 'blocked' | void {
     const { desired, version } = this.desiredWithVersion(state);
-    const forced = [...state.forced].some((n) => desired.has(n));
+    // (No array when nothing is forced, the usual case: this runs for every stream in every round.)
+    const forced = state.forced.size > 0 && [...state.forced].some((n) => desired.has(n));
     if (version === state.sentVersion && !forced) return;
     if (!this.snapshot) return;
     if (this.blocked()) return 'blocked';
