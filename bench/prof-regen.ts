@@ -14,7 +14,7 @@
  *   WEFT_PROF_CPU_DIR=/tmp/rounds ...                     # a CPU profile of each round apart (round-1.cpuprofile, ...)
  *   WEFT_PROF_STREAMS=1 WEFT_PROF_RESUME=1 ...             # then every delta proxy leaves and comes back naming what it holds
  *   WEFT_PROF_LINGER_MS=10000 ...                         # the reconciler's lingerMs (default 0: departed proxies are forgotten)
- *   WEFT_PROF_WARM_UP=12 ...                              # weft-cp's warm-up first, 12 rounds (src/ads/warmup.ts)
+ *   WEFT_PROF_WARM_UP=20 ...                              # weft-cp's warm-up first, 20 rounds (src/ads/warmup.ts)
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -54,7 +54,7 @@ export interface WarmUpResult {
 const MESH = 'weft-warm-up';
 const SERVICES = 12;
 const REPLICAS = 3;
-/** Enough, here, for a first round as quick as later ones (bench/prof-regen.ts, WEFT_PROF_WARM_UP). */
+/** Enough, here, for first rounds close to later ones (bench/README.md, twenty-third session; bench/prof-regen.ts, WEFT_PROF_WARM_UP). */
 export const DEFAULT_ROUNDS = 20;
 
 /** Compiled code serves every control plane a process starts, so once per process is enough. */

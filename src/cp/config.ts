@@ -60,7 +60,7 @@ export const configSchema = z
         ephemeralCleanupMs: z.number().int().min(0).max(86_400_000).default(10_000),
         /** Keep a departed proxy's config current this long, to answer it at once if it comes back (0: forget at once). */
         lingerMs: z.number().int().min(0).max(600_000).default(10_000),
-        /** Before the xDS port opens, run the change paths on a private mesh this long at most, so the first changes are as quick as later ones (0: off). */
+        /** Before the xDS port opens, run the change paths on a private mesh this long at most, so the first changes after a start run compiled code (0: off). */
         warmUpMs: z.number().int().min(0).max(60_000).default(2000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),

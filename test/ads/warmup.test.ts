@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Writable } from 'node:stream';
-import { warmUp, type WarmUpResult } from '../../src/ads/index.js';
+import { WARM_UP_ROUNDS, warmUp, type WarmUpResult } from '../../src/ads/index.js';
 import { createLogger } from '../../src/core/index.js';
 import { run } from '../helpers/bin.js';
 import { spawnControlPlane } from '../helpers/cp-process.js';
@@ -23,15 +23,15 @@ function capture(lines: Record<string, unknown>[]) {
   return createLogger('test', 'info', sink);
 }
 
-/** The warm-up in a process of its own (it runs once per process): its result, as JSON on stdout. */
-async function inFreshProcess(opts: { dir: string; maxMs: number }): Promise<{ result: WarmUpResult; stdout: string }> {
+/** The warm-up in a process of its own (it runs once per process): its result (JSON on stdout) and its log (stderr). */
+async function inFreshProcess(opts: { dir: string; maxMs: number }): Promise<{ result: WarmUpResult; log: string }> {
   const script = `import { warmUp } from ${JSON.stringify(warmupModule)};
 import { createLogger } from ${JSON.stringify(new URL('../../src/core/index.js', import.meta.url).href)};
 const result = await warmUp({ dir: ${JSON.stringify(opts.dir)}, maxMs: ${opts.maxMs}, secure: true, logger: createLogger('test', 'info', process.stderr) });
 process.stdout.write(JSON.stringify(result));`;
   const r = await run(process.execPath, ['--input-type=module', '-e', script]);
   assert.equal(r.code, 0, r.stderr);
-  return { result: JSON.parse(r.stdout) as WarmUpResult, stdout: r.stderr };
+  return { result: JSON.parse(r.stdout) as WarmUpResult, log: r.stderr };
 }
 
 describe('warm-up: the change paths run before the xDS port opens', () => {
@@ -73,14 +73,14 @@ describe('warm-up: the change paths run before the xDS port opens', () => {
   it('stops at xds.warmUpMs, and says so', async () => {
     const { result } = await inFreshProcess({ dir: join(base, 'short'), maxMs: 1 });
     assert.equal(result.rounds, 0, 'opening its store alone takes longer than 1 ms');
-    assert.match(result.skipped ?? '', /stopped after 0 of 20 rounds: xds.warmUpMs \(1\) reached/);
+    assert.equal(result.skipped, `stopped after 0 of ${WARM_UP_ROUNDS} rounds: xds.warmUpMs (1) reached`);
     assert.ok(result.responses.connect > 0, 'the proxies still connected and were answered');
   });
 
   it('fails alone: the error is logged and the caller goes on', async () => {
     const file = join(base, 'a-file');
     writeFileSync(file, '');
-    const { result, stdout: log } = await inFreshProcess({ dir: join(file, 'warm-up'), maxMs: 60_000 });
+    const { result, log } = await inFreshProcess({ dir: join(file, 'warm-up'), maxMs: 60_000 });
     assert.match(result.skipped ?? '', /^failed: .*ENOTDIR/);
     assert.match(log, /warm-up failed; starting all the same/);
   });
