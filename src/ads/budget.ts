@@ -9,18 +9,32 @@ import { Gauge, type Registry } from 'prom-client';
  *
  * Each stream draws on it through its own SendAccount, which also keeps a stream from queueing
  * more while what it sent before is still unwritten (see SendAccount).
+ *
+ * A proxy that stops reading keeps what was sent to it charged. Alone that costs others nothing;
+ * but while streams wait for the budget, one of whose bytes nothing has been written for
+ * `stallCutMs` (see `SendAccount.progressed`) is holding them up: it is cut (`SendAccount.onStall`; the server ends its stream with
+ * UNAVAILABLE, so a live proxy reconnects and is sent what is current), longest stalled first,
+ * until the budget opens. Without it, enough proxies stalled at once (about 140 with SotW and 500
+ * services reachable, each holding one turn) would hold every other proxy's changes for as long
+ * as they stay connected.
  */
 export class SendBudget {
   private inFlight = 0;
   private readonly waiting = new Set<() => void>();
   private readonly gauge?: Gauge;
   /** Accounts with bytes not yet written. */
-  private writing = 0;
+  private readonly writing = new Set<SendAccount>();
+  private readonly stallCutMs: number;
+  private readonly now: () => number;
+  private stallTimer?: NodeJS.Timeout;
 
   constructor(
     readonly limitBytes: number,
     metrics?: Registry,
+    opts: { stallCutMs?: number; now?: () => number } = {},
   ) {
+    this.stallCutMs = opts.stallCutMs ?? 0;
+    this.now = opts.now ?? Date.now;
     if (metrics) {
       this.gauge = new Gauge({ name: 'weft_xds_send_bytes_in_flight', help: 'xDS response bytes handed to gRPC and not yet written to the connection.', registers: [metrics] });
       const waiting = this.waiting;
@@ -32,7 +46,7 @@ export class SendBudget {
           this.set(waiting.size);
         },
       });
-      const writing = () => this.writing;
+      const writing = () => this.writing.size;
       new Gauge({
         name: 'weft_xds_streams_writing',
         help: "xDS streams with responses not yet written to their connection (a slow or stalled proxy stays here); their next responses wait for these, and changes meanwhile go out together.",
@@ -60,11 +74,11 @@ export class SendBudget {
 
   /** Streams with responses not yet written. */
   get streamsWriting(): number {
-    return this.writing;
+    return this.writing.size;
   }
 
   /** A stream's account on this budget. */
-  account(now: () => number = Date.now): SendAccount {
+  account(now: () => number = this.now): SendAccount {
     return new SendAccount(this, now);
   }
 
@@ -86,15 +100,49 @@ export class SendBudget {
   /** Calls `resume` once the budget opens (once per registration; registering again is a no-op). */
   wait(resume: () => void): void {
     this.waiting.add(resume);
+    this.watchStalls();
   }
 
   cancel(resume: () => void): void {
     this.waiting.delete(resume);
   }
 
-  /** @internal An account started or stopped having bytes unwritten. */
-  countWriting(delta: 1 | -1): void {
-    this.writing += delta;
+  /** @internal An account started (true) or stopped having bytes unwritten. */
+  setWriting(account: SendAccount, writing: boolean): void {
+    if (writing) this.writing.add(account);
+    else this.writing.delete(account);
+  }
+
+  /** While streams wait, looks again when the longest stalled account reaches stallCutMs. */
+  private watchStalls(): void {
+    if (this.stallCutMs <= 0 || this.stallTimer || this.waiting.size === 0) return;
+    let oldest = Infinity;
+    for (const a of this.writing) if (a.stallable) oldest = Math.min(oldest, a.stalledSince);
+    if (oldest === Infinity) return; // nothing that could be cut: the writes in flight will open it
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      this.cutStalled();
+    }, Math.max(0, oldest + this.stallCutMs - this.now()));
+    this.stallTimer.unref();
+  }
+
+  /**
+   * Cuts stalled accounts, longest first, while streams wait and the budget stays spent. A cut
+   * connection gives its bytes back when its stream ends, which may come later: they count as
+   * given back already, so no more is cut than the waiting streams need.
+   */
+  private cutStalled(): void {
+    while (this.waiting.size > 0) {
+      let freeing = 0;
+      for (const a of this.writing) if (a.cut) freeing += a.unwritten?.bytes ?? 0;
+      if (this.inFlight - freeing < this.limitBytes) break;
+      const now = this.now();
+      let stalled: SendAccount | undefined;
+      for (const a of this.writing) if (a.stallable && now - a.stalledSince >= this.stallCutMs && (!stalled || a.stalledSince < stalled.stalledSince)) stalled = a;
+      if (!stalled) break;
+      stalled.stall(now - stalled.stalledSince);
+    }
+    this.watchStalls();
   }
 }
 
@@ -115,6 +163,14 @@ export class SendAccount {
   private behindSince = 0;
   private drained?: () => void;
   private closed = false;
+  private stalled = false;
+  /** When its transport last said some of its bytes were written (see `progressed`). */
+  private progressAt = 0;
+  /**
+   * Called once if this stream held up others (see SendBudget): `bytes` unwritten for `ms`. The
+   * stream's transport ends it, which closes this account. Without it the account is never cut.
+   */
+  onStall?: (bytes: number, ms: number) => void;
 
   constructor(
     private readonly budget: SendBudget,
@@ -136,12 +192,41 @@ export class SendAccount {
     return this.outstanding > 0 ? { bytes: this.outstanding, since: this.behindSince } : undefined;
   }
 
+  /** @internal Since when nothing of this account's unwritten bytes has been written. */
+  get stalledSince(): number {
+    return Math.max(this.behindSince, this.progressAt);
+  }
+
+  /**
+   * Part of what this stream sent was written (over TLS, each of TurnWriter's writes): a proxy on
+   * a slow link that is taking a big response is not stalled, however long the response takes.
+   */
+  progressed(): void {
+    this.progressAt = this.now();
+  }
+
+  /** @internal Whether SendBudget may cut it: it can be, and was not already. */
+  get stallable(): boolean {
+    return this.onStall !== undefined && !this.stalled && !this.closed;
+  }
+
+  /** @internal Cut, and its stream not ended yet (its bytes are on their way back). */
+  get cut(): boolean {
+    return this.stalled && !this.closed;
+  }
+
+  /** @internal SendBudget cuts it. */
+  stall(ms: number): void {
+    this.stalled = true;
+    this.onStall?.(this.outstanding, ms);
+  }
+
   charge(bytes: number): void {
     if (this.closed) return;
     this.budget.charge(bytes);
     if (this.outstanding === 0 && bytes > 0) {
       this.behindSince = this.now();
-      this.budget.countWriting(1);
+      this.budget.setWriting(this, true);
     }
     this.outstanding += bytes;
   }
@@ -157,7 +242,7 @@ export class SendAccount {
     // Settled before the refund wakes anyone: a waiting stream woken there may be this one, which
     // then charges anew.
     const done = this.outstanding === 0 && bytes > 0;
-    if (done) this.budget.countWriting(-1);
+    if (done) this.budget.setWriting(this, false);
     const resume = done ? this.drained : undefined;
     if (done) this.drained = undefined;
     this.budget.refund(bytes);
@@ -186,7 +271,7 @@ export class SendAccount {
     this.closed = true;
     this.drained = undefined;
     if (this.outstanding > 0) {
-      this.budget.countWriting(-1);
+      this.budget.setWriting(this, false);
       const bytes = this.outstanding;
       this.outstanding = 0;
       this.budget.refund(bytes);

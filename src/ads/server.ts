@@ -56,6 +56,11 @@ export interface AdsServerOptions {
   dataplaneOf?: (mesh: string, name: string) => Promise<DataplaneSpec | undefined>;
   /** Response bytes all streams may have on their way out at once (default 64 MiB). */
   sendBudgetBytes?: number;
+  /**
+   * While streams wait for that budget, a proxy that has taken nothing of what was sent to it for
+   * this long is holding them up: its connection is cut (SendBudget; default 30 s, 0: never).
+   */
+  sendStallCutMs?: number;
   /** On close, how long connections get to go away before they are cut (default 5 s). */
   shutdownGraceMs?: number;
   /** Delta responses over this many bytes go out in pieces (default DELTA_MOST_BYTES). */
@@ -159,7 +164,12 @@ export class AdsServer {
   };
 
   constructor(private readonly opts: AdsServerOptions) {
-    this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics);
+    this.budget = new SendBudget(opts.sendBudgetBytes ?? 64 * 1024 * 1024, opts.metrics, { stallCutMs: opts.sendStallCutMs ?? 30_000 });
+    this.stallCuts = new Counter({
+      name: 'weft_xds_stalled_streams_cut_total',
+      help: 'xDS connections cut because a proxy took nothing sent to it for xds.sendStallCutMs while other streams waited for the send budget.',
+      registers: [opts.metrics],
+    });
     this.silentCuts = new Counter({
       name: 'weft_xds_connections_cut_total',
       help: 'xDS connections cut because nothing was read from them for keepaliveTimeMs + keepaliveTimeoutMs. streams="open": it carried proxies\' streams (their host or network went away without closing); "none": a connection that never spoke, or the socket of a session that had ended.',
@@ -296,11 +306,11 @@ export class AdsServer {
       this.warnedInternals = true;
       log.warn('grpc-js no longer shows its HTTP/2 stream: responses over TLS are written whole, which costs memory per connection');
     }
-    const writer = h2 ? new TurnWriter(h2, this.opts.turnBytes ?? TURN_BYTES) : undefined;
+    const account = this.budget.account();
+    const writer = h2 ? new TurnWriter(h2, this.opts.turnBytes ?? TURN_BYTES, () => account.progressed()) : undefined;
     if (writer) writers.set(call, writer);
     const partsOf = this.parts[variant];
     let headersSent = false;
-    const account = this.budget.account();
     const stream = new AdsStream({
       variant,
       cache: this.opts.cache,
@@ -338,6 +348,18 @@ export class AdsServer {
     this.streams.set(stream, call as grpc.ServerDuplexStream<unknown, unknown>);
     // Its connection's address as the reaper sees it, taken now: once the connection is gone, grpc-js no longer knows it.
     const peer = call.getPeer();
+    // Holding up the streams that wait for the send budget (see SendBudget): its connection is
+    // cut, which drops what is queued for it (a status would wait behind those bytes); a live
+    // proxy reconnects and is sent what is current.
+    account.onStall = (bytes, ms) => {
+      const reason = `weft-cp cut its connection: it took nothing of the ${humanBytes(bytes)} sent to it for ${(ms / 1000).toFixed(1)} s while other proxies waited for the send budget (xds.sendStallCutMs)`;
+      this.stallCuts.inc();
+      this.opts.logger.warn({ peer, nodeId: stream.nodeId, unwrittenBytes: bytes, stalledMs: ms }, 'xDS connection cut: the proxy took nothing sent to it while other proxies waited for the send budget');
+      if (!this.cutConnection(peer, reason)) {
+        fail(new StreamError(GRPC_UNAVAILABLE, 'the stream took nothing sent to it while other proxies waited; reconnect'));
+        end(reason);
+      }
+    };
     /** Ends the stream; `reason` (the first given stands) goes to the proxy's status. */
     const end = (reason?: string) => {
       stream.close(reason);
@@ -452,6 +474,7 @@ export class AdsServer {
 
   private reaper?: NodeJS.Timeout;
   private readonly silentCuts: Counter<'streams'>;
+  private readonly stallCuts: Counter;
   /** Per connection: bytes read when last looked at, and since when that count has not moved. */
   private readonly lastRead = new WeakMap<Socket, { bytes: number; since: number }>();
 
@@ -498,6 +521,19 @@ export class AdsServer {
   }
 
   private lastReap = performance.now();
+
+  /** Cuts the connection of `peer` (`ip:port`), remembering why for its streams' status; false if it is not ours. */
+  private cutConnection(peer: string, reason: string): boolean {
+    for (const tracked of this.sockets) {
+      for (const socket of tracked.keys()) {
+        if (`${socket.remoteAddress}:${socket.remotePort}` !== peer) continue;
+        this.cutPeers.set(peer, { at: performance.now(), reason });
+        socket.destroy();
+        return true;
+      }
+    }
+    return false;
+  }
 
   /** Number of open streams. */
   get streamCount(): number {

@@ -51,6 +51,8 @@ export class TurnWriter {
   constructor(
     private readonly stream: ServerHttp2Stream,
     private readonly most = TURN_BYTES,
+    /** Each write finished: the proxy is taking what it is sent (SendAccount.progressed). */
+    private readonly onProgress?: () => void,
   ) {}
 
   /** Queues a message, given as its parts; `done` once its last bytes are written (not called if the stream goes first). */
@@ -107,6 +109,7 @@ export class TurnWriter {
     this.stream.write(buf, (err) => {
       this.inFlight = false;
       if (err) return;
+      this.onProgress?.();
       for (const q of finished) q.done();
       if (this.queue.length > 0 && !this.scheduled) this.schedule();
     });

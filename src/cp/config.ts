@@ -64,6 +64,8 @@ export const configSchema = z
         warmUpMs: z.number().int().min(0).max(60_000).default(2000),
         /** Response bytes all xDS streams may have on their way out at once; more waits its turn. */
         sendBudgetBytes: z.number().int().min(65_536).default(64 * 1024 * 1024),
+        /** While streams wait for that budget, cut the connection of a proxy that has taken nothing sent to it for this long (0: never). */
+        sendStallCutMs: z.number().int().min(0).max(3_600_000).default(30_000),
         /** Ping each connection this often (0: never); one that sends nothing for this and keepaliveTimeoutMs more is cut. */
         keepaliveTimeMs: z.number().int().min(0).max(86_400_000).default(15_000),
         keepaliveTimeoutMs: z.number().int().min(1).max(600_000).default(15_000),
@@ -84,7 +86,7 @@ export const configSchema = z
           })
           .default({ mode: 'auto' }),
       })
-      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, warmUpMs: 2000, sendBudgetBytes: 64 * 1024 * 1024, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, maxStreamsPerConnection: 100, tls: { mode: 'auto' } }),
+      .default({ address: '0.0.0.0', port: 5678, allowUnauthenticatedLoopback: false, nackBackoffMs: 5000, nackBackoffMaxMs: 60_000, debounceMs: 100, debounceMaxMs: 1000, ephemeralCleanupMs: 10_000, lingerMs: 10_000, warmUpMs: 2000, sendBudgetBytes: 64 * 1024 * 1024, sendStallCutMs: 30_000, keepaliveTimeMs: 15_000, keepaliveTimeoutMs: 15_000, maxConnectionAgeMs: 0, maxConnectionAgeGraceMs: 10_000, maxStreamsPerConnection: 100, tls: { mode: 'auto' } }),
     secrets: z
       .strictObject({
         /**
@@ -137,6 +139,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; kind: 
   WEFT_XDS_DEBOUNCE_MAX_MS: { path: ['xds', 'debounceMaxMs'], kind: 'number' },
   WEFT_XDS_WARM_UP_MS: { path: ['xds', 'warmUpMs'], kind: 'number' },
   WEFT_XDS_SEND_BUDGET_BYTES: { path: ['xds', 'sendBudgetBytes'], kind: 'number' },
+  WEFT_XDS_SEND_STALL_CUT_MS: { path: ['xds', 'sendStallCutMs'], kind: 'number' },
   WEFT_XDS_KEEPALIVE_TIME_MS: { path: ['xds', 'keepaliveTimeMs'], kind: 'number' },
   WEFT_XDS_KEEPALIVE_TIMEOUT_MS: { path: ['xds', 'keepaliveTimeoutMs'], kind: 'number' },
   WEFT_XDS_MAX_CONNECTION_AGE_MS: { path: ['xds', 'maxConnectionAgeMs'], kind: 'number' },

@@ -170,6 +170,7 @@ export async function startControlPlane(config: Readonly<Config>, logger: Logger
     nackBackoffMs: config.xds.nackBackoffMs,
     nackBackoffMaxMs: config.xds.nackBackoffMaxMs,
     sendBudgetBytes: config.xds.sendBudgetBytes,
+    sendStallCutMs: config.xds.sendStallCutMs,
     keepaliveTimeMs: config.xds.keepaliveTimeMs,
     keepaliveTimeoutMs: config.xds.keepaliveTimeoutMs,
     maxConnectionAgeMs: config.xds.maxConnectionAgeMs,

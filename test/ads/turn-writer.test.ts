@@ -112,13 +112,14 @@ describe('TurnWriter: a TLS stream writes its messages a little per turn', () =>
     const messages = [randomBytes(200_000), randomBytes(3), randomBytes(40_000), Buffer.alloc(0), randomBytes(TURN_BYTES - 5)];
     let writes: ReturnType<typeof spy> = [];
     let done = 0;
+    let progress = 0;
     const { got, status } = await slowReader(
       t,
       (call) => {
         const stream = http2StreamOf(call)!;
         writes = spy(stream, turn);
         call.sendMetadata(new grpc.Metadata());
-        const writer = new TurnWriter(stream);
+        const writer = new TurnWriter(stream, TURN_BYTES, () => progress++);
         for (const m of messages) writer.write(parts(m), () => ++done === messages.length && call.end());
       },
       300,
@@ -137,6 +138,8 @@ describe('TurnWriter: a TLS stream writes its messages a little per turn', () =>
     assert.equal(new Set(writes.map((w) => w.turn)).size, writes.length, 'one write per turn');
     // Small messages share a write: as few writes as the bytes allow.
     assert.equal(writes.length, Math.ceil(framed / TURN_BYTES));
+    // Each finished write tells the stream's account that the proxy is taking what it is sent.
+    assert.equal(progress, writes.length);
     assert.deepEqual(
       writes.filter((w) => w.overlapping),
       [],

@@ -55,7 +55,7 @@ export interface TestAds {
 }
 
 export async function startTestAds(
-  opts: { authenticator?: Authenticator; nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger; connections?: Parameters<typeof connectionOptions>[0]; shutdownGraceMs?: number; sendBudgetBytes?: number } = {},
+  opts: { authenticator?: Authenticator; nackBackoffMs?: number; nackBackoffMaxMs?: number; deltaPieceBytes?: number; credentials?: grpc.ServerCredentials; logger?: Logger; connections?: Parameters<typeof connectionOptions>[0]; shutdownGraceMs?: number; sendBudgetBytes?: number; sendStallCutMs?: number } = {},
 ): Promise<TestAds> {
   const cache = new SnapshotCache();
   const metrics = new Registry();
@@ -70,6 +70,7 @@ export async function startTestAds(
     deltaPieceBytes: opts.deltaPieceBytes,
     shutdownGraceMs: opts.shutdownGraceMs,
     sendBudgetBytes: opts.sendBudgetBytes,
+    sendStallCutMs: opts.sendStallCutMs,
     ...opts.connections,
   });
   const port = await server.listen('127.0.0.1', 0, opts.credentials);
