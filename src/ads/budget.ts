@@ -119,10 +119,17 @@ export class SendBudget {
     let oldest = Infinity;
     for (const a of this.writing) if (a.stallable) oldest = Math.min(oldest, a.stalledSince);
     if (oldest === Infinity) return; // nothing that could be cut: the writes in flight will open it
-    this.stallTimer = setTimeout(() => {
-      this.stallTimer = undefined;
-      this.cutStalled();
-    }, Math.max(0, oldest + this.stallCutMs - this.now()));
+    // Timers run before the I/O a busy event loop left waiting, writes that finished meanwhile
+    // among it: the check waits for those (setImmediate), so this process's own stall does not
+    // read as the proxy's.
+    this.stallTimer = setTimeout(
+      () =>
+        setImmediate(() => {
+          this.stallTimer = undefined;
+          this.cutStalled();
+        }),
+      Math.max(0, oldest + this.stallCutMs - this.now()),
+    );
     this.stallTimer.unref();
   }
 

@@ -221,6 +221,8 @@ async function tightParts(): Promise<Plane> {
       deltaPieceBytes: 2048,
       turnBytes: 1024,
       sendBudgetBytes: 8192,
+      // A proxy that takes nothing for 1 s while others wait for that budget is cut: no live one may ever be.
+      sendStallCutMs: 1000,
       // Pings every 200 ms, and a connection silent for 1 s is cut: no live proxy may ever be.
       keepaliveTimeMs: 200,
       keepaliveTimeoutMs: 800,
@@ -571,11 +573,12 @@ class World {
    * wait, and a proxy's next change would never reach it.
    *
    * And no live proxy's connection was cut for silence (keepalive): the tight plane pings every
-   * 200 ms and cuts after 1 s without a byte read.
+   * 200 ms and cuts after 1 s without a byte read; nor as stalled while others waited for its
+   * tiny budget, after 1 s without a write finished (xds.sendStallCutMs).
    */
   private async quiesce(): Promise<void> {
     const cuts = await this.cp.liveCuts();
-    if (cuts > 0) assert.fail(`${cuts} connections of live proxies were cut for silence (keepalive)\n${this.history()}`);
+    if (cuts > 0) assert.fail(`${cuts} connections of live proxies were cut, for silence (keepalive) or as stalled (xds.sendStallCutMs)\n${this.history()}`);
     const deadline = Date.now() + 2000;
     for (;;) {
       const budgets = this.cp.budgets();
@@ -612,7 +615,9 @@ function diagnosis(server: AdsServer, nodeId: string): string {
 }
 
 const nacksOf = async (cp: { diagnosticsUrl: string }) => nacksIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());
-const liveCutsIn = (metrics: string) => Number(/^weft_xds_connections_cut_total\{streams="open"\} (\d+)$/m.exec(metrics)?.[1] ?? 0);
+/** Connections of live proxies cut: for silence (keepalive), or for holding up others (xds.sendStallCutMs). */
+const liveCutsIn = (metrics: string) =>
+  Number(/^weft_xds_connections_cut_total\{streams="open"\} (\d+)$/m.exec(metrics)?.[1] ?? 0) + Number(/^weft_xds_stalled_streams_cut_total (\d+)$/m.exec(metrics)?.[1] ?? 0);
 const liveCutsOf = async (cp: { diagnosticsUrl: string }) => liveCutsIn(await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text());
 
 /** Seeds take the planes in turn. */
