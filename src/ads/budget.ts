@@ -11,12 +11,12 @@ import { Gauge, type Registry } from 'prom-client';
  * more while what it sent before is still unwritten (see SendAccount).
  *
  * A proxy that stops reading keeps what was sent to it charged. Alone that costs others nothing;
- * but while streams wait for the budget, one of whose bytes nothing has been written for
- * `stallCutMs` (see `SendAccount.progressed`) is holding them up: it is cut (`SendAccount.onStall`; the server ends its stream with
- * UNAVAILABLE, so a live proxy reconnects and is sent what is current), longest stalled first,
- * until the budget opens. Without it, enough proxies stalled at once (about 140 with SotW and 500
- * services reachable, each holding one turn) would hold every other proxy's changes for as long
- * as they stay connected.
+ * but while streams wait for the budget, a stream of whose bytes nothing has been written for
+ * `stallCutMs` (see `SendAccount.progressed`) is holding them up. It is cut (`SendAccount.onStall`:
+ * the server cuts its connection, and a live proxy reconnects and is sent what is current),
+ * longest stalled first, until what the cut ones give back opens the budget. Without it, enough
+ * proxies stalled at once (about 140 with SotW and 500 services reachable, each holding one turn)
+ * would hold every other proxy's changes for as long as they stay connected.
  */
 export class SendBudget {
   private inFlight = 0;
