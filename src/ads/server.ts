@@ -350,7 +350,8 @@ export class AdsServer {
     const peer = call.getPeer();
     // Holding up the streams that wait for the send budget (see SendBudget): its connection is
     // cut, which drops what is queued for it (a status would wait behind those bytes); a live
-    // proxy reconnects and is sent what is current.
+    // proxy reconnects and is sent what is current. A proxy has one stream; any other stream on
+    // the same connection goes with it, and its client reconnects too.
     account.onStall = (bytes, ms) => {
       const reason = `weft-cp cut its connection: it took nothing of the ${humanBytes(bytes)} sent to it for ${(ms / 1000).toFixed(1)} s while other proxies waited for the send budget (xds.sendStallCutMs)`;
       this.stallCuts.inc();
