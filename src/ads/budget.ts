@@ -245,6 +245,8 @@ export class SendAccount {
    */
   written(bytes: number): void {
     if (this.closed) return;
+    // A response written is progress too (in plaintext the only kind: see `progressed`).
+    if (bytes > 0) this.progressAt = this.now();
     this.outstanding -= bytes;
     // Settled before the refund wakes anyone: a waiting stream woken there may be this one, which
     // then charges anew.

@@ -88,6 +88,25 @@ describe('send budget: a stream that takes nothing while others wait is cut (xds
     assert.equal(resumed, 1);
   });
 
+  it('counts a response written as progress too (plaintext, where responses are written whole)', async () => {
+    // Spent until the last of the four is written, so the waiting stream waits throughout.
+    const budget = new SendBudget(40, undefined, { stallCutMs: 40 });
+    const cuts: string[] = [];
+    const slow = stallable(budget, 'slow', cuts, 0);
+    // A turn of four responses, written one by one, 25 ms apart: never all written, never stalled.
+    for (let i = 0; i < 4; i++) slow.charge(50);
+    let resumed = 0;
+    budget.wait(() => resumed++);
+    for (let i = 0; i < 3; i++) {
+      await sleep(25);
+      slow.written(50);
+    }
+    assert.deepEqual(cuts, [], 'a response written every 25 ms');
+    await sleep(80);
+    assert.deepEqual(cuts, ['slow 50 B after >=40 ms'], 'then nothing more: cut');
+    assert.equal(resumed, 1);
+  });
+
   it('never cuts without the transport\'s hook (streams driven in process), nor when the limit is 0', async () => {
     const cuts: string[] = [];
     const plain = new SendBudget(100, undefined, { stallCutMs: 40 });
