@@ -138,6 +138,11 @@ const CUT_REMEMBERED_MS = 10_000;
 const EARLY_REQUESTS_KEPT = 32;
 
 /** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
+/** A connection's peer as grpc-js names it (`call.getPeer()`): `ip:port`. */
+function peerOf(socket: Socket): string {
+  return `${socket.remoteAddress}:${socket.remotePort}`;
+}
+
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
@@ -503,10 +508,10 @@ export class AdsServer {
         const seen = this.lastRead.get(socket);
         if (!seen || late || seen.bytes !== socket.bytesRead) this.lastRead.set(socket, { bytes: socket.bytesRead, since: now });
         else if (now - seen.since >= deadAfter) {
-          const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+          const peer = peerOf(socket);
           const silentMs = Math.round(now - seen.since);
 
-          // Its streams, while grpc-js still knows their peer (`ip:port`, written as above).
+          // Its streams, while grpc-js still knows their peer (`ip:port`, see peerOf).
           const streams = [...this.streams].filter(([, call]) => call.getPeer() === peer).map(([st]) => st);
           const nodeIds = streams.map((st) => st.nodeId);
           // What it was sent and did not take: a proxy that stopped reading, not an idle one that vanished.
@@ -514,8 +519,7 @@ export class AdsServer {
           this.silentCuts.inc({ streams: nodeIds.length > 0 ? 'open' : 'none' });
           this.opts.logger.info({ peer, silentMs, nodeIds, unwrittenBytes }, 'xDS connection cut: nothing read from it for the keepalive time and timeout');
           const untaken = unwrittenBytes > 0 ? `, ${humanBytes(unwrittenBytes)} sent to it not yet taken` : '';
-          this.cutPeers.set(peer, { at: now, reason: `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)${untaken}` });
-          socket.destroy();
+          this.cut(socket, peer, `weft-cp cut its connection: nothing read from it for ${(silentMs / 1000).toFixed(1)} s (keepalive)${untaken}`);
         }
       }
     }
@@ -523,13 +527,18 @@ export class AdsServer {
 
   private lastReap = performance.now();
 
-  /** Cuts the connection of `peer` (`ip:port`), remembering why for its streams' status; false if it is not ours. */
+  /** Cuts a connection, remembering why for the status of the streams it carried (see cutReason). */
+  private cut(socket: Socket, peer: string, reason: string): void {
+    this.cutPeers.set(peer, { at: performance.now(), reason });
+    socket.destroy();
+  }
+
+  /** Cuts the connection of `peer` (`ip:port`); false if it is not one of ours. */
   private cutConnection(peer: string, reason: string): boolean {
     for (const tracked of this.sockets) {
       for (const socket of tracked.keys()) {
-        if (`${socket.remoteAddress}:${socket.remotePort}` !== peer) continue;
-        this.cutPeers.set(peer, { at: performance.now(), reason });
-        socket.destroy();
+        if (peerOf(socket) !== peer) continue;
+        this.cut(socket, peer, reason);
         return true;
       }
     }

@@ -1,6 +1,6 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { Registry } from 'prom-client';
-import { defaultRegistry, initialPolicies, nodeIdOf, type Logger, type ResourceInput } from '../core/index.js';
+import { createLogger, defaultRegistry, initialPolicies, nodeIdOf, type Logger, type ResourceInput } from '../core/index.js';
 import { openStore, type Store } from '../store/index.js';
 import { createRootCa } from '../certs/x509.js';
 import { SendBudget } from './budget.js';
@@ -113,7 +113,7 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     const root = (await createRootCa({ mesh: MESH, backend: 'ca-1', validForMs: 3_600_000 })).certPem;
     const cache = new SnapshotCache();
     // Its debug lines would read as the control plane's own rounds; a failure still shows.
-    const logger = opts.logger?.child({}, { level: 'warn' }) ?? silent;
+    const logger = opts.logger?.child({}, { level: 'warn' }) ?? createLogger('warm-up', 'silent');
     reconciler = new Reconciler({ store, cache, logger, metrics, debounceMs: 0, debounceMaxMs: 0, trustBundle: () => Promise.resolve([root]) });
     reconciler.start();
     const status = new XdsStatus('warm-up', metrics);
@@ -205,8 +205,6 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     }
   }
 }
-
-const silent = { info() {}, warn() {}, error() {}, debug() {}, child: () => silent } as unknown as Logger;
 
 /**
  * The simulated proxies, answering as Envoy does: an ACK for each response, and EDS for the
