@@ -15,6 +15,7 @@
  *   WEFT_PROF_STREAMS=1 WEFT_PROF_RESUME=1 ...             # then every delta proxy leaves and comes back naming what it holds
  *   WEFT_PROF_LINGER_MS=10000 ...                         # the reconciler's lingerMs (default 0: departed proxies are forgotten)
  *   WEFT_PROF_WARM_UP=20 ...                              # weft-cp's warm-up first, 20 rounds (src/ads/warmup.ts)
+ *   WEFT_PROF_DIRECT_ACCESS=200 ...                       # the last 200 proxies with direct access to every service
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,16 +29,19 @@ import { openStore } from '../src/store/index.js';
 
 const S = Number(process.env.WEFT_PROF_SERVICES ?? 500), R = 4;
 const REACH = process.env.WEFT_PROF_REACHABLE ? Number(process.env.WEFT_PROF_REACHABLE) : undefined;
-const tpOf = (s: number) => ({
+// WEFT_PROF_DIRECT_ACCESS=N: the last N proxies have Kuma's direct access to every service (`*`).
+const DIRECT = Number(process.env.WEFT_PROF_DIRECT_ACCESS ?? 0);
+const tpOf = (s: number, i = s * R) => ({
   redirectPortInbound: 15006,
   redirectPortOutbound: 15001,
   ...(REACH !== undefined && { reachableServices: Array.from({ length: REACH }, (_, i) => `svc-${(s + 1 + i) % S}`) }),
+  ...(i >= S * R - DIRECT && { directAccessServices: ['*'] }),
 });
 const store = await openStore({ type: 'embedded', dataDir: mkdtempSync(join(tmpdir(), 'prof-')) }, { registry: defaultRegistry() });
 const ops = [];
 for (let s = 0; s < S; s++) for (let r = 0; r < R; r++) {
   const i = s * R + r;
-  ops.push({ op: 'upsert' as const, resource: { type: 'Dataplane', mesh: 'default', name: `svc-${s}-${r}`, labels: {}, spec: { networking: { address: `10.0.${i >> 8}.${i & 255}`, inbound: [{ port: 8080, tags: { 'kuma.io/service': `svc-${s}` } }], transparentProxying: tpOf(s) } } } });
+  ops.push({ op: 'upsert' as const, resource: { type: 'Dataplane', mesh: 'default', name: `svc-${s}-${r}`, labels: {}, spec: { networking: { address: `10.0.${i >> 8}.${i & 255}`, inbound: [{ port: 8080, tags: { 'kuma.io/service': `svc-${s}` } }], transparentProxying: tpOf(s, i) } } } });
 }
 await store.create({ type: 'Mesh', mesh: '', name: 'default', labels: {}, spec: {} });
 await store.write(ops);

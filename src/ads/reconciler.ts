@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { compareNames, dataplaneServices, DataplaneTokenRevocationType, enabledMtlsBackend, MESH_TYPE, nodeIdOf, SigningKeyType, splitNodeId, type DataplaneSpec, type Logger, type MeshSpec, type MeshTrafficPermissionBody, type Resource, type TrafficPermissionSpec } from '../core/index.js';
 import type { ChangeEvent, Store } from '../store/index.js';
-import { generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, TypeUrl, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
+import { directAccessShape, generateProxyConfig, LastingMemo, meshServices, reachOf, servicesShape, TypeUrl, withEndpoints, type MeshContext, type ResourceSet } from '../xds/index.js';
 
 /** Changes no proxy config depends on. */
 const IRRELEVANT = new Set([DataplaneTokenRevocationType.name, SigningKeyType.name]);
@@ -55,6 +55,8 @@ interface LastConfig {
   set: ResourceSet;
   shape: string;
   bundle: string;
+  /** For a proxy with direct access: `directAccessShape` of the Dataplanes it was generated from. */
+  direct?: string;
 }
 
 /**
@@ -481,8 +483,10 @@ export class Reconciler {
         }
         const ctx = (): MeshContext => ({ mesh: data.mesh!, dataplane, dataplanes: data.dataplanes, trafficPermissions: data.trafficPermissions, meshTrafficPermissions: data.meshTrafficPermissions, trustBundle, memo, services, lasting: lasting.memo });
         const prev = this.last.get(nodeId);
-        // Direct access listeners follow other Dataplanes' addresses, which the shortcut does not redo.
-        const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle && directAccessOf(dataplane).length === 0;
+        // Direct access listeners follow other Dataplanes' names and addresses, which the shortcut
+        // does not redo: it may be taken only while they are as they were.
+        const direct = directAccessOf(dataplane).length > 0 ? directAccessShape(data.dataplanes) : undefined;
+        const endpointsOnly = reuse && !reuse.has(name) && prev && prev.shape === shape && prev.bundle === bundle && prev.direct === direct;
         let set: ResourceSet;
         if (endpointsOnly) {
           // The last config with new ClusterLoadAssignments: translated once per distinct endpoint
@@ -498,7 +502,7 @@ export class Reconciler {
           this.opts.cache.set(nodeId, set, changeTime);
           full++;
         }
-        this.last.set(nodeId, { set, shape, bundle });
+        this.last.set(nodeId, { set, shape, bundle, direct });
       } catch (err) {
         this.failures.inc();
         this.last.delete(nodeId);

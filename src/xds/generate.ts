@@ -388,6 +388,63 @@ function familiesOf(tp: NonNullable<DataplaneSpec['networking']['transparentProx
 
 const familyOfAddress = (address: string): Family => (address.includes(':') ? IPV6 : IPV4);
 
+/** One address and port a proxy with direct access may be sent to: an inbound of another Dataplane. */
+interface DirectTarget {
+  /** The Dataplane whose inbound it is (a proxy gets no listener for its own). */
+  readonly owner: string;
+  readonly service: string;
+  readonly address: string;
+  readonly port: number;
+  /** `hostPort(address, port)`. */
+  readonly key: string;
+}
+
+/** The targets of a list of Dataplanes, by Dataplane name, and whether two share an address and port. */
+interface DirectTargets {
+  readonly list: readonly DirectTarget[];
+  readonly repeats: boolean;
+  /** Everything the direct access listeners of any proxy take from other Dataplanes, as one string. */
+  readonly shape: string;
+}
+
+/** Per list of Dataplanes (a round's list is shared by every proxy of the mesh and never changed in place). */
+const directTargetsOf = new WeakMap<readonly Resource<DataplaneSpec>[], DirectTargets>();
+
+function directTargets(dataplanes: readonly Resource<DataplaneSpec>[]): DirectTargets {
+  let t = directTargetsOf.get(dataplanes);
+  if (t) return t;
+  const list: DirectTarget[] = [];
+  const keys = new Set<string>();
+  for (const dp of [...dataplanes].sort(compareNames)) {
+    for (const ib of dp.spec.networking.inbound ?? []) {
+      const service = ib.tags[SERVICE_TAG];
+      if (!service) continue;
+      const address = ib.address ?? dp.spec.networking.address;
+      const key = hostPort(address, ib.port);
+      keys.add(key);
+      list.push({ owner: dp.name, service, address, port: ib.port, key });
+    }
+  }
+  let shape = list.map((e) => `${e.owner} ${e.service} ${e.key}`).join('\n');
+  // The same string as last time when equal, so proxies compare it by reference, not by content.
+  if (shape === lastShape) shape = lastShape;
+  else lastShape = shape;
+  directTargetsOf.set(dataplanes, (t = { list, repeats: keys.size < list.length, shape }));
+  return t;
+}
+
+let lastShape = '';
+
+/**
+ * What direct access listeners take from the mesh's Dataplanes (their names, services, addresses
+ * and ports; not their health). While it is the same, a proxy's direct access listeners are too,
+ * its own Dataplane and the mesh unchanged, so an endpoint change may skip them (the reconciler's
+ * endpoint-only path).
+ */
+export function directAccessShape(dataplanes: readonly Resource<DataplaneSpec>[]): string {
+  return directTargets(dataplanes).shape;
+}
+
 /**
  * Kuma's direct access (`directAccessServices`, `*` for all): the app may call the Dataplanes of
  * those services by their own addresses instead of a service VIP. Each such address and port gets
@@ -395,36 +452,36 @@ const familyOfAddress = (address: string): Family => (address.includes(':') ? IP
  * `direct_access`, a cluster that originates mTLS when the mesh has it (any identity of the mesh:
  * the destination is known only by its address). Without them such connections would leave
  * through the passthrough in plaintext, which a destination in STRICT mode refuses. One listener
- * per endpoint: Kuma too advises listing few services.
+ * per endpoint: Kuma too advises listing few services. The targets are listed, and their
+ * listeners looked up, once per round for every proxy of the mesh; each proxy only picks its own.
  */
 function directAccessListeners(g: Generation, wanted: readonly string[]): Obj[] {
   if (wanted.length === 0) return [];
   const all = wanted.includes('*');
   const want = new Set(wanted);
+  const targets = directTargets(g.ctx.dataplanes);
+  const listenerOf = g.once(`direct-access:listeners:${g.lastingId(g.ctx.dataplanes)}`, () => new Map<DirectTarget, Obj>());
   const net = g.dp.spec.networking;
-  // An explicit outbound on the same address and port keeps it.
+  // An explicit outbound on the same address and port keeps it; so does the first target of two on one.
   const taken = new Set((net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port)));
   const out: Obj[] = [];
-  for (const dp of [...g.ctx.dataplanes].sort(compareNames)) {
-    if (dp.name === g.dp.name) continue;
-    for (const ib of dp.spec.networking.inbound ?? []) {
-      const service = ib.tags[SERVICE_TAG];
-      if (!service || !(all || want.has(service))) continue;
-      const address = ib.address ?? dp.spec.networking.address;
-      const key = hostPort(address, ib.port);
-      if (taken.has(key)) continue;
-      taken.add(key);
-      const name = directAccessName(address, ib.port);
-      out.push(
-        g.lasting(`direct-access:${key}`, () => ({
-          name,
-          address: { socket_address: { address, port_value: ib.port } },
-          traffic_direction: 'OUTBOUND',
-          bind_to_port: { value: false },
-          filter_chains: [{ filters: [tcpProxy(name, DIRECT_ACCESS_CLUSTER)] }],
-        })),
-      );
+  for (const t of targets.list) {
+    if (t.owner === g.dp.name || !(all || want.has(t.service))) continue;
+    if (taken.size > 0 && taken.has(t.key)) continue;
+    if (targets.repeats) taken.add(t.key);
+    let listener = listenerOf.get(t);
+    if (!listener) {
+      const name = directAccessName(t.address, t.port);
+      listener = g.lasting(`direct-access:${t.key}`, () => ({
+        name,
+        address: { socket_address: { address: t.address, port_value: t.port } },
+        traffic_direction: 'OUTBOUND',
+        bind_to_port: { value: false },
+        filter_chains: [{ filters: [tcpProxy(name, DIRECT_ACCESS_CLUSTER)] }],
+      }));
+      listenerOf.set(t, listener);
     }
+    out.push(listener);
   }
   return out;
 }

@@ -120,4 +120,38 @@ describe('reconciler: endpoint-only rounds equal full translation', () => {
     await expectFullEquivalence(cache, ['eps.narrow-9', 'eps.late-9'], 'a service change with a proxy connecting before its round');
     rec.close();
   });
+  it('a proxy with direct access takes the endpoint-only path while the Dataplanes keep their names and addresses', async () => {
+    // Direct access listeners name other Dataplanes' addresses: a health flip leaves them as they
+    // are, a move or a new Dataplane does not.
+    await store.write([
+      { op: 'upsert', resource: dp('dx-1', 'dx', '10.1.7.1') },
+      { op: 'upsert', resource: dp('da-1', 'da', '10.1.7.9', { reach: ['dx'], direct: ['*'] }) },
+    ]);
+    const cache = new SnapshotCache();
+    const metrics = new Registry();
+    const rec = new Reconciler({ store, cache, logger: createLogger('test', 'silent'), metrics, debounceMs: 0, debounceMaxMs: 0 });
+    rec.start();
+    rec.track('eps.da-1');
+    await rec.settle();
+    const kinds = async () => Object.fromEntries((await metrics.getSingleMetric('weft_xds_proxy_regenerations_total')!.get()).values.map((v) => [v.labels.kind, v.value]));
+    const steps: [string, () => Promise<unknown>, 'endpoints' | 'full'][] = [
+      ['dx-1 not ready', () => store.upsert(dp('dx-1', 'dx', '10.1.7.1', { ready: false })), 'endpoints'],
+      ['dx-1 ready again', () => store.upsert(dp('dx-1', 'dx', '10.1.7.1')), 'endpoints'],
+      ['dx-1 moved', () => store.upsert(dp('dx-1', 'dx', '10.1.7.11')), 'full'],
+      ['a new Dataplane of dx', () => store.upsert(dp('dx-2', 'dx', '10.1.7.2')), 'full'],
+      ['dx-2 not ready', () => store.upsert(dp('dx-2', 'dx', '10.1.7.2', { ready: false })), 'endpoints'],
+      ['dx-2 deleted', () => store.delete({ type: 'Dataplane', mesh: 'eps', name: 'dx-2' }), 'full'],
+    ];
+    for (const [step, change, kind] of steps) {
+      const before = await kinds();
+      await change();
+      await new Promise((r) => setTimeout(r, 5));
+      await rec.settle();
+      await expectFullEquivalence(cache, ['eps.da-1'], step);
+      const after = await kinds();
+      const diff = { endpoints: (after.endpoints ?? 0) - (before.endpoints ?? 0), full: (after.full ?? 0) - (before.full ?? 0) };
+      assert.deepEqual(diff, { endpoints: kind === 'endpoints' ? 1 : 0, full: kind === 'full' ? 1 : 0 }, `${step}: da-1's round`);
+    }
+    rec.close();
+  });
 });

@@ -98,6 +98,22 @@ describe('translation', () => {
     assert.deepEqual(names(gen('da-2', ['redis'])[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), ['direct_access_10.0.0.4:6379']);
   });
 
+  it('direct access: two Dataplanes on one address and port give one listener, and an explicit outbound there keeps it', () => {
+    // A replica moving from one Dataplane to another (both in the store for a moment), and an
+    // app that names one endpoint as its explicit outbound.
+    const twins = [
+      dp('cache-a', { networking: { address: '10.0.0.7', inbound: [{ port: 11211, tags: { 'kuma.io/service': 'cache' } }] } }),
+      dp('cache-b', { networking: { address: '10.0.0.7', inbound: [{ port: 11211, tags: { 'kuma.io/service': 'cache' } }] } }),
+    ];
+    const me = dp('da-9', {
+      networking: { address: '10.0.0.9', inbound: [{ port: 7000, tags: { 'kuma.io/service': 'me' } }], outbound: [{ address: '10.0.0.1', port: 8080, tags: { 'kuma.io/service': 'web' } }], transparentProxying: { directAccessServices: ['*'] } },
+    });
+    const set = generateProxyConfig({ ...ctx(me), dataplanes: [...backends, ...twins, me] });
+    buildSnapshot(new ResourceEncoder(), 'default.da-9', set); // no two listeners on one address
+    assert.deepEqual(names(set[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), ['direct_access_10.0.0.2:8080', 'direct_access_10.0.0.3:8080', 'direct_access_10.0.0.4:6379', 'direct_access_10.0.0.7:11211']);
+    assert.ok(names(set[TypeUrl.Listener]).includes('outbound:10.0.0.1:8080'), 'the explicit outbound keeps 10.0.0.1:8080');
+  });
+
   it('proxyless: one API listener and route per service, named so xds:///<service> resolves', () => {
     const me = dp('grpc-app', { labels: { 'weft.io/proxyless': 'true' }, networking: { address: '10.0.0.9', inbound: [{ port: 1, tags: { 'kuma.io/service': 'grpc-app' } }] } });
     const set = generateProxyConfig(ctx(me));
