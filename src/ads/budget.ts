@@ -26,15 +26,23 @@ export class SendBudget {
   private readonly writing = new Set<SendAccount>();
   private readonly stallCutMs: number;
   private readonly now: () => number;
-  private stallTimer?: NodeJS.Timeout;
+  private readonly schedule: (check: () => void, delayMs: number) => void;
+  /** A stall check is scheduled. */
+  private stallCheck = false;
 
   constructor(
     readonly limitBytes: number,
     metrics?: Registry,
-    opts: { stallCutMs?: number; now?: () => number } = {},
+    opts: {
+      stallCutMs?: number;
+      now?: () => number;
+      /** Runs the stall check `delayMs` from now (by `now`'s clock); tests with a clock of their own pass theirs. */
+      schedule?: (check: () => void, delayMs: number) => void;
+    } = {},
   ) {
     this.stallCutMs = opts.stallCutMs ?? 0;
     this.now = opts.now ?? Date.now;
+    this.schedule = opts.schedule ?? afterPendingIo;
     if (metrics) {
       this.gauge = new Gauge({ name: 'weft_xds_send_bytes_in_flight', help: 'xDS response bytes handed to gRPC and not yet written to the connection.', registers: [metrics] });
       const waiting = this.waiting;
@@ -115,22 +123,18 @@ export class SendBudget {
 
   /** While streams wait, looks again when the longest stalled account reaches stallCutMs. */
   private watchStalls(): void {
-    if (this.stallCutMs <= 0 || this.stallTimer || this.waiting.size === 0) return;
+    if (this.stallCutMs <= 0 || this.stallCheck || this.waiting.size === 0) return;
     let oldest = Infinity;
     for (const a of this.writing) if (a.stallable) oldest = Math.min(oldest, a.stalledSince);
     if (oldest === Infinity) return; // nothing that could be cut: the writes in flight will open it
-    // Timers run before the I/O a busy event loop left waiting, writes that finished meanwhile
-    // among it: the check waits for those (setImmediate), so this process's own stall does not
-    // read as the proxy's.
-    this.stallTimer = setTimeout(
-      () =>
-        setImmediate(() => {
-          this.stallTimer = undefined;
-          this.cutStalled();
-        }),
+    this.stallCheck = true;
+    this.schedule(
+      () => {
+        this.stallCheck = false;
+        this.cutStalled();
+      },
       Math.max(0, oldest + this.stallCutMs - this.now()),
     );
-    this.stallTimer.unref();
   }
 
   /**
@@ -151,6 +155,15 @@ export class SendBudget {
     }
     this.watchStalls();
   }
+}
+
+/**
+ * The stall check's default schedule. Timers run before the I/O a busy event loop left waiting,
+ * writes that finished meanwhile among it: the check waits for those (setImmediate), so this
+ * process's own stall does not read as the proxy's.
+ */
+function afterPendingIo(check: () => void, delayMs: number): void {
+  setTimeout(() => setImmediate(check), delayMs).unref();
 }
 
 /**

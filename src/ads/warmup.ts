@@ -1,15 +1,17 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import { createLogger, defaultRegistry, initialPolicies, nodeIdOf, type Logger, type ResourceInput } from '../core/index.js';
+import { PROXYLESS_LABEL } from '../xds/index.js';
 import { openStore, type Store } from '../store/index.js';
 import { createRootCa } from '../certs/x509.js';
 import { SendBudget } from './budget.js';
 import { SnapshotCache } from './cache.js';
-import { messageType, TypeUrl } from './protos.js';
+import { messageType, SHORT_NAME, TypeUrl } from './protos.js';
 import { Reconciler } from './reconciler.js';
 import { XdsStatus } from './status.js';
 import { AdsStream, type DeltaDiscoveryResponse, type DiscoveryResponse, type Variant } from './stream.js';
 import { PRE_ENCODED, requestDeserializer, responseParts, responseSerializer, type PreEncoded } from './wire.js';
+import type { EncodedResource } from './cache.js';
 
 /*
  * The warm-up (docs/ads.md, "Warm-up"). V8 compiles a function to fast code only once it has run
@@ -45,6 +47,9 @@ export interface WarmUpResult {
   ms: number;
   /** Responses the simulated proxies were sent (and answered), by what set them off. */
   responses: Record<Step, number>;
+  /** The same, by kind of proxy, and by type (CDS, EDS, LDS, RDS, SDS). */
+  byKind: Record<WarmUpProxyKind, number>;
+  byType: Record<string, number>;
   /** Snapshots that failed their checks: a bug, the warm-up's mesh is valid. */
   failures: number;
   /** Why nothing, or not everything, was done. */
@@ -60,24 +65,46 @@ export const DEFAULT_ROUNDS = 20;
 /** Compiled code serves every control plane a process starts, so once per process is enough. */
 let warmed = false;
 
-function dataplane(s: number, r: number, opts: { ready?: boolean; service?: string; reach?: boolean } = {}): ResourceInput {
+/**
+ * What a simulated proxy is: most are transparent-proxy sidecars (half reaching a few services,
+ * half all of them); the third replica of the first four services is another kind, so that their
+ * translation runs too.
+ */
+export type WarmUpProxyKind = 'transparent' | 'proxyless' | 'explicit' | 'direct';
+type Kind = WarmUpProxyKind;
+
+function kindOf(s: number, r: number): Kind {
+  if (r !== 2 || s > 3) return 'transparent';
+  return s === 0 ? 'proxyless' : s === 1 ? 'explicit' : 'direct';
+}
+
+function dataplane(s: number, r: number, opts: { ready?: boolean; service?: string } = {}): ResourceInput {
   const i = s * REPLICAS + r;
   const service = opts.service ?? `svc-${s}`;
+  const kind = opts.service ? 'transparent' : kindOf(s, r);
+  const others = [1, 2, 3].map((k) => `svc-${(s + k) % SERVICES}`);
   return {
     type: 'Dataplane',
     mesh: MESH,
     name: `${service}-${r}`,
-    labels: {},
+    labels: kind === 'proxyless' ? { [PROXYLESS_LABEL]: 'true' } : {},
     spec: {
       networking: {
         address: `10.250.${i >> 8}.${i & 255}`,
-        inbound: [{ port: 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': s % 2 === 0 ? 'http' : 'tcp' }, ...(opts.ready !== undefined && { health: { ready: opts.ready } }) }],
-        transparentProxying: {
-          redirectPortInbound: 15006,
-          redirectPortOutbound: 15001,
-          // Half the proxies reach a few services, half all of them: both shapes of config.
-          ...(opts.reach && { reachableServices: [1, 2, 3].map((k) => `svc-${(s + k) % SERVICES}`) }),
-        },
+        inbound: [{ port: 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': s === 0 ? 'grpc' : s % 2 === 0 ? 'http' : 'tcp' }, ...(opts.ready !== undefined && { health: { ready: opts.ready } }) }],
+        // An app naming the services it calls, on ports of its own.
+        ...(kind === 'explicit' && { outbound: others.map((o, k) => ({ port: 20_000 + k, tags: { 'kuma.io/service': o } })) }),
+        ...(kind !== 'proxyless' &&
+          kind !== 'explicit' && {
+            transparentProxying: {
+              redirectPortInbound: 15006,
+              redirectPortOutbound: 15001,
+              // Half the proxies reach a few services, half all of them: both shapes of config.
+              ...(s % 2 === 1 && { reachableServices: others }),
+              // Kuma's direct access: to every service, and to a few.
+              ...(kind === 'direct' && { directAccessServices: s === 2 ? ['*'] : others }),
+            },
+          }),
       },
     },
   };
@@ -89,8 +116,10 @@ function dataplane(s: number, r: number, opts: { ready?: boolean; service?: stri
  */
 export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
   const responses: Record<Step, number> = { connect: 0, mtls: 0, endpoints: 0, service: 0, mesh: 0, policy: 0 };
-  if (warmed) return { rounds: 0, ms: 0, responses, failures: 0, skipped: 'this process is warm already' };
-  if (opts.maxMs <= 0) return { rounds: 0, ms: 0, responses, failures: 0, skipped: 'off (xds.warmUpMs is 0)' };
+  const byKind: Record<Kind, number> = { transparent: 0, proxyless: 0, explicit: 0, direct: 0 };
+  const byType: Record<string, number> = Object.fromEntries(Object.values(SHORT_NAME).map((t) => [t, 0]));
+  if (warmed) return { rounds: 0, ms: 0, responses, byKind, byType, failures: 0, skipped: 'this process is warm already' };
+  if (opts.maxMs <= 0) return { rounds: 0, ms: 0, responses, byKind, byType, failures: 0, skipped: 'off (xds.warmUpMs is 0)' };
   warmed = true;
   const started = performance.now();
   const metrics = new Registry();
@@ -103,8 +132,9 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     rmSync(opts.dir, { recursive: true, force: true });
     mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
     store = await openStore({ type: 'embedded', dataDir: opts.dir }, { registry: defaultRegistry() });
-    const dps: ResourceInput[] = [];
-    for (let s = 0; s < SERVICES; s++) for (let r = 0; r < REPLICAS; r++) dps.push(dataplane(s, r, { reach: s % 2 === 1 }));
+    const members: { dp: ResourceInput; kind: Kind }[] = [];
+    for (let s = 0; s < SERVICES; s++) for (let r = 0; r < REPLICAS; r++) members.push({ dp: dataplane(s, r), kind: kindOf(s, r) });
+    const dps = members.map((m) => m.dp);
     await store.write([
       { op: 'create', resource: { type: 'Mesh', mesh: '', name: MESH, labels: {}, spec: {} } },
       ...initialPolicies(MESH, {}).map((resource) => ({ op: 'create' as const, resource })),
@@ -118,12 +148,13 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     reconciler.start();
     const status = new XdsStatus('warm-up', metrics);
     const budget = new SendBudget(64 * 1024 * 1024, metrics);
-    const proxies = new Proxies(opts.secure);
-    for (const dp of dps) {
+    const proxies = new Proxies(opts.secure, byKind, byType);
+    for (const [i, { dp, kind }] of members.entries()) {
       reconciler.track(nodeIdOf(MESH, dp.name));
-      const variant: Variant = streams.length % 2 === 0 ? 'delta' : 'sotw';
+      const variant: Variant = i % 2 === 0 ? 'delta' : 'sotw';
       const account = budget.account();
-      const stream: AdsStream = new AdsStream({
+      const proxy = new Proxy(variant, kind);
+      proxy.stream = new AdsStream({
         variant,
         cache,
         identity: { kind: 'dataplane', mesh: MESH, name: dp.name },
@@ -133,12 +164,12 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
         budget: account,
         send: (r, bytes) => {
           account.charge(bytes);
-          proxies.received(stream, variant, r);
+          proxies.received(proxy, r);
           account.written(bytes);
         },
       });
-      streams.push(stream);
-      proxies.connect(stream, variant, nodeIdOf(MESH, dp.name));
+      streams.push(proxy.stream);
+      proxies.connect(proxy, nodeIdOf(MESH, dp.name));
     }
     const step = async (kind: Step, change: () => Promise<unknown>) => {
       const before = proxies.responses;
@@ -189,11 +220,11 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     const ms = Math.round(performance.now() - started);
     const failed = await failures();
     const skipped = rounds < most ? `stopped after ${rounds} of ${most} rounds: xds.warmUpMs (${opts.maxMs}) reached` : undefined;
-    opts.logger?.info({ rounds, ms, responses, failures: failed, ...(skipped && { skipped }) }, 'warmed up: proxies of a private mesh went through every kind of change');
-    return { rounds, ms, responses, failures: failed, ...(skipped && { skipped }) };
+    opts.logger?.info({ rounds, ms, responses, byKind, byType, failures: failed, ...(skipped && { skipped }) }, 'warmed up: proxies of a private mesh went through every kind of change');
+    return { rounds, ms, responses, byKind, byType, failures: failed, ...(skipped && { skipped }) };
   } catch (err) {
     opts.logger?.warn({ err }, 'warm-up failed; starting all the same (the first changes after start may be slower)');
-    return { rounds, ms: Math.round(performance.now() - started), responses, failures: await failures(), skipped: `failed: ${(err as Error).message}` };
+    return { rounds, ms: Math.round(performance.now() - started), responses, byKind, byType, failures: await failures(), skipped: `failed: ${(err as Error).message}` };
   } finally {
     for (const s of streams) s.close();
     reconciler?.close();
@@ -206,11 +237,31 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
   }
 }
 
+/** What a response's resources ask for next: EDS for clusters, RDS for listeners, SDS for both. */
+const FOLLOWS: readonly { type: TypeUrl; from: readonly TypeUrl[]; refs: (r: EncodedResource) => readonly string[] }[] = [
+  { type: TypeUrl.ClusterLoadAssignment, from: [TypeUrl.Cluster], refs: (r) => r.refs },
+  { type: TypeUrl.RouteConfiguration, from: [TypeUrl.Listener], refs: (r) => r.refs },
+  { type: TypeUrl.Secret, from: [TypeUrl.Cluster, TypeUrl.Listener], refs: (r) => r.secretRefs },
+];
+
+/** One simulated proxy: what it holds of the wildcard types, and the names it subscribed of the others. */
+class Proxy {
+  stream!: AdsStream;
+  readonly held = new Map<TypeUrl, Map<string, EncodedResource>>();
+  readonly subscribed = new Map<TypeUrl, string[]>();
+
+  constructor(
+    readonly variant: Variant,
+    readonly kind: Kind,
+  ) {}
+}
+
 /**
- * The simulated proxies, answering as Envoy does: an ACK for each response, and EDS for the
- * clusters they got (delta: the names; SotW: the whole list, repeated in each EDS ACK). Responses
- * are encoded as the server encodes them; answers are encoded, then read by the server's request
- * decoders.
+ * The simulated proxies, answering as Envoy does: an ACK for each response, and subscriptions to
+ * what the resources it holds name (EDS for its clusters, RDS for its listeners' routes, SDS for
+ * the secrets either asks for over ADS; delta: the names added and removed; SotW: the whole list,
+ * repeated in each ACK of that type). Responses are encoded as the server encodes them; answers
+ * are encoded, then read by the server's request decoders.
  */
 class Proxies {
   private readonly waiting: (() => void)[] = [];
@@ -220,45 +271,66 @@ class Proxies {
     sotw: requestDeserializer('envoy.service.discovery.v3.DiscoveryRequest', 'resource_names'),
     delta: requestDeserializer('envoy.service.discovery.v3.DeltaDiscoveryRequest', 'resource_names_subscribe', 'initial_resource_versions'),
   };
-  /** SotW: the EDS names each proxy subscribes. */
-  private readonly eds = new WeakMap<AdsStream, string[]>();
   /** Responses received. */
   responses = 0;
 
-  constructor(secure: boolean) {
+  constructor(
+    secure: boolean,
+    /** Responses received by kind of proxy and by type, counted here. */
+    private readonly byKind: Record<Kind, number>,
+    private readonly byType: Record<string, number>,
+  ) {
     const sotw = 'envoy.service.discovery.v3.DiscoveryResponse',
       delta = 'envoy.service.discovery.v3.DeltaDiscoveryResponse';
     this.encode = secure ? { sotw: responseParts(sotw), delta: responseParts(delta) } : { sotw: responseSerializer(sotw), delta: responseSerializer(delta) };
   }
 
-  private send(stream: AdsStream, variant: Variant, req: Record<string, unknown>): void {
-    const type = this.request[variant];
-    stream.handle(this.decode[variant](Buffer.from(type.encode(type.fromObject(req)).finish())) as never);
+  private send(p: Proxy, req: Record<string, unknown>): void {
+    const type = this.request[p.variant];
+    p.stream.handle(this.decode[p.variant](Buffer.from(type.encode(type.fromObject(req)).finish())) as never);
   }
 
-  connect(stream: AdsStream, variant: Variant, id: string): void {
-    this.send(stream, variant, { node: { id }, type_url: TypeUrl.Cluster });
-    this.send(stream, variant, { type_url: TypeUrl.Listener });
+  /** Its first requests, as Envoy's: CDS and LDS, wildcard. */
+  connect(p: Proxy, id: string): void {
+    this.send(p, { node: { id }, type_url: TypeUrl.Cluster });
+    this.send(p, { type_url: TypeUrl.Listener });
   }
 
-  received(stream: AdsStream, variant: Variant, r: DiscoveryResponse | DeltaDiscoveryResponse): void {
+  received(p: Proxy, r: DiscoveryResponse | DeltaDiscoveryResponse): void {
     this.responses++;
-    this.encode[variant](r);
-    const eds = r.type_url === TypeUrl.Cluster ? ((r as PreEncoded)[PRE_ENCODED] ?? []).flatMap((x) => x.refs) : [];
+    this.byKind[p.kind]++;
+    this.byType[SHORT_NAME[r.type_url as TypeUrl]]!++;
+    this.encode[p.variant](r);
+    const type = r.type_url as TypeUrl;
+    const resources = (r as PreEncoded)[PRE_ENCODED] ?? [];
+    if (type === TypeUrl.Cluster || type === TypeUrl.Listener) {
+      // SotW sends the whole set each time; delta what changed, and the names removed.
+      const held = p.variant === 'sotw' ? new Map<string, EncodedResource>() : (p.held.get(type) ?? new Map<string, EncodedResource>());
+      if (p.variant === 'delta') for (const name of (r as DeltaDiscoveryResponse).removed_resources) held.delete(name);
+      for (const x of resources) held.set(x.name, x);
+      p.held.set(type, held);
+    }
     this.waiting.push(() => {
-      if (variant === 'delta') {
-        this.send(stream, variant, { type_url: r.type_url, response_nonce: r.nonce });
-        if (eds.length > 0) this.send(stream, variant, { type_url: TypeUrl.ClusterLoadAssignment, resource_names_subscribe: eds });
-        return;
+      if (p.variant === 'delta') this.send(p, { type_url: type, response_nonce: r.nonce });
+      else {
+        const d = r as DiscoveryResponse;
+        this.send(p, { type_url: type, version_info: d.version_info, response_nonce: d.nonce, resource_names: p.subscribed.get(type) ?? [] });
       }
-      const held = this.eds.get(stream) ?? [];
-      const d = r as DiscoveryResponse;
-      this.send(stream, variant, { type_url: d.type_url, version_info: d.version_info, response_nonce: d.nonce, resource_names: d.type_url === TypeUrl.ClusterLoadAssignment ? held : [] });
-      if (d.type_url === TypeUrl.Cluster && eds.join() !== held.join()) {
-        this.eds.set(stream, eds);
-        this.send(stream, variant, { type_url: TypeUrl.ClusterLoadAssignment, resource_names: eds });
-      }
+      for (const f of FOLLOWS) if (f.from.includes(type)) this.follow(p, f.type, f.from, f.refs);
     });
+  }
+
+  /** Subscribes what the proxy's resources of `from` name of `type` now, if that changed. */
+  private follow(p: Proxy, type: TypeUrl, from: readonly TypeUrl[], refs: (r: EncodedResource) => readonly string[]): void {
+    const wanted = new Set<string>();
+    for (const t of from) for (const x of p.held.get(t)?.values() ?? []) for (const n of refs(x)) wanted.add(n);
+    const before = p.subscribed.get(type) ?? [];
+    const now = [...wanted].sort();
+    if (now.join() === before.join()) return;
+    p.subscribed.set(type, now);
+    if (p.variant === 'sotw') return this.send(p, { type_url: type, resource_names: now });
+    const had = new Set(before);
+    this.send(p, { type_url: type, resource_names_subscribe: now.filter((n) => !had.has(n)), resource_names_unsubscribe: before.filter((n) => !wanted.has(n)) });
   }
 
   /** Answers every response, and the responses the answers bring, until none is left. */

@@ -14,7 +14,8 @@ import { seeded } from '../helpers/seeded.js';
  * reads what was sent only when the transport gets to it, and reconnects (what was on its way is
  * lost; it comes back naming what it holds), while one send budget of a few hundred bytes for both
  * keeps the streams waiting and NACK backoffs hold types (and, by rule 8, routes and listeners
- * behind clusters); delta responses go in pieces of one resource in half the histories, and in
+ * behind clusters); in half the histories the budget cuts a stream that took nothing for 2 s while
+ * the other waited (xds.sendStallCutMs), and the proxy comes back; delta responses go in pieces of one resource in half the histories, and in
  * half a stream lists at most 3 (or 1) resources and removals left unanswered. A proxy forgets
  * what it unsubscribes, as Envoy and grpc-js-xds do, and comes back when the server ends its
  * stream. The two share one config, so they share its maps and the answers worked out for them.
@@ -33,6 +34,8 @@ const ALL = [...WILDCARD, ...NAMED] as const;
 const CLUSTERS = ['a', 'b', 'c', 'd'];
 const ROUTES = ['r-1', 'r-2', 'r-3'];
 const NODES = ['default.proxy-1', 'default.proxy-2'];
+/** In half the histories the budget cuts a stream that took nothing for this long while the other waited (xds.sendStallCutMs). */
+const STALL_CUT_MS = 2000;
 
 /** The names a type's resources take in these configs. */
 function namesOf(t: string): string[] {
@@ -95,9 +98,20 @@ class Proxy {
     this.open();
   }
 
+  /** The budget cut its connection (it took nothing for stallCutMs while others waited): its stream ends at the next step. */
+  cut = false;
+  cuts = 0;
+
   private open(): void {
     const hooks = { onConnect() {}, onDisconnect() {}, onResponse() {}, onAck() {}, onNack() {}, onIgnored() {}, onOversized() {} };
     const account = (this.account = this.budget.account(this.clock));
+    account.onStall = (bytes, ms) => {
+      this.trace.push(`${this.nodeId} cut: took nothing of ${bytes} bytes for ${ms} ms`);
+      this.cuts++;
+      assert.ok(this.budget.streamsWaiting > 0, 'cut only while streams wait for the budget');
+      assert.ok(ms >= STALL_CUT_MS, `cut after ${ms} ms without progress`);
+      this.cut = true;
+    };
     this.stream = new AdsStream({
       variant: this.variant,
       cache: this.cache,
@@ -172,6 +186,7 @@ class Proxy {
 
   /** The stream breaks (what was on its way is lost) and the proxy comes back on a new one, keeping what it holds. */
   reconnect(): void {
+    this.cut = false;
     this.stream.close();
     this.wire.length = 0;
     this.account.close();
@@ -245,7 +260,8 @@ class Proxy {
   }
 }
 
-function runHistory(variant: Variant, seed: number, steps: number): void {
+/** Runs one history; the streams the budget cut as stalled. */
+function runHistory(variant: Variant, seed: number, steps: number): number {
   const rnd = seeded(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
   let now = 1_000_000;
@@ -254,7 +270,25 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   // Two proxies with the same config share its maps and the answers worked out for them; one
   // budget of a few hundred bytes for both, as all streams share one: most responses leave it
   // spent, so streams often wait.
-  const budget = new SendBudget(300);
+  // In half of them, a stream that takes nothing for STALL_CUT_MS while the other waits is cut:
+  // its stream ends soon after (at the next step), and it comes back like any proxy. The check
+  // runs on this history's clock.
+  const checks: { due: number; run: () => void }[] = [];
+  const cutting = rnd() < 0.5;
+  const budget = new SendBudget(300, undefined, cutting ? { stallCutMs: STALL_CUT_MS, now: () => now, schedule: (run, ms) => checks.push({ due: now + ms, run }) } : {});
+  const runChecks = () => {
+    for (const c of checks.splice(0)) {
+      if (c.due <= now) c.run();
+      else checks.push(c);
+    }
+  };
+  const endCut = () => {
+    for (const p of proxies) {
+      if (!p.cut) continue;
+      trace.push(`${p.nodeId}'s cut stream ends; it comes back`);
+      p.reconnect();
+    }
+  };
   // Delta: half the histories cut responses into pieces of about one resource (a few hundred bytes).
   const pieceBytes = variant === 'delta' && rnd() < 0.5 ? 150 : undefined;
   // Delta: half the histories list at most 3 (or 1) unanswered resources and removals, so that a
@@ -284,6 +318,7 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
   try {
     for (const p of proxies) p.start(rnd);
     for (let step = 0; step < steps; step++) {
+      endCut();
       const r = rnd();
       const proxy = pick(proxies);
       if (r < 0.08) config();
@@ -300,14 +335,21 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
         const ms = Math.floor(rnd() * 3000);
         now += ms;
         trace.push(`${ms} ms pass`);
+        runChecks();
         proxy.poke();
       }
     }
     // The end: everything written and accepted, every backoff over.
     trace.push('the end');
     const busy = () => proxies.some((p) => p.wire.length > 0 || p.inbox.length > 0);
-    for (let i = 0; i < 200 && (busy() || i < 3); i++) {
+    // Three quiet rounds after the last cut: a proxy back on a new stream gets removals only after
+    // the wait for its routes (rule 8), which a later request ends.
+    let quietFrom = 3;
+    for (let i = 0; i < 200 && (busy() || i < quietFrom); i++) {
       now += 10_000;
+      runChecks();
+      if (proxies.some((p) => p.cut)) quietFrom = i + 4;
+      endCut();
       for (const p of proxies) {
         p.poke();
         while (p.wire.length > 0) p.write();
@@ -328,6 +370,7 @@ function runHistory(variant: Variant, seed: number, steps: number): void {
         assert.deepEqual(has, want, `${proxy.nodeId}, ${short(t)}: what the proxy holds`);
       }
     }
+    return proxies.reduce((n, p) => n + p.cuts, 0);
   } catch (err) {
     (err as Error).message = `${variant} seed ${seed} (replay with WEFT_STREAM_HISTORY_SEED=${seed}): ${(err as Error).message}\nhistory:\n  ${trace.join('\n  ')}`;
     throw err;
@@ -343,7 +386,10 @@ describe('streams through random histories of config, subscriptions, rejections,
   const seeds = one ? [Number(one)] : Array.from({ length: runs }, (_, i) => i + Number(process.env.WEFT_STREAM_HISTORY_FIRST ?? 1));
   for (const variant of ['sotw', 'delta'] as const) {
     it(`${variant}: each proxy ends holding exactly its config (rules 3, 5, 8, 11, 12, 14, 18-21; ${seeds.length} histories)`, () => {
-      for (const seed of seeds) runHistory(variant, seed, steps);
+      let cuts = 0;
+      for (const seed of seeds) cuts += runHistory(variant, seed, steps);
+      // The stall cut is part of these histories, not a setting they never reach.
+      if (seeds.length >= 100) assert.ok(cuts >= seeds.length / 10, `${cuts} streams cut as stalled in ${seeds.length} histories`);
     });
   }
 });

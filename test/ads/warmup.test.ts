@@ -56,6 +56,10 @@ describe('warm-up: the change paths run before the xDS port opens', () => {
     assert.equal(r.skipped, undefined, r.skipped);
     assert.equal(r.rounds, 2, 'one round without mTLS, one with');
     for (const step of STEPS) assert.ok(r.responses[step] > 0, `${step}: ${r.responses[step]} responses (the change reached no proxy)`);
+    // Every kind of proxy is translated and served, and every type is asked for as Envoy asks:
+    // EDS, RDS and SDS by the names its clusters and listeners give.
+    for (const [kind, n] of Object.entries(r.byKind)) assert.ok(n > 0, `${kind} proxies: ${n} responses`);
+    for (const type of ['CDS', 'EDS', 'LDS', 'RDS', 'SDS']) assert.ok(r.byType[type]! > 0, `${type}: ${r.byType[type]} responses`);
     assert.equal(r.failures, 0);
     assert.equal(existsSync(dir), false, 'its store is removed after');
     const said = lines.find((l) => typeof l.msg === 'string' && l.msg.startsWith('warmed up'));
