@@ -81,7 +81,7 @@ function kindOf(s: number, r: number): Kind {
 function dataplane(s: number, r: number, opts: { ready?: boolean; service?: string } = {}): ResourceInput {
   const i = s * REPLICAS + r;
   const service = opts.service ?? `svc-${s}`;
-  const kind = opts.service ? 'transparent' : kindOf(s, r);
+  const kind = kindOf(s, r); // svc-new (s = SERVICES) is a transparent sidecar too
   const others = [1, 2, 3].map((k) => `svc-${(s + k) % SERVICES}`);
   return {
     type: 'Dataplane',
@@ -153,7 +153,7 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
       reconciler.track(nodeIdOf(MESH, dp.name));
       const variant: Variant = i % 2 === 0 ? 'delta' : 'sotw';
       const account = budget.account();
-      const proxy = new Proxy(variant, kind);
+      const proxy = new SimulatedProxy(variant, kind);
       proxy.stream = new AdsStream({
         variant,
         cache,
@@ -245,7 +245,7 @@ const FOLLOWS: readonly { type: TypeUrl; from: readonly TypeUrl[]; refs: (r: Enc
 ];
 
 /** One simulated proxy: what it holds of the wildcard types, and the names it subscribed of the others. */
-class Proxy {
+class SimulatedProxy {
   stream!: AdsStream;
   readonly held = new Map<TypeUrl, Map<string, EncodedResource>>();
   readonly subscribed = new Map<TypeUrl, string[]>();
@@ -285,18 +285,18 @@ class Proxies {
     this.encode = secure ? { sotw: responseParts(sotw), delta: responseParts(delta) } : { sotw: responseSerializer(sotw), delta: responseSerializer(delta) };
   }
 
-  private send(p: Proxy, req: Record<string, unknown>): void {
+  private send(p: SimulatedProxy, req: Record<string, unknown>): void {
     const type = this.request[p.variant];
     p.stream.handle(this.decode[p.variant](Buffer.from(type.encode(type.fromObject(req)).finish())) as never);
   }
 
   /** Its first requests, as Envoy's: CDS and LDS, wildcard. */
-  connect(p: Proxy, id: string): void {
+  connect(p: SimulatedProxy, id: string): void {
     this.send(p, { node: { id }, type_url: TypeUrl.Cluster });
     this.send(p, { type_url: TypeUrl.Listener });
   }
 
-  received(p: Proxy, r: DiscoveryResponse | DeltaDiscoveryResponse): void {
+  received(p: SimulatedProxy, r: DiscoveryResponse | DeltaDiscoveryResponse): void {
     this.responses++;
     this.byKind[p.kind]++;
     this.byType[SHORT_NAME[r.type_url as TypeUrl]]!++;
@@ -321,7 +321,7 @@ class Proxies {
   }
 
   /** Subscribes what the proxy's resources of `from` name of `type` now, if that changed. */
-  private follow(p: Proxy, type: TypeUrl, from: readonly TypeUrl[], refs: (r: EncodedResource) => readonly string[]): void {
+  private follow(p: SimulatedProxy, type: TypeUrl, from: readonly TypeUrl[], refs: (r: EncodedResource) => readonly string[]): void {
     const wanted = new Set<string>();
     for (const t of from) for (const x of p.held.get(t)?.values() ?? []) for (const n of refs(x)) wanted.add(n);
     const before = p.subscribed.get(type) ?? [];
