@@ -27,6 +27,11 @@ const TIMEOUT_MS = Number(process.env.WEFT_BENCH_TIMEOUT_MS ?? 300_000);
 // How many endpoint changes, and mesh-wide changes, are measured (one after another, PAUSE_MS apart).
 const CHANGES = Number(process.env.WEFT_BENCH_CHANGES ?? 5);
 const PAUSE_MS = Number(process.env.WEFT_BENCH_CHANGE_PAUSE_MS ?? 1000);
+// WEFT_BENCH_KINDS: which kinds of change are measured, comma-separated (default all three):
+// `endpoint`, `service` (a new service, when every service is reachable) and `mesh`.
+const KIND_NAMES = ['endpoint', 'service', 'mesh'] as const;
+const KINDS = new Set((process.env.WEFT_BENCH_KINDS ?? KIND_NAMES.join(',')).split(','));
+for (const k of KINDS) if (!(KIND_NAMES as readonly string[]).includes(k)) throw new Error(`WEFT_BENCH_KINDS: unknown kind ${k} (${KIND_NAMES.join(', ')})`);
 // WEFT_BENCH_TLS=1: the ADS port with TLS as shipped (xds.tls.mode auto), the proxies trusting its certificate.
 const TLS = process.env.WEFT_BENCH_TLS === '1';
 // WEFT_BENCH_NACK_STORM_S=N: last, every proxy rejects every CDS response for N seconds (see nackStorm).
@@ -265,7 +270,7 @@ async function scenario(variant: 'sotw' | 'delta') {
       return !reach || reach.includes('svc-7');
     });
     const endpointChanges = [];
-    for (let i = 0; i < CHANGES; i++) {
+    for (let i = 0; KINDS.has('endpoint') && i < CHANGES; i++) {
       // The first change too waits: the proxies' last ACKs of cold start are still coming in.
       await new Promise((r) => setTimeout(r, PAUSE_MS));
       const ready = i % 2 === 1;
@@ -274,7 +279,7 @@ async function scenario(variant: 'sotw' | 'delta') {
 
     // Mesh-wide changes: each a new service every proxy reaches (only when all services are reachable).
     const meshWideChanges = [];
-    for (let i = 0; REACHABLE === 'all' && i < CHANGES; i++) {
+    for (let i = 0; REACHABLE === 'all' && KINDS.has('service') && i < CHANGES; i++) {
       await new Promise((r) => setTimeout(r, PAUSE_MS));
       meshWideChanges.push(await measure('cluster', `svc-new-${i}`, ids, () => api(cp, 'PUT', `/meshes/default/dataplanes/svc-new-${i}-0`, dataplane(SERVICES, 0, `svc-new-${i}`))));
     }
@@ -283,7 +288,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     // turn, which changes every proxy's outbound passthrough listener (Kuma's
     // networking.outbound.passthrough). With 10 services reachable this is the mesh-wide change.
     const meshChanges = [];
-    for (let i = 0; i < CHANGES; i++) {
+    for (let i = 0; KINDS.has('mesh') && i < CHANGES; i++) {
       await new Promise((r) => setTimeout(r, PAUSE_MS));
       const passthrough = i % 2 === 1;
       const chain = passthrough ? 'outbound:passthrough:ipv4' : 'outbound:blackhole';
