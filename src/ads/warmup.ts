@@ -1,7 +1,7 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import { createLogger, defaultRegistry, initialPolicies, nodeIdOf, type Logger, type ResourceInput } from '../core/index.js';
-import { PROXYLESS_LABEL } from '../xds/index.js';
+import { grpcServerListenerName, PROXYLESS_LABEL } from '../xds/index.js';
 import { openStore, type Store } from '../store/index.js';
 import { createRootCa } from '../certs/x509.js';
 import { SendBudget } from './budget.js';
@@ -50,6 +50,8 @@ export interface WarmUpResult {
   /** The same, by kind of proxy, and by type (CDS, EDS, LDS, RDS, SDS). */
   byKind: Record<WarmUpProxyKind, number>;
   byType: Record<string, number>;
+  /** Requests that subscribed resources by name, by type (Envoy names EDS, RDS and SDS; a proxyless app every type). */
+  named: Record<string, number>;
   /** Snapshots that failed their checks: a bug, the warm-up's mesh is valid. */
   failures: number;
   /** Why nothing, or not everything, was done. */
@@ -68,21 +70,29 @@ let warmed = false;
 /**
  * What a simulated proxy is: most are transparent-proxy sidecars (half reaching a few services,
  * half all of them); the third replica of the first four services is another kind, so that their
- * translation runs too.
+ * translation runs too, and the second of the first service is a proxyless app as well (proxies
+ * take turns between delta and SotW, so it has one of each).
  */
 export type WarmUpProxyKind = 'transparent' | 'proxyless' | 'explicit' | 'direct';
 type Kind = WarmUpProxyKind;
 
 function kindOf(s: number, r: number): Kind {
+  if (s === 0 && r > 0) return 'proxyless';
   if (r !== 2 || s > 3) return 'transparent';
-  return s === 0 ? 'proxyless' : s === 1 ? 'explicit' : 'direct';
+  return s === 1 ? 'explicit' : 'direct';
 }
 
-function dataplane(s: number, r: number, opts: { ready?: boolean; service?: string } = {}): ResourceInput {
+/** The services a proxy of service `s` calls, when it names them. */
+const othersOf = (s: number): string[] => [1, 2, 3].map((k) => `svc-${(s + k) % SERVICES}`);
+const addressOf = (s: number, r: number): string => {
   const i = s * REPLICAS + r;
+  return `10.250.${i >> 8}.${i & 255}`;
+};
+
+function dataplane(s: number, r: number, opts: { ready?: boolean; service?: string } = {}): ResourceInput {
   const service = opts.service ?? `svc-${s}`;
   const kind = kindOf(s, r); // svc-new (s = SERVICES) is a transparent sidecar too
-  const others = [1, 2, 3].map((k) => `svc-${(s + k) % SERVICES}`);
+  const others = othersOf(s);
   return {
     type: 'Dataplane',
     mesh: MESH,
@@ -90,7 +100,7 @@ function dataplane(s: number, r: number, opts: { ready?: boolean; service?: stri
     labels: kind === 'proxyless' ? { [PROXYLESS_LABEL]: 'true' } : {},
     spec: {
       networking: {
-        address: `10.250.${i >> 8}.${i & 255}`,
+        address: addressOf(s, r),
         inbound: [{ port: 8080, tags: { 'kuma.io/service': service, 'kuma.io/protocol': s === 0 ? 'grpc' : s % 2 === 0 ? 'http' : 'tcp' }, ...(opts.ready !== undefined && { health: { ready: opts.ready } }) }],
         // An app naming the services it calls, on ports of its own.
         ...(kind === 'explicit' && { outbound: others.map((o, k) => ({ port: 20_000 + k, tags: { 'kuma.io/service': o } })) }),
@@ -118,8 +128,9 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
   const responses: Record<Step, number> = { connect: 0, mtls: 0, endpoints: 0, service: 0, mesh: 0, policy: 0 };
   const byKind: Record<Kind, number> = { transparent: 0, proxyless: 0, explicit: 0, direct: 0 };
   const byType: Record<string, number> = Object.fromEntries(Object.values(SHORT_NAME).map((t) => [t, 0]));
-  if (warmed) return { rounds: 0, ms: 0, responses, byKind, byType, failures: 0, skipped: 'this process is warm already' };
-  if (opts.maxMs <= 0) return { rounds: 0, ms: 0, responses, byKind, byType, failures: 0, skipped: 'off (xds.warmUpMs is 0)' };
+  const named: Record<string, number> = { ...byType };
+  if (warmed) return { rounds: 0, ms: 0, responses, byKind, byType, named, failures: 0, skipped: 'this process is warm already' };
+  if (opts.maxMs <= 0) return { rounds: 0, ms: 0, responses, byKind, byType, named, failures: 0, skipped: 'off (xds.warmUpMs is 0)' };
   warmed = true;
   const started = performance.now();
   const metrics = new Registry();
@@ -132,8 +143,17 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     rmSync(opts.dir, { recursive: true, force: true });
     mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
     store = await openStore({ type: 'embedded', dataDir: opts.dir }, { registry: defaultRegistry() });
-    const members: { dp: ResourceInput; kind: Kind }[] = [];
-    for (let s = 0; s < SERVICES; s++) for (let r = 0; r < REPLICAS; r++) members.push({ dp: dataplane(s, r), kind: kindOf(s, r) });
+    const members: { dp: ResourceInput; kind: Kind; listeners?: string[] }[] = [];
+    for (let s = 0; s < SERVICES; s++) {
+      for (let r = 0; r < REPLICAS; r++) {
+        const kind = kindOf(s, r);
+        // A proxyless app names the listeners it needs, as grpc-js-xds does: the services it
+        // calls (one of them, svc-new, comes and goes: XDS-RULES 15) and its server's, by the
+        // address it binds.
+        const listeners = kind === 'proxyless' ? [...othersOf(s), 'svc-new', grpcServerListenerName(addressOf(s, r), 8080)] : undefined;
+        members.push({ dp: dataplane(s, r), kind, listeners });
+      }
+    }
     const dps = members.map((m) => m.dp);
     await store.write([
       { op: 'create', resource: { type: 'Mesh', mesh: '', name: MESH, labels: {}, spec: {} } },
@@ -148,12 +168,12 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     reconciler.start();
     const status = new XdsStatus('warm-up', metrics);
     const budget = new SendBudget(64 * 1024 * 1024, metrics);
-    const proxies = new Proxies(opts.secure, byKind, byType);
-    for (const [i, { dp, kind }] of members.entries()) {
+    const proxies = new Proxies(opts.secure, byKind, byType, named);
+    for (const [i, { dp, kind, listeners }] of members.entries()) {
       reconciler.track(nodeIdOf(MESH, dp.name));
       const variant: Variant = i % 2 === 0 ? 'delta' : 'sotw';
       const account = budget.account();
-      const proxy = new SimulatedProxy(variant, kind);
+      const proxy = new SimulatedProxy(variant, kind, listeners);
       proxy.stream = new AdsStream({
         variant,
         cache,
@@ -220,11 +240,11 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
     const ms = Math.round(performance.now() - started);
     const failed = await failures();
     const skipped = rounds < most ? `stopped after ${rounds} of ${most} rounds: xds.warmUpMs (${opts.maxMs}) reached` : undefined;
-    opts.logger?.info({ rounds, ms, responses, byKind, byType, failures: failed, ...(skipped && { skipped }) }, 'warmed up: proxies of a private mesh went through every kind of change');
-    return { rounds, ms, responses, byKind, byType, failures: failed, ...(skipped && { skipped }) };
+    opts.logger?.info({ rounds, ms, responses, byKind, byType, named, failures: failed, ...(skipped && { skipped }) }, 'warmed up: proxies of a private mesh went through every kind of change');
+    return { rounds, ms, responses, byKind, byType, named, failures: failed, ...(skipped && { skipped }) };
   } catch (err) {
     opts.logger?.warn({ err }, 'warm-up failed; starting all the same (the first changes after start may be slower)');
-    return { rounds, ms: Math.round(performance.now() - started), responses, byKind, byType, failures: await failures(), skipped: `failed: ${(err as Error).message}` };
+    return { rounds, ms: Math.round(performance.now() - started), responses, byKind, byType, named, failures: await failures(), skipped: `failed: ${(err as Error).message}` };
   } finally {
     for (const s of streams) s.close();
     reconciler?.close();
@@ -237,23 +257,62 @@ export async function warmUp(opts: WarmUpOptions): Promise<WarmUpResult> {
   }
 }
 
-/** What a response's resources ask for next: EDS for clusters, RDS for listeners, SDS for both. */
+const routeClusters = new WeakMap<EncodedResource, readonly string[]>();
+
+/** The clusters a route configuration's routes send to (what grpc-js-xds subscribes over CDS). */
+function clustersOf(r: EncodedResource): readonly string[] {
+  let names = routeClusters.get(r);
+  if (!names) {
+    type Action = { cluster?: string; weighted_clusters?: { clusters?: { name?: string }[] } };
+    const type = messageType('envoy.config.route.v3.RouteConfiguration');
+    const rc = type.toObject(type.decode(r.bytes)) as { virtual_hosts?: { routes?: { route?: Action }[] }[] };
+    const out = new Set<string>();
+    for (const vh of rc.virtual_hosts ?? []) {
+      for (const route of vh.routes ?? []) {
+        if (route.route?.cluster) out.add(route.route.cluster);
+        for (const w of route.route?.weighted_clusters?.clusters ?? []) if (w.name) out.add(w.name);
+      }
+    }
+    routeClusters.set(r, (names = [...out]));
+  }
+  return names;
+}
+
+/**
+ * What a response's resources ask for next: EDS for clusters, RDS for listeners, SDS for both; a
+ * proxyless app also asks CDS for its routes' clusters.
+ */
 const FOLLOWS: readonly { type: TypeUrl; from: readonly TypeUrl[]; refs: (r: EncodedResource) => readonly string[] }[] = [
+  { type: TypeUrl.Cluster, from: [TypeUrl.RouteConfiguration], refs: clustersOf },
   { type: TypeUrl.ClusterLoadAssignment, from: [TypeUrl.Cluster], refs: (r) => r.refs },
   { type: TypeUrl.RouteConfiguration, from: [TypeUrl.Listener], refs: (r) => r.refs },
   { type: TypeUrl.Secret, from: [TypeUrl.Cluster, TypeUrl.Listener], refs: (r) => r.secretRefs },
 ];
 
-/** One simulated proxy: what it holds of the wildcard types, and the names it subscribed of the others. */
+/** SotW sends these whole (XDS-RULES 14): a response replaces what the proxy held of the type. */
+const WHOLE = new Set<TypeUrl>([TypeUrl.Cluster, TypeUrl.Listener]);
+/** Types a proxy holds, to follow what they name. */
+const HELD = new Set<TypeUrl>([TypeUrl.Cluster, TypeUrl.Listener, TypeUrl.RouteConfiguration]);
+
+/** One simulated proxy: what it holds of the types others follow from, and the names it subscribed. */
 class SimulatedProxy {
   stream!: AdsStream;
   readonly held = new Map<TypeUrl, Map<string, EncodedResource>>();
   readonly subscribed = new Map<TypeUrl, string[]>();
+  /**
+   * Types it subscribes by name. Envoy: every type but CDS and LDS, which it takes whole
+   * (wildcard). A proxyless app (grpc-js-xds): every type, starting from the listeners it names.
+   */
+  readonly named: ReadonlySet<TypeUrl>;
 
   constructor(
     readonly variant: Variant,
     readonly kind: Kind,
-  ) {}
+    /** A proxyless app: the listeners it asks for. */
+    readonly listeners?: readonly string[],
+  ) {
+    this.named = new Set(listeners ? Object.values(TypeUrl) : [TypeUrl.ClusterLoadAssignment, TypeUrl.RouteConfiguration, TypeUrl.Secret]);
+  }
 }
 
 /**
@@ -279,6 +338,8 @@ class Proxies {
     /** Responses received by kind of proxy and by type, counted here. */
     private readonly byKind: Record<Kind, number>,
     private readonly byType: Record<string, number>,
+    /** Requests subscribing names, by type, counted here. */
+    private readonly named: Record<string, number>,
   ) {
     const sotw = 'envoy.service.discovery.v3.DiscoveryResponse',
       delta = 'envoy.service.discovery.v3.DeltaDiscoveryResponse';
@@ -286,12 +347,18 @@ class Proxies {
   }
 
   private send(p: SimulatedProxy, req: Record<string, unknown>): void {
+    if ((req.resource_names as unknown[] | undefined)?.length || (req.resource_names_subscribe as unknown[] | undefined)?.length) this.named[SHORT_NAME[req.type_url as TypeUrl]]!++;
     const type = this.request[p.variant];
     p.stream.handle(this.decode[p.variant](Buffer.from(type.encode(type.fromObject(req)).finish())) as never);
   }
 
-  /** Its first requests, as Envoy's: CDS and LDS, wildcard. */
+  /** Its first requests: Envoy's, CDS and LDS wildcard; a proxyless app's, the listeners it names. */
   connect(p: SimulatedProxy, id: string): void {
+    if (p.listeners) {
+      const names = [...p.listeners];
+      p.subscribed.set(TypeUrl.Listener, names);
+      return this.send(p, { node: { id }, type_url: TypeUrl.Listener, ...(p.variant === 'sotw' ? { resource_names: names } : { resource_names_subscribe: names }) });
+    }
     this.send(p, { node: { id }, type_url: TypeUrl.Cluster });
     this.send(p, { type_url: TypeUrl.Listener });
   }
@@ -303,9 +370,9 @@ class Proxies {
     this.encode[p.variant](r);
     const type = r.type_url as TypeUrl;
     const resources = (r as PreEncoded)[PRE_ENCODED] ?? [];
-    if (type === TypeUrl.Cluster || type === TypeUrl.Listener) {
-      // SotW sends the whole set each time; delta what changed, and the names removed.
-      const held = p.variant === 'sotw' ? new Map<string, EncodedResource>() : (p.held.get(type) ?? new Map<string, EncodedResource>());
+    if (HELD.has(type)) {
+      // SotW sends CDS and LDS whole each time; delta what changed, and the names removed.
+      const held = p.variant === 'sotw' && WHOLE.has(type) ? new Map<string, EncodedResource>() : (p.held.get(type) ?? new Map<string, EncodedResource>());
       if (p.variant === 'delta') for (const name of (r as DeltaDiscoveryResponse).removed_resources) held.delete(name);
       for (const x of resources) held.set(x.name, x);
       p.held.set(type, held);
@@ -316,7 +383,7 @@ class Proxies {
         const d = r as DiscoveryResponse;
         this.send(p, { type_url: type, version_info: d.version_info, response_nonce: d.nonce, resource_names: p.subscribed.get(type) ?? [] });
       }
-      for (const f of FOLLOWS) if (f.from.includes(type)) this.follow(p, f.type, f.from, f.refs);
+      for (const f of FOLLOWS) if (f.from.includes(type) && p.named.has(f.type)) this.follow(p, f.type, f.from, f.refs);
     });
   }
 
@@ -328,9 +395,21 @@ class Proxies {
     const now = [...wanted].sort();
     if (now.join() === before.join()) return;
     p.subscribed.set(type, now);
-    if (p.variant === 'sotw') return this.send(p, { type_url: type, resource_names: now });
-    const had = new Set(before);
-    this.send(p, { type_url: type, resource_names_subscribe: now.filter((n) => !had.has(n)), resource_names_unsubscribe: before.filter((n) => !wanted.has(n)) });
+    if (p.variant === 'sotw') this.send(p, { type_url: type, resource_names: now });
+    else {
+      const had = new Set(before);
+      this.send(p, { type_url: type, resource_names_subscribe: now.filter((n) => !had.has(n)), resource_names_unsubscribe: before.filter((n) => !wanted.has(n)) });
+    }
+    // What it no longer subscribes it drops, and what that named is no longer asked for either
+    // (a proxyless app's route gone: its clusters too).
+    const held = p.held.get(type);
+    let dropped = false;
+    for (const name of held?.keys() ?? []) {
+      if (wanted.has(name)) continue;
+      held!.delete(name);
+      dropped = true;
+    }
+    if (dropped) for (const f of FOLLOWS) if (f.from.includes(type) && p.named.has(f.type)) this.follow(p, f.type, f.from, f.refs);
   }
 
   /** Answers every response, and the responses the answers bring, until none is left. */

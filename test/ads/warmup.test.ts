@@ -60,6 +60,9 @@ describe('warm-up: the change paths run before the xDS port opens', () => {
     // EDS, RDS and SDS by the names its clusters and listeners give.
     for (const [kind, n] of Object.entries(r.byKind)) assert.ok(n > 0, `${kind} proxies: ${n} responses`);
     for (const type of ['CDS', 'EDS', 'LDS', 'RDS', 'SDS']) assert.ok(r.byType[type]! > 0, `${type}: ${r.byType[type]} responses`);
+    // Every type is asked for by name too: a proxyless app names its listeners, routes, clusters
+    // and endpoints, as grpc-js-xds does (Envoy takes CDS and LDS whole).
+    for (const type of ['CDS', 'EDS', 'LDS', 'RDS', 'SDS']) assert.ok(r.named[type]! > 0, `${type}: ${r.named[type]} requests naming resources`);
     assert.equal(r.failures, 0);
     assert.equal(existsSync(dir), false, 'its store is removed after');
     const said = lines.find((l) => typeof l.msg === 'string' && l.msg.startsWith('warmed up'));
