@@ -397,11 +397,32 @@ interface DirectTarget {
   readonly port: number;
   /** `hostPort(address, port)`. */
   readonly key: string;
+  /** Its group (`DIRECT_GROUPS`), by `key`: targets on one address and port are in one group. */
+  readonly group: number;
+}
+
+/**
+ * Direct access targets fall in this many groups by address and port. A proxy with direct access
+ * to every service gets the listeners of the groups that hold none of its own inbounds as one
+ * list shared with every such proxy (one list per set of groups left out), and builds only the
+ * listeners of its own groups: about a thirty-second of them, not one per Dataplane of the mesh.
+ */
+const DIRECT_GROUPS = 32;
+
+function groupOf(key: string): number {
+  // FNV-1a: the same group on every replica and in every round.
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % DIRECT_GROUPS;
 }
 
 /** The targets of a list of Dataplanes, by Dataplane name, and whether two share an address and port. */
 interface DirectTargets {
   readonly list: readonly DirectTarget[];
+  /** The same targets by group, each in the order of `list`. */
+  readonly byGroup: readonly (readonly DirectTarget[])[];
+  /** The groups of each Dataplane's own targets, ascending. */
+  readonly groupsOf: ReadonlyMap<string, readonly number[]>;
   readonly repeats: boolean;
   /** Everything the direct access listeners of any proxy take from other Dataplanes, as one string. */
   readonly shape: string;
@@ -422,14 +443,21 @@ function directTargets(dataplanes: readonly Resource<DataplaneSpec>[]): DirectTa
       const address = ib.address ?? dp.spec.networking.address;
       const key = hostPort(address, ib.port);
       keys.add(key);
-      list.push({ owner: dp.name, service, address, port: ib.port, key });
+      list.push({ owner: dp.name, service, address, port: ib.port, key, group: groupOf(key) });
     }
+  }
+  const byGroup: DirectTarget[][] = Array.from({ length: DIRECT_GROUPS }, () => []);
+  const groupsOf = new Map<string, number[]>();
+  for (const t of list) {
+    byGroup[t.group]!.push(t);
+    const own = groupsOf.get(t.owner) ?? [];
+    if (!own.includes(t.group)) groupsOf.set(t.owner, [...own, t.group].sort((a, b) => a - b));
   }
   let shape = list.map((e) => `${e.owner} ${e.service} ${e.key}`).join('\n');
   // The same string as last time when equal, so proxies compare it by reference, not by content.
   if (shape === lastShape) shape = lastShape;
   else lastShape = shape;
-  directTargetsOf.set(dataplanes, (t = { list, repeats: keys.size < list.length, shape }));
+  directTargetsOf.set(dataplanes, (t = { list, byGroup, groupsOf, repeats: keys.size < list.length, shape }));
   return t;
 }
 
@@ -454,36 +482,57 @@ export function directAccessShape(dataplanes: readonly Resource<DataplaneSpec>[]
  * through the passthrough in plaintext, which a destination in STRICT mode refuses. One listener
  * per endpoint: Kuma too advises listing few services. The targets are listed, and their
  * listeners looked up, once per round for every proxy of the mesh; each proxy only picks its own.
+ * With every service (`*`) and no explicit outbound, most of them come as a list shared with
+ * other proxies (`DIRECT_GROUPS`), in `shared`; the rest are the proxy's own.
  */
-function directAccessListeners(g: Generation, wanted: readonly string[]): Obj[] {
-  if (wanted.length === 0) return [];
+function directAccessListeners(g: Generation, wanted: readonly string[]): { shared: readonly Obj[]; own: Obj[] } {
+  if (wanted.length === 0) return { shared: [], own: [] };
   const all = wanted.includes('*');
   const want = new Set(wanted);
   const targets = directTargets(g.ctx.dataplanes);
-  const listenerOf = g.once(`direct-access:listeners:${g.lastingId(g.ctx.dataplanes)}`, () => new Map<DirectTarget, Obj>());
-  const net = g.dp.spec.networking;
-  // An explicit outbound on the same address and port keeps it; so does the first target of two on one.
-  const taken = new Set((net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port)));
-  const out: Obj[] = [];
-  for (const t of targets.list) {
-    if (t.owner === g.dp.name || !(all || want.has(t.service))) continue;
-    if (taken.size > 0 && taken.has(t.key)) continue;
-    if (targets.repeats) taken.add(t.key);
-    let listener = listenerOf.get(t);
-    if (!listener) {
+  const round = g.lastingId(g.ctx.dataplanes);
+  const listenerOf = g.once(`direct-access:listeners:${round}`, () => new Map<DirectTarget, Obj>());
+  const listener = (t: DirectTarget): Obj => {
+    let l = listenerOf.get(t);
+    if (!l) {
       const name = directAccessName(t.address, t.port);
-      listener = g.lasting(`direct-access:${t.key}`, () => ({
+      l = g.lasting(`direct-access:${t.key}`, () => ({
         name,
         address: { socket_address: { address: t.address, port_value: t.port } },
         traffic_direction: 'OUTBOUND',
         bind_to_port: { value: false },
         filter_chains: [{ filters: [tcpProxy(name, DIRECT_ACCESS_CLUSTER)] }],
       }));
-      listenerOf.set(t, listener);
+      listenerOf.set(t, l);
     }
-    out.push(listener);
-  }
-  return out;
+    return l;
+  };
+  const net = g.dp.spec.networking;
+  // An explicit outbound on the same address and port keeps it; so does the first target of two
+  // on one (other than the proxy's own, which it skips).
+  const pick = (list: readonly DirectTarget[], taken: Set<string>, out: Obj[]): Obj[] => {
+    for (const t of list) {
+      if (t.owner === g.dp.name || !(all || want.has(t.service))) continue;
+      if (taken.size > 0 && taken.has(t.key)) continue;
+      if (targets.repeats) taken.add(t.key);
+      out.push(listener(t));
+    }
+    return out;
+  };
+  const explicit = (net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port));
+  if (!all || explicit.length > 0) return { shared: [], own: pick(targets.list, new Set(explicit), []) };
+  // Targets on one address and port share a group, so which of them wins depends only on
+  // whether the proxy's own is among them: in the groups holding none of its own, it is the same
+  // for every proxy.
+  const mine = targets.groupsOf.get(g.dp.name) ?? [];
+  const shared = g.once(`direct-access:shared:${round}:${mine.join(',')}`, () => {
+    const out: Obj[] = [];
+    for (const [k, list] of targets.byGroup.entries()) if (!mine.includes(k)) pick(list, new Set(), out);
+    return out;
+  });
+  const own: Obj[] = [];
+  for (const k of mine) pick(targets.byGroup[k]!, new Set(), own);
+  return { shared, own };
 }
 
 function sidecar(g: Generation): ResourceSet {
@@ -548,8 +597,12 @@ function sidecar(g: Generation): ResourceSet {
       extraClusters.push(g.lasting(`cluster:${BLACKHOLE_CLUSTER}`, () => ({ name: BLACKHOLE_CLUSTER, type: 'STATIC', connect_timeout: CONNECT_TIMEOUT, load_assignment: { cluster_name: BLACKHOLE_CLUSTER, endpoints: [] } })));
     }
     const direct = directAccessListeners(g, tp.directAccessServices ?? []);
-    if (direct.length > 0) {
-      listeners.push(...direct);
+    if (direct.shared.length > 0) {
+      const base = shared;
+      shared = g.once(`direct-access:joined:${g.lastingId(base)}:${g.lastingId(direct.shared)}`, () => [...base, ...direct.shared]);
+    }
+    listeners.push(...direct.own);
+    if (direct.shared.length > 0 || direct.own.length > 0) {
       extraClusters.push(
         g.lasting(`cluster:${DIRECT_ACCESS_CLUSTER}:${g.mtls}:${g.meshName}`, () => ({
           name: DIRECT_ACCESS_CLUSTER,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildSnapshot, ResourceEncoder } from '../../src/ads/index.js';
 import { decodeResource, defaultRegistry, type DataplaneSpec, type MeshSpec, type Resource } from '../../src/core/index.js';
-import { generateProxyConfig, TypeUrl, type MeshContext } from '../../src/xds/index.js';
+import { generateProxyConfig, splitOf, TypeUrl, type MeshContext } from '../../src/xds/index.js';
 
 const registry = defaultRegistry();
 function res<S>(doc: Record<string, unknown>): Resource<S> {
@@ -112,6 +112,35 @@ describe('translation', () => {
     buildSnapshot(new ResourceEncoder(), 'default.da-9', set); // no two listeners on one address
     assert.deepEqual(names(set[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access')), ['direct_access_10.0.0.2:8080', 'direct_access_10.0.0.3:8080', 'direct_access_10.0.0.4:6379', 'direct_access_10.0.0.7:11211']);
     assert.ok(names(set[TypeUrl.Listener]).includes('outbound:10.0.0.1:8080'), 'the explicit outbound keeps 10.0.0.1:8080');
+  });
+
+  it('direct access to every service: each proxy gets every other address and port, most of them in a list shared with other proxies', () => {
+    // 120 Dataplanes with direct access to all; every tenth shares its address and port with the
+    // one before (a replica moving), and some have two inbounds.
+    const all: Resource<DataplaneSpec>[] = [];
+    for (let i = 0; i < 120; i++) {
+      const address = `10.1.0.${i % 10 === 9 ? i - 1 : i}`;
+      const inbound = [{ port: 8080, tags: { 'kuma.io/service': `svc-${i % 30}` } }, ...(i % 10 === 5 ? [{ port: 9090, tags: { 'kuma.io/service': 'admin' } }] : [])];
+      all.push(dp(`dp-${String(i).padStart(3, '0')}`, { networking: { address, inbound, transparentProxying: { directAccessServices: ['*'] } } }));
+    }
+    const memo = new Map<string, unknown>(); // one round for all of them
+    const sharedLists = new Set<readonly unknown[]>();
+    let own = 0;
+    let total = 0;
+    for (const [i, me] of all.entries()) {
+      const set = generateProxyConfig({ mesh, dataplane: me, dataplanes: all, trafficPermissions: [], meshTrafficPermissions: [], memo });
+      const others = all.filter((d) => d !== me).flatMap((d) => (d.spec.networking.inbound ?? []).map((ib) => `direct_access_${d.spec.networking.address}:${ib.port}`));
+      const direct = names(set[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access'));
+      assert.deepEqual(direct, [...new Set(others)].sort(), `${me.name}: one listener per other address and port, the twin of its own included`);
+      const split = splitOf(set[TypeUrl.Listener]!);
+      assert.ok(split, `${me.name}: its listeners come in a shared part and its own`);
+      sharedLists.add(split.shared);
+      own += names(split.own).filter((n) => n.startsWith('direct_access')).length;
+      total += direct.length;
+      if (i % 10 === 9) buildSnapshot(new ResourceEncoder(), `default.${me.name}`, set); // no name twice, Envoy's rules
+    }
+    assert.ok(own * 8 < total, `proxies built ${own} of ${total} direct access listeners themselves`);
+    assert.ok(sharedLists.size < all.length / 2, `${sharedLists.size} shared lists for ${all.length} proxies`);
   });
 
   it('proxyless: one API listener and route per service, named so xds:///<service> resolves', () => {
