@@ -50,6 +50,25 @@ describe('request deserializer: subscribed names decoded once per distinct list'
     assert.deepEqual(c.resource_names, [...names, 'svc-new']);
   });
 
+  it('a list read right after one it starts with: longer, split, or shorter, each read as protobufjs reads it', () => {
+    const d = requestDeserializer(SOTW, 'resource_names');
+    const first = d(encode(SOTW, { version_info: 'v1', resource_names: names, type_url: EDS, response_nonce: 'n-1' })).resource_names;
+    assert.equal(d(encode(SOTW, { version_info: 'v2', resource_names: names, type_url: EDS, response_nonce: 'n-2' })).resource_names, first, 'the same list again: the same array');
+    const longer = encode(SOTW, { version_info: 'v3', resource_names: [...names, 'svc-new'], type_url: EDS });
+    assert.deepEqual(d(longer), plain(SOTW, longer));
+    // The same names, then another field, then one more name: protobufjs reads all of them.
+    const w = protobuf.Writer.create();
+    for (const n of names) w.uint32((3 << 3) | 2).string(n);
+    w.uint32((4 << 3) | 2).string(EDS);
+    w.uint32((3 << 3) | 2).string('svc-late');
+    const split = Buffer.from(w.finish());
+    assert.deepEqual(d(encode(SOTW, { resource_names: names })).resource_names, first, 'the list known again');
+    assert.deepEqual(d(split), plain(SOTW, split));
+    const shorter = encode(SOTW, { resource_names: names.slice(0, -1), type_url: EDS });
+    assert.deepEqual(d(shorter), plain(SOTW, shorter));
+    assert.equal(d(encode(SOTW, { resource_names: names, response_nonce: 'n-9' })).resource_names, first);
+  });
+
   it('remembers a bounded amount: the oldest lists go first, and a list over 1 MiB is decoded each time', () => {
     const d = requestDeserializer(SOTW, 'resource_names');
     // About 1 MB each: four fit in what is kept (4 MiB), the fifth lets the first go.
