@@ -8,6 +8,7 @@ import { envoyBinary } from '../helpers/envoy.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { Lan, netnsMissing } from '../helpers/netns.js';
 import { systemRequirement } from '../helpers/require.js';
+import { until } from '../helpers/until.js';
 
 /**
  * The API-platform walkthrough with Envoy sidecars (issue 8's second flavour), when an Envoy binary
@@ -56,13 +57,7 @@ describe('walkthrough with Envoy sidecars in network namespaces', requirement, (
 
   const gatewayUrl = () => `http://${lan.host('gateway').address}:8080/`;
 
-  async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
-    const t0 = Date.now();
-    while (!(await check())) {
-      if (Date.now() - t0 > ms) assert.fail(`${what}: not within ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  const untilMesh = (what: string, check: () => Promise<boolean>, ms = 30_000) => until(what, check, ms, 500);
 
   async function counter(): Promise<number> {
     const r = await run('ip', ['netns', 'exec', lan.host('redis').ns, process.execPath, apps, 'count'], { timeoutMs: 10_000 });
@@ -135,7 +130,7 @@ describe('walkthrough with Envoy sidecars in network namespaces', requirement, (
 
   it('1-2: traffic flows outsider → gateway → demo-app → redis through the sidecars', async () => {
     let first = 0;
-    await until('a first answer through the mesh', async () => {
+    await untilMesh('a first answer through the mesh', async () => {
       const r = await fromOutside(gatewayUrl());
       if (r.status === 200) first = Number(r.body.replace('counter=', ''));
       return r.status === 200;
@@ -147,16 +142,16 @@ describe('walkthrough with Envoy sidecars in network namespaces', requirement, (
 
   it('3: with mTLS (builtin CA) traffic still flows, and sidecars present their SPIFFE IDs', async () => {
     await http(cp.apiUrl, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', mode: 'PERMISSIVE' }] } });
-    await until('demo-app presents its mesh certificate', async () => (await servedIdentity('demo-app', 8080)).includes('URI:spiffe://default/demo-app'));
+    await untilMesh('demo-app presents its mesh certificate', async () => (await servedIdentity('demo-app', 8080)).includes('URI:spiffe://default/demo-app'));
     assert.match(await servedIdentity('redis', 6379), /URI:spiffe:\/\/default\/redis/);
     const before = await counter();
-    await until('calls flow over mTLS', async () => (await fromOutside(gatewayUrl())).status === 200);
+    await untilMesh('calls flow over mTLS', async () => (await fromOutside(gatewayUrl())).status === 200);
     assert.ok((await counter()) > before);
   });
 
   it('4: without allow-all-default the gateway is denied and nothing reaches redis', async () => {
     assert.equal((await http(cp.apiUrl, 'DELETE', '/meshes/default/traffic-permissions/allow-all-default')).status, 200);
-    await until('the gateway is denied by demo-app', async () => (await fromOutside(gatewayUrl())).body.startsWith('demo-app answered 403'));
+    await untilMesh('the gateway is denied by demo-app', async () => (await fromOutside(gatewayUrl())).body.startsWith('demo-app answered 403'));
     const before = await counter();
     const r = await fromOutside(gatewayUrl());
     assert.equal(r.status, 502);
@@ -165,7 +160,7 @@ describe('walkthrough with Envoy sidecars in network namespaces', requirement, (
 
   it('5: gateway-to-any lets the gateway reach demo-app, whose call to redis is still denied', async () => {
     await http(cp.apiUrl, 'PUT', '/meshes/default/traffic-permissions/gateway-to-any', { type: 'TrafficPermission', sources: [{ match: { 'kuma.io/service': 'gateway' } }], destinations: [{ match: { 'kuma.io/service': '*' } }] });
-    await until('demo-app answers, with redis refused', async () => (await fromOutside(gatewayUrl())).body.includes('redis:'));
+    await untilMesh('demo-app answers, with redis refused', async () => (await fromOutside(gatewayUrl())).body.includes('redis:'));
     const before = await counter();
     assert.equal((await fromOutside(gatewayUrl())).status, 502);
     assert.equal(await counter(), before);
@@ -174,13 +169,13 @@ describe('walkthrough with Envoy sidecars in network namespaces', requirement, (
   it('6: demo-app → redis makes everything work again; STRICT refuses plaintext from outside the mesh', async () => {
     await http(cp.apiUrl, 'PUT', '/meshes/default/traffic-permissions/demo-app-to-redis', { type: 'TrafficPermission', sources: [{ match: { 'kuma.io/service': 'demo-app' } }], destinations: [{ match: { 'kuma.io/service': 'redis' } }] });
     const before = await counter();
-    await until('the whole chain answers again', async () => (await fromOutside(gatewayUrl())).status === 200);
+    await untilMesh('the whole chain answers again', async () => (await fromOutside(gatewayUrl())).status === 200);
     assert.ok((await counter()) > before);
     // PERMISSIVE still takes plaintext from outside the mesh...
     assert.equal((await fromOutside(`http://${lan.host('demo-app').address}:8080/`)).status, 200);
     await http(cp.apiUrl, 'PUT', '/meshes/default', { type: 'Mesh', name: 'default', mtls: { enabledBackend: 'ca-1', backends: [{ name: 'ca-1', type: 'builtin', mode: 'STRICT' }] } });
     // ...STRICT does not.
-    await until('plaintext to demo-app is refused', async () => (await fromOutside(`http://${lan.host('demo-app').address}:8080/`)).status === 0);
+    await untilMesh('plaintext to demo-app is refused', async () => (await fromOutside(`http://${lan.host('demo-app').address}:8080/`)).status === 0);
   });
 });
 

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { TypeUrl } from '../../src/ads/index.js';
 import { generateProxyConfig } from '../../src/xds/index.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
+import { until } from '../helpers/until.js';
 
 /** A real gRPC server that answers Echo with its own name. */
 async function echoBackend(name: string): Promise<{ port: number; server: grpc.Server }> {
@@ -63,16 +64,10 @@ describe('proxyless gRPC client (@grpc/grpc-js-xds) against weft-cp', () => {
     await cp?.stop();
   });
 
-  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-    const t0 = Date.now();
-    while (!cond()) {
-      if (Date.now() - t0 > ms) assert.fail(`timed out waiting for ${what}; last calls: ${JSON.stringify(calls.slice(-5))}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  const untilCalls = (what: string, cond: () => boolean, ms = 10_000) => until(what, cond, ms, 50, () => `last calls: ${JSON.stringify(calls.slice(-5))}`);
 
   it('resolves xds:///echo through LDS, RDS, CDS and EDS and reaches both real backends', async () => {
-    await until('calls to both backends', () => new Set(calls.filter((c) => c.ok).map((c) => c.backend)).size === 2);
+    await untilCalls('calls to both backends', () => new Set(calls.filter((c) => c.ok).map((c) => c.backend)).size === 2);
     const st = await http(cp.apiUrl, 'GET', '/meshes/default/dataplanes/client-1/_status');
     const types = st.body.types as Record<string, { lastAckedVersion?: string; lastSentVersion?: string }>;
     for (const t of ['LDS', 'RDS', 'CDS', 'EDS']) assert.equal(types[t]?.lastAckedVersion, types[t]?.lastSentVersion, `${t} acknowledged by grpc-js-xds`);
@@ -81,13 +76,13 @@ describe('proxyless gRPC client (@grpc/grpc-js-xds) against weft-cp', () => {
   it('follows the store: a backend marked not ready stops getting traffic', async () => {
     await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/echo-2', backendDp('echo-2', b2.port, false));
     const changed = Date.now();
-    await until('traffic only on b1', () => {
+    await untilCalls('traffic only on b1', () => {
       const recent = calls.filter((c) => c.at > changed + 500 && c.ok);
       return recent.length >= 10 && recent.every((c) => c.backend === 'b1');
     });
     await http(cp.apiUrl, 'PUT', '/meshes/default/dataplanes/echo-2', backendDp('echo-2', b2.port, true));
     const back = Date.now();
-    await until('traffic on b2 again', () => calls.some((c) => c.at > back && c.backend === 'b2'));
+    await untilCalls('traffic on b2 again', () => calls.some((c) => c.at > back && c.backend === 'b2'));
   });
 
   it('records what the client rejects as a NACK with its message', async () => {

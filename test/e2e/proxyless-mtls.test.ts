@@ -11,6 +11,7 @@ import { CERT_PROVIDER_INSTANCE } from '../../src/xds/index.js';
 import { http, startTestControlPlane, type TestControlPlane } from '../helpers/cp.js';
 import { keyAndCsr } from '../helpers/pki.js';
 import { freePort } from '../helpers/postgres.js';
+import { until } from '../helpers/until.js';
 
 /**
  * The proxyless flavour of the zero-trust story, all real: @grpc/grpc-js-xds servers and clients
@@ -97,31 +98,28 @@ describe('proxyless gRPC with mTLS and permissions (grpc-js-xds client and serve
   });
 
   /** Waits until the calls of `who` made after `since` satisfy `cond` (at least 5 of them). */
-  async function until(what: string, who: string, since: number, cond: (recent: Call[]) => boolean, ms = 15_000): Promise<Call[]> {
-    const t0 = Date.now();
-    for (;;) {
-      const recent = calls[who]!.filter((c) => c.at > since).slice(-5);
-      if (recent.length === 5 && cond(recent)) return recent;
-      if (Date.now() - t0 > ms) assert.fail(`timed out waiting for ${what}; last calls of ${who}: ${JSON.stringify(calls[who]!.slice(-3))}; server: ${JSON.stringify(serving)}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+  async function untilCalls(what: string, who: string, since: number, cond: (recent: Call[]) => boolean, ms = 15_000): Promise<Call[]> {
+    let recent: Call[] = [];
+    const ok = () => (recent = calls[who]!.filter((c) => c.at > since).slice(-5)).length === 5 && cond(recent);
+    await until(what, ok, ms, 50, () => `last calls of ${who}: ${JSON.stringify(calls[who]!.slice(-3))}; server: ${JSON.stringify(serving)}`);
+    return recent;
   }
   const allOk = (rs: Call[]) => rs.every((c) => c.ok);
   const allDenied = (rs: Call[]) => rs.every((c) => !c.ok && c.code === grpc.status.PERMISSION_DENIED);
 
   it('with allow-all-secure, both callers reach the server over mTLS, each seen with its SPIFFE ID', async () => {
-    const f = await until('frontend calls to succeed', 'frontend', 0, allOk, 30_000);
+    const f = await untilCalls('frontend calls to succeed', 'frontend', 0, allOk, 30_000);
     assert.ok(serving.some((l) => l.bound === backendPort), 'the XdsServer bound the port of its Dataplane inbound');
     assert.match(f[0]!.backend!, /^backend-1\|.*URI:spiffe:\/\/secure\/frontend/);
-    const i = await until('intruder calls to succeed', 'intruder', 0, allOk);
+    const i = await untilCalls('intruder calls to succeed', 'intruder', 0, allOk);
     assert.match(i[0]!.backend!, /URI:spiffe:\/\/secure\/intruder/);
   });
 
   it('deleting allow-all-secure closes the mesh: every caller gets PERMISSION_DENIED', async () => {
     const t = Date.now();
     assert.equal((await http(cp.apiUrl, 'DELETE', `/meshes/${MESH}/traffic-permissions/allow-all-${MESH}`)).status, 200);
-    await until('frontend to be denied', 'frontend', t, allDenied);
-    await until('intruder to be denied', 'intruder', t, allDenied);
+    await untilCalls('frontend to be denied', 'frontend', t, allDenied);
+    await untilCalls('intruder to be denied', 'intruder', t, allDenied);
   });
 
   it('a MeshTrafficPermission lets frontend in; intruder stays denied; flipping it flips the outcome without restarts', async () => {
@@ -133,11 +131,11 @@ describe('proxyless gRPC with mTLS and permissions (grpc-js-xds client and serve
     });
     let t = Date.now();
     assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/${MESH}/meshtrafficpermissions/backend-from-frontend`, mtp('Allow'))).status, 201);
-    await until('frontend to be allowed', 'frontend', t, allOk);
-    await until('intruder to stay denied', 'intruder', t, allDenied);
+    await untilCalls('frontend to be allowed', 'frontend', t, allOk);
+    await untilCalls('intruder to stay denied', 'intruder', t, allDenied);
     t = Date.now();
     assert.equal((await http(cp.apiUrl, 'PUT', `/meshes/${MESH}/meshtrafficpermissions/backend-from-frontend`, mtp('Deny'))).status, 200);
-    await until('frontend to be denied again', 'frontend', t, allDenied);
+    await untilCalls('frontend to be denied again', 'frontend', t, allDenied);
     assert.ok(children.every((c) => c.exitCode === null), 'no process restarted');
   });
 
