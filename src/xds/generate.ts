@@ -403,10 +403,10 @@ interface DirectTarget {
 
 /**
  * Direct access targets fall in this many groups by address and port. A proxy with direct access
- * gets the listeners of the groups that hold none of its own inbounds as one list shared with
- * every proxy wanting the same services (one list per set of groups left out), and builds only
- * the listeners of its own groups: with `*`, about a thirty-second of them, not one per
- * Dataplane of the mesh.
+ * gets the listeners of the groups that hold none of its own inbounds (nor its explicit
+ * outbounds' addresses) as one list shared with every proxy wanting the same services (one list
+ * per set of groups left out), and builds only the listeners of its own groups: with `*`, about
+ * a thirty-second of them, not one per Dataplane of the mesh.
  */
 const DIRECT_GROUPS = 32;
 
@@ -483,8 +483,8 @@ export function directAccessShape(dataplanes: readonly Resource<DataplaneSpec>[]
  * through the passthrough in plaintext, which a destination in STRICT mode refuses. One listener
  * per endpoint: Kuma too advises listing few services. The targets are listed, and their
  * listeners looked up, once per round for every proxy of the mesh; each proxy only picks its own.
- * Without explicit outbounds, most of them come as a list shared with other proxies wanting the
- * same services (`DIRECT_GROUPS`), in `shared`; the rest are the proxy's own.
+ * Most of them come as a list shared with other proxies wanting the same services
+ * (`DIRECT_GROUPS`), in `shared`; the rest are the proxy's own.
  */
 function directAccessListeners(g: Generation, wanted: readonly string[]): { shared: readonly Obj[]; own: Obj[] } {
   if (wanted.length === 0) return { shared: [], own: [] };
@@ -521,11 +521,11 @@ function directAccessListeners(g: Generation, wanted: readonly string[]): { shar
     return out;
   };
   const explicit = (net.outbound ?? []).map((o) => hostPort(o.address ?? '127.0.0.1', o.port));
-  if (explicit.length > 0) return { shared: [], own: pick(targets.list, new Set(explicit), []) };
-  // Targets on one address and port share a group, so which of them wins depends only on
-  // whether the proxy's own is among them: in the groups holding none of its own, it is the same
-  // for every proxy wanting the same services.
-  const mine = targets.groupsOf.get(g.dp.name) ?? [];
+  // Targets on one address and port share a group, so which of them gets a listener depends only
+  // on whether the proxy's own target or an explicit outbound is there: in the groups holding
+  // neither, it is the same for every proxy wanting the same services.
+  const ownGroups = targets.groupsOf.get(g.dp.name) ?? [];
+  const mine = explicit.length === 0 ? ownGroups : [...new Set([...ownGroups, ...explicit.map(groupOf)])].sort((a, b) => a - b);
   const services = all ? '*' : JSON.stringify([...want].sort());
   const shared = g.once(`direct-access:shared:${round}:${services}:${mine.join(',')}`, () => {
     const out: Obj[] = [];
@@ -533,7 +533,7 @@ function directAccessListeners(g: Generation, wanted: readonly string[]): { shar
     return out;
   });
   const own: Obj[] = [];
-  for (const k of mine) pick(targets.byGroup[k]!, new Set(), own);
+  for (const k of mine) pick(targets.byGroup[k]!, new Set(explicit), own);
   return { shared, own };
 }
 

@@ -116,14 +116,16 @@ describe('translation', () => {
 
   it('direct access: each proxy gets every other address and port of the services it lists, most of them in a list shared with other proxies', () => {
     // 120 Dataplanes with direct access, to all services or (every fourth) to three; every tenth
-    // shares its address and port with the one before (a replica moving), some have two inbounds.
+    // shares its address and port with the one before (a replica moving), some have two inbounds,
+    // and some name another one's address and port as an explicit outbound, which keeps it.
     const all: Resource<DataplaneSpec>[] = [];
     const listed = ['admin', 'svc-1', 'svc-2'];
     for (let i = 0; i < 120; i++) {
       const address = `10.1.0.${i % 10 === 9 ? i - 1 : i}`;
       const inbound = [{ port: 8080, tags: { 'kuma.io/service': `svc-${i % 30}` } }, ...(i % 10 === 5 ? [{ port: 9090, tags: { 'kuma.io/service': 'admin' } }] : [])];
       const directAccessServices = i % 4 === 3 ? [...listed].reverse() : ['*'];
-      all.push(dp(`dp-${String(i).padStart(3, '0')}`, { networking: { address, inbound, transparentProxying: { directAccessServices } } }));
+      const outbound = i % 12 === 7 ? [{ address: `10.1.0.${(i + 3) % 120}`, port: 8080, tags: { 'kuma.io/service': 'svc-1' } }] : undefined;
+      all.push(dp(`dp-${String(i).padStart(3, '0')}`, { networking: { address, inbound, ...(outbound && { outbound }), transparentProxying: { directAccessServices } } }));
     }
     const memo = new Map<string, unknown>(); // one round for all of them
     const sharedLists = new Set<readonly unknown[]>();
@@ -134,9 +136,11 @@ describe('translation', () => {
       const wants = (service: string) => (me.spec.networking.transparentProxying?.directAccessServices ?? []).some((s) => s === '*' || s === service);
       const others = all
         .filter((d) => d !== me)
-        .flatMap((d) => (d.spec.networking.inbound ?? []).filter((ib) => wants(ib.tags['kuma.io/service']!)).map((ib) => `direct_access_${d.spec.networking.address}:${ib.port}`));
+        .flatMap((d) => (d.spec.networking.inbound ?? []).filter((ib) => wants(ib.tags['kuma.io/service']!)).map((ib) => `${d.spec.networking.address}:${ib.port}`))
+        .filter((key) => !(me.spec.networking.outbound ?? []).some((o) => `${o.address}:${o.port}` === key))
+        .map((key) => `direct_access_${key}`);
       const direct = names(set[TypeUrl.Listener]).filter((n) => n.startsWith('direct_access'));
-      assert.deepEqual(direct, [...new Set(others)].sort(), `${me.name}: one listener per other address and port, the twin of its own included`);
+      assert.deepEqual(direct, [...new Set(others)].sort(), `${me.name}: one listener per other address and port, the twin of its own included, none where it has an explicit outbound`);
       const split = splitOf(set[TypeUrl.Listener]!);
       assert.ok(split, `${me.name}: its listeners come in a shared part and its own`);
       sharedLists.add(split.shared);
