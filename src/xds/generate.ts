@@ -19,7 +19,7 @@ import {
   outboundRouteName,
 } from './names.js';
 import { dependsOnDataplane, hasShadowDeny, inboundRules, rbacRules } from './permissions.js';
-import { isHttp, isHttp2, meshServices, serviceVips, type Endpoint, type ServiceInfo } from './services.js';
+import { fnv1a, isHttp, isHttp2, meshServices, serviceVips, type Endpoint, type ServiceInfo } from './services.js';
 import { proxylessDownstreamTls, proxylessUpstreamTls, sidecarDownstreamTls, sidecarUpstreamTls } from './tls.js';
 import { ANY, joinShared, TypeUrl, type ResourceSet } from './type-urls.js';
 
@@ -410,12 +410,7 @@ interface DirectTarget {
  */
 const DIRECT_GROUPS = 32;
 
-function groupOf(key: string): number {
-  // FNV-1a: the same group on every replica and in every round.
-  let h = 0x811c9dc5;
-  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  return (h >>> 0) % DIRECT_GROUPS;
-}
+const groupOf = (key: string): number => fnv1a(key) % DIRECT_GROUPS;
 
 /** The targets of a list of Dataplanes, by Dataplane name, and whether two share an address and port. */
 interface DirectTargets {

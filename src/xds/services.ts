@@ -63,7 +63,8 @@ export function isHttp2(protocol: Protocol): boolean {
 const VIP_BASE = 240 << 24; // 240.0.0.0/5: inside Kuma's default VIP range (240.0.0.0/4), away from 255.x
 const VIP_SIZE = 1 << 27;
 
-function fnv1a(s: string): number {
+/** FNV-1a, 32 bits: the same on every replica and in every round. */
+export function fnv1a(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) {
     h ^= s.charCodeAt(i);
