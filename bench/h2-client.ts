@@ -25,6 +25,9 @@ function encodeNames(names: readonly string[]): Buffer {
   return Buffer.from(sotwRequest.encode(sotwRequest.fromObject({ resource_names: names })).finish());
 }
 
+/** Whether this process has checked that an ACK written around encoded names is the request protobufjs writes. */
+let ackChecked = false;
+
 /** The first few cut streams get a line each on stderr, so a run that fails for them says so. */
 export function cutNow(nodeId: string | undefined, count: number): void {
   if (count <= 3) process.stderr.write(`ads-worker ${process.pid}: the stream of ${nodeId} ended after its first response, not closed by the proxy (${count} so far)\n`);
@@ -44,7 +47,7 @@ export class H2AdsClient {
    * simulated proxies 30 µs per ACK (65 ms of the 2 cores per SotW endpoint change, 2000 ACKs),
    * where Envoy's C++ client, on machines of its own, takes a fraction of that.
    */
-  private readonly names = new Map<string, Buffer>();
+  private readonly names = new Map<string, { list: readonly string[]; encoded: Buffer }>();
   /** Connections that failed before their first response and were made again, in this process. */
   static reconnects = 0;
   /**
@@ -103,8 +106,16 @@ export class H2AdsClient {
     const { version_info, type_url, response_nonce, error_detail } = req;
     const codec = codecs.sotw.request;
     // Fields 1 and 2 (version, node), then 3 (the names), then 4-6: the order protobufjs writes.
-    const head = codec.serialize({ version_info, ...(this.firstSent ? {} : { node: this.node }) });
-    this.writeEncoded(Buffer.concat([head, names, codec.serialize({ type_url, response_nonce, error_detail })]));
+    const node = this.firstSent ? {} : { node: this.node };
+    const msg = Buffer.concat([codec.serialize({ version_info, ...node }), names.encoded, codec.serialize({ type_url, response_nonce, error_detail })]);
+    if (!ackChecked && names.list.length > 0) {
+      // Once per process, on an ACK naming something: the bench must send what a client encoding
+      // the whole request sends.
+      const whole = codec.serialize({ ...req, ...node, resource_names: names.list });
+      if (!whole.equals(msg)) throw new Error(`a SotW ACK written around its encoded names differs from protobufjs's encoding of it (${type_url})`);
+      ackChecked = true;
+    }
+    this.writeEncoded(msg);
   }
 
   private writeEncoded(msg: Buffer): void {
@@ -122,7 +133,7 @@ export class H2AdsClient {
   /** SotW: subscribes `names` of a type (none: wildcard), remembered for the ACKs. */
   subscribe(typeUrl: string, names: string[]): void {
     if (this.variant !== 'sotw') throw new Error('subscribe() on a delta client');
-    this.names.set(typeUrl, encodeNames(names));
+    this.names.set(typeUrl, { list: names, encoded: encodeNames(names) });
     this.write({ type_url: typeUrl, resource_names: names });
   }
 
