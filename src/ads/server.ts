@@ -137,12 +137,12 @@ const CUT_REMEMBERED_MS = 10_000;
 /** Requests a stream may send before its credentials are checked (see `serve`). */
 const EARLY_REQUESTS_KEPT = 32;
 
-/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
 /** A connection's peer as grpc-js names it (`call.getPeer()`): `ip:port`. */
 function peerOf(socket: Socket): string {
   return `${socket.remoteAddress}:${socket.remotePort}`;
 }
 
+/** Ends a stream with the error's gRPC status (grpc-js sends the status on an 'error' event), after what it has queued. */
 function endWith(call: { emit(event: 'error', status: object): boolean }, err: StreamError): void {
   writers.get(call)?.flush();
   call.emit('error', { code: err.grpcCode, details: err.message });
