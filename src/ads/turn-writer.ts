@@ -24,6 +24,73 @@ export function http2StreamOf(call: object): ServerHttp2Stream | undefined {
   return stream;
 }
 
+/**
+ * Write buffers of one size, used again once HTTP/2 has finished with them. Every buffer a stream
+ * writes is memory outside V8's heap, and V8 runs a full collection each time about 64 MB more of
+ * it has been allocated since the last: a SotW mesh-wide change writes 460 MB (2000 proxies, 500
+ * services), which took 7-8 full collections, about half of weft-cp's CPU for the change (perf,
+ * bench/README.md, twenty-sixth session). A buffer goes back only after its write's callback said
+ * it was written, so its bytes are never in two writes at once; only the bytes filled for a write
+ * are written, never what a buffer held before. What is kept is let go once the pool has not been
+ * drawn on for `idleMs`.
+ */
+export class BufferPool {
+  private readonly free: Buffer[] = [];
+  private used = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly size: number,
+    /** Buffers kept for reuse at most (those given back beyond it are left to the collector). */
+    private readonly keep: number,
+    private readonly idleMs = 5000,
+  ) {}
+
+  take(): Buffer {
+    this.used = true;
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+  }
+
+  give(buf: Buffer): void {
+    if (buf.length !== this.size || this.free.length >= this.keep) return;
+    this.free.push(buf);
+    if (!this.timer) this.arm();
+  }
+
+  /** Buffers kept for reuse now. */
+  get kept(): number {
+    return this.free.length;
+  }
+
+  private arm(): void {
+    this.timer = setTimeout(this.check, this.idleMs);
+    this.timer.unref();
+  }
+
+  private readonly check = (): void => {
+    this.timer = undefined;
+    if (this.used) {
+      this.used = false;
+      this.arm();
+    } else this.free.length = 0;
+  };
+}
+
+/**
+ * The pools of TurnWriters, by buffer size: enough buffers for one write of every stream of 2000
+ * proxies in one turn (32 MB at 16 KiB), which is how many a change over TLS has in flight.
+ */
+const pools = new Map<number, BufferPool>();
+const POOL_BYTES = 32 * 1024 * 1024;
+export function poolFor(size: number): BufferPool {
+  let p = pools.get(size);
+  if (!p) pools.set(size, (p = new BufferPool(size, Math.max(16, Math.floor(POOL_BYTES / size)))));
+  return p;
+}
+
+/** A write smaller than this share of the pool's buffer size is a buffer of its own (small ones come from Node's slab). */
+const SMALL_SHARE = 4;
+
 interface Queued {
   /** The gRPC frame in parts: a 5-byte prefix (no compression, length), then the message's. */
   parts: readonly Uint8Array[];
@@ -48,12 +115,16 @@ export class TurnWriter {
   /** A write HTTP/2 has not finished. */
   private inFlight = false;
 
+  private readonly pool: BufferPool;
+
   constructor(
     private readonly stream: ServerHttp2Stream,
     private readonly most = TURN_BYTES,
     /** Each write finished: the proxy is taking what it is sent (SendAccount.progressed). */
     private readonly onProgress?: () => void,
-  ) {}
+  ) {
+    this.pool = poolFor(most);
+  }
 
   /** Queues a message, given as its parts; `done` once its last bytes are written (not called if the stream goes first). */
   write(parts: readonly Uint8Array[], done: () => void): void {
@@ -77,11 +148,16 @@ export class TurnWriter {
     return this.stream.destroyed || this.stream.closed || this.stream.writableEnded;
   }
 
-  /** Takes up to `most` bytes off the queue into one buffer; the messages it finishes. */
-  private take(most: number): { buf: Buffer; finished: Queued[] } {
+  /**
+   * Takes up to `most` bytes off the queue into one buffer (the part of a pool's buffer it fills,
+   * when it fills a good part of one); the messages it finishes.
+   */
+  private take(most: number): { buf: Buffer; pooled?: Buffer; finished: Queued[] } {
     let size = 0;
     for (const q of this.queue) if ((size += q.left) >= most) break;
-    const buf = Buffer.allocUnsafe(Math.min(size, most));
+    size = Math.min(size, most);
+    const pooled = size <= this.pool.size && size * SMALL_SHARE >= this.pool.size ? this.pool.take() : undefined;
+    const buf = pooled ? pooled.subarray(0, size) : Buffer.allocUnsafe(size);
     const finished: Queued[] = [];
     let pos = 0;
     while (pos < buf.length) {
@@ -100,15 +176,17 @@ export class TurnWriter {
       }
       if (q.left === 0) finished.push(this.queue.shift()!);
     }
-    return { buf, finished };
+    return { buf, pooled, finished };
   }
 
   private send(most: number): void {
-    const { buf, finished } = this.take(most);
+    const { buf, pooled, finished } = this.take(most);
     this.inFlight = true;
     this.stream.write(buf, (err) => {
       this.inFlight = false;
+      // A failed write's buffer is left to the collector: it is not known to be let go of.
       if (err) return;
+      if (pooled) this.pool.give(pooled);
       this.onProgress?.();
       for (const q of finished) q.done();
       if (this.queue.length > 0 && !this.scheduled) this.schedule();

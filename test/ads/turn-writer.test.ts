@@ -4,7 +4,7 @@ import http2, { type ServerHttp2Stream } from 'node:http2';
 import { describe, it, type TestContext } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { createServingCertificate } from '../../src/certs/index.js';
-import { http2StreamOf, TURN_BYTES, TurnWriter } from '../../src/ads/turn-writer.js';
+import { BufferPool, http2StreamOf, poolFor, TURN_BYTES, TurnWriter } from '../../src/ads/turn-writer.js';
 import { deframer, frame } from '../../bench/grpc-framing.js';
 import { TypeUrl } from '../../src/ads/index.js';
 import { XdsTestClient } from '../../src/ads/test-client.js';
@@ -145,6 +145,69 @@ describe('TurnWriter: a TLS stream writes its messages a little per turn', () =>
       [],
       'a write started before the one before it finished (HTTP/2 would have joined them)',
     );
+  });
+
+  it('streams reuse write buffers from one pool, each only once its write has finished: messages of streams writing side by side arrive whole', async (t) => {
+    const turn = turnCounter(t);
+    const pool = poolFor(TURN_BYTES);
+    // Each stream: messages of random bytes, written while its client reads nothing (HTTP/2's
+    // window fills), so writes stay unfinished for a while with the other stream's writes going on.
+    const messages = (n: number) => Array.from({ length: n }, (_, i) => randomBytes(30_000 + i * 7_001));
+    const writes: ReturnType<typeof spy>[] = [];
+    const chunks = new Set<ArrayBufferLike>();
+    const run = (mine: Buffer[], pauseMs: number) =>
+      slowReader(
+        t,
+        (call) => {
+          const stream = http2StreamOf(call)!;
+          const w = spy(stream, turn);
+          writes.push(w);
+          const write = stream.write.bind(stream) as (chunk: Buffer, cb?: (err?: Error | null) => void) => boolean;
+          (stream as unknown as { write: typeof write }).write = (chunk, cb) => (chunks.add(chunk.buffer), write(chunk, cb));
+          call.sendMetadata(new grpc.Metadata());
+          const writer = new TurnWriter(stream);
+          let done = 0;
+          for (const m of mine) writer.write(parts(m), () => ++done === mine.length && call.end());
+        },
+        pauseMs,
+      );
+    const a = messages(12);
+    const b = messages(9);
+    const [gotA, gotB] = await Promise.all([run(a, 200), run(b, 350)]);
+    for (const [got, sent] of [
+      [gotA, a],
+      [gotB, b],
+    ] as const) {
+      assert.equal(got.status, grpc.status.OK);
+      assert.equal(got.got.length, sent.length);
+      got.got.forEach((m, i) => assert.ok(m.equals(sent[i]!), `message ${i} of ${sent.length} differs from what was written`));
+    }
+    // Writes of a pool's size came from the pool, and were used again: far fewer buffers than writes.
+    const total = writes.flat().length;
+    assert.ok(total > 60, `${total} writes`);
+    assert.ok(chunks.size * 4 < total, `${chunks.size} distinct buffers for ${total} writes`);
+    assert.ok(pool.kept > 0, 'the pool keeps the buffers given back');
+  });
+
+  it('a pool keeps what is given back up to its limit, and lets it all go once unused for its idle time', async () => {
+    const pool = new BufferPool(1024, 3, 60);
+    const taken = [pool.take(), pool.take(), pool.take(), pool.take()];
+    assert.equal(new Set(taken).size, 4);
+    assert.ok(taken.every((b) => b.length === 1024));
+    for (const b of taken) pool.give(b);
+    assert.equal(pool.kept, 3, 'kept up to its limit');
+    pool.give(Buffer.allocUnsafe(512));
+    assert.equal(pool.kept, 3, 'a buffer of another size is not kept');
+    const again = pool.take();
+    assert.ok(taken.includes(again), 'a kept buffer is taken before a new one is made');
+    pool.give(again);
+    // Drawn on within its idle time: kept; then unused for as long: let go.
+    await new Promise((r) => setTimeout(r, 40));
+    pool.give(pool.take());
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(pool.kept, 3, 'used during the last idle period');
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(pool.kept, 0, 'not used for its idle time');
   });
 
   it('flush: a status that ends the stream comes after every queued message, whole', async (t) => {
