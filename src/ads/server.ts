@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { DataplaneTokens } from '../certs/index.js';
 import { cutSilent, dataplaneHasTags, humanBytes, isWeftError, SHUTDOWN_SWEEP_MS, splitNodeId, trackSockets, type DataplaneSpec, type Logger } from '../core/index.js';
 import type { SnapshotCache } from './cache.js';
@@ -9,7 +9,7 @@ import { SHORT_NAME, streamingMethod } from './protos.js';
 import { requestDeserializer, responseParts, responseSerializer } from './wire.js';
 import { SendBudget } from './budget.js';
 import { XdsStatus } from './status.js';
-import { http2StreamOf, TURN_BYTES, TurnWriter } from './turn-writer.js';
+import { http2StreamOf, pooledBytes, TURN_BYTES, TurnWriter } from './turn-writer.js';
 import { AdsStream, DELTA_MOST_BYTES, GRPC_DEFAULT_RECEIVE_BYTES, GRPC_PERMISSION_DENIED, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAUTHENTICATED, GRPC_UNAVAILABLE, StreamError, type DeltaDiscoveryRequest, type DiscoveryRequest, type Identity, type StreamHooks, type Variant } from './stream.js';
 
 /** Decides who is on the other end of a new stream, from its metadata and peer address. */
@@ -180,6 +180,14 @@ export class AdsServer {
       help: 'xDS connections cut because nothing was read from them for keepaliveTimeMs + keepaliveTimeoutMs. streams="open": it carried proxies\' streams (their host or network went away without closing); "none": a connection that never spoke, or the socket of a session that had ended.',
       labelNames: ['streams'],
       registers: [opts.metrics],
+    });
+    new Gauge({
+      name: 'weft_xds_write_buffers_kept_bytes',
+      help: 'Bytes of TLS write buffers kept for reuse by the xDS streams (up to 32 MiB, let go after 5 s unused).',
+      registers: [opts.metrics],
+      collect() {
+        this.set(pooledBytes());
+      },
     });
     this.status = new XdsStatus(opts.instanceId, opts.metrics);
     const status = this.status;

@@ -87,6 +87,13 @@ export function poolFor(size: number): BufferPool {
   return p;
 }
 
+/** Bytes the pools keep for reuse now (`weft_xds_write_buffers_kept_bytes`). */
+export function pooledBytes(): number {
+  let n = 0;
+  for (const p of pools.values()) n += p.kept * p.size;
+  return n;
+}
+
 /** A write smaller than this share of the pool's buffer size is a buffer of its own (small ones come from Node's slab). */
 const SMALL_SHARE = 4;
 

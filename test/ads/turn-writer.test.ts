@@ -275,6 +275,9 @@ describe('TurnWriter: a TLS stream writes its messages a little per turn', () =>
     const closing = ads.server.close();
     const next = await c.next(TypeUrl.Listener);
     assert.equal(next.resources.length, 400);
+    // Its writes of 16 KiB came from the pool and went back to it: the metric shows what is kept.
+    const kept = (await ads.metrics.getSingleMetric('weft_xds_write_buffers_kept_bytes')!.get()).values[0]!.value;
+    assert.ok(kept >= TURN_BYTES && kept % TURN_BYTES === 0, `weft_xds_write_buffers_kept_bytes ${kept}`);
     assert.equal(next.resources[0]!.name, 'l-b-0');
     assert.equal((await c.closed).code, grpc.status.UNAVAILABLE);
     await closing;
