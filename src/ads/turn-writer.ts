@@ -26,12 +26,12 @@ export function http2StreamOf(call: object): ServerHttp2Stream | undefined {
 
 /**
  * Write buffers of one size, used again once HTTP/2 has finished with them. Over TLS a change or a
- * cold start writes hundreds of MB in 16 KiB writes; a fresh buffer for each, made and freed tens
- * of thousands of times among TLS's long-lived allocations, left weft-cp's native memory 80-100 MB
- * bigger with 2000 proxies (bench/README.md, twenty-sixth session). A buffer goes back only after
- * its write's callback said it was written, so its bytes are never in two writes at once; only the
- * bytes filled for a write are written, never what a buffer held before. What is kept is let go
- * once the pool has not been drawn on for `idleMs`.
+ * cold start writes hundreds of MB in 16 KiB writes; with a fresh buffer for each (made and freed
+ * tens of thousands of times among TLS's long-lived allocations), weft-cp's RSS with 2000 proxies
+ * was 80-100 MB higher, all of it outside V8's heap (bench/README.md, twenty-sixth session). A
+ * buffer goes back only after its write's callback said it was written, so its bytes are never in
+ * two writes at once; only the bytes filled for a write are written, never what a buffer held
+ * before. What is kept is let go once the pool has not been drawn on for `idleMs`.
  */
 export class BufferPool {
   private readonly free: Buffer[] = [];
