@@ -6,16 +6,20 @@
  * WEFT_FLOOR_TRANSPORT=grpc-js: @grpc/grpc-js's server, as weft-cp uses it (channelz off).
  * WEFT_FLOOR_TRANSPORT=http2: node:http2 directly, gRPC's framing by hand.
  * Both decode every request with protobufjs and build responses with weft's serializer.
+ * WEFT_BENCH_TLS=1: both serve TLS with a certificate made as weft-cp's `xds.tls.mode: auto` makes
+ * its own (self-signed ECDSA), sent to the parent to trust.
  */
 import * as grpc from '@grpc/grpc-js';
 import http2 from 'node:http2';
 import { TypeUrl } from '../src/ads/index.js';
+import { createServingCertificate } from '../src/certs/index.js';
 import type { EncodedResource } from '../src/ads/cache.js';
 import { grpcCodec, messageType } from '../src/ads/protos.js';
 import { responseSerializer, withEncoded } from '../src/ads/wire.js';
 import { deframer, frame } from './grpc-framing.js';
 
 const TRANSPORT = process.env.WEFT_FLOOR_TRANSPORT ?? 'grpc-js';
+const tls = process.env.WEFT_BENCH_TLS === '1' ? await createServingCertificate({ dnsNames: ['localhost'], ips: ['127.0.0.1'], validForMs: 86400_000 }) : undefined;
 const PATH = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
 const request = grpcCodec('envoy.service.discovery.v3.DeltaDiscoveryRequest');
 const serialize = responseSerializer('envoy.service.discovery.v3.DeltaDiscoveryResponse');
@@ -74,9 +78,9 @@ async function listen(): Promise<number> {
         },
       },
     );
-    return new Promise((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
+    return new Promise((resolve, reject) => server.bindAsync('127.0.0.1:0', tls ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(tls.keyPem), cert_chain: Buffer.from(tls.certPem) }], false) : grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
   }
-  const server = http2.createServer();
+  const server = tls ? http2.createSecureServer({ key: tls.keyPem, cert: tls.certPem }) : http2.createServer();
   server.on('stream', (stream, headers) => {
     if (headers[':path'] !== PATH) {
       stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '12' }, { endStream: true });
@@ -98,4 +102,4 @@ process.on('message', (m: { cmd: string; count?: number }) => {
     for (const s of streams) s.send(response(s, TypeUrl.ClusterLoadAssignment, [current]));
   }
 });
-process.send!({ type: 'listening', port: await listen() });
+process.send!({ type: 'listening', port: await listen(), tlsCa: tls?.certPem });

@@ -9,6 +9,7 @@
  *   npm run bench:ads-floor                                  # 2000 proxies; servers on grpc-js and node:http2
  *   WEFT_BENCH_CLIENT=grpc-js npm run bench:ads-floor        # the proxies on grpc-js (default: lean, as in bench/ads.ts)
  *   WEFT_BENCH_PROXIES=500 WEFT_FLOOR_TRANSPORTS=http2 npm run bench:ads-floor
+ *   WEFT_BENCH_TLS=1 npm run bench:ads-floor                 # over TLS, as weft-cp's ADS port by default
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -17,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../src/core/index.js';
 import { benchClient, pct, procStats, waitFor } from './common.js';
+import { decodeMode } from './decode-modes.js';
 
 const PROXIES = Number(process.env.WEFT_BENCH_PROXIES ?? 2000);
 const WORKERS = Number(process.env.WEFT_BENCH_WORKERS ?? 4);
@@ -36,7 +38,7 @@ async function scenario(transport: string) {
     await waitFor(workers, 'up', WORKERS, 30_000);
     const t0 = Date.now();
     const readyP = waitFor(workers, 'ready', ids.length, 120_000);
-    workers.forEach((w, i) => w.send({ cmd: 'start', address: `127.0.0.1:${String(listening!.port)}`, variant: 'delta', nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
+    workers.forEach((w, i) => w.send({ cmd: 'start', address: `127.0.0.1:${String(listening!.port)}`, variant: 'delta', tlsCa: listening!.tlsCa as string | undefined, nodeIds: ids.filter((_, j) => j % WORKERS === i) }));
     await readyP;
     const connect = (Date.now() - t0) / 1000;
     const rounds: { p50Ms: number; p99Ms: number; maxMs: number; serverCpuSeconds: number; clientsCpuSeconds: number }[] = [];
@@ -62,6 +64,8 @@ async function scenario(transport: string) {
     workers.forEach((w) => w.send({ cmd: 'stop' }));
     return {
       transport,
+      tls: process.env.WEFT_BENCH_TLS === '1',
+      decode: decodeMode(),
       client: benchClient(),
       proxies: PROXIES,
       connectSeconds: connect,
@@ -81,5 +85,5 @@ for (const t of TRANSPORTS) results.push(await scenario(t));
 const out = { version: VERSION, node: process.version, date: new Date().toISOString(), cores: cpus().length, results };
 const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-writeFileSync(join(dir, `ads-floor-${PROXIES}.json`), `${JSON.stringify(out, null, 2)}\n`);
+writeFileSync(join(dir, `ads-floor-${PROXIES}${process.env.WEFT_BENCH_TLS === '1' ? '-tls' : ''}.json`), `${JSON.stringify(out, null, 2)}\n`);
 process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);

@@ -4,6 +4,7 @@
  * subscribes like Envoy (CDS and LDS wildcard, then EDS for the clusters it got), decodes every
  * response and ACKs it. Talks to the parent over IPC.
  */
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { TypeUrl } from '../src/ads/index.js';
 import { XdsTestClient, type Received } from '../src/ads/test-client.js';
 import { benchClient } from './common.js';
@@ -82,6 +83,24 @@ function hold(id: string, r: Received): void {
   for (const n of r.removed) versions.delete(n);
 }
 
+/**
+ * This process's garbage-collection pauses since the change watched began (ms, and the longest):
+ * the simulated proxies are JavaScript, and a collection that lands in a change delays every
+ * proxy of this process behind it, which Envoy's C++ would not.
+ */
+let gc = { since: Infinity, ms: 0, maxMs: 0 };
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    if (e.startTime < gc.since) continue;
+    gc.ms += e.duration;
+    gc.maxMs = Math.max(gc.maxMs, e.duration);
+  }
+}).observe({ entryTypes: ['gc'] });
+
+function gcFigures(): { gcMs: number; gcMaxMs: number } {
+  return { gcMs: Math.round(gc.ms), gcMaxMs: Math.round(gc.maxMs) };
+}
+
 function send(m: unknown): void {
   process.send!(m);
 }
@@ -140,7 +159,7 @@ function onResponse(id: string, c: Client, r: Received, state: { eds: Set<string
     send({ type: 'ready', id, at: Date.now() });
   }
   if (watch && (watch.kind === 'cluster' ? listeners : seen).size === watch.expect.length) {
-    send({ type: 'seen', times: [...seen.values()], listenerTimes: [...listeners.values()], bytes });
+    send({ type: 'seen', times: [...seen.values()], listenerTimes: [...listeners.values()], bytes, ...gcFigures() });
     watch = undefined;
   }
 }
@@ -180,6 +199,7 @@ process.on('message', (m: Msg) => {
     seen = new Map();
     listeners = new Map();
     bytes = 0;
+    gc = { since: performance.now(), ms: 0, maxMs: 0 };
     // A change some proxy never sees is worth a line: which proxies, and what they got of the kind watched.
     const w = m;
     setTimeout(() => {
@@ -192,7 +212,7 @@ process.on('message', (m: Msg) => {
     // The change is made only once every worker watches: a busy worker could otherwise read the
     // change's response before this message and never count that proxy.
     send({ type: 'watching' });
-    if (m.expect.length === 0) send({ type: 'seen', times: [], listenerTimes: [], bytes: 0 });
+    if (m.expect.length === 0) send({ type: 'seen', times: [], listenerTimes: [], bytes: 0, gcMs: 0, gcMaxMs: 0 });
   } else if (m.cmd === 'reject') {
     rejectType = m.typeUrl;
     rejected = 0;

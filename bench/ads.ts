@@ -17,6 +17,7 @@ import { VERSION } from '../src/core/index.js';
 import { binPath } from '../test/helpers/bin.js';
 import { spawnControlPlane, type CpProcess } from '../test/helpers/cp-process.js';
 import { benchClient, pct, procStats, waitFor } from './common.js';
+import { decodeMode } from './decode-modes.js';
 
 const SERVICES = Number(process.env.WEFT_BENCH_SERVICES ?? 500);
 const REPLICAS = Number(process.env.WEFT_BENCH_REPLICAS ?? 4);
@@ -44,6 +45,9 @@ const FAILOVER = process.env.WEFT_BENCH_FAILOVER === '1';
 // stop reading their stream (a congested link), their connection kept; they use gRPC's default
 // window (64 KiB). No change is expected to reach them; the others' figures show what they cost.
 const STALLED = Number(process.env.WEFT_BENCH_STALLED ?? 0);
+// WEFT_BENCH_DECODE: how far the simulated proxies decode each response (bench/decode-modes.ts).
+const DECODE = decodeMode();
+if (DECODE !== 'objects' && benchClient() !== 'http2') throw new Error('WEFT_BENCH_DECODE needs the default client (WEFT_BENCH_CLIENT unset)');
 if (STALLED > 0 && benchClient() !== 'http2') throw new Error('WEFT_BENCH_STALLED needs the default client (WEFT_BENCH_CLIENT unset)');
 // WEFT_BENCH_LINGER_MS: weft-cp's xds.lingerMs (how long it keeps a departed proxy's config); its default otherwise.
 const LINGER_MS = process.env.WEFT_BENCH_LINGER_MS || undefined;
@@ -75,6 +79,12 @@ function dataplane(s: number, r: number, service = `svc-${s}`, ready = true) {
       transparentProxying: reach ? { reachableServices: reach } : {},
     },
   };
+}
+
+/** Seconds weft-cp's main thread has spent in garbage collection since it started (prom-client's histogram, every kind). */
+async function cpGcSeconds(cp: CpProcess): Promise<number> {
+  const text = await (await fetch(`${cp.diagnosticsUrl}/metrics`)).text();
+  return [...text.matchAll(/^nodejs_gc_duration_seconds_sum\{[^}]*\} (\S+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
 /** The CP's memory by kind, from its own Prometheus metrics: V8 heap used and committed, buffers outside the heap. */
@@ -177,6 +187,8 @@ async function scenario(variant: 'sotw' | 'delta') {
     const workerPath = fileURLToPath(new URL('./ads-worker.js', import.meta.url));
     // WEFT_BENCH_CLIENT_PROFILE=DIR writes a V8 CPU profile of each client process there.
     const clientProfile = process.env.WEFT_BENCH_CLIENT_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.WEFT_BENCH_CLIENT_PROFILE}`] : [];
+    // WEFT_BENCH_CLIENT_NODE_FLAGS: more flags for the client processes' node (e.g. --trace-gc: its lines go to stdout, before the JSON).
+    clientProfile.push(...(process.env.WEFT_BENCH_CLIENT_NODE_FLAGS ?? '').split(' ').filter(Boolean));
     for (let w = 0; w < WORKERS; w++) workers.push(fork(workerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: clientProfile }));
     if (PIN) for (const w of workers) pin(w.pid!, 1);
     await waitFor(workers, 'up', WORKERS, 30_000);
@@ -214,6 +226,7 @@ async function scenario(variant: 'sotw' | 'delta') {
         }
       };
       workers.forEach((w) => w.on('message', onMissing));
+      const gcBefore = await cpGcSeconds(cp);
       const before = procStats(cp.child.pid!);
       const clientsBefore = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       const clientsSysBefore = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
@@ -233,6 +246,8 @@ async function scenario(variant: 'sotw' | 'delta') {
       const after = procStats(cp.child.pid!);
       const clientsAfter = workers.reduce((n, w) => n + procStats(w.pid!).cpuSeconds, 0);
       const clientsSysAfter = workers.reduce((n, w) => n + procStats(w.pid!).sysSeconds, 0);
+      // Read after the CPU figures, so that serving the metrics is not counted in them.
+      const cpGcMs = Math.round(((await cpGcSeconds(cp)) - gcBefore) * 1000);
       return {
         // When the change began (epoch ms, just before the API call): to find it in a profile (bench/perf-split.ts).
         startedAt: at,
@@ -246,6 +261,9 @@ async function scenario(variant: 'sotw' | 'delta') {
         cpCpuSeconds: Number((after.cpuSeconds - before.cpuSeconds).toFixed(2)),
         // Of which in the kernel (system time): sockets, TCP on loopback.
         cpSysSeconds: Number((after.sysSeconds - before.sysSeconds).toFixed(2)),
+        // Its main thread's garbage-collection pauses from just before the API call until every
+        // proxy had the change, and a little after (the metrics are read once the CPU is).
+        cpGcMs,
         // The control plane's last regeneration round: proxies rebuilt and how long until every
         // response was handed to its stream (the rest of the latency is debounce and delivery).
         cpRound: rounds.at(-1) && { ms: rounds.at(-1)!.ms, full: rounds.at(-1)!.full, endpointsOnly: rounds.at(-1)!.endpointsOnly },
@@ -255,6 +273,10 @@ async function scenario(variant: 'sotw' | 'delta') {
         // The simulated proxies' CPU over the same time, on the same 2 cores.
         clientsCpuSeconds: Number((clientsAfter - clientsBefore).toFixed(2)),
         clientsSysSeconds: Number((clientsSysAfter - clientsSysBefore).toFixed(2)),
+        // The simulated proxies' garbage-collection pauses in the change, summed over their
+        // processes, and the longest (ms): a pause delays every proxy of its process behind it.
+        clientsGcMs: seen.reduce((n, m) => n + Number(m.gcMs ?? 0), 0),
+        clientsGcMaxMs: Math.max(...seen.map((m) => Number(m.gcMaxMs ?? 0))),
         // The CP's RSS once the change is delivered, to see whether it keeps growing.
         cpRssMB: after.rssMB,
         // Resource payload the proxies received for this change, summed over all of them.
@@ -383,6 +405,7 @@ async function scenario(variant: 'sotw' | 'delta') {
     return {
       variant,
       client: benchClient(),
+      decode: DECODE,
       tls: TLS,
       pinned: PIN,
       proxies: ids.length,

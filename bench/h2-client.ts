@@ -9,7 +9,8 @@
 import http2 from 'node:http2';
 import { grpcCodec, messageType } from '../src/ads/protos.js';
 import type { DeltaDiscoveryRequest, DiscoveryRequest, Node } from '../src/ads/stream.js';
-import { toReceived, type Received } from '../src/ads/test-client.js';
+import type { Received } from '../src/ads/test-client.js';
+import { decodeMode, decodeResponse } from './decode-modes.js';
 import { deframer, frame } from './grpc-framing.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
@@ -19,6 +20,9 @@ const codecs = {
 };
 
 const sotwRequest = messageType('envoy.service.discovery.v3.DiscoveryRequest');
+const responseTypes = { sotw: messageType('envoy.service.discovery.v3.DiscoveryResponse'), delta: messageType('envoy.service.discovery.v3.DeltaDiscoveryResponse') };
+/** How far responses are decoded (WEFT_BENCH_DECODE, bench/decode-modes.ts). */
+const DECODE = decodeMode();
 
 /** A DiscoveryRequest's `resource_names` (field 3) alone, encoded: the bytes of that field in any request naming them. */
 function encodeNames(names: readonly string[]): Buffer {
@@ -88,7 +92,7 @@ export class H2AdsClient {
     });
     for (const b of this.early ?? []) stream.write(b);
     const sotw = this.variant === 'sotw';
-    const onMessages = deframer((msg) => this.opts.onResponse(toReceived(response.deserialize(msg), sotw)));
+    const onMessages = deframer((msg) => this.opts.onResponse(decodeResponse(DECODE, responseTypes[this.variant], response.deserialize, msg, sotw)));
     stream.on('data', (chunk: Buffer) => {
       this.early = undefined;
       onMessages(chunk);
