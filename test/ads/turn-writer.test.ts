@@ -147,6 +147,50 @@ describe('TurnWriter: a TLS stream writes its messages a little per turn', () =>
     );
   });
 
+  it('rule 8: the messages one pump queues (clusters, then listeners) go out in one write while they fit, in order; later ones wait for it', async (t) => {
+    const turn = turnCounter(t);
+    // A pump's CDS and LDS responses, then (a later pump, once the first write is on its way) more.
+    const pump = [randomBytes(2_500), randomBytes(3_000), randomBytes(400)];
+    const later = [randomBytes(700), randomBytes(900)];
+    const messages = [...pump, ...later];
+    let writes: ReturnType<typeof spy> = [];
+    let done = 0;
+    /** Writes made: while the pump ran, a turn later, and right after the later messages were queued. */
+    const seen: number[] = [];
+    const { got, status } = await serve(t, (call) => {
+      const stream = http2StreamOf(call)!;
+      writes = spy(stream, turn);
+      call.sendMetadata(new grpc.Metadata());
+      const writer = new TurnWriter(stream);
+      const finish = () => ++done === messages.length && call.end();
+      for (const m of pump) writer.write(parts(m), finish);
+      seen.push(writes.length);
+      setImmediate(() => {
+        seen.push(writes.length);
+        for (const m of later) writer.write(parts(m), finish);
+        seen.push(writes.length);
+      });
+    }).then(async (r) => ({ got: r.got, status: (await r.status).code }));
+    // Nothing is written while the pump runs (its messages are gathered first), then one write;
+    // the later messages wait for it to finish and a turn, as before.
+    assert.deepEqual(seen, [0, 1, 1]);
+    assert.equal(status, grpc.status.OK);
+    assert.deepEqual(
+      got.map((b) => b.toString('hex')),
+      messages.map((b) => b.toString('hex')),
+    );
+    const framed = (ms: Buffer[]) => ms.reduce((n, m) => n + m.length + 5, 0);
+    assert.deepEqual(
+      writes.map((w) => w.bytes),
+      [framed(pump), framed(later)],
+    );
+    assert.ok(writes[1]!.turn > writes[0]!.turn);
+    assert.deepEqual(
+      writes.filter((w) => w.overlapping),
+      [],
+    );
+  });
+
   it('streams reuse write buffers from one pool, each only once its write has finished: messages of streams writing side by side arrive whole', async (t) => {
     const turn = turnCounter(t);
     const pool = poolFor(TURN_BYTES);
