@@ -117,9 +117,8 @@ interface Queued {
  */
 export class TurnWriter {
   private readonly queue: Queued[] = [];
+  /** A drain is due: at the end of the code that queued (see `write`), or a turn after the last write. */
   private scheduled = false;
-  /** The first write waits for the end of the code that queued (see `write`). */
-  private gathering = false;
   /** A write HTTP/2 has not finished. */
   private inFlight = false;
 
@@ -150,15 +149,10 @@ export class TurnWriter {
     prefix[0] = 0;
     prefix.writeUInt32BE(length, 1);
     this.queue.push({ parts: [prefix, ...parts], left: length + 5, part: 0, offset: 0, done });
-    if (this.inFlight || this.scheduled || this.gathering) return;
-    this.gathering = true;
-    queueMicrotask(this.gathered);
+    if (this.inFlight || this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(this.turn);
   }
-
-  private readonly gathered = (): void => {
-    this.gathering = false;
-    this.drain();
-  };
 
   /** Bytes queued and not yet handed to HTTP/2. */
   get pendingBytes(): number {
@@ -227,7 +221,7 @@ export class TurnWriter {
     this.send(this.most);
   }
 
-  /** The next write, a turn after the last one finished. */
+  /** The next write: a turn after the last one finished, or the first once its pump has queued all. */
   private readonly turn = (): void => {
     this.scheduled = false;
     this.drain();
